@@ -1,0 +1,127 @@
+//! Reading a config file from disk: the one place this crate does file I/O,
+//! kept apart so the binary decides when it happens.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{ConfigError, ConfigErrors};
+use crate::model::Config;
+
+/// A validated config together with where it came from.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    /// Behind an `Arc` so the gateway can publish it with one atomic store.
+    pub config: Arc<Config>,
+    /// SHA-256 of the file's bytes, lowercase hex. Lets a reload skip a file
+    /// whose content did not change (watchers fire on `touch`, and on the
+    /// gateway's own reads on some platforms) and tells operators which
+    /// version is live.
+    pub hash: String,
+    /// The path it was read from, as given.
+    pub source: PathBuf,
+}
+
+/// Why a file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(ConfigErrors),
+}
+
+/// Reads, hashes, parses and validates the file at `path`.
+///
+/// The hash is of exactly the bytes that were parsed, so it always describes
+/// the config returned, even if the file changes again meanwhile.
+pub fn load_file(path: &Path) -> Result<LoadedConfig, LoadError> {
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let hash = hash_bytes(&bytes);
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        LoadError::Invalid(ConfigErrors(vec![ConfigError {
+            path: String::new(),
+            message: format!("file is not valid UTF-8: {e}"),
+        }]))
+    })?;
+    let config = crate::parse(text).map_err(LoadError::Invalid)?;
+    Ok(LoadedConfig {
+        config: Arc::new(config),
+        hash,
+        source: path.to_owned(),
+    })
+}
+
+/// SHA-256 of `bytes` as lowercase hex.
+pub fn hash_bytes(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let mut out = String::with_capacity(64);
+    for byte in digest {
+        out.push_str(&format!("{byte:02x}"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_is_sha256_hex() {
+        assert_eq!(
+            hash_bytes(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
+    fn loads_a_file_and_hashes_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let text = include_str!("../examples/demo.toml");
+        std::fs::write(&path, text).unwrap();
+        let loaded = load_file(&path).unwrap();
+        assert_eq!(loaded.hash, hash_bytes(text.as_bytes()));
+        assert_eq!(loaded.source, path);
+        assert_eq!(loaded.config.routes.len(), 1);
+    }
+
+    #[test]
+    fn missing_file_is_an_io_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nope.toml");
+        let err = load_file(&path).unwrap_err();
+        assert!(matches!(err, LoadError::Io { .. }), "{err:?}");
+        assert!(err.to_string().starts_with("cannot read "), "{err}");
+    }
+
+    #[test]
+    fn invalid_file_reports_every_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            "[gateway]\nlisten = \"nope\"\nadmin_listen = \"x\"\n",
+        )
+        .unwrap();
+        match load_file(&path).unwrap_err() {
+            LoadError::Invalid(errors) => assert_eq!(errors.0.len(), 2, "{errors}"),
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn non_utf8_is_invalid() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, [0xff, 0xfe]).unwrap();
+        assert!(matches!(load_file(&path), Err(LoadError::Invalid(_))));
+    }
+}

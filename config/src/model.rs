@@ -1,0 +1,260 @@
+//! The validated config: what the gateway reads on every request.
+//!
+//! Every value here has already been checked by `validate`, so readers never
+//! re-check: a route's backends exist, a split's weights sum to 100, every
+//! endpoint has a port.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use http::uri::Authority;
+use http::HeaderName;
+
+use crate::value::{Timeout, Weight};
+
+/// One complete, valid config. The gateway swaps whole snapshots of this, so
+/// a reload is never seen half-applied.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub gateway: GatewaySettings,
+    /// In file order; names are unique.
+    pub backends: Vec<Backend>,
+    /// In file order; names, models and path prefixes are unique.
+    pub routes: Vec<Route>,
+}
+
+impl Config {
+    /// The backend called `name`, if there is one.
+    pub fn backend(&self, name: &str) -> Option<&Backend> {
+        self.backends.iter().find(|b| b.name == name)
+    }
+
+    /// A one-screen, human-readable description of what is configured, so
+    /// an operator can confirm what a file means without reading code.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let g = &self.gateway;
+        let l = &g.limits;
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "listen {}  admin {}", g.listen, g.admin_listen);
+        let _ = writeln!(
+            out,
+            "limits: body {} B, headers {} B / {} max, header read timeout {}",
+            l.max_body_bytes, l.max_header_bytes, l.max_headers, l.header_read_timeout
+        );
+        let _ = writeln!(out, "backends ({}):", self.backends.len());
+        for b in &self.backends {
+            let endpoints: Vec<String> = b
+                .endpoints
+                .iter()
+                .map(|e| {
+                    if e.weight == 1 {
+                        e.authority.to_string()
+                    } else {
+                        format!("{} (w{})", e.authority, e.weight)
+                    }
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "  {} [{}, {}] timeout {} connect {}: {}",
+                b.name,
+                b.region,
+                b.protocol,
+                b.timeout,
+                b.connect_timeout,
+                endpoints.join(", ")
+            );
+        }
+        let _ = writeln!(out, "routes ({}):", self.routes.len());
+        for r in &self.routes {
+            let matcher = match &r.matcher {
+                RouteMatch::Model(m) => format!("model {m:?}"),
+                RouteMatch::PathPrefix(p) => format!("path prefix {p:?}"),
+            };
+            let key = match &r.key_header {
+                Some(h) => format!("key {h}"),
+                None => "key none (random split)".to_owned(),
+            };
+            let timeout = match r.timeout {
+                Some(t) => format!(", timeout {t}"),
+                None => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "  {}: {matcher}, {key}, force {}{timeout}",
+                r.name, r.force_header
+            );
+            for t in r.split.targets() {
+                let mut upstream = String::new();
+                if let Some(m) = &t.upstream_model {
+                    let _ = write!(upstream, " as model {m:?}");
+                }
+                if let Some(v) = &t.upstream_version {
+                    let _ = write!(upstream, " version {v:?}");
+                }
+                let _ = writeln!(
+                    out,
+                    "    {:>4} {} -> {}{upstream}",
+                    t.weight.to_string(),
+                    t.version,
+                    t.backends.join(" > ")
+                );
+            }
+        }
+        out
+    }
+}
+
+/// Where the gateway listens, and what it accepts from clients.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    /// Client traffic. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Health, metrics and reload. Default `127.0.0.1:9901`; loopback by
+    /// default because it can change what the gateway serves.
+    pub admin_listen: SocketAddr,
+    pub limits: Limits,
+}
+
+/// Bounds on what one client request may cost the gateway before routing.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request body; beyond it the client gets 413. Default 4 MiB.
+    pub max_body_bytes: u64,
+    /// Largest sum of header name and value bytes; beyond it 431. Default
+    /// 16384, at least 1024.
+    pub max_header_bytes: usize,
+    /// Most headers in one request; beyond it 431. Default 100, `1..=1000`.
+    pub max_headers: usize,
+    /// How long a client may take to send its headers; then 408 and the
+    /// connection closes, so slow clients cannot hold connections. Default 10s.
+    pub header_read_timeout: Timeout,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 4 * 1024 * 1024,
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            header_read_timeout: Timeout::from_secs_unchecked(10),
+        }
+    }
+}
+
+/// How the gateway speaks to a backend's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1. The default, since every model server speaks it.
+    #[default]
+    Http1,
+    /// HTTP/2 without TLS (prior knowledge), needed for gRPC upstreams.
+    H2c,
+}
+
+impl std::fmt::Display for UpstreamProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2c => "h2c",
+        })
+    }
+}
+
+/// One endpoint pool, in one region, serving one model version.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// Unique; what routes refer to.
+    pub name: String,
+    /// Free-form (e.g. `us-east`); used for locality and in metrics labels.
+    pub region: String,
+    pub protocol: UpstreamProtocol,
+    /// Never empty.
+    pub endpoints: Vec<Endpoint>,
+    /// Deadline for the upstream response; then 504. Default 2s.
+    pub timeout: Timeout,
+    /// Deadline for opening a connection. Default 1s.
+    pub connect_timeout: Timeout,
+}
+
+/// One upstream server of a backend.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// `host:port`, always with an explicit port and no userinfo.
+    pub authority: Authority,
+    /// Relative share of the backend's traffic. Default 1, at least 1.
+    pub weight: u32,
+}
+
+/// Which requests a route takes, and how it splits them across versions.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Unique; used in logs and metrics labels.
+    pub name: String,
+    pub matcher: RouteMatch,
+    /// Header whose value makes the split sticky (same value, same version).
+    /// `None` splits each request at random.
+    pub key_header: Option<HeaderName>,
+    /// Header a client may set to a version name to bypass the split.
+    /// Default `x-cascadia-version`.
+    pub force_header: HeaderName,
+    /// Overrides the backends' `timeout` for this route.
+    pub timeout: Option<Timeout>,
+    pub split: Split,
+}
+
+/// What a route matches on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RouteMatch {
+    /// An OIP model name: REST `/v2/models/{model}/...` and gRPC requests
+    /// whose `model_name` is this.
+    Model(String),
+    /// Any request whose path starts with this (always starts with `/`).
+    PathPrefix(String),
+}
+
+/// A route's traffic split: versions whose weights sum to exactly 100.
+///
+/// The targets are private so that a `Split` can only come from validation,
+/// which is what makes "sums to 100" something readers can rely on.
+#[derive(Debug, Clone)]
+pub struct Split {
+    targets: Vec<SplitTarget>,
+}
+
+impl Split {
+    pub(crate) fn new(targets: Vec<SplitTarget>) -> Self {
+        Split { targets }
+    }
+
+    /// The versions, in file order.
+    pub fn targets(&self) -> &[SplitTarget] {
+        &self.targets
+    }
+
+    /// The target for `version`, as named by the force header.
+    pub fn target(&self, version: &str) -> Option<&SplitTarget> {
+        self.targets.iter().find(|t| t.version == version)
+    }
+
+    /// Sum of the weights; 100 for any validated split.
+    pub fn total_weight(&self) -> u32 {
+        self.targets.iter().map(|t| t.weight.get()).sum()
+    }
+}
+
+/// One version in a split.
+#[derive(Debug, Clone)]
+pub struct SplitTarget {
+    /// Unique within the split; what the force header names.
+    pub version: String,
+    pub weight: Weight,
+    /// Names of `[[backends]]`, in preference order for failover. Never empty.
+    pub backends: Vec<String>,
+    /// Model name to send upstream, if it differs from the matched one.
+    pub upstream_model: Option<String>,
+    /// OIP model version to send upstream (`/v2/models/{m}/versions/{v}`).
+    pub upstream_version: Option<String>,
+}

@@ -1,0 +1,133 @@
+//! The file format as serde sees it: every field optional where the
+//! validated type has a default, and no field checked beyond its TOML type.
+//!
+//! Strings that become richer types (addresses, durations, header names) stay
+//! strings here so that `validate` can report all of their problems at once;
+//! a serde error would stop at the first. Every struct denies unknown fields,
+//! so a typo such as `time_out` is an error rather than a silent default.
+
+use serde::Deserialize;
+
+use crate::model::UpstreamProtocol;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    #[serde(default)]
+    pub gateway: RawGateway,
+    #[serde(default)]
+    pub backends: Vec<RawBackend>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGateway {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimits {
+    pub max_body_bytes: Option<u64>,
+    pub max_header_bytes: Option<usize>,
+    pub max_headers: Option<usize>,
+    pub header_read_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBackend {
+    pub name: Option<String>,
+    pub region: Option<String>,
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    pub endpoints: Option<Vec<RawEndpoint>>,
+    pub timeout: Option<String>,
+    pub connect_timeout: Option<String>,
+}
+
+/// `"host:port"` or `{ address = "host:port", weight = 3 }`.
+///
+/// Deserialized by hand rather than with `#[serde(untagged)]`, whose only
+/// error is "did not match any variant": this way a typo inside the table
+/// (`{ adress = ... }`) is reported as the unknown field it is.
+#[derive(Debug)]
+pub(crate) enum RawEndpoint {
+    Address(String),
+    Table(RawEndpointTable),
+}
+
+impl<'de> Deserialize<'de> for RawEndpoint {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawEndpoint;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(r#""host:port" or { address = "host:port", weight = N }"#)
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RawEndpoint::Address(v.to_owned()))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                RawEndpointTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawEndpoint::Table)
+            }
+        }
+        de.deserialize_any(Visitor)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEndpointTable {
+    pub address: String,
+    pub weight: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoute {
+    pub name: Option<String>,
+    #[serde(rename = "match")]
+    pub matcher: Option<RawMatch>,
+    pub key_header: Option<String>,
+    pub force_header: Option<String>,
+    pub timeout: Option<String>,
+    pub split: Option<Vec<RawSplitTarget>>,
+    /// Shorthand for a one-version split; see `validate::split`.
+    pub backends: Option<Vec<String>>,
+    pub upstream_model: Option<String>,
+    pub upstream_version: Option<String>,
+}
+
+/// Both keys are optional here so that "neither" and "both" get a clear
+/// message from `validate` instead of serde's enum wording.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMatch {
+    pub model: Option<String>,
+    pub path_prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSplitTarget {
+    pub version: Option<String>,
+    /// A plain integer so that an out-of-range weight is one collected error
+    /// rather than the end of parsing.
+    pub weight: Option<u32>,
+    pub backends: Option<Vec<String>>,
+    pub upstream_model: Option<String>,
+    pub upstream_version: Option<String>,
+}

@@ -1,0 +1,997 @@
+//! Raw → validated: turns the TOML text into a [`Config`] or into every
+//! problem it has, each named by its field path.
+//!
+//! How it works: serde first checks syntax, types and unknown fields; it can
+//! only report one error, because it stops. Everything past that (ranges,
+//! references between sections, uniqueness) is checked here, and all of it
+//! is collected, so an operator sees every problem in one go.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use http::uri::Authority;
+use http::HeaderName;
+
+use crate::error::{Collector, ConfigError, ConfigErrors};
+use crate::model::{
+    Backend, Config, Endpoint, GatewaySettings, Limits, Route, RouteMatch, Split, SplitTarget,
+};
+use crate::raw::{
+    RawBackend, RawConfig, RawEndpoint, RawGateway, RawLimits, RawMatch, RawRoute, RawSplitTarget,
+};
+use crate::value::{Timeout, Weight};
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+const DEFAULT_FORCE_HEADER: &str = "x-cascadia-version";
+const DEFAULT_BACKEND_TIMEOUT: Timeout = Timeout::from_secs_unchecked(2);
+const DEFAULT_CONNECT_TIMEOUT: Timeout = Timeout::from_secs_unchecked(1);
+/// The version name given to a route's `backends = [...]` shorthand.
+const SHORTHAND_VERSION: &str = "default";
+/// Caps an endpoint's weight so a pool's total can never overflow a `u32`.
+const MAX_ENDPOINT_WEIGHT: u32 = 10_000;
+
+/// Parses and validates a config file's text.
+pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    let raw = deserialize(text).map_err(|e| ConfigErrors(vec![e]))?;
+    validate(raw)
+}
+
+fn deserialize(text: &str) -> Result<RawConfig, ConfigError> {
+    let de = toml::Deserializer::parse(text).map_err(|e| ConfigError {
+        path: String::new(),
+        message: with_position(text, &e),
+    })?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = normalise_path(e.path());
+        let inner = e.into_inner();
+        ConfigError {
+            path,
+            message: with_position(text, &inner),
+        }
+    })
+}
+
+/// `message (line L, column C)`, or `line L, column C: message` for a syntax
+/// error, which has no path to go with it.
+fn with_position(text: &str, error: &toml::de::Error) -> String {
+    let Some(span) = error.span() else {
+        return error.message().to_owned();
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!("{} (line {line}, column {column})", error.message())
+}
+
+/// serde_path_to_error writes `routes[1].split[0].weight` already; this
+/// rebuilds it from the segments so the root is `""` rather than `"."` and
+/// untagged-enum or unknown segments, which mean nothing to an operator,
+/// are left out.
+fn normalise_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Enum { .. } | Segment::Unknown => {}
+        }
+    }
+    out
+}
+
+fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
+    let mut errors = Collector::default();
+    let gateway = gateway(raw.gateway, &mut errors);
+    let backends = backends(raw.backends, &mut errors);
+    let known: HashSet<&str> = backends.iter().map(|b| b.name.as_str()).collect();
+    let routes = routes(raw.routes, &known, &mut errors);
+    errors.finish(Config {
+        gateway,
+        backends,
+        routes,
+    })
+}
+
+fn gateway(raw: RawGateway, errors: &mut Collector) -> GatewaySettings {
+    let listen = socket_addr(
+        raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN),
+        "gateway.listen",
+        errors,
+    );
+    let admin_listen = socket_addr(
+        raw.admin_listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
+        "gateway.admin_listen",
+        errors,
+    );
+    // Port 0 means "any free port", so two of those never collide.
+    if let (Some(l), Some(a)) = (listen, admin_listen) {
+        if l == a && l.port() != 0 {
+            errors.push(
+                "gateway.admin_listen",
+                format!("must differ from gateway.listen ({l})"),
+            );
+        }
+    }
+    // The placeholder is never served: an error was recorded, so the whole
+    // config is rejected.
+    let placeholder = SocketAddr::from(([127, 0, 0, 1], 0));
+    GatewaySettings {
+        listen: listen.unwrap_or(placeholder),
+        admin_listen: admin_listen.unwrap_or(placeholder),
+        limits: limits(raw.limits, errors),
+    }
+}
+
+fn socket_addr(text: &str, path: &str, errors: &mut Collector) -> Option<SocketAddr> {
+    match text.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            errors.push(
+                path,
+                format!("invalid socket address {text:?} (expected e.g. \"0.0.0.0:8080\")"),
+            );
+            None
+        }
+    }
+}
+
+fn limits(raw: RawLimits, errors: &mut Collector) -> Limits {
+    let mut limits = Limits::default();
+    if let Some(v) = raw.max_body_bytes {
+        if v < 1 {
+            errors.push("gateway.limits.max_body_bytes", "must be at least 1");
+        }
+        limits.max_body_bytes = v;
+    }
+    if let Some(v) = raw.max_header_bytes {
+        // Below this, ordinary browsers and SDKs fail on their own headers.
+        if v < 1024 {
+            errors.push(
+                "gateway.limits.max_header_bytes",
+                format!("{v} is under the minimum of 1024"),
+            );
+        }
+        limits.max_header_bytes = v;
+    }
+    if let Some(v) = raw.max_headers {
+        if !(1..=1000).contains(&v) {
+            errors.push(
+                "gateway.limits.max_headers",
+                format!("{v} is out of range, must be 1..=1000"),
+            );
+        }
+        limits.max_headers = v;
+    }
+    if let Some(t) = timeout(
+        raw.header_read_timeout.as_deref(),
+        "gateway.limits.header_read_timeout",
+        errors,
+    ) {
+        limits.header_read_timeout = t;
+    }
+    limits
+}
+
+fn timeout(text: Option<&str>, path: &str, errors: &mut Collector) -> Option<Timeout> {
+    match text?.parse::<Timeout>() {
+        Ok(t) => Some(t),
+        Err(e) => {
+            errors.push(path, e.to_string());
+            None
+        }
+    }
+}
+
+/// A required string: reports "missing" and "empty" apart, since they call
+/// for different fixes.
+fn required(value: Option<String>, path: &str, errors: &mut Collector) -> String {
+    match value {
+        None => {
+            errors.push(path, "missing");
+            String::new()
+        }
+        Some(v) if v.trim().is_empty() => {
+            errors.push(path, "must not be empty");
+            v
+        }
+        Some(v) => v,
+    }
+}
+
+fn backends(raw: Vec<RawBackend>, errors: &mut Collector) -> Vec<Backend> {
+    let mut seen = HashSet::new();
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let at = format!("backends[{i}]");
+            let name = required(b.name, &format!("{at}.name"), errors);
+            if !name.is_empty() && !seen.insert(name.clone()) {
+                errors.push(
+                    format!("{at}.name"),
+                    format!("duplicate backend name {name:?}"),
+                );
+            }
+            let region = required(b.region, &format!("{at}.region"), errors);
+            let endpoints = match b.endpoints {
+                None => {
+                    errors.push(format!("{at}.endpoints"), "missing");
+                    Vec::new()
+                }
+                Some(list) if list.is_empty() => {
+                    errors.push(format!("{at}.endpoints"), "must list at least one endpoint");
+                    Vec::new()
+                }
+                Some(list) => list
+                    .into_iter()
+                    .enumerate()
+                    .filter_map(|(j, e)| endpoint(e, &format!("{at}.endpoints[{j}]"), errors))
+                    .collect(),
+            };
+            Backend {
+                name,
+                region,
+                protocol: b.protocol,
+                endpoints,
+                timeout: timeout(b.timeout.as_deref(), &format!("{at}.timeout"), errors)
+                    .unwrap_or(DEFAULT_BACKEND_TIMEOUT),
+                connect_timeout: timeout(
+                    b.connect_timeout.as_deref(),
+                    &format!("{at}.connect_timeout"),
+                    errors,
+                )
+                .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            }
+        })
+        .collect()
+}
+
+fn endpoint(raw: RawEndpoint, at: &str, errors: &mut Collector) -> Option<Endpoint> {
+    let (address, weight, address_path) = match raw {
+        RawEndpoint::Address(a) => (a, 1, at.to_owned()),
+        RawEndpoint::Table(t) => (t.address, t.weight.unwrap_or(1), format!("{at}.address")),
+    };
+    let mut ok = true;
+    if !(1..=MAX_ENDPOINT_WEIGHT).contains(&weight) {
+        errors.push(
+            format!("{at}.weight"),
+            format!("{weight} is out of range, must be 1..={MAX_ENDPOINT_WEIGHT}"),
+        );
+        ok = false;
+    }
+    let authority = match authority(&address) {
+        Ok(a) => Some(a),
+        Err(message) => {
+            errors.push(address_path, message);
+            None
+        }
+    };
+    Some(Endpoint {
+        authority: authority.filter(|_| ok)?,
+        weight,
+    })
+}
+
+fn authority(text: &str) -> Result<Authority, String> {
+    // Credentials in config would end up in logs and the summary.
+    if text.contains('@') {
+        return Err(format!("{text:?} must not contain userinfo ('@')"));
+    }
+    let authority = Authority::from_str(text)
+        .map_err(|e| format!("invalid address {text:?}: {e} (expected \"host:port\")"))?;
+    if authority.host().is_empty() {
+        return Err(format!("address {text:?} has no host"));
+    }
+    // No scheme is configured, so there is no default port to fall back on.
+    if authority.port_u16().is_none() {
+        return Err(format!("address {text:?} needs an explicit port"));
+    }
+    Ok(authority)
+}
+
+fn routes(raw: Vec<RawRoute>, known: &HashSet<&str>, errors: &mut Collector) -> Vec<Route> {
+    let mut names = HashSet::new();
+    // Which route already claimed a model or prefix, to name it in the error.
+    let mut claimed: HashMap<RouteMatch, String> = HashMap::new();
+    raw.into_iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            let at = format!("routes[{i}]");
+            let name = required(r.name.clone(), &format!("{at}.name"), errors);
+            if !name.is_empty() && !names.insert(name.clone()) {
+                errors.push(
+                    format!("{at}.name"),
+                    format!("duplicate route name {name:?}"),
+                );
+            }
+            let matcher = route_match(r.matcher.as_ref(), &format!("{at}.match"), errors);
+            if let Some(m) = &matcher {
+                if let Some(other) = claimed.get(m) {
+                    let what = match m {
+                        RouteMatch::Model(v) => format!("model {v:?}"),
+                        RouteMatch::PathPrefix(v) => format!("path_prefix {v:?}"),
+                    };
+                    errors.push(
+                        format!("{at}.match"),
+                        format!("{what} is already matched by route {other:?}"),
+                    );
+                } else {
+                    claimed.insert(m.clone(), name.clone());
+                }
+            }
+            let key_header = r
+                .key_header
+                .as_deref()
+                .and_then(|h| header(h, &format!("{at}.key_header"), errors));
+            let force_header = header(
+                r.force_header.as_deref().unwrap_or(DEFAULT_FORCE_HEADER),
+                &format!("{at}.force_header"),
+                errors,
+            );
+            let timeout = timeout(r.timeout.as_deref(), &format!("{at}.timeout"), errors);
+            let split = split(r, &at, known, errors);
+            Some(Route {
+                name,
+                matcher: matcher?,
+                key_header,
+                force_header: force_header?,
+                timeout,
+                split: split?,
+            })
+        })
+        .collect()
+}
+
+fn route_match(raw: Option<&RawMatch>, at: &str, errors: &mut Collector) -> Option<RouteMatch> {
+    let Some(raw) = raw else {
+        errors.push(
+            at,
+            "missing (expected { model = \"...\" } or { path_prefix = \"/...\" })",
+        );
+        return None;
+    };
+    match (&raw.model, &raw.path_prefix) {
+        (Some(model), None) => {
+            let path = format!("{at}.model");
+            path_segment(model, &path, errors).then(|| RouteMatch::Model(model.clone()))
+        }
+        (None, Some(prefix)) => {
+            if prefix.starts_with('/') {
+                Some(RouteMatch::PathPrefix(prefix.clone()))
+            } else {
+                errors.push(
+                    format!("{at}.path_prefix"),
+                    format!("{prefix:?} must start with '/'"),
+                );
+                None
+            }
+        }
+        (Some(_), Some(_)) => {
+            errors.push(at, "set exactly one of `model` and `path_prefix`, not both");
+            None
+        }
+        (None, None) => {
+            errors.push(at, "set exactly one of `model` and `path_prefix`");
+            None
+        }
+    }
+}
+
+/// Model names and versions are spliced into OIP paths
+/// (`/v2/models/{model}/versions/{version}`), so they must be one clean
+/// path segment: anything else could route a request somewhere unintended.
+fn path_segment(value: &str, path: &str, errors: &mut Collector) -> bool {
+    let problem = if value.is_empty() {
+        Some("must not be empty".to_owned())
+    } else if value == "." || value == ".." {
+        Some(format!("{value:?} is not a valid name"))
+    } else if value
+        .chars()
+        .any(|c| matches!(c, '/' | '?' | '#') || c.is_whitespace())
+    {
+        Some(format!(
+            "{value:?} must not contain '/', '?', '#' or whitespace"
+        ))
+    } else {
+        None
+    };
+    match problem {
+        Some(message) => {
+            errors.push(path, message);
+            false
+        }
+        None => true,
+    }
+}
+
+fn header(text: &str, path: &str, errors: &mut Collector) -> Option<HeaderName> {
+    match HeaderName::from_bytes(text.to_ascii_lowercase().as_bytes()) {
+        Ok(h) => Some(h),
+        Err(_) => {
+            errors.push(path, format!("{text:?} is not a valid HTTP header name"));
+            None
+        }
+    }
+}
+
+/// A route gives its versions either as `[[routes.split]]` entries or, for
+/// the common single-version case, as route-level `backends` (plus optional
+/// `upstream_model`/`upstream_version`), which means one version "default"
+/// taking all the traffic.
+fn split(r: RawRoute, at: &str, known: &HashSet<&str>, errors: &mut Collector) -> Option<Split> {
+    match (r.split, r.backends) {
+        (Some(_), Some(_)) => {
+            errors.push(at, "set either `split` or `backends`, not both");
+            None
+        }
+        (None, None) => {
+            errors.push(at, "missing `split` (or the `backends` shorthand)");
+            None
+        }
+        (None, Some(backends)) => {
+            let target = RawSplitTarget {
+                version: Some(SHORTHAND_VERSION.to_owned()),
+                weight: Some(Weight::MAX),
+                backends: Some(backends),
+                upstream_model: r.upstream_model,
+                upstream_version: r.upstream_version,
+            };
+            // Paths point at the route-level fields the operator wrote.
+            let target = split_target(target, at, known, errors)?;
+            Some(Split::new(vec![target]))
+        }
+        (Some(targets), None) => {
+            for (field, value) in [
+                ("upstream_model", &r.upstream_model),
+                ("upstream_version", &r.upstream_version),
+            ] {
+                if value.is_some() {
+                    errors.push(
+                        format!("{at}.{field}"),
+                        "only allowed with the route-level `backends` shorthand; \
+                         set it on each split entry instead",
+                    );
+                }
+            }
+            let split_at = format!("{at}.split");
+            if targets.is_empty() {
+                errors.push(&split_at, "must list at least one version");
+                return None;
+            }
+            let mut versions = HashSet::new();
+            let mut sum: u64 = 0;
+            let mut weights_ok = true;
+            let mut all_ok = true;
+            let mut out = Vec::with_capacity(targets.len());
+            for (j, t) in targets.into_iter().enumerate() {
+                let t_at = format!("{split_at}[{j}]");
+                if let Some(v) = &t.version {
+                    if !v.is_empty() && !versions.insert(v.clone()) {
+                        errors.push(
+                            format!("{t_at}.version"),
+                            format!("duplicate version {v:?}"),
+                        );
+                    }
+                }
+                match t.weight {
+                    Some(w) if w <= Weight::MAX => sum += u64::from(w),
+                    _ => weights_ok = false,
+                }
+                match split_target(t, &t_at, known, errors) {
+                    Some(t) => out.push(t),
+                    None => all_ok = false,
+                }
+            }
+            // A sum over weights that were themselves rejected would only
+            // repeat that error.
+            if weights_ok && sum != u64::from(Weight::MAX) {
+                errors.push(
+                    &split_at,
+                    format!("weights sum to {sum}, must sum to {}", Weight::MAX),
+                );
+                all_ok = false;
+            }
+            all_ok.then(|| Split::new(out))
+        }
+    }
+}
+
+fn split_target(
+    raw: RawSplitTarget,
+    at: &str,
+    known: &HashSet<&str>,
+    errors: &mut Collector,
+) -> Option<SplitTarget> {
+    let mut ok = true;
+    let version = match raw.version {
+        None => {
+            errors.push(format!("{at}.version"), "missing");
+            ok = false;
+            String::new()
+        }
+        Some(v) => {
+            // The version is what the force header carries, so it obeys the
+            // same rules as a model name.
+            ok &= path_segment(&v, &format!("{at}.version"), errors);
+            v
+        }
+    };
+    let weight = match raw.weight.map(Weight::try_from) {
+        None => {
+            errors.push(format!("{at}.weight"), "missing");
+            None
+        }
+        Some(Err(e)) => {
+            errors.push(format!("{at}.weight"), e.to_string());
+            None
+        }
+        Some(Ok(w)) => Some(w),
+    };
+    let backends = match raw.backends {
+        None => {
+            errors.push(format!("{at}.backends"), "missing");
+            ok = false;
+            Vec::new()
+        }
+        Some(list) if list.is_empty() => {
+            errors.push(format!("{at}.backends"), "must list at least one backend");
+            ok = false;
+            list
+        }
+        Some(list) => {
+            let mut seen = HashSet::new();
+            for (k, name) in list.iter().enumerate() {
+                if !known.contains(name.as_str()) {
+                    errors.push(
+                        format!("{at}.backends[{k}]"),
+                        format!("unknown backend {name:?}"),
+                    );
+                    ok = false;
+                } else if !seen.insert(name.as_str()) {
+                    errors.push(
+                        format!("{at}.backends[{k}]"),
+                        format!("backend {name:?} is listed twice"),
+                    );
+                    ok = false;
+                }
+            }
+            list
+        }
+    };
+    for (field, value) in [
+        ("upstream_model", &raw.upstream_model),
+        ("upstream_version", &raw.upstream_version),
+    ] {
+        if let Some(v) = value {
+            ok &= path_segment(v, &format!("{at}.{field}"), errors);
+        }
+    }
+    ok.then_some(())?;
+    Some(SplitTarget {
+        version,
+        weight: weight?,
+        backends,
+        upstream_model: raw.upstream_model,
+        upstream_version: raw.upstream_version,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::UpstreamProtocol;
+    use std::time::Duration;
+
+    const DEMO: &str = include_str!("../examples/demo.toml");
+
+    const BACKENDS: &str = r#"
+[[backends]]
+name = "a"
+region = "us-east"
+endpoints = ["127.0.0.1:1"]
+
+[[backends]]
+name = "b"
+region = "eu-west"
+endpoints = ["127.0.0.1:2"]
+"#;
+
+    fn errors(text: &str) -> Vec<String> {
+        parse(text)
+            .expect_err("config should be rejected")
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    fn with_backends(routes: &str) -> String {
+        format!("{BACKENDS}\n{routes}")
+    }
+
+    #[test]
+    fn demo_parses() {
+        let config = parse(DEMO).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.gateway.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(
+            config.gateway.admin_listen,
+            "127.0.0.1:9901".parse().unwrap()
+        );
+        assert_eq!(config.gateway.limits.max_body_bytes, 4 * 1024 * 1024);
+        assert_eq!(config.backends.len(), 4);
+        let b = config.backend("fraud-v1-us-east").unwrap();
+        assert_eq!(b.protocol, UpstreamProtocol::Http1);
+        assert_eq!(b.timeout.get(), Duration::from_secs(2));
+        assert_eq!(b.connect_timeout.get(), Duration::from_secs(1));
+        assert_eq!(b.endpoints[0].authority.as_str(), "127.0.0.1:18101");
+        assert_eq!(b.endpoints[0].weight, 1);
+        assert!(config.backend("nope").is_none());
+
+        let route = &config.routes[0];
+        assert_eq!(route.matcher, RouteMatch::Model("fraud".into()));
+        assert_eq!(route.key_header.as_ref().unwrap(), "x-user-id");
+        assert_eq!(route.force_header, "x-cascadia-version");
+        assert_eq!(route.split.total_weight(), 100);
+        let canary = route.split.target("canary").unwrap();
+        assert_eq!(canary.weight.get(), 10);
+        assert_eq!(canary.backends, ["fraud-v2-us-east", "fraud-v2-eu-west"]);
+        assert_eq!(canary.upstream_version.as_deref(), Some("2"));
+        assert_eq!(canary.upstream_model, None);
+        assert_eq!(route.split.targets()[0].version, "stable");
+
+        let summary = config.summary();
+        for needle in [
+            "127.0.0.1:8080",
+            "fraud-v2-eu-west",
+            "canary",
+            "x-user-id",
+            "90%",
+        ] {
+            assert!(
+                summary.contains(needle),
+                "{needle:?} missing from\n{summary}"
+            );
+        }
+    }
+
+    #[test]
+    fn everything_optional_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.gateway.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(
+            config.gateway.admin_listen,
+            "127.0.0.1:9901".parse().unwrap()
+        );
+        let l = &config.gateway.limits;
+        assert_eq!(l.max_body_bytes, 4 * 1024 * 1024);
+        assert_eq!(l.max_header_bytes, 16384);
+        assert_eq!(l.max_headers, 100);
+        assert_eq!(l.header_read_timeout.get(), Duration::from_secs(10));
+        assert!(config.backends.is_empty() && config.routes.is_empty());
+    }
+
+    #[test]
+    fn weights_must_sum_to_100() {
+        let text = with_backends(
+            r#"
+[[routes]]
+name = "ok"
+match = { model = "one" }
+backends = ["a"]
+
+[[routes]]
+name = "short"
+match = { model = "two" }
+[[routes.split]]
+version = "v1"
+weight = 80
+backends = ["a"]
+[[routes.split]]
+version = "v2"
+weight = 10
+backends = ["b"]
+"#,
+        );
+        assert_eq!(
+            errors(&text),
+            ["routes[1].split: weights sum to 90, must sum to 100"]
+        );
+    }
+
+    #[test]
+    fn unknown_backend_is_named_by_path() {
+        let text = with_backends(
+            r#"
+[[routes]]
+name = "r"
+match = { path_prefix = "/echo" }
+[[routes.split]]
+version = "v1"
+weight = 50
+backends = ["a"]
+[[routes.split]]
+version = "v2"
+weight = 50
+backends = ["nope", "b"]
+"#,
+        );
+        assert_eq!(
+            errors(&text),
+            [r#"routes[0].split[1].backends[0]: unknown backend "nope""#]
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_named_by_path() {
+        let text = with_backends(
+            r#"
+[[routes]]
+name = "r"
+match = { model = "m" }
+[[routes.split]]
+version = "v1"
+weight = 100
+backends = ["a"]
+wieght = 3
+"#,
+        );
+        let errs = parse(&text).unwrap_err().0;
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].path, "routes[0].split[0].wieght");
+        assert!(
+            errs[0].message.starts_with("unknown field `wieght`"),
+            "{}",
+            errs[0].message
+        );
+        assert!(errs[0].message.contains("line "), "{}", errs[0].message);
+    }
+
+    #[test]
+    fn type_error_is_named_by_path() {
+        let errs = parse("[gateway.limits]\nmax_headers = \"lots\"\n")
+            .unwrap_err()
+            .0;
+        assert_eq!(errs[0].path, "gateway.limits.max_headers");
+        assert!(errs[0].message.contains("line 2"), "{}", errs[0].message);
+    }
+
+    #[test]
+    fn syntax_error_has_line_and_column() {
+        let errs = parse("[gateway]\nlisten = \n").unwrap_err().0;
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].path, "");
+        assert!(
+            errs[0].message.contains("(line 2, column"),
+            "{}",
+            errs[0].message
+        );
+    }
+
+    #[test]
+    fn every_error_is_reported_together() {
+        let text = r#"
+[gateway]
+listen = "localhost"
+
+[gateway.limits]
+max_header_bytes = 10
+max_headers = 0
+
+[[backends]]
+name = "a"
+region = ""
+endpoints = ["127.0.0.1", "user@h:1", { address = "h:2", weight = 0 }]
+timeout = "0s"
+
+[[backends]]
+name = "a"
+region = "r"
+endpoints = []
+
+[[routes]]
+name = "r"
+match = { model = "a/b" }
+key_header = "bad header"
+backends = ["a"]
+
+[[routes]]
+name = "r"
+match = { path_prefix = "no-slash" }
+[[routes.split]]
+version = "v"
+weight = 101
+backends = []
+[[routes.split]]
+version = "v"
+weight = 0
+backends = ["ghost"]
+"#;
+        let got = errors(text);
+        let want = [
+            r#"gateway.listen: invalid socket address "localhost" (expected e.g. "0.0.0.0:8080")"#,
+            "gateway.limits.max_header_bytes: 10 is under the minimum of 1024",
+            "gateway.limits.max_headers: 0 is out of range, must be 1..=1000",
+            "backends[0].region: must not be empty",
+            r#"backends[0].endpoints[0]: address "127.0.0.1" needs an explicit port"#,
+            r#"backends[0].endpoints[1]: "user@h:1" must not contain userinfo ('@')"#,
+            "backends[0].endpoints[2].weight: 0 is out of range, must be 1..=10000",
+            r#"backends[0].timeout: duration "0s" must be greater than zero"#,
+            r#"backends[1].name: duplicate backend name "a""#,
+            "backends[1].endpoints: must list at least one endpoint",
+            r#"routes[0].match.model: "a/b" must not contain '/', '?', '#' or whitespace"#,
+            r#"routes[0].key_header: "bad header" is not a valid HTTP header name"#,
+            r#"routes[1].name: duplicate route name "r""#,
+            r#"routes[1].match.path_prefix: "no-slash" must start with '/'"#,
+            "routes[1].split[0].weight: 101 is over 100",
+            "routes[1].split[0].backends: must list at least one backend",
+            r#"routes[1].split[1].version: duplicate version "v""#,
+            r#"routes[1].split[1].backends[0]: unknown backend "ghost""#,
+        ];
+        assert_eq!(got, want, "got:\n{}", got.join("\n"));
+    }
+
+    #[test]
+    fn shorthand_backends_is_one_default_version() {
+        let text = with_backends(
+            r#"
+[[routes]]
+name = "echo"
+match = { path_prefix = "/echo" }
+backends = ["b", "a"]
+upstream_model = "echo-v3"
+timeout = "500ms"
+force_header = "X-Pick"
+"#,
+        );
+        let config = parse(&text).unwrap();
+        let route = &config.routes[0];
+        assert_eq!(route.force_header, "x-pick");
+        assert_eq!(route.key_header, None);
+        assert_eq!(route.timeout.unwrap().get(), Duration::from_millis(500));
+        let targets = route.split.targets();
+        assert_eq!(targets.len(), 1);
+        assert_eq!(targets[0].version, "default");
+        assert_eq!(targets[0].weight.get(), 100);
+        assert_eq!(targets[0].backends, ["b", "a"]);
+        assert_eq!(targets[0].upstream_model.as_deref(), Some("echo-v3"));
+    }
+
+    #[test]
+    fn shorthand_errors_point_at_route_fields() {
+        let text = with_backends(
+            r#"
+[[routes]]
+name = "echo"
+match = { path_prefix = "/echo" }
+backends = ["zzz"]
+"#,
+        );
+        assert_eq!(
+            errors(&text),
+            [r#"routes[0].backends[0]: unknown backend "zzz""#]
+        );
+    }
+
+    #[test]
+    fn split_and_backends_are_exclusive() {
+        let text = with_backends(
+            r#"
+[[routes]]
+name = "both"
+match = { model = "x" }
+backends = ["a"]
+[[routes.split]]
+version = "v"
+weight = 100
+backends = ["a"]
+
+[[routes]]
+name = "neither"
+match = { model = "y" }
+"#,
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "routes[0]: set either `split` or `backends`, not both",
+                "routes[1]: missing `split` (or the `backends` shorthand)",
+            ]
+        );
+    }
+
+    #[test]
+    fn matches_must_be_unique_and_single() {
+        let text = with_backends(
+            r#"
+[[routes]]
+name = "one"
+match = { model = "m" }
+backends = ["a"]
+
+[[routes]]
+name = "two"
+match = { model = "m" }
+backends = ["a"]
+
+[[routes]]
+name = "three"
+match = { model = "n", path_prefix = "/n" }
+backends = ["a"]
+
+[[routes]]
+name = "four"
+match = { model = ".." }
+backends = ["a"]
+"#,
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                r#"routes[1].match: model "m" is already matched by route "one""#,
+                "routes[2].match: set exactly one of `model` and `path_prefix`, not both",
+                r#"routes[3].match.model: ".." is not a valid name"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn endpoint_tables_and_h2c() {
+        let text = r#"
+[[backends]]
+name = "grpc"
+region = "r"
+protocol = "h2c"
+endpoints = ["10.0.0.1:9000", { address = "10.0.0.2:9000", weight = 3 }]
+connect_timeout = "250ms"
+"#;
+        let config = parse(text).unwrap();
+        let b = &config.backends[0];
+        assert_eq!(b.protocol, UpstreamProtocol::H2c);
+        assert_eq!(b.endpoints[1].authority.as_str(), "10.0.0.2:9000");
+        assert_eq!(b.endpoints[1].weight, 3);
+        assert_eq!(b.connect_timeout.get(), Duration::from_millis(250));
+    }
+
+    #[test]
+    fn typo_inside_an_endpoint_table_is_named() {
+        let errs = parse(
+            "[[backends]]\nname = \"a\"\nregion = \"r\"\nendpoints = [{ adress = \"h:1\" }]\n",
+        )
+        .unwrap_err()
+        .0;
+        assert_eq!(errs[0].path, "backends[0].endpoints[0].adress");
+        assert!(
+            errs[0].message.starts_with("unknown field `adress`"),
+            "{}",
+            errs[0].message
+        );
+    }
+
+    #[test]
+    fn display_is_one_error_per_line() {
+        let errs = parse("[gateway]\nlisten = \"x\"\nadmin_listen = \"y\"\n").unwrap_err();
+        assert_eq!(
+            errs.to_string(),
+            "gateway.listen: invalid socket address \"x\" (expected e.g. \"0.0.0.0:8080\")\n\
+             gateway.admin_listen: invalid socket address \"y\" (expected e.g. \"0.0.0.0:8080\")"
+        );
+    }
+
+    #[test]
+    fn listen_addresses_must_differ() {
+        assert_eq!(
+            errors("[gateway]\nlisten = \"0.0.0.0:80\"\nadmin_listen = \"0.0.0.0:80\"\n"),
+            ["gateway.admin_listen: must differ from gateway.listen (0.0.0.0:80)"]
+        );
+        assert!(
+            parse("[gateway]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n").is_ok()
+        );
+    }
+}

@@ -1,0 +1,173 @@
+//! The admin API, on its own listener: the serving config's version, hash
+//! and last reload error, a reload trigger, and the backend pools.
+//!
+//! | Method | Path | Does |
+//! |---|---|---|
+//! | GET | `/admin/config` | version, hash, source, reload counters, last error |
+//! | POST | `/admin/config/reload` | reloads now; 200 with the outcome, 422 with every error |
+//! | GET | `/admin/backends` | pools, regions, endpoints with in-flight and attempt counts |
+//!
+//! Mutations only accept POST (a GET gets 405), so a crawler or a
+//! prefetching browser cannot change anything.
+
+use std::convert::Infallible;
+use std::time::UNIX_EPOCH;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::proxy::body::ResponseBody;
+use crate::reload::{ReloadFailure, ReloadHandle, ReloadOutcome, Trigger};
+use crate::snapshot::SharedSnapshot;
+
+/// What the admin API reads and acts on.
+#[derive(Clone)]
+pub struct Admin {
+    snapshot: SharedSnapshot,
+    reload: ReloadHandle,
+}
+
+impl Admin {
+    /// An admin API over the serving snapshot and its reloader.
+    pub fn new(snapshot: SharedSnapshot, reload: ReloadHandle) -> Self {
+        Self { snapshot, reload }
+    }
+
+    /// Answers one admin request.
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<ResponseBody> {
+        let method = request.method().clone();
+        match request.uri().path() {
+            "/admin/config" if method == Method::GET => self.config(),
+            "/admin/config/reload" if method == Method::POST => {
+                tracing::info!(peer = "admin", "reload requested through the admin API");
+                match self.reload.reload(Trigger::Admin).await {
+                    Some(outcome) => reload_outcome(outcome),
+                    None => json_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        json!({"error": "reloader is not running"}),
+                    ),
+                }
+            }
+            "/admin/backends" if method == Method::GET => self.backends(),
+            "/admin/config" | "/admin/backends" => method_not_allowed("GET"),
+            "/admin/config/reload" => method_not_allowed("POST"),
+            _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not found"})),
+        }
+    }
+
+    fn config(&self) -> Response<ResponseBody> {
+        let snapshot = self.snapshot.load();
+        let status = self.reload.status();
+        json_response(
+            StatusCode::OK,
+            json!({
+                "version": snapshot.version,
+                "hash": snapshot.hash,
+                "source": self.reload.source().display().to_string(),
+                "loaded_at_unix": snapshot.loaded_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                "reloads": { "applied": status.applied, "rejected": status.rejected },
+                "last_error": status.last_error.as_ref().map(failure_json),
+            }),
+        )
+    }
+
+    fn backends(&self) -> Response<ResponseBody> {
+        let snapshot = self.snapshot.load();
+        let mut names: Vec<&String> = snapshot.pools.keys().collect();
+        names.sort();
+        let pools: Vec<Value> = names
+            .into_iter()
+            .map(|name| {
+                let pool = &snapshot.pools[name];
+                json!({
+                    "name": pool.name(),
+                    "region": pool.region(),
+                    "endpoints": pool.endpoints().iter().map(|e| json!({
+                        "address": e.authority().as_str(),
+                        "in_flight": e.in_flight(),
+                        "attempts": e.attempts(),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json_response(StatusCode::OK, json!({ "backends": pools }))
+    }
+}
+
+/// Serves the admin API on `listener` until `shutdown` turns true.
+pub async fn serve(listener: TcpListener, admin: Admin, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "admin accept failed");
+                    continue;
+                }
+            },
+            _ = crate::listener::stopped(&mut shutdown) => return,
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(admin.handle(request).await) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn reload_outcome(outcome: ReloadOutcome) -> Response<ResponseBody> {
+    match outcome {
+        ReloadOutcome::Applied { version, hash } => json_response(
+            StatusCode::OK,
+            json!({"status": "applied", "version": version, "hash": hash}),
+        ),
+        ReloadOutcome::Unchanged { version, hash } => json_response(
+            StatusCode::OK,
+            json!({"status": "unchanged", "version": version, "hash": hash}),
+        ),
+        ReloadOutcome::Rejected(failure) => json_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({"status": "rejected", "error": failure_json(&failure)}),
+        ),
+    }
+}
+
+fn failure_json(failure: &ReloadFailure) -> Value {
+    json!({
+        "message": failure.message,
+        "errors": failure.errors.iter().map(|e| json!({"path": e.path, "message": e.message})).collect::<Vec<_>>(),
+        "at_unix": failure.at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+    })
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<ResponseBody> {
+    let mut response = json_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        json!({"error": "method not allowed"}),
+    );
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+fn json_response(status: StatusCode, body: Value) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

@@ -1,0 +1,171 @@
+//! `cascadia demo`: the whole system in one process. Four simulated model
+//! servers (stable and canary versions of a `fraud` model, in `us-east` and
+//! `eu-west`) run behind the gateway with the config from
+//! `config/examples/demo.toml`, pointed at their real ports.
+//!
+//! The demo writes that config to a temporary file and serves it like
+//! `cascadia run` does, so editing the file (say, the canary weight) reloads
+//! the gateway live.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cascadia_sim::{LatencyModel, SimConfig, SimHandle};
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::cli::{announce, wait_for_shutdown_signal};
+use crate::server::{Gateway, GatewayOptions};
+
+/// The demo's config, with placeholder endpoints the demo replaces.
+const DEMO_CONFIG: &str = include_str!("../../config/examples/demo.toml");
+
+/// The simulated servers: (placeholder endpoint in demo.toml, backend name,
+/// region, model version, latency p50 and p99 in ms).
+const DEMO_BACKENDS: [(&str, &str, &str, &str, u64, u64); 4] = [
+    ("127.0.0.1:18101", "fraud-v1-us-east", "us-east", "1", 3, 12),
+    ("127.0.0.1:18102", "fraud-v1-eu-west", "eu-west", "1", 5, 20),
+    ("127.0.0.1:18103", "fraud-v2-us-east", "us-east", "2", 2, 9),
+    ("127.0.0.1:18104", "fraud-v2-eu-west", "eu-west", "2", 4, 15),
+];
+
+/// A sample OIP request: one row of eight features.
+const SAMPLE_BODY: &str = r#"{"inputs":[{"name":"features","shape":[1,8],"datatype":"FP32","data":[0.3,1.2,0.0,4.1,0.7,2.2,0.9,1.5]}]}"#;
+
+/// Runs the demo until Ctrl-C.
+pub async fn run(listen: SocketAddr, admin_listen: SocketAddr, sample_requests: u32) -> ExitCode {
+    match run_inner(listen, admin_listen, sample_requests).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            if error.contains("in use") {
+                eprintln!("hint: pick free ports, e.g. `cascadia demo --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0`");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_inner(listen: SocketAddr, admin_listen: SocketAddr, sample_requests: u32) -> Result<(), String> {
+    let mut sims: Vec<SimHandle> = Vec::new();
+    let mut config_text = DEMO_CONFIG.to_owned();
+    for (placeholder, name, region, version, p50, p99) in DEMO_BACKENDS {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("cannot start a simulated backend: {e}"))?;
+        let sim = cascadia_sim::spawn(
+            listener,
+            SimConfig {
+                name: name.to_owned(),
+                model: "fraud".to_owned(),
+                version: version.to_owned(),
+                region: region.to_owned(),
+                latency: LatencyModel::LogNormal {
+                    p50: Duration::from_millis(p50),
+                    p99: Duration::from_millis(p99),
+                },
+                error_rate: 0.0,
+            },
+        )
+        .await
+        .map_err(|e| format!("cannot start a simulated backend: {e}"))?;
+        config_text = config_text.replace(placeholder, &sim.addr.to_string());
+        sims.push(sim);
+    }
+
+    let config_path = write_demo_config(&config_text)?;
+    let loaded = cascadia_config::load_file(&config_path).map_err(|e| format!("demo config: {e}"))?;
+    let gateway = Gateway::start(
+        loaded,
+        GatewayOptions {
+            listen: Some(listen),
+            admin_listen: Some(admin_listen),
+            watch_config: true,
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    announce(&gateway);
+
+    let base = format!("http://{}", gateway.listen_addr);
+    println!();
+    println!("Cascadia demo: model \"fraud\" with stable (90%) and canary (10%) versions,");
+    println!("each served by simulated backends in us-east and eu-west.");
+    println!();
+    println!("  gateway  {base}");
+    println!("  admin    http://{}/admin/config", gateway.admin_addr);
+    println!("  config   {}  (edit it: the gateway reloads live)", config_path.display());
+    println!();
+    println!("Try an inference request (same user, same version every time):");
+    println!();
+    println!("  curl -si {base}/v2/models/fraud/infer \\");
+    println!("    -H 'content-type: application/json' -H 'x-user-id: alice' \\");
+    println!("    -d '{SAMPLE_BODY}'");
+    println!();
+    println!("Force the canary with -H 'x-cascadia-version: canary'.");
+
+    if sample_requests > 0 {
+        println!();
+        match send_samples(&base, sample_requests).await {
+            Ok(tally) => {
+                println!("Sent {sample_requests} sample requests from distinct users; served by:");
+                for ((version, backend), count) in tally {
+                    let share = 100.0 * f64::from(count) / f64::from(sample_requests);
+                    println!("  {version:<8} {backend:<18} {count:>5}  ({share:.1}%)");
+                }
+            }
+            Err(error) => println!("sample requests failed: {error}"),
+        }
+    }
+    println!();
+    println!("Press Ctrl-C to stop.");
+
+    wait_for_shutdown_signal().await;
+    gateway.shutdown().await;
+    drop(sims);
+    let _ = std::fs::remove_file(&config_path);
+    Ok(())
+}
+
+fn write_demo_config(text: &str) -> Result<PathBuf, String> {
+    let dir = std::env::temp_dir().join(format!("cascadia-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let path = dir.join("demo.toml");
+    std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// Sends `count` requests with distinct user ids and counts which version
+/// and backend answered.
+async fn send_samples(base: &str, count: u32) -> Result<BTreeMap<(String, String), u32>, String> {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut tally = BTreeMap::new();
+    for user in 0..count {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("{base}/v2/models/fraud/infer"))
+            .header("content-type", "application/json")
+            .header("x-user-id", format!("user-{user}"))
+            .body(Full::new(Bytes::from_static(SAMPLE_BODY.as_bytes())))
+            .map_err(|e| e.to_string())?;
+        let response = client.request(request).await.map_err(|e| e.to_string())?;
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_owned()
+        };
+        let key = (header("x-cascadia-version"), header("x-cascadia-backend"));
+        let _ = response.into_body().collect().await;
+        *tally.entry(key).or_insert(0) += 1;
+    }
+    Ok(tally)
+}

@@ -1,0 +1,310 @@
+//! The downstream listener: accepts TCP connections and serves HTTP/1.1 and
+//! HTTP/2 (prior knowledge, so gRPC clients work) on the same port.
+//!
+//! # How it works
+//! Each connection is sniffed for the HTTP/2 preface, then handed to the
+//! matching hyper connection. HTTP/1.1 connections are wrapped in
+//! [`HeadTimeoutIo`], which enforces two timers hyper does not answer the
+//! way we want: a request head that takes longer than
+//! `limits.header_read_timeout` gets a JSON `408` and the connection closes
+//! (slowloris), and a keep-alive connection idle for [`IDLE_TIMEOUT`] is
+//! closed quietly. Shutdown stops accepting, lets every connection finish
+//! its in-flight requests (hyper's graceful shutdown), and then returns.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, Sleep};
+
+use crate::proxy::Proxy;
+use crate::snapshot::SharedSnapshot;
+
+/// How long an idle keep-alive HTTP/1.1 connection is kept open.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long shutdown waits for in-flight requests before giving up.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The HTTP/2 client preface every h2 prior-knowledge connection starts with.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The canned answer to a request head that did not arrive in time. Fixed
+/// bytes: by then there is no request to attach an id to.
+const HEAD_TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\n\
+content-type: application/json\r\n\
+content-length: 44\r\n\
+connection: close\r\n\
+\r\n\
+{\"error\":\"timed out reading request headers\"}";
+
+/// Accepts connections on `listener` until `shutdown` turns true, then
+/// drains the open connections.
+pub async fn serve(listener: TcpListener, snapshot: SharedSnapshot, mut shutdown: watch::Receiver<bool>) {
+    let mut connections = JoinSet::new();
+    loop {
+        // Reap finished connection tasks so the set stays small.
+        while connections.try_join_next().is_some() {}
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Usually out of file descriptors: back off instead of
+                    // spinning, and keep serving the connections we have.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut shutdown) => break,
+        };
+        connections.spawn(serve_connection(stream, peer, Arc::clone(&snapshot), shutdown.clone()));
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(open = connections.len(), "drain timeout passed; closing connections");
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    snapshot: SharedSnapshot,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let limits = snapshot.load().config.gateway.limits.clone();
+    let head_timeout = limits.header_read_timeout.get();
+    let is_h2 = match tokio::time::timeout(head_timeout, sniff_h2(&stream)).await {
+        Ok(Ok(is_h2)) => is_h2,
+        Ok(Err(_)) => return,
+        Err(_elapsed) => {
+            write_head_timeout(stream).await;
+            return;
+        }
+    };
+    let proxy = Proxy::new(snapshot, peer);
+
+    if is_h2 {
+        let service = hyper::service::service_fn(move |request| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(request).await) }
+        });
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(20)))
+            .max_header_list_size(u32::try_from(limits.max_header_bytes * 2 + 4096).unwrap_or(u32::MAX));
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(connection);
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            _ = stopped(&mut shutdown) => connection.as_mut().graceful_shutdown(),
+        }
+        let _ = connection.await;
+        return;
+    }
+
+    let io = HeadTimeoutIo::new(stream, head_timeout, IDLE_TIMEOUT);
+    let phase = io.phase();
+    let service = hyper::service::service_fn(move |request| {
+        phase.store(IN_REQUEST, Ordering::Relaxed);
+        let proxy = proxy.clone();
+        async move { Ok::<_, Infallible>(proxy.handle(request).await) }
+    });
+    let mut builder = http1::Builder::new();
+    // hyper's own limits sit above the configured ones so that a request
+    // just over a limit reaches the proxy and gets a JSON 431; hyper still
+    // guards against heads far beyond it.
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .keep_alive(true)
+        .max_headers(limits.max_headers * 2 + 16)
+        .max_buf_size((limits.max_header_bytes * 4).max(64 * 1024));
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        _ = stopped(&mut shutdown) => connection.as_mut().graceful_shutdown(),
+    }
+    let _ = connection.await;
+}
+
+/// Resolves once shutdown has been signalled (or its sender is gone).
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Peeks at the first bytes until they either are the HTTP/2 preface or
+/// cannot be. Nothing is consumed, so hyper reads the bytes again.
+async fn sniff_h2(stream: &TcpStream) -> io::Result<bool> {
+    let mut buf = [0u8; 24];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        // A prefix of the preface: wait for more bytes to arrive.
+        stream.readable().await?;
+    }
+}
+
+async fn write_head_timeout(mut stream: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let _ = stream.write_all(HEAD_TIMEOUT_RESPONSE).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Between requests: waiting for the first byte of the next head.
+const IDLE: u8 = 0;
+/// Reading a request head.
+const AWAIT_HEAD: u8 = 1;
+/// The head was parsed and the request is being served.
+const IN_REQUEST: u8 = 2;
+/// In a request, and the response has started to be written.
+const RESPONDING: u8 = 3;
+
+pin_project_lite::pin_project! {
+    /// An HTTP/1.1 connection's socket with the head-read and idle timers.
+    ///
+    /// The service marks `IN_REQUEST` when hyper hands it a parsed request.
+    /// The first write after that means the response is going out; the next
+    /// read that finds no bytes means hyper is waiting for another request,
+    /// so the connection is idle again.
+    pub struct HeadTimeoutIo {
+        #[pin]
+        stream: TcpStream,
+        phase: Arc<AtomicU8>,
+        // Boxed so the wrapper stays `Unpin`, as hyper requires of its IO.
+        timer: Pin<Box<Sleep>>,
+        head_timeout: Duration,
+        idle_timeout: Duration,
+        // Set while the timer is armed for the current phase.
+        armed_for: Option<u8>,
+    }
+}
+
+impl HeadTimeoutIo {
+    /// Wraps a freshly accepted stream; its first request head is due
+    /// within `head_timeout`.
+    pub fn new(stream: TcpStream, head_timeout: Duration, idle_timeout: Duration) -> Self {
+        Self {
+            stream,
+            phase: Arc::new(AtomicU8::new(AWAIT_HEAD)),
+            timer: Box::pin(tokio::time::sleep(head_timeout)),
+            head_timeout,
+            idle_timeout,
+            armed_for: Some(AWAIT_HEAD),
+        }
+    }
+
+    /// The phase cell the service sets when a request arrives.
+    pub fn phase(&self) -> Arc<AtomicU8> {
+        Arc::clone(&self.phase)
+    }
+}
+
+impl AsyncRead for HeadTimeoutIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let mut this = self.project();
+        let before = buf.filled().len();
+        let result = this.stream.as_mut().poll_read(cx, buf);
+        let got_bytes = matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before;
+        let mut phase = this.phase.load(Ordering::Relaxed);
+
+        if got_bytes {
+            if phase == IDLE || phase == RESPONDING {
+                // First bytes of the next request head.
+                this.phase.store(AWAIT_HEAD, Ordering::Relaxed);
+                this.timer.as_mut().reset(Instant::now() + *this.head_timeout);
+                *this.armed_for = Some(AWAIT_HEAD);
+            }
+            return result;
+        }
+        if result.is_ready() {
+            // EOF or an error: hyper handles it.
+            return result;
+        }
+
+        // No bytes yet.
+        if phase == RESPONDING {
+            // The response went out and hyper is back to reading: idle.
+            phase = IDLE;
+            this.phase.store(IDLE, Ordering::Relaxed);
+        }
+        match phase {
+            IDLE | AWAIT_HEAD => {
+                if *this.armed_for != Some(phase) {
+                    let timeout = if phase == IDLE { *this.idle_timeout } else { *this.head_timeout };
+                    this.timer.as_mut().reset(Instant::now() + timeout);
+                    *this.armed_for = Some(phase);
+                }
+                if this.timer.as_mut().poll(cx).is_ready() {
+                    if phase == AWAIT_HEAD {
+                        // Best effort: a slowloris client rarely has a full
+                        // receive window, so this write completes at once.
+                        let _ = this.stream.as_mut().poll_write(cx, HEAD_TIMEOUT_RESPONSE);
+                    }
+                    return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+                }
+            }
+            _ => *this.armed_for = None,
+        }
+        Poll::Pending
+    }
+}
+
+impl AsyncWrite for HeadTimeoutIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        if this.phase.load(Ordering::Relaxed) == IN_REQUEST {
+            this.phase.store(RESPONDING, Ordering::Relaxed);
+        }
+        this.stream.poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        if this.phase.load(Ordering::Relaxed) == IN_REQUEST {
+            this.phase.store(RESPONDING, Ordering::Relaxed);
+        }
+        this.stream.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().stream.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().stream.poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,31 @@
+//! The `cascadia` binary: parses the command line, sets up logging and the
+//! runtime, and hands over to [`cascadia::cli`].
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use cascadia::cli::Cli;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = cli
+        .log
+        .clone()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".to_owned());
+    cascadia::telemetry::init(cli.log_format, &filter);
+
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(workers) = cli.workers {
+        runtime.worker_threads(workers.max(1));
+    }
+    let runtime = match runtime.build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(cascadia::cli::run(cli))
+}

@@ -1,0 +1,208 @@
+//! Bodies on the data plane: the response body the gateway sends (streamed
+//! from upstream, or a small local answer), and the request-body size limit.
+
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use cascadia_backends::InFlight;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+
+/// Error type of bodies flowing through the gateway.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pin_project! {
+    /// The body of every response the gateway sends downstream.
+    ///
+    /// An enum rather than a boxed trait object so the common case (stream
+    /// the upstream body through) costs no allocation.
+    #[project = ResponseBodyProj]
+    pub enum ResponseBody {
+        /// Streams the upstream response. Holds the endpoint's in-flight slot
+        /// until the body ends or the client goes away, so the endpoint's
+        /// in-flight count covers the whole exchange.
+        Upstream {
+            #[pin]
+            body: Incoming,
+            in_flight: Option<InFlight>,
+        },
+        /// A complete body produced by the gateway (errors, health, admin),
+        /// with trailers for the gRPC answers it gives itself.
+        Full { data: Option<Bytes>, trailers: Option<HeaderMap> },
+    }
+}
+
+impl ResponseBody {
+    /// A complete body.
+    pub fn full(data: impl Into<Bytes>) -> Self {
+        let data: Bytes = data.into();
+        Self::Full {
+            data: (!data.is_empty()).then_some(data),
+            trailers: None,
+        }
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        Self::Full {
+            data: None,
+            trailers: None,
+        }
+    }
+
+    /// A complete body followed by trailers (a gRPC message and its status).
+    pub fn with_trailers(data: Bytes, trailers: HeaderMap) -> Self {
+        Self::Full {
+            data: Some(data),
+            trailers: Some(trailers),
+        }
+    }
+
+    /// Streams an upstream body, releasing `in_flight` when it ends.
+    pub fn upstream(body: Incoming, in_flight: InFlight) -> Self {
+        Self::Upstream {
+            body,
+            in_flight: Some(in_flight),
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.project() {
+            ResponseBodyProj::Upstream { body, in_flight } => {
+                let frame = ready!(body.poll_frame(cx));
+                if frame.is_none() {
+                    in_flight.take();
+                }
+                Poll::Ready(frame)
+            }
+            ResponseBodyProj::Full { data, trailers } => match data.take() {
+                Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                None => Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t)))),
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Upstream { body, .. } => body.is_end_stream(),
+            Self::Full { data, trailers } => data.is_none() && trailers.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Upstream { body, .. } => body.size_hint(),
+            Self::Full { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}
+
+/// The request body went over the configured maximum while streaming.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds {limit} bytes")]
+pub struct BodyLimitExceeded {
+    pub limit: u64,
+}
+
+pin_project! {
+    /// Streams a request body, failing with [`BodyLimitExceeded`] as soon as
+    /// more than `limit` bytes have passed, so an oversized chunked body is
+    /// cut off instead of being forwarded whole.
+    pub struct LimitedBody<B> {
+        #[pin]
+        inner: B,
+        remaining: u64,
+        limit: u64,
+    }
+}
+
+impl<B> LimitedBody<B> {
+    /// Wraps `inner` with a limit of `limit` bytes.
+    pub fn new(inner: B, limit: u64) -> Self {
+        Self {
+            inner,
+            remaining: limit,
+            limit,
+        }
+    }
+}
+
+impl<B> Body for LimitedBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match ready!(this.inner.poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    let len = data.len() as u64;
+                    if len > *this.remaining {
+                        *this.remaining = 0;
+                        let limit = *this.limit;
+                        return Poll::Ready(Some(Err(Box::new(BodyLimitExceeded { limit }))));
+                    }
+                    *this.remaining -= len;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(error)) => Poll::Ready(Some(Err(error.into()))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full, StreamBody};
+
+    #[tokio::test]
+    async fn limited_body_passes_bodies_within_the_limit() {
+        let body = LimitedBody::new(Full::new(Bytes::from_static(b"12345")), 5);
+        let collected = body.collect().await.expect("within limit").to_bytes();
+        assert_eq!(&collected[..], b"12345");
+    }
+
+    #[tokio::test]
+    async fn limited_body_fails_once_the_limit_is_crossed() {
+        let chunks = vec![
+            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"1234"))),
+            Ok(Frame::data(Bytes::from_static(b"5678"))),
+        ];
+        let body = LimitedBody::new(StreamBody::new(futures_util::stream::iter(chunks)), 6);
+        let error = body.collect().await.expect_err("over the limit");
+        let exceeded = error
+            .downcast_ref::<BodyLimitExceeded>()
+            .expect("limit error");
+        assert_eq!(exceeded.limit, 6);
+    }
+}

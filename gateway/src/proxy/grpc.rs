@@ -1,0 +1,113 @@
+//! gRPC requests for `inference.GRPCInferenceService`: routed by the
+//! `model_name` field of the protobuf request, which means the (unary)
+//! request message is buffered before the upstream is chosen.
+
+use bytes::Bytes;
+use cascadia_oip::grpc as oip_grpc;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use prost::Message;
+
+use super::body::ResponseBody;
+use super::{admit, buffered_body, choose_target, headers, Proxy};
+use crate::errors::GatewayError;
+use crate::snapshot::Snapshot;
+
+/// True for gRPC requests (any `application/grpc*` content type).
+pub fn is_grpc<B>(request: &Request<B>) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Handles one gRPC call.
+pub async fn handle(
+    proxy: &Proxy,
+    snapshot: &Snapshot,
+    request: Request<Incoming>,
+    request_id: &HeaderValue,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    admit(snapshot, &request)?;
+    let method = request
+        .uri()
+        .path()
+        .strip_prefix('/')
+        .and_then(|p| p.strip_prefix(oip_grpc::SERVICE))
+        .and_then(|p| p.strip_prefix('/'))
+        .ok_or_else(|| GatewayError::Unimplemented(request.uri().path().to_owned()))?
+        .to_owned();
+    match method.as_str() {
+        "ServerLive" => return Ok(local_reply(oip_grpc::ServerLiveResponse { live: true }, request_id)),
+        "ServerReady" => return Ok(local_reply(oip_grpc::ServerReadyResponse { ready: true }, request_id)),
+        "ModelInfer" | "ModelReady" | "ModelMetadata" => {}
+        _ => return Err(GatewayError::Unimplemented(method)),
+    }
+
+    // Phase: match. Unary calls are small and the model name is inside the
+    // message, so the one message is buffered (within the body limit).
+    let limit = snapshot.config.gateway.limits.max_body_bytes;
+    let (parts, incoming) = request.into_parts();
+    let body = Limited::new(incoming, usize::try_from(limit).unwrap_or(usize::MAX))
+        .collect()
+        .await
+        .map_err(|error| {
+            if error.is::<http_body_util::LengthLimitError>() {
+                GatewayError::BodyTooLarge { limit }
+            } else {
+                GatewayError::BadRequest("request body failed")
+            }
+        })?
+        .to_bytes();
+    let (compressed, message) =
+        oip_grpc::decode_frame(&body).map_err(|_| GatewayError::BadRequest("malformed gRPC frame"))?;
+    if compressed {
+        return Err(GatewayError::BadRequest("compressed gRPC messages are not supported"));
+    }
+    let (model, _version) = oip_grpc::peek_model(message)
+        .map_err(|_| GatewayError::BadRequest("malformed gRPC message"))?;
+    let model = model.ok_or(GatewayError::BadRequest("model_name is required"))?;
+    let route = snapshot.routes.by_model(&model).ok_or(GatewayError::NoRoute)?;
+
+    // Phase: split.
+    let target = choose_target(route, &parts.headers)?;
+
+    // Rewrite the message only when the target names the model differently.
+    let body = if target.upstream_model.is_some() || target.upstream_version.is_some() {
+        let rewritten = oip_grpc::rewrite_model(
+            message,
+            target.upstream_model.as_deref(),
+            target.upstream_version.as_deref(),
+        )
+        .map_err(|_| GatewayError::BadRequest("malformed gRPC message"))?;
+        oip_grpc::encode_frame(&rewritten)
+    } else {
+        body
+    };
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut parts = parts;
+    // The buffered body may have changed size.
+    parts.headers.remove(header::CONTENT_LENGTH);
+    proxy
+        .forward(route, target, parts, path_and_query, buffered_body(body), request_id)
+        .await
+}
+
+/// A successful unary reply the gateway gives itself.
+fn local_reply<M: Message>(message: M, request_id: &HeaderValue) -> Response<ResponseBody> {
+    let frame = oip_grpc::encode_frame(&message.encode_to_vec());
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    let mut response = Response::new(ResponseBody::with_trailers(Bytes::from(frame), trailers));
+    let map = response.headers_mut();
+    map.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    map.insert(headers::X_REQUEST_ID, request_id.clone());
+    response
+}

@@ -1,0 +1,189 @@
+//! Header rules for proxying: hop-by-hop removal (RFC 9110 §7.6.1), the
+//! `forwarded` / `x-forwarded-*` chain, request ids, and the head limits.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Carries the request id upstream and back to the client.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Names the split version that served a response.
+pub const X_CASCADIA_VERSION: HeaderName = HeaderName::from_static("x-cascadia-version");
+/// Names the backend (from config, never an address) that served a response.
+pub const X_CASCADIA_BACKEND: HeaderName = HeaderName::from_static("x-cascadia-backend");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Longest client-supplied request id we pass on; longer ones are replaced
+/// so a client cannot make us log or forward arbitrary blobs.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Returns the client's request id when it is short printable ASCII,
+/// otherwise a fresh one.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(value) = headers.get(X_REQUEST_ID) {
+        let bytes = value.as_bytes();
+        if !bytes.is_empty()
+            && bytes.len() <= MAX_REQUEST_ID_LEN
+            && bytes.iter().all(|b| b.is_ascii_graphic())
+        {
+            return value.clone();
+        }
+    }
+    generate_request_id()
+}
+
+/// A process-unique id: a random per-process prefix and a counter, so ids
+/// are unique without a syscall or a lock per request.
+fn generate_request_id() -> HeaderValue {
+    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| fastrand::u32(..));
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let id = format!("{prefix:08x}-{n:012x}");
+    HeaderValue::from_str(&id).expect("hex digits and a dash are a valid header value")
+}
+
+/// Counts header fields and their total size (names plus values), the way
+/// the configured limits define them.
+pub fn head_size(headers: &HeaderMap) -> (usize, usize) {
+    let count = headers.len();
+    let size = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    (count, size)
+}
+
+/// Removes hop-by-hop headers: the fixed list from RFC 9110 and every
+/// header the `connection` header names. `te: trailers` is kept on
+/// requests because gRPC needs it end to end.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
+    // Names listed in `connection` are hop-by-hop too; collect first since
+    // the map cannot be modified while it is borrowed.
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    let te_trailers = keep_te_trailers
+        && headers
+            .get(header::TE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+    for name in [
+        header::CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Appends the client to `x-forwarded-for` and `forwarded`, sets
+/// `x-forwarded-proto`, and records the original host.
+pub fn append_forwarded(headers: &mut HeaderMap, client: SocketAddr, host: Option<HeaderValue>) {
+    let ip = client.ip();
+    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(previous) => format!("{previous}, {ip}"),
+        None => ip.to_string(),
+    };
+    // RFC 7239: IPv6 addresses are quoted and bracketed.
+    let node = match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let forwarded = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
+        Some(previous) => format!("{previous}, for={node};proto=http"),
+        None => format!("for={node};proto=http"),
+    };
+    if let Ok(value) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+        headers.insert(header::FORWARDED, value);
+    }
+    if !headers.contains_key(X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    if let Some(host) = host {
+        if !headers.contains_key(X_FORWARDED_HOST) {
+            headers.insert(X_FORWARDED_HOST, host);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_fixed_and_connection_listed_headers_but_keeps_te_trailers() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret"));
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert(KEEP_ALIVE, HeaderValue::from_static("timeout=5"));
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers, true);
+        assert!(headers.get("x-secret").is_none());
+        assert!(headers.get(header::CONNECTION).is_none());
+        assert!(headers.get(KEEP_ALIVE).is_none());
+        assert!(headers.get(header::TRANSFER_ENCODING).is_none());
+        assert_eq!(headers.get(header::TE).unwrap(), "trailers");
+        assert_eq!(headers.get("x-kept").unwrap(), "1");
+    }
+
+    #[test]
+    fn te_other_than_trailers_is_dropped() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::TE, HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut headers, true);
+        assert!(headers.get(header::TE).is_none());
+    }
+
+    #[test]
+    fn forwarded_headers_append_to_an_existing_chain() {
+        let mut headers = HeaderMap::new();
+        headers.insert(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
+        headers.insert(header::FORWARDED, HeaderValue::from_static("for=10.0.0.1"));
+        let client: SocketAddr = "192.0.2.7:5555".parse().unwrap();
+        append_forwarded(&mut headers, client, None);
+        assert_eq!(headers.get(X_FORWARDED_FOR).unwrap(), "10.0.0.1, 192.0.2.7");
+        assert_eq!(
+            headers.get(header::FORWARDED).unwrap(),
+            "for=10.0.0.1, for=192.0.2.7;proto=http"
+        );
+    }
+
+    #[test]
+    fn request_ids_are_reused_when_sane_and_generated_otherwise() {
+        let mut headers = HeaderMap::new();
+        headers.insert(X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&headers), "abc-123");
+        headers.insert(X_REQUEST_ID, HeaderValue::from_static("has space"));
+        assert_ne!(request_id(&headers), "has space");
+        let a = request_id(&HeaderMap::new());
+        let b = request_id(&HeaderMap::new());
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,365 @@
+//! The proxy: the tower [`Service`] that takes a downstream request through
+//! its phases and streams the upstream response back.
+//!
+//! # Phases
+//! Each request runs these phases in order, once (see the crate docs' chart):
+//! 1. **admit**: assign the request id; enforce the head and body limits.
+//! 2. **match**: find the route (OIP model, gRPC `model_name`, or path prefix),
+//!    or answer the gateway's own health endpoints.
+//! 3. **split**: pick the version (forced, sticky by key, or weighted random).
+//! 4. **select**: pick the backend pool (preference order) and an endpoint.
+//! 5. **forward**: rewrite the request for the upstream and send it.
+//! 6. **respond**: stream the response back, stamped with the request id,
+//!    version and backend name. Every failure becomes a response in
+//!    [`crate::errors`]; nothing is dropped without an answer.
+
+pub mod body;
+mod grpc;
+pub mod headers;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use cascadia_backends::{UpstreamBody, UpstreamErrorKind};
+use cascadia_config::UpstreamProtocol;
+use cascadia_oip::path::{self as oip_path, OipKind};
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+
+use crate::errors::GatewayError;
+use crate::routing::{Route, SplitError, Target};
+use crate::snapshot::{SharedSnapshot, Snapshot};
+use body::{BodyLimitExceeded, LimitedBody, ResponseBody};
+
+/// The proxy service for one downstream connection.
+#[derive(Clone, Debug)]
+pub struct Proxy {
+    snapshot: SharedSnapshot,
+    /// The peer of the downstream connection, for `forwarded` headers.
+    client: SocketAddr,
+}
+
+impl Proxy {
+    /// A proxy for requests arriving from `client`.
+    pub fn new(snapshot: SharedSnapshot, client: SocketAddr) -> Self {
+        Self { snapshot, client }
+    }
+
+    /// Runs one request through every phase. Never fails: errors become
+    /// responses here.
+    pub async fn handle(self, request: Request<Incoming>) -> Response<ResponseBody> {
+        let request_id = headers::request_id(request.headers());
+        // Loaded once: the request finishes on the snapshot it started with.
+        let snapshot = self.snapshot.load_full();
+        let is_grpc = grpc::is_grpc(&request);
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let result = if is_grpc {
+            grpc::handle(&self, &snapshot, request, &request_id).await
+        } else {
+            self.handle_http(&snapshot, request, &request_id).await
+        };
+        match result {
+            Ok(response) => response,
+            Err(error) => {
+                let status = error.status();
+                if status.is_server_error() {
+                    tracing::warn!(
+                        request_id = request_id.to_str().unwrap_or_default(),
+                        %method, path, side = %error.side(), error = error.label(),
+                        detail = %ErrorChain(&error),
+                        "request failed"
+                    );
+                } else {
+                    tracing::debug!(
+                        request_id = request_id.to_str().unwrap_or_default(),
+                        %method, path, side = %error.side(), error = error.label(),
+                        detail = %ErrorChain(&error),
+                        "request refused"
+                    );
+                }
+                if is_grpc {
+                    error.to_grpc(&request_id)
+                } else {
+                    error.to_http(&request_id)
+                }
+            }
+        }
+    }
+
+    async fn handle_http(
+        &self,
+        snapshot: &Snapshot,
+        request: Request<Incoming>,
+        request_id: &HeaderValue,
+    ) -> Result<Response<ResponseBody>, GatewayError> {
+        // Phase: admit.
+        admit(snapshot, &request)?;
+
+        // Phase: match.
+        let path = request.uri().path();
+        if has_dot_segment(path) {
+            return Err(GatewayError::BadRequest("path has dot segments"));
+        }
+        let oip = oip_path::parse(path);
+        let (route, rewritten_path) = match oip {
+            Some(p) if matches!(p.kind, OipKind::ServerLive | OipKind::ServerReady) => {
+                return Ok(health_response(p.kind, request.method(), request_id));
+            }
+            Some(p) => match p.model.and_then(|m| snapshot.routes.by_model(m)) {
+                Some(route) => (route, Some(p)),
+                None => (
+                    snapshot.routes.by_path(path).ok_or(GatewayError::NoRoute)?,
+                    None,
+                ),
+            },
+            None => (snapshot.routes.by_path(path).ok_or(GatewayError::NoRoute)?, None),
+        };
+
+        // Phase: split.
+        let target = choose_target(route, request.headers())?;
+
+        // Phase: forward. The path changes only when the target serves the
+        // model under another name or version.
+        let path_and_query = match rewritten_path {
+            Some(p) if target.upstream_model.is_some() || target.upstream_version.is_some() => {
+                let model = target.upstream_model.as_deref().or(p.model).unwrap_or_default();
+                let version = target.upstream_version.as_deref().or(p.version);
+                let mut rebuilt = oip_path::model_path(p.kind, model, version);
+                if let Some(query) = request.uri().query() {
+                    rebuilt.push('?');
+                    rebuilt.push_str(query);
+                }
+                PathAndQuery::try_from(rebuilt)
+                    .map_err(|_| GatewayError::BadRequest("invalid path"))?
+            }
+            _ => request
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        };
+
+        let limit = snapshot.config.gateway.limits.max_body_bytes;
+        let (parts, incoming) = request.into_parts();
+        // A declared length was checked at admission and hyper enforces it,
+        // so only bodies of unknown length need the streaming limit.
+        let body: UpstreamBody = if incoming.size_hint().exact().is_some() {
+            incoming.map_err(Into::into).boxed_unsync()
+        } else {
+            LimitedBody::new(incoming, limit).boxed_unsync()
+        };
+        self.forward(route, target, parts, path_and_query, body, request_id)
+            .await
+    }
+
+    /// Phases select, forward and respond, shared by REST and gRPC.
+    async fn forward(
+        &self,
+        route: &Route,
+        target: &Target,
+        mut parts: http::request::Parts,
+        path_and_query: PathAndQuery,
+        body: UpstreamBody,
+        request_id: &HeaderValue,
+    ) -> Result<Response<ResponseBody>, GatewayError> {
+        // Phase: select. Failover across the preference list comes with
+        // health tracking; today the first pool serves.
+        let (pool, backend_header) = target
+            .pools
+            .first()
+            .zip(target.pool_headers.first())
+            .ok_or_else(|| GatewayError::NoEndpoint {
+                backend: target.version.to_string(),
+            })?;
+        let endpoint = pool.pick().ok_or_else(|| GatewayError::NoEndpoint {
+            backend: pool.name().to_owned(),
+        })?;
+
+        // Phase: forward.
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(endpoint.authority().clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| GatewayError::BadRequest("invalid path"))?;
+        let host = parts.headers.remove(header::HOST).or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        headers::strip_hop_by_hop(&mut parts.headers, true);
+        headers::append_forwarded(&mut parts.headers, self.client, host);
+        parts
+            .headers
+            .insert(headers::X_REQUEST_ID, request_id.clone());
+        parts.uri = uri;
+        parts.version = match pool.client().protocol() {
+            UpstreamProtocol::Http1 => Version::HTTP_11,
+            UpstreamProtocol::H2c => Version::HTTP_2,
+        };
+        let upstream_request = Request::from_parts(parts, body);
+        let timeout = route.timeout.unwrap_or_else(|| pool.timeout());
+        let in_flight = endpoint.start_attempt();
+        let response = pool
+            .client()
+            .send(upstream_request, timeout)
+            .await
+            .map_err(|source| match source.kind() {
+                UpstreamErrorKind::RequestBody => {
+                    match source.find_body_error::<BodyLimitExceeded>() {
+                        Some(exceeded) => GatewayError::BodyTooLarge {
+                            limit: exceeded.limit,
+                        },
+                        None => GatewayError::RequestBody(source),
+                    }
+                }
+                _ => GatewayError::Upstream {
+                    backend: pool.name().to_owned(),
+                    source,
+                },
+            })?;
+
+        // Phase: respond.
+        let (mut parts, incoming) = response.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, false);
+        parts
+            .headers
+            .insert(headers::X_REQUEST_ID, request_id.clone());
+        parts
+            .headers
+            .insert(headers::X_CASCADIA_VERSION, target.version_header.clone());
+        parts
+            .headers
+            .insert(headers::X_CASCADIA_BACKEND, backend_header.clone());
+        Ok(Response::from_parts(
+            parts,
+            ResponseBody::upstream(incoming, in_flight),
+        ))
+    }
+}
+
+impl tower::Service<Request<Incoming>> for Proxy {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        let proxy = self.clone();
+        Box::pin(async move { Ok(proxy.handle(request).await) })
+    }
+}
+
+/// Phase admit: refuses heads and declared bodies over the limits before
+/// anything is read or forwarded.
+fn admit<B>(snapshot: &Snapshot, request: &Request<B>) -> Result<(), GatewayError> {
+    let limits = &snapshot.config.gateway.limits;
+    let (count, size) = headers::head_size(request.headers());
+    if count > limits.max_headers {
+        return Err(GatewayError::TooManyHeaders {
+            count,
+            limit: limits.max_headers,
+        });
+    }
+    if size > limits.max_header_bytes {
+        return Err(GatewayError::HeadersTooLarge {
+            size,
+            limit: limits.max_header_bytes,
+        });
+    }
+    if let Some(length) = request.headers().get(header::CONTENT_LENGTH) {
+        let length: u64 = length
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or(GatewayError::BadRequest("invalid content-length"))?;
+        if length > limits.max_body_bytes {
+            return Err(GatewayError::BodyTooLarge {
+                limit: limits.max_body_bytes,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Phase split: the version for this request.
+fn choose_target<'r>(route: &'r Route, headers: &http::HeaderMap) -> Result<&'r Target, GatewayError> {
+    let forced = headers.get(&route.force_header).map(HeaderValue::as_bytes);
+    let key = route
+        .key_header
+        .as_ref()
+        .and_then(|name| headers.get(name))
+        .map(HeaderValue::as_bytes);
+    route
+        .split
+        .choose(forced, key)
+        .map_err(|SplitError::UnknownVersion| {
+            GatewayError::UnknownVersion(String::from_utf8_lossy(forced.unwrap_or_default()).into_owned())
+        })
+}
+
+/// True for paths with `.` or `..` segments, which an upstream might
+/// resolve to somewhere the route did not intend.
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|segment| segment == "." || segment == "..")
+}
+
+/// The gateway's own `/v2/health/live` and `/v2/health/ready`: it is live
+/// while it answers, and ready once it serves a config (always, since it
+/// starts only with a valid one).
+fn health_response(
+    kind: OipKind,
+    method: &Method,
+    request_id: &HeaderValue,
+) -> Response<ResponseBody> {
+    if method != Method::GET && method != Method::HEAD {
+        return GatewayError::MethodNotAllowed.to_http(request_id);
+    }
+    let body: &'static [u8] = match kind {
+        OipKind::ServerLive => br#"{"live":true}"#,
+        _ => br#"{"ready":true}"#,
+    };
+    let mut response = Response::new(ResponseBody::full(Bytes::from_static(body)));
+    *response.status_mut() = StatusCode::OK;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+        .headers_mut()
+        .insert(headers::X_REQUEST_ID, request_id.clone());
+    response
+}
+
+/// A boxed upstream body from bytes already in memory.
+fn buffered_body(bytes: Bytes) -> UpstreamBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// Displays an error with its whole cause chain, for the log.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(error) = cause {
+            write!(f, ": {error}")?;
+            cause = error.source();
+        }
+        Ok(())
+    }
+}

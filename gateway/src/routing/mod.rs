@@ -1,0 +1,166 @@
+//! Routing: which configured route a request belongs to, and which version
+//! of it serves the request (the canary [`split`]).
+//!
+//! Routes match in this order:
+//! 1. Open Inference Protocol paths (`/v2/models/{name}/...`) and gRPC
+//!    `inference.GRPCInferenceService` calls, by model name (exact lookup).
+//! 2. Path prefixes, longest first, on a `/` boundary (`/echo` matches
+//!    `/echo` and `/echo/x`, never `/echoes`).
+
+pub mod split;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cascadia_backends::BackendPool;
+use cascadia_config::{Config, RouteMatch};
+use http::HeaderName;
+
+pub use split::{Split, SplitError, Target};
+
+/// One route, resolved against the snapshot's pools.
+#[derive(Debug)]
+pub struct Route {
+    /// The route's name from config (for logs).
+    pub name: Arc<str>,
+    /// The model this route serves, for OIP routes.
+    pub model: Option<Arc<str>>,
+    /// Header whose value makes the split sticky (e.g. `x-user-id`).
+    pub key_header: Option<HeaderName>,
+    /// Header a tester sets to force a version.
+    pub force_header: HeaderName,
+    /// Deadline for the upstream response headers; overrides the backend's.
+    pub timeout: Option<Duration>,
+    /// The versions and their weights.
+    pub split: Split,
+}
+
+/// All routes of one snapshot, indexed for matching.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    by_model: HashMap<String, Arc<Route>>,
+    /// Sorted longest prefix first.
+    prefixes: Vec<(String, Arc<Route>)>,
+}
+
+impl RouteTable {
+    /// Builds the table. Validation guarantees every backend name a route
+    /// uses exists in `pools`.
+    pub fn build(config: &Config, pools: &HashMap<String, Arc<BackendPool>>) -> Self {
+        let mut table = RouteTable::default();
+        for route in &config.routes {
+            let targets = route
+                .split
+                .targets()
+                .iter()
+                .map(|target| {
+                    let pools = target
+                        .backends
+                        .iter()
+                        .filter_map(|name| pools.get(name).cloned())
+                        .collect();
+                    Target::new(
+                        &target.version,
+                        target.weight.get(),
+                        pools,
+                        target.upstream_model.as_deref(),
+                        target.upstream_version.as_deref(),
+                    )
+                })
+                .collect();
+            let model = match &route.matcher {
+                RouteMatch::Model(model) => Some(Arc::from(model.as_str())),
+                RouteMatch::PathPrefix(_) => None,
+            };
+            let compiled = Arc::new(Route {
+                name: route.name.as_str().into(),
+                model,
+                key_header: route.key_header.clone(),
+                force_header: route.force_header.clone(),
+                timeout: route.timeout.map(|t| t.get()),
+                split: Split::new(targets),
+            });
+            match &route.matcher {
+                RouteMatch::Model(model) => {
+                    table.by_model.insert(model.clone(), compiled);
+                }
+                RouteMatch::PathPrefix(prefix) => {
+                    table
+                        .prefixes
+                        .push((prefix.trim_end_matches('/').to_owned(), compiled));
+                }
+            }
+        }
+        table.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        table
+    }
+
+    /// The route serving `model`.
+    pub fn by_model(&self, model: &str) -> Option<&Arc<Route>> {
+        self.by_model.get(model)
+    }
+
+    /// The route with the longest prefix matching `path` on a segment boundary.
+    pub fn by_path(&self, path: &str) -> Option<&Arc<Route>> {
+        self.prefixes
+            .iter()
+            .find(|(prefix, _)| {
+                prefix.is_empty()
+                    || (path.starts_with(prefix.as_str())
+                        && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/')))
+            })
+            .map(|(_, route)| route)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(toml: &str) -> RouteTable {
+        let config = cascadia_config::parse(toml).expect("valid config");
+        let registry = cascadia_backends::Registry::new();
+        RouteTable::build(&config, &registry.build(&config))
+    }
+
+    const CONFIG: &str = r#"
+        [[backends]]
+        name = "b"
+        region = "r"
+        endpoints = ["127.0.0.1:1"]
+
+        [[routes]]
+        name = "echo"
+        match = { path_prefix = "/echo" }
+        backends = ["b"]
+
+        [[routes]]
+        name = "echo-deep"
+        match = { path_prefix = "/echo/deep/" }
+        backends = ["b"]
+
+        [[routes]]
+        name = "fraud"
+        match = { model = "fraud" }
+        backends = ["b"]
+    "#;
+
+    #[test]
+    fn prefixes_match_on_segment_boundaries_longest_first() {
+        let table = table(CONFIG);
+        assert_eq!(&*table.by_path("/echo").unwrap().name, "echo");
+        assert_eq!(&*table.by_path("/echo/x").unwrap().name, "echo");
+        assert_eq!(&*table.by_path("/echo/deep/x").unwrap().name, "echo-deep");
+        assert_eq!(&*table.by_path("/echo/deep").unwrap().name, "echo-deep");
+        assert!(table.by_path("/echoes").is_none());
+        assert!(table.by_path("/").is_none());
+    }
+
+    #[test]
+    fn models_match_exactly() {
+        let table = table(CONFIG);
+        assert_eq!(&*table.by_model("fraud").unwrap().name, "fraud");
+        assert!(table.by_model("fraud2").is_none());
+    }
+}

@@ -1,0 +1,109 @@
+//! Starts a whole gateway from a loaded config: the data-plane listener, the
+//! admin listener and the reloader, with one shutdown switch for all three.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use cascadia_backends::Registry;
+use cascadia_config::LoadedConfig;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::admin::{self, Admin};
+use crate::listener;
+use crate::reload::{self, ReloadHandle};
+use crate::snapshot::{SharedSnapshot, Snapshot};
+
+/// Overrides for the addresses in the config file.
+#[derive(Clone, Debug, Default)]
+pub struct GatewayOptions {
+    /// Data-plane address; the config's `gateway.listen` when `None`.
+    pub listen: Option<SocketAddr>,
+    /// Admin address; the config's `gateway.admin_listen` when `None`.
+    pub admin_listen: Option<SocketAddr>,
+    /// Reload when the config file changes (SIGHUP and the admin API
+    /// always work).
+    pub watch_config: bool,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    /// The bound data-plane address (resolved when the config says port 0).
+    pub listen_addr: SocketAddr,
+    /// The bound admin address.
+    pub admin_addr: SocketAddr,
+    snapshot: SharedSnapshot,
+    reload: ReloadHandle,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Gateway {
+    /// Binds both listeners and starts serving `loaded`.
+    pub async fn start(loaded: LoadedConfig, options: GatewayOptions) -> io::Result<Self> {
+        let settings = &loaded.config.gateway;
+        let listen = options.listen.unwrap_or(settings.listen);
+        let admin_listen = options.admin_listen.unwrap_or(settings.admin_listen);
+        let listener = bind(listen, "listen").await?;
+        let admin_listener = bind(admin_listen, "admin_listen").await?;
+
+        let registry = Arc::new(Registry::new());
+        let snapshot: SharedSnapshot =
+            Arc::new(ArcSwap::from_pointee(Snapshot::build(1, &loaded, &registry)));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let reload = reload::spawn(
+            loaded.source.clone(),
+            Arc::clone(&snapshot),
+            registry,
+            options.watch_config,
+            shutdown_rx.clone(),
+        );
+
+        let listen_addr = listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
+        let mut tasks = JoinSet::new();
+        tasks.spawn(listener::serve(listener, Arc::clone(&snapshot), shutdown_rx.clone()));
+        tasks.spawn(admin::serve(
+            admin_listener,
+            Admin::new(Arc::clone(&snapshot), reload.clone()),
+            shutdown_rx,
+        ));
+        Ok(Self {
+            listen_addr,
+            admin_addr,
+            snapshot,
+            reload,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// The serving snapshot.
+    pub fn snapshot(&self) -> &SharedSnapshot {
+        &self.snapshot
+    }
+
+    /// The reloader.
+    pub fn reload_handle(&self) -> &ReloadHandle {
+        &self.reload
+    }
+
+    /// Stops accepting, lets in-flight requests finish (bounded by
+    /// [`listener::DRAIN_TIMEOUT`]), and returns.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+async fn bind(addr: SocketAddr, field: &str) -> io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|error| {
+        io::Error::new(
+            error.kind(),
+            format!("cannot listen on {addr} (gateway.{field}): {error}"),
+        )
+    })
+}

@@ -1,0 +1,79 @@
+//! `cascadia check`: every problem with its field path, exit codes.
+
+use std::process::Command;
+
+fn check(config: &str) -> (bool, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, config).unwrap();
+    check_path(&path)
+}
+
+fn check_path(path: &std::path::Path) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_cascadia"))
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .expect("run cascadia check");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_reports_every_problem_with_its_field_path() {
+    let config = r#"
+[[backends]]
+name = "a"
+region = "us-east"
+endpoints = ["127.0.0.1:9000"]
+
+[[routes]]
+name = "first"
+match = { model = "first" }
+backends = ["a"]
+
+[[routes]]
+name = "second"
+match = { model = "second" }
+
+[[routes.split]]
+version = "stable"
+weight = 80
+backends = ["a"]
+
+[[routes.split]]
+version = "canary"
+weight = 10
+backends = ["missing"]
+"#;
+    let (ok, _, stderr) = check(config);
+    assert!(!ok, "invalid config must exit 1");
+    assert!(stderr.contains("routes[1].split: weights sum to 90, must sum to 100"), "{stderr}");
+    assert!(stderr.contains(r#"routes[1].split[1].backends[0]: unknown backend "missing""#), "{stderr}");
+}
+
+#[test]
+fn check_names_unknown_fields() {
+    let (ok, _, stderr) = check("[gateway]\nlisten = \"127.0.0.1:0\"\nlistne = 1\n");
+    assert!(!ok);
+    assert!(stderr.contains("gateway.listne"), "{stderr}");
+}
+
+#[test]
+fn every_example_config_is_valid_and_summarised() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(examples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let (ok, stdout, stderr) = check_path(&path);
+            assert!(ok, "{}: {stderr}", path.display());
+            assert!(stdout.contains("fraud") || stdout.contains("route"), "summary for {}: {stdout}", path.display());
+            seen += 1;
+        }
+    }
+    assert!(seen >= 1);
+}

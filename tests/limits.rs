@@ -1,0 +1,180 @@
+//! Request limits and upstream failures: each answers with its status and a
+//! JSON body carrying the request id, and never leaks an address.
+
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::{assert_json_error, sim_with, CanaryFixture, GatewayProcess, TestClient};
+
+const LIMITS: &str = r#"
+max_body_bytes = 1024
+max_header_bytes = 2048
+max_headers = 20
+header_read_timeout = "300ms"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_get_413() {
+    let fixture = CanaryFixture::start().await;
+    let gateway = GatewayProcess::start(&fixture.config_with(100, 0, LIMITS)).await;
+    let client = TestClient::new();
+    let big = "x".repeat(2048);
+
+    // Declared length over the limit: refused before the body is read.
+    let response = client.send(Method::POST, &gateway.url("/echo/upload"), &[], &big).await;
+    assert_json_error(&response, StatusCode::PAYLOAD_TOO_LARGE);
+
+    // A body within the limit passes.
+    let small = client.send(Method::POST, &gateway.url("/echo/upload"), &[], &"x".repeat(1000)).await;
+    assert_eq!(small.status, StatusCode::OK);
+    assert_eq!(small.json()["body_bytes"], 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_chunked_bodies_get_413_while_streaming() {
+    let fixture = CanaryFixture::start().await;
+    let gateway = GatewayProcess::start(&fixture.config_with(100, 0, LIMITS)).await;
+    let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let chunk = "y".repeat(600);
+    let request = format!(
+        "POST /echo/stream HTTP/1.1\r\nhost: test\r\ntransfer-encoding: chunked\r\nx-request-id: chunky\r\n\r\n\
+         {len:x}\r\n{chunk}\r\n{len:x}\r\n{chunk}\r\n0\r\n\r\n",
+        len = chunk.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let response = read_response(&mut stream).await;
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert!(response.contains(r#""request_id":"chunky""#), "{response}");
+    assert!(response.contains(r#""error":"#), "{response}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_or_too_large_headers_get_431() {
+    let fixture = CanaryFixture::start().await;
+    let gateway = GatewayProcess::start(&fixture.config_with(100, 0, LIMITS)).await;
+    let client = TestClient::new();
+    let url = gateway.url("/v2/models/fraud/infer");
+
+    let names: Vec<String> = (0..25).map(|i| format!("x-extra-{i}")).collect();
+    let many: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
+    assert_json_error(&client.send(Method::POST, &url, &many, "{}").await, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+
+    let long = "v".repeat(3000);
+    let large = [("x-large", long.as_str())];
+    assert_json_error(&client.send(Method::POST, &url, &large, "{}").await, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_request_head_gets_408_and_the_connection_closes() {
+    let fixture = CanaryFixture::start().await;
+    let gateway = GatewayProcess::start(&fixture.config_with(100, 0, LIMITS)).await;
+    let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    // Half a head, then silence: the gateway must answer and close on its own.
+    stream.write_all(b"GET /echo/slow HTTP/1.1\r\nhost: te").await.unwrap();
+    let response = read_response(&mut stream).await;
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(response.contains(r#""error":"#), "{response}");
+
+    // Other clients are unaffected.
+    let client = TestClient::new();
+    assert_eq!(client.get(&gateway.url("/v2/health/live"), &[]).await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_serves_many_requests_within_the_head_timeout() {
+    let fixture = CanaryFixture::start().await;
+    let gateway = GatewayProcess::start(&fixture.config_with(100, 0, LIMITS)).await;
+    let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    for _ in 0..3 {
+        stream.write_all(b"GET /v2/health/live HTTP/1.1\r\nhost: t\r\n\r\n").await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_backend_gets_502_without_its_address() {
+    // A port that was free a moment ago: connections are refused.
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let config = format!(
+        r#"
+[gateway]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+[[backends]]
+name = "gone"
+region = "us-east"
+endpoints = ["{dead_addr}"]
+[[routes]]
+name = "fraud"
+match = {{ model = "fraud" }}
+backends = ["gone"]
+"#
+    );
+    let gateway = GatewayProcess::start(&config).await;
+    let client = TestClient::new();
+    let response = client.infer(&gateway.url("/v2/models/fraud/infer"), &[]).await;
+    assert_json_error(&response, StatusCode::BAD_GATEWAY);
+    assert!(!String::from_utf8_lossy(&response.body).contains(&dead_addr.port().to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_backend_gets_504_at_the_route_timeout() {
+    let slow = sim_with("slow", "1", "us-east", cascadia_sim::LatencyModel::Fixed(Duration::from_secs(10))).await;
+    let config = format!(
+        r#"
+[gateway]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+[[backends]]
+name = "slow"
+region = "us-east"
+endpoints = ["{}"]
+[[routes]]
+name = "fraud"
+match = {{ model = "fraud" }}
+timeout = "200ms"
+backends = ["slow"]
+"#,
+        slow.addr
+    );
+    let gateway = GatewayProcess::start(&config).await;
+    let client = TestClient::new();
+    let response = client.infer(&gateway.url("/v2/models/fraud/infer"), &[]).await;
+    assert_json_error(&response, StatusCode::GATEWAY_TIMEOUT);
+}
+
+/// Reads until the server closes the connection or a full response with a
+/// body has arrived.
+async fn read_response(stream: &mut tokio::net::TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    out.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&out);
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)));
+                        if let Some(length) = length {
+                            if out.len() >= end + 4 + length {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    tokio::time::timeout(crate::support::WAIT, read).await.expect("response arrives");
+    String::from_utf8_lossy(&out).into_owned()
+}

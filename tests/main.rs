@@ -1,0 +1,12 @@
+//! Integration tests: the real `cascadia` binary on port 0, in front of
+//! simulated model servers on port 0, over real sockets.
+//!
+//! Shared harness code lives in [`support`]; each module covers one area.
+
+mod support;
+
+mod check;
+mod grpc;
+mod limits;
+mod reload;
+mod routing;

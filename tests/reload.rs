@@ -1,0 +1,148 @@
+//! Hot reload through the real gateway: admin API, file watch, SIGHUP,
+//! invalid files, and reloads under load.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use http::{Method, StatusCode};
+
+use crate::support::{CanaryFixture, GatewayProcess, TestClient};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_under_load_fail_no_request_and_apply_at_once() {
+    let fixture = CanaryFixture::start().await;
+    let gateway = GatewayProcess::start(&fixture.config(90, 10)).await;
+    let client = TestClient::new();
+    let url = gateway.url("/v2/models/fraud/infer");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut load = Vec::new();
+    for worker in 0..8 {
+        let (client, url, stop, sent, failures) =
+            (client.clone(), url.clone(), stop.clone(), sent.clone(), failures.clone());
+        load.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let user = format!("w{worker}-{i}");
+                let result = client
+                    .try_send(
+                        Method::POST,
+                        &url,
+                        &[("content-type", "application/json"), ("x-user-id", &user)],
+                        crate::support::INFER_BODY,
+                    )
+                    .await;
+                sent.fetch_add(1, Ordering::Relaxed);
+                match result {
+                    Ok(response) if response.status == StatusCode::OK => {}
+                    Ok(response) => failures.lock().unwrap().push(format!("status {}", response.status)),
+                    Err(error) => failures.lock().unwrap().push(error),
+                }
+                i += 1;
+            }
+        }));
+    }
+
+    // Alternate the weights 20 times while the load runs; each reload must
+    // apply, and the request right after it must see the new weights.
+    for round in 0..20 {
+        let (stable, canary) = if round % 2 == 0 { (0, 100) } else { (100, 0) };
+        gateway.write_config(&fixture.config(stable, canary));
+        let (status, body) = gateway.reload(&client).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["status"], "applied", "{body}");
+        let expected = if canary == 100 { "canary" } else { "stable" };
+        let response = client.infer(&url, &[("x-user-id", "probe")]).await;
+        assert_eq!(response.header("x-cascadia-version"), Some(expected), "round {round}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    let failures = failures.lock().unwrap();
+    assert!(sent.load(Ordering::Relaxed) > 100, "load ran");
+    assert!(failures.is_empty(), "{} failed requests: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    let config = gateway.admin_config(&client).await;
+    assert_eq!(config["version"], 21);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_reload_keeps_serving_and_reports_the_error() {
+    let fixture = CanaryFixture::start().await;
+    let gateway = GatewayProcess::start(&fixture.config(100, 0)).await;
+    let client = TestClient::new();
+    let before = gateway.admin_config(&client).await;
+
+    // Weights that sum to 90: rejected whole.
+    gateway.write_config(&fixture.config(90, 0));
+    let (status, body) = gateway.reload(&client).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["status"], "rejected");
+    assert_eq!(body["error"]["errors"][0]["path"], "routes[0].split");
+    assert_eq!(body["error"]["errors"][0]["message"], "weights sum to 90, must sum to 100");
+
+    let after = gateway.admin_config(&client).await;
+    assert_eq!(after["version"], before["version"], "the bad file was not applied");
+    assert_eq!(after["hash"], before["hash"]);
+    assert_eq!(after["last_error"]["errors"][0]["path"], "routes[0].split");
+    assert_eq!(after["reloads"]["rejected"], 1);
+
+    // Still serving the last good config.
+    let response = client.infer(&gateway.url("/v2/models/fraud/infer"), &[]).await;
+    assert_eq!(response.status, StatusCode::OK);
+    assert_eq!(response.header("x-cascadia-version"), Some("stable"));
+
+    // Broken TOML is rejected the same way.
+    gateway.write_config("[[routes]\nname = ");
+    let (status, _) = gateway.reload(&client).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // A good file clears the error.
+    gateway.write_config(&fixture.config(0, 100));
+    let (status, body) = gateway.reload(&client).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let config = gateway.admin_config(&client).await;
+    assert!(config["last_error"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_file_is_picked_up_by_the_watch() {
+    let fixture = CanaryFixture::start().await;
+    let gateway = GatewayProcess::start(&fixture.config(100, 0)).await;
+    let client = TestClient::new();
+
+    gateway.write_config(&fixture.config(0, 100));
+    gateway.wait_for_config(&client, |c| c["version"] == 2).await;
+    let response = client.infer(&gateway.url("/v2/models/fraud/infer"), &[]).await;
+    assert_eq!(response.header("x-cascadia-version"), Some("canary"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads() {
+    let fixture = CanaryFixture::start().await;
+    // No file watch: only the signal can trigger this reload.
+    let gateway = GatewayProcess::start_with(&fixture.config(100, 0), &["--no-watch"]).await;
+    let client = TestClient::new();
+
+    gateway.write_config(&fixture.config(0, 100));
+    let pid = gateway.child.id().expect("pid").to_string();
+    let status = std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    assert!(status.success());
+    let config = gateway.wait_for_config(&client, |c| c["version"] == 2).await;
+    assert!(config["last_error"].is_null());
+    let response = client.infer(&gateway.url("/v2/models/fraud/infer"), &[]).await;
+    assert_eq!(response.header("x-cascadia-version"), Some("canary"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_is_post_only() {
+    let fixture = CanaryFixture::start().await;
+    let gateway = GatewayProcess::start(&fixture.config(100, 0)).await;
+    let client = TestClient::new();
+    let response = client.get(&gateway.admin_url("/admin/config/reload"), &[]).await;
+    assert_eq!(response.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(response.header("allow"), Some("POST"));
+    assert_eq!(gateway.admin_config(&client).await["version"], 1);
+}

@@ -1,0 +1,322 @@
+//! Test harness: simulated backends, a gateway process, and a small client.
+//!
+//! The gateway runs as the real binary (`CARGO_BIN_EXE_cascadia`). Tests
+//! learn its ports from the lines it prints once bound, so nothing uses a
+//! fixed port and nothing sleeps to wait for readiness.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cascadia_sim::{LatencyModel, SimConfig, SimHandle};
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// How long any single wait in a test may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A one-row OIP inference body.
+pub const INFER_BODY: &str =
+    r#"{"inputs":[{"name":"features","shape":[1,4],"datatype":"FP32","data":[0.5,1.0,-0.5,2.0]}]}"#;
+
+/// Starts a simulated model server on a free port.
+pub async fn sim(name: &str, version: &str, region: &str) -> SimHandle {
+    sim_with(name, version, region, LatencyModel::None).await
+}
+
+/// Starts a simulated model server with a latency model.
+pub async fn sim_with(name: &str, version: &str, region: &str, latency: LatencyModel) -> SimHandle {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind sim");
+    cascadia_sim::spawn(
+        listener,
+        SimConfig {
+            name: name.to_owned(),
+            model: "fraud".to_owned(),
+            version: version.to_owned(),
+            region: region.to_owned(),
+            latency,
+            error_rate: 0.0,
+        },
+    )
+    .await
+    .expect("start sim")
+}
+
+/// A stable/canary pair of sims and the config that routes `fraud` to them.
+pub struct CanaryFixture {
+    pub stable: SimHandle,
+    pub canary: SimHandle,
+}
+
+impl CanaryFixture {
+    pub async fn start() -> Self {
+        Self {
+            stable: sim("fraud-v1", "1", "us-east").await,
+            canary: sim("fraud-v2", "2", "us-east").await,
+        }
+    }
+
+    /// A full config with the given split weights and extra `[gateway]` lines.
+    pub fn config(&self, stable: u32, canary: u32) -> String {
+        self.config_with(stable, canary, "")
+    }
+
+    pub fn config_with(&self, stable: u32, canary: u32, limits: &str) -> String {
+        format!(
+            r#"
+[gateway]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[gateway.limits]
+{limits}
+
+[[backends]]
+name = "fraud-v1"
+region = "us-east"
+endpoints = ["{stable}"]
+
+[[backends]]
+name = "fraud-v2"
+region = "us-east"
+endpoints = ["{canary}"]
+
+[[routes]]
+name = "fraud"
+match = {{ model = "fraud" }}
+key_header = "x-user-id"
+
+[[routes.split]]
+version = "stable"
+weight = {stable_weight}
+backends = ["fraud-v1"]
+upstream_version = "1"
+
+[[routes.split]]
+version = "canary"
+weight = {canary_weight}
+backends = ["fraud-v2"]
+upstream_version = "2"
+
+[[routes]]
+name = "echo"
+match = {{ path_prefix = "/echo" }}
+backends = ["fraud-v1"]
+"#,
+            stable = self.stable.addr,
+            canary = self.canary.addr,
+            stable_weight = stable,
+            canary_weight = canary,
+        )
+    }
+}
+
+/// A running gateway process. Killed when dropped.
+pub struct GatewayProcess {
+    pub child: Child,
+    pub addr: std::net::SocketAddr,
+    pub admin: std::net::SocketAddr,
+    pub config_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl GatewayProcess {
+    /// Writes `config` to a temp file and starts `cascadia run` on it.
+    pub async fn start(config: &str) -> Self {
+        Self::start_with(config, &[]).await
+    }
+
+    /// Like [`Self::start`], with extra `cascadia run` arguments.
+    pub async fn start_with(config: &str, extra_args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("cascadia.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cascadia"))
+            .args(["run", "--workers", "2", "--log", "warn", "--config"])
+            .arg(&config_path)
+            .args(extra_args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn cascadia");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let (addr, admin) = tokio::time::timeout(WAIT, async {
+            let mut addr = None;
+            let mut admin = None;
+            while addr.is_none() || admin.is_none() {
+                let line = lines.next_line().await.expect("read stdout").expect("gateway exited before it was ready");
+                if let Some(a) = line.strip_prefix("cascadia gateway listening on http://") {
+                    addr = Some(a.parse().expect("gateway addr"));
+                } else if let Some(a) = line.strip_prefix("cascadia admin listening on http://") {
+                    admin = Some(a.parse().expect("admin addr"));
+                }
+            }
+            (addr.unwrap(), admin.unwrap())
+        })
+        .await
+        .expect("gateway became ready");
+        // Keep draining stdout so the gateway never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self {
+            child,
+            addr,
+            admin,
+            config_path,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// Rewrites the config file in place (atomically, by rename).
+    pub fn write_config(&self, config: &str) {
+        let tmp = self.config_path.with_extension("tmp");
+        std::fs::write(&tmp, config).expect("write config");
+        std::fs::rename(&tmp, &self.config_path).expect("replace config");
+    }
+
+    /// Asks the admin API to reload; returns the status and JSON body.
+    pub async fn reload(&self, client: &TestClient) -> (StatusCode, serde_json::Value) {
+        let response = client.send(Method::POST, &self.admin_url("/admin/config/reload"), &[], "").await;
+        (response.status, response.json())
+    }
+
+    /// `GET /admin/config`.
+    pub async fn admin_config(&self, client: &TestClient) -> serde_json::Value {
+        client.get(&self.admin_url("/admin/config"), &[]).await.json()
+    }
+
+    /// Polls `GET /admin/config` until `done` holds. The admin API is the
+    /// gateway's readiness signal for reloads that the test does not drive
+    /// itself (file watch, SIGHUP).
+    pub async fn wait_for_config(&self, client: &TestClient, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let config = self.admin_config(client).await;
+                if done(&config) {
+                    return config;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("config condition reached")
+    }
+}
+
+/// A finished response.
+#[derive(Debug)]
+pub struct TestResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl TestResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// A keep-alive HTTP client.
+#[derive(Clone)]
+pub struct TestClient {
+    inner: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl TestClient {
+    pub fn new() -> Self {
+        Self {
+            inner: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    pub fn http2() -> Self {
+        Self {
+            inner: Client::builder(TokioExecutor::new()).http2_only(true).build_http(),
+        }
+    }
+
+    pub async fn get(&self, url: &str, headers: &[(&str, &str)]) -> TestResponse {
+        self.send(Method::GET, url, headers, "").await
+    }
+
+    pub async fn infer(&self, url: &str, headers: &[(&str, &str)]) -> TestResponse {
+        let mut all = vec![("content-type", "application/json")];
+        all.extend_from_slice(headers);
+        self.send(Method::POST, url, &all, INFER_BODY).await
+    }
+
+    pub async fn send(&self, method: Method, url: &str, headers: &[(&str, &str)], body: &str) -> TestResponse {
+        self.try_send(method, url, headers, body).await.expect("request completes")
+    }
+
+    pub async fn try_send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Result<TestResponse, String> {
+        let mut builder = Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let request = builder.body(Full::new(Bytes::from(body.to_owned()))).map_err(|e| e.to_string())?;
+        let response = tokio::time::timeout(WAIT, self.inner.request(request))
+            .await
+            .map_err(|_| "timed out".to_owned())?
+            .map_err(|e| format!("{e:?}"))?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(TestResponse {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+}
+
+/// Counts values of `header` over `responses`.
+pub fn tally<'a>(responses: impl IntoIterator<Item = &'a TestResponse>, header: &str) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for response in responses {
+        *counts.entry(response.header(header).unwrap_or("-").to_owned()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Asserts an error response: the status, a JSON body with `error` and the
+/// request id, and no internal address in it.
+pub fn assert_json_error(response: &TestResponse, status: StatusCode) {
+    assert_eq!(response.status, status, "body: {:?}", String::from_utf8_lossy(&response.body));
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    let body = response.json();
+    assert!(body["error"].is_string(), "error message in {body}");
+    let request_id = response.header("x-request-id").expect("x-request-id on errors");
+    assert_eq!(body["request_id"], request_id);
+    let text = String::from_utf8_lossy(&response.body);
+    assert!(!text.contains("127.0.0.1"), "address leaked: {text}");
+    assert!(!text.contains("panic"), "panic text leaked: {text}");
+}
