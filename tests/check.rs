@@ -51,8 +51,14 @@ backends = ["missing"]
 "#;
     let (ok, _, stderr) = check(config);
     assert!(!ok, "invalid config must exit 1");
-    assert!(stderr.contains("routes[1].split: weights sum to 90, must sum to 100"), "{stderr}");
-    assert!(stderr.contains(r#"routes[1].split[1].backends[0]: unknown backend "missing""#), "{stderr}");
+    assert!(
+        stderr.contains("routes[1].split: weights sum to 90, must sum to 100"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(r#"routes[1].split[1].backends[0]: unknown backend "missing""#),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -71,7 +77,11 @@ fn every_example_config_is_valid_and_summarised() {
         if path.extension().is_some_and(|e| e == "toml") {
             let (ok, stdout, stderr) = check_path(&path);
             assert!(ok, "{}: {stderr}", path.display());
-            assert!(stdout.contains("fraud") || stdout.contains("route"), "summary for {}: {stdout}", path.display());
+            assert!(
+                stdout.contains("fraud") || stdout.contains("route"),
+                "summary for {}: {stdout}",
+                path.display()
+            );
             seen += 1;
         }
     }

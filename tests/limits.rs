@@ -23,11 +23,20 @@ async fn oversized_bodies_get_413() {
     let big = "x".repeat(2048);
 
     // Declared length over the limit: refused before the body is read.
-    let response = client.send(Method::POST, &gateway.url("/echo/upload"), &[], &big).await;
+    let response = client
+        .send(Method::POST, &gateway.url("/echo/upload"), &[], &big)
+        .await;
     assert_json_error(&response, StatusCode::PAYLOAD_TOO_LARGE);
 
     // A body within the limit passes.
-    let small = client.send(Method::POST, &gateway.url("/echo/upload"), &[], &"x".repeat(1000)).await;
+    let small = client
+        .send(
+            Method::POST,
+            &gateway.url("/echo/upload"),
+            &[],
+            &"x".repeat(1000),
+        )
+        .await;
     assert_eq!(small.status, StatusCode::OK);
     assert_eq!(small.json()["body_bytes"], 1000);
 }
@@ -59,11 +68,17 @@ async fn too_many_or_too_large_headers_get_431() {
 
     let names: Vec<String> = (0..25).map(|i| format!("x-extra-{i}")).collect();
     let many: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
-    assert_json_error(&client.send(Method::POST, &url, &many, "{}").await, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_json_error(
+        &client.send(Method::POST, &url, &many, "{}").await,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+    );
 
     let long = "v".repeat(3000);
     let large = [("x-large", long.as_str())];
-    assert_json_error(&client.send(Method::POST, &url, &large, "{}").await, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_json_error(
+        &client.send(Method::POST, &url, &large, "{}").await,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,14 +87,23 @@ async fn a_slow_request_head_gets_408_and_the_connection_closes() {
     let gateway = GatewayProcess::start(&fixture.config_with(100, 0, LIMITS)).await;
     let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
     // Half a head, then silence: the gateway must answer and close on its own.
-    stream.write_all(b"GET /echo/slow HTTP/1.1\r\nhost: te").await.unwrap();
+    stream
+        .write_all(b"GET /echo/slow HTTP/1.1\r\nhost: te")
+        .await
+        .unwrap();
     let response = read_response(&mut stream).await;
     assert!(response.starts_with("HTTP/1.1 408"), "{response}");
     assert!(response.contains(r#""error":"#), "{response}");
 
     // Other clients are unaffected.
     let client = TestClient::new();
-    assert_eq!(client.get(&gateway.url("/v2/health/live"), &[]).await.status, StatusCode::OK);
+    assert_eq!(
+        client
+            .get(&gateway.url("/v2/health/live"), &[])
+            .await
+            .status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,7 +112,10 @@ async fn a_keep_alive_connection_serves_many_requests_within_the_head_timeout() 
     let gateway = GatewayProcess::start(&fixture.config_with(100, 0, LIMITS)).await;
     let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
     for _ in 0..3 {
-        stream.write_all(b"GET /v2/health/live HTTP/1.1\r\nhost: t\r\n\r\n").await.unwrap();
+        stream
+            .write_all(b"GET /v2/health/live HTTP/1.1\r\nhost: t\r\n\r\n")
+            .await
+            .unwrap();
         let mut buf = vec![0u8; 4096];
         let n = stream.read(&mut buf).await.unwrap();
         assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
@@ -118,14 +145,22 @@ backends = ["gone"]
     );
     let gateway = GatewayProcess::start(&config).await;
     let client = TestClient::new();
-    let response = client.infer(&gateway.url("/v2/models/fraud/infer"), &[]).await;
+    let response = client
+        .infer(&gateway.url("/v2/models/fraud/infer"), &[])
+        .await;
     assert_json_error(&response, StatusCode::BAD_GATEWAY);
     assert!(!String::from_utf8_lossy(&response.body).contains(&dead_addr.port().to_string()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_backend_gets_504_at_the_route_timeout() {
-    let slow = sim_with("slow", "1", "us-east", cascadia_sim::LatencyModel::Fixed(Duration::from_secs(10))).await;
+    let slow = sim_with(
+        "slow",
+        "1",
+        "us-east",
+        cascadia_sim::LatencyModel::Fixed(Duration::from_secs(10)),
+    )
+    .await;
     let config = format!(
         r#"
 [gateway]
@@ -145,7 +180,9 @@ backends = ["slow"]
     );
     let gateway = GatewayProcess::start(&config).await;
     let client = TestClient::new();
-    let response = client.infer(&gateway.url("/v2/models/fraud/infer"), &[]).await;
+    let response = client
+        .infer(&gateway.url("/v2/models/fraud/infer"), &[])
+        .await;
     assert_json_error(&response, StatusCode::GATEWAY_TIMEOUT);
 }
 
@@ -162,9 +199,11 @@ async fn read_response(stream: &mut tokio::net::TcpStream) -> String {
                     out.extend_from_slice(&buf[..n]);
                     let text = String::from_utf8_lossy(&out);
                     if let Some(end) = text.find("\r\n\r\n") {
-                        let length = text[..end]
-                            .lines()
-                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)));
+                        let length = text[..end].lines().find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        });
                         if let Some(length) = length {
                             if out.len() >= end + 4 + length {
                                 break;
@@ -175,6 +214,8 @@ async fn read_response(stream: &mut tokio::net::TcpStream) -> String {
             }
         }
     };
-    tokio::time::timeout(crate::support::WAIT, read).await.expect("response arrives");
+    tokio::time::timeout(crate::support::WAIT, read)
+        .await
+        .expect("response arrives");
     String::from_utf8_lossy(&out).into_owned()
 }

@@ -20,8 +20,13 @@ async fn reloads_under_load_fail_no_request_and_apply_at_once() {
     let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut load = Vec::new();
     for worker in 0..8 {
-        let (client, url, stop, sent, failures) =
-            (client.clone(), url.clone(), stop.clone(), sent.clone(), failures.clone());
+        let (client, url, stop, sent, failures) = (
+            client.clone(),
+            url.clone(),
+            stop.clone(),
+            sent.clone(),
+            failures.clone(),
+        );
         load.push(tokio::spawn(async move {
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
@@ -37,7 +42,10 @@ async fn reloads_under_load_fail_no_request_and_apply_at_once() {
                 sent.fetch_add(1, Ordering::Relaxed);
                 match result {
                     Ok(response) if response.status == StatusCode::OK => {}
-                    Ok(response) => failures.lock().unwrap().push(format!("status {}", response.status)),
+                    Ok(response) => failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("status {}", response.status)),
                     Err(error) => failures.lock().unwrap().push(error),
                 }
                 i += 1;
@@ -55,15 +63,24 @@ async fn reloads_under_load_fail_no_request_and_apply_at_once() {
         assert_eq!(body["status"], "applied", "{body}");
         let expected = if canary == 100 { "canary" } else { "stable" };
         let response = client.infer(&url, &[("x-user-id", "probe")]).await;
-        assert_eq!(response.header("x-cascadia-version"), Some(expected), "round {round}");
+        assert_eq!(
+            response.header("x-cascadia-version"),
+            Some(expected),
+            "round {round}"
+        );
     }
     stop.store(true, Ordering::Relaxed);
     for task in load {
         task.await.unwrap();
     }
-    let failures = failures.lock().unwrap();
+    let failures = failures.lock().unwrap().clone();
     assert!(sent.load(Ordering::Relaxed) > 100, "load ran");
-    assert!(failures.is_empty(), "{} failed requests: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "{} failed requests: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
     let config = gateway.admin_config(&client).await;
     assert_eq!(config["version"], 21);
 }
@@ -81,16 +98,24 @@ async fn an_invalid_reload_keeps_serving_and_reports_the_error() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["status"], "rejected");
     assert_eq!(body["error"]["errors"][0]["path"], "routes[0].split");
-    assert_eq!(body["error"]["errors"][0]["message"], "weights sum to 90, must sum to 100");
+    assert_eq!(
+        body["error"]["errors"][0]["message"],
+        "weights sum to 90, must sum to 100"
+    );
 
     let after = gateway.admin_config(&client).await;
-    assert_eq!(after["version"], before["version"], "the bad file was not applied");
+    assert_eq!(
+        after["version"], before["version"],
+        "the bad file was not applied"
+    );
     assert_eq!(after["hash"], before["hash"]);
     assert_eq!(after["last_error"]["errors"][0]["path"], "routes[0].split");
     assert_eq!(after["reloads"]["rejected"], 1);
 
     // Still serving the last good config.
-    let response = client.infer(&gateway.url("/v2/models/fraud/infer"), &[]).await;
+    let response = client
+        .infer(&gateway.url("/v2/models/fraud/infer"), &[])
+        .await;
     assert_eq!(response.status, StatusCode::OK);
     assert_eq!(response.header("x-cascadia-version"), Some("stable"));
 
@@ -114,8 +139,12 @@ async fn a_changed_file_is_picked_up_by_the_watch() {
     let client = TestClient::new();
 
     gateway.write_config(&fixture.config(0, 100));
-    gateway.wait_for_config(&client, |c| c["version"] == 2).await;
-    let response = client.infer(&gateway.url("/v2/models/fraud/infer"), &[]).await;
+    gateway
+        .wait_for_config(&client, |c| c["version"] == 2)
+        .await;
+    let response = client
+        .infer(&gateway.url("/v2/models/fraud/infer"), &[])
+        .await;
     assert_eq!(response.header("x-cascadia-version"), Some("canary"));
 }
 
@@ -128,11 +157,18 @@ async fn sighup_reloads() {
 
     gateway.write_config(&fixture.config(0, 100));
     let pid = gateway.child.id().expect("pid").to_string();
-    let status = std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
     assert!(status.success());
-    let config = gateway.wait_for_config(&client, |c| c["version"] == 2).await;
+    let config = gateway
+        .wait_for_config(&client, |c| c["version"] == 2)
+        .await;
     assert!(config["last_error"].is_null());
-    let response = client.infer(&gateway.url("/v2/models/fraud/infer"), &[]).await;
+    let response = client
+        .infer(&gateway.url("/v2/models/fraud/infer"), &[])
+        .await;
     assert_eq!(response.header("x-cascadia-version"), Some("canary"));
 }
 
@@ -141,7 +177,9 @@ async fn reload_is_post_only() {
     let fixture = CanaryFixture::start().await;
     let gateway = GatewayProcess::start(&fixture.config(100, 0)).await;
     let client = TestClient::new();
-    let response = client.get(&gateway.admin_url("/admin/config/reload"), &[]).await;
+    let response = client
+        .get(&gateway.admin_url("/admin/config/reload"), &[])
+        .await;
     assert_eq!(response.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(response.header("allow"), Some("POST"));
     assert_eq!(gateway.admin_config(&client).await["version"], 1);

@@ -4,7 +4,9 @@ use std::collections::HashMap;
 
 use http::StatusCode;
 
-use crate::support::{assert_json_error, tally, CanaryFixture, GatewayProcess, TestClient, TestResponse};
+use crate::support::{
+    assert_json_error, tally, CanaryFixture, GatewayProcess, TestClient, TestResponse,
+};
 
 /// Sends `count` inference requests with `concurrency` in flight, with the
 /// headers `headers_for(i)` returns for request `i`.
@@ -26,7 +28,10 @@ async fn infer_many(
             let mut i = worker;
             while i < count {
                 let headers = headers_for(i);
-                let refs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let refs: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
                 out.push((i, client.infer(&url, &refs).await));
                 i += concurrency;
             }
@@ -46,18 +51,34 @@ async fn canary_split_is_within_tolerance_over_10k_requests() {
     let fixture = CanaryFixture::start().await;
     let gateway = GatewayProcess::start(&fixture.config(90, 10)).await;
     let client = TestClient::new();
-    let responses = infer_many(&client, &gateway.url("/v2/models/fraud/infer"), 10_000, 32, |_| Vec::new()).await;
+    let responses = infer_many(
+        &client,
+        &gateway.url("/v2/models/fraud/infer"),
+        10_000,
+        32,
+        |_| Vec::new(),
+    )
+    .await;
 
     assert!(responses.iter().all(|r| r.status == StatusCode::OK));
     let versions = tally(&responses, "x-cascadia-version");
     let canary = versions.get("canary").copied().unwrap_or(0) as f64;
     // Binomial(10000, 0.1): sigma = 30. Five sigma keeps this from flaking
     // while still catching a wrong split (e.g. 5% or 15%).
-    assert!((canary - 1000.0).abs() <= 150.0, "canary served {canary} of 10000");
-    assert_eq!(versions.get("stable").copied().unwrap_or(0) + canary as usize, 10_000);
+    assert!(
+        (canary - 1000.0).abs() <= 150.0,
+        "canary served {canary} of 10000"
+    );
+    assert_eq!(
+        versions.get("stable").copied().unwrap_or(0) + canary as usize,
+        10_000
+    );
     // Each version's requests went to its own backend.
     let backends = tally(&responses, "x-cascadia-backend");
-    assert_eq!(backends.get("fraud-v2").copied().unwrap_or(0) as f64, canary);
+    assert_eq!(
+        backends.get("fraud-v2").copied().unwrap_or(0) as f64,
+        canary
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,7 +89,10 @@ async fn sticky_keys_stay_put_and_move_minimally_when_weights_change() {
     let url = gateway.url("/v2/models/fraud/infer");
     let users = 2_000;
     let by_user = |responses: &[TestResponse]| -> Vec<String> {
-        responses.iter().map(|r| r.header("x-cascadia-version").unwrap().to_owned()).collect()
+        responses
+            .iter()
+            .map(|r| r.header("x-cascadia-version").unwrap().to_owned())
+            .collect()
     };
     let user_headers = |i: usize| vec![("x-user-id".to_owned(), format!("user-{}", i % 2_000))];
 
@@ -85,7 +109,11 @@ async fn sticky_keys_stay_put_and_move_minimally_when_weights_change() {
     let mut moved = 0;
     for (before, after) in first.iter().zip(&after) {
         if before != after {
-            assert_eq!((before.as_str(), after.as_str()), ("stable", "canary"), "a key moved the wrong way");
+            assert_eq!(
+                (before.as_str(), after.as_str()),
+                ("stable", "canary"),
+                "a key moved the wrong way"
+            );
             moved += 1;
         }
     }
@@ -102,7 +130,12 @@ async fn the_force_header_picks_the_version() {
     let url = gateway.url("/v2/models/fraud/infer");
 
     for _ in 0..20 {
-        let response = client.infer(&url, &[("x-cascadia-version", "canary"), ("x-user-id", "u1")]).await;
+        let response = client
+            .infer(
+                &url,
+                &[("x-cascadia-version", "canary"), ("x-user-id", "u1")],
+            )
+            .await;
         assert_eq!(response.status, StatusCode::OK);
         assert_eq!(response.header("x-cascadia-version"), Some("canary"));
         assert_eq!(response.header("x-cascadia-backend"), Some("fraud-v2"));
@@ -121,7 +154,10 @@ async fn responses_name_what_served_them_and_carry_the_request_id() {
     let client = TestClient::new();
 
     let response = client
-        .infer(&gateway.url("/v2/models/fraud/infer"), &[("x-request-id", "req-42"), ("x-forwarded-for", "10.1.2.3")])
+        .infer(
+            &gateway.url("/v2/models/fraud/infer"),
+            &[("x-request-id", "req-42"), ("x-forwarded-for", "10.1.2.3")],
+        )
         .await;
     assert_eq!(response.status, StatusCode::OK);
     assert_eq!(response.header("x-request-id"), Some("req-42"));
@@ -130,16 +166,32 @@ async fn responses_name_what_served_them_and_carry_the_request_id() {
     // What the backend saw: the id, the forwarded chain, and the path
     // rewritten to the version the split names.
     assert_eq!(response.header("x-sim-name"), Some("fraud-v2"));
-    assert_eq!(response.header("x-sim-saw-path"), Some("/v2/models/fraud/versions/2/infer"));
-    assert_eq!(response.header("x-sim-saw-xff"), Some("10.1.2.3, 127.0.0.1"));
-    assert!(response.header("x-sim-saw-forwarded").unwrap().contains("for=127.0.0.1"));
+    assert_eq!(
+        response.header("x-sim-saw-path"),
+        Some("/v2/models/fraud/versions/2/infer")
+    );
+    assert_eq!(
+        response.header("x-sim-saw-xff"),
+        Some("10.1.2.3, 127.0.0.1")
+    );
+    assert!(response
+        .header("x-sim-saw-forwarded")
+        .unwrap()
+        .contains("for=127.0.0.1"));
     let body = response.json();
     assert_eq!(body["outputs"][0]["name"], "probability");
 
     // A generated id when the client sends none, different per request.
-    let a = client.infer(&gateway.url("/v2/models/fraud/infer"), &[]).await;
-    let b = client.infer(&gateway.url("/v2/models/fraud/infer"), &[]).await;
-    let (a, b) = (a.header("x-request-id").unwrap().to_owned(), b.header("x-request-id").unwrap().to_owned());
+    let a = client
+        .infer(&gateway.url("/v2/models/fraud/infer"), &[])
+        .await;
+    let b = client
+        .infer(&gateway.url("/v2/models/fraud/infer"), &[])
+        .await;
+    let (a, b) = (
+        a.header("x-request-id").unwrap().to_owned(),
+        b.header("x-request-id").unwrap().to_owned(),
+    );
     assert!(!a.is_empty());
     assert_ne!(a, b);
 }
@@ -152,13 +204,21 @@ async fn routes_match_model_paths_prefixes_and_the_gateway_answers_health() {
 
     let live = client.get(&gateway.url("/v2/health/live"), &[]).await;
     assert_eq!(live.status, StatusCode::OK);
-    assert!(live.header("x-sim-name").is_none(), "health is answered by the gateway");
+    assert!(
+        live.header("x-sim-name").is_none(),
+        "health is answered by the gateway"
+    );
     let ready = client.get(&gateway.url("/v2/health/ready"), &[]).await;
     assert_eq!(ready.status, StatusCode::OK);
 
-    let model_ready = client.get(&gateway.url("/v2/models/fraud/ready"), &[]).await;
+    let model_ready = client
+        .get(&gateway.url("/v2/models/fraud/ready"), &[])
+        .await;
     assert_eq!(model_ready.status, StatusCode::OK);
-    assert_eq!(model_ready.header("x-sim-saw-path"), Some("/v2/models/fraud/versions/1/ready"));
+    assert_eq!(
+        model_ready.header("x-sim-saw-path"),
+        Some("/v2/models/fraud/versions/1/ready")
+    );
     let metadata = client.get(&gateway.url("/v2/models/fraud"), &[]).await;
     assert_eq!(metadata.status, StatusCode::OK);
     assert_eq!(metadata.json()["name"], "fraud");
@@ -168,9 +228,20 @@ async fn routes_match_model_paths_prefixes_and_the_gateway_answers_health() {
     assert_eq!(echo.header("x-cascadia-version"), Some("default"));
     assert_eq!(echo.header("x-sim-saw-path"), Some("/echo/a/b"));
 
-    assert_json_error(&client.get(&gateway.url("/echoes"), &[]).await, StatusCode::NOT_FOUND);
-    assert_json_error(&client.infer(&gateway.url("/v2/models/other/infer"), &[]).await, StatusCode::NOT_FOUND);
-    assert_json_error(&client.get(&gateway.url("/echo/../admin"), &[]).await, StatusCode::BAD_REQUEST);
+    assert_json_error(
+        &client.get(&gateway.url("/echoes"), &[]).await,
+        StatusCode::NOT_FOUND,
+    );
+    assert_json_error(
+        &client
+            .infer(&gateway.url("/v2/models/other/infer"), &[])
+            .await,
+        StatusCode::NOT_FOUND,
+    );
+    assert_json_error(
+        &client.get(&gateway.url("/echo/../admin"), &[]).await,
+        StatusCode::BAD_REQUEST,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,7 +249,9 @@ async fn http2_cleartext_clients_share_the_port() {
     let fixture = CanaryFixture::start().await;
     let gateway = GatewayProcess::start(&fixture.config(100, 0)).await;
     let client = TestClient::http2();
-    let response = client.infer(&gateway.url("/v2/models/fraud/infer"), &[]).await;
+    let response = client
+        .infer(&gateway.url("/v2/models/fraud/infer"), &[])
+        .await;
     assert_eq!(response.status, StatusCode::OK);
     assert_eq!(response.header("x-cascadia-version"), Some("stable"));
     let counts: HashMap<_, _> = tally([&response], "x-cascadia-backend");

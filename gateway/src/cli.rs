@@ -138,8 +138,16 @@ fn check(path: &std::path::Path) -> ExitCode {
 /// Prints the bound addresses in a fixed format that scripts and tests read.
 pub fn announce(gateway: &Gateway) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "cascadia gateway listening on http://{}", gateway.listen_addr);
-    let _ = writeln!(out, "cascadia admin listening on http://{}", gateway.admin_addr);
+    let _ = writeln!(
+        out,
+        "cascadia gateway listening on http://{}",
+        gateway.listen_addr
+    );
+    let _ = writeln!(
+        out,
+        "cascadia admin listening on http://{}",
+        gateway.admin_addr
+    );
     let _ = out.flush();
 }
 

@@ -52,7 +52,11 @@ pub async fn run(listen: SocketAddr, admin_listen: SocketAddr, sample_requests: 
     }
 }
 
-async fn run_inner(listen: SocketAddr, admin_listen: SocketAddr, sample_requests: u32) -> Result<(), String> {
+async fn run_inner(
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+    sample_requests: u32,
+) -> Result<(), String> {
     let mut sims: Vec<SimHandle> = Vec::new();
     let mut config_text = DEMO_CONFIG.to_owned();
     for (placeholder, name, region, version, p50, p99) in DEMO_BACKENDS {
@@ -80,7 +84,8 @@ async fn run_inner(listen: SocketAddr, admin_listen: SocketAddr, sample_requests
     }
 
     let config_path = write_demo_config(&config_text)?;
-    let loaded = cascadia_config::load_file(&config_path).map_err(|e| format!("demo config: {e}"))?;
+    let loaded =
+        cascadia_config::load_file(&config_path).map_err(|e| format!("demo config: {e}"))?;
     let gateway = Gateway::start(
         loaded,
         GatewayOptions {
@@ -100,7 +105,10 @@ async fn run_inner(listen: SocketAddr, admin_listen: SocketAddr, sample_requests
     println!();
     println!("  gateway  {base}");
     println!("  admin    http://{}/admin/config", gateway.admin_addr);
-    println!("  config   {}  (edit it: the gateway reloads live)", config_path.display());
+    println!(
+        "  config   {}  (edit it: the gateway reloads live)",
+        config_path.display()
+    );
     println!();
     println!("Try an inference request (same user, same version every time):");
     println!();

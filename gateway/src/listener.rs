@@ -50,7 +50,11 @@ connection: close\r\n\
 
 /// Accepts connections on `listener` until `shutdown` turns true, then
 /// drains the open connections.
-pub async fn serve(listener: TcpListener, snapshot: SharedSnapshot, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    snapshot: SharedSnapshot,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut connections = JoinSet::new();
     loop {
         // Reap finished connection tasks so the set stays small.
@@ -68,7 +72,12 @@ pub async fn serve(listener: TcpListener, snapshot: SharedSnapshot, mut shutdown
             },
             _ = stopped(&mut shutdown) => break,
         };
-        connections.spawn(serve_connection(stream, peer, Arc::clone(&snapshot), shutdown.clone()));
+        connections.spawn(serve_connection(
+            stream,
+            peer,
+            Arc::clone(&snapshot),
+            shutdown.clone(),
+        ));
     }
     drop(listener);
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
@@ -76,7 +85,10 @@ pub async fn serve(listener: TcpListener, snapshot: SharedSnapshot, mut shutdown
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(open = connections.len(), "drain timeout passed; closing connections");
+        tracing::warn!(
+            open = connections.len(),
+            "drain timeout passed; closing connections"
+        );
     }
 }
 
@@ -108,7 +120,9 @@ async fn serve_connection(
         builder
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(20)))
-            .max_header_list_size(u32::try_from(limits.max_header_bytes * 2 + 4096).unwrap_or(u32::MAX));
+            .max_header_list_size(
+                u32::try_from(limits.max_header_bytes * 2 + 4096).unwrap_or(u32::MAX),
+            );
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         tokio::pin!(connection);
         tokio::select! {
@@ -226,7 +240,11 @@ impl HeadTimeoutIo {
 }
 
 impl AsyncRead for HeadTimeoutIo {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let mut this = self.project();
         let before = buf.filled().len();
         let result = this.stream.as_mut().poll_read(cx, buf);
@@ -237,7 +255,9 @@ impl AsyncRead for HeadTimeoutIo {
             if phase == IDLE || phase == RESPONDING {
                 // First bytes of the next request head.
                 this.phase.store(AWAIT_HEAD, Ordering::Relaxed);
-                this.timer.as_mut().reset(Instant::now() + *this.head_timeout);
+                this.timer
+                    .as_mut()
+                    .reset(Instant::now() + *this.head_timeout);
                 *this.armed_for = Some(AWAIT_HEAD);
             }
             return result;
@@ -256,7 +276,11 @@ impl AsyncRead for HeadTimeoutIo {
         match phase {
             IDLE | AWAIT_HEAD => {
                 if *this.armed_for != Some(phase) {
-                    let timeout = if phase == IDLE { *this.idle_timeout } else { *this.head_timeout };
+                    let timeout = if phase == IDLE {
+                        *this.idle_timeout
+                    } else {
+                        *this.head_timeout
+                    };
                     this.timer.as_mut().reset(Instant::now() + timeout);
                     *this.armed_for = Some(phase);
                 }
@@ -276,7 +300,11 @@ impl AsyncRead for HeadTimeoutIo {
 }
 
 impl AsyncWrite for HeadTimeoutIo {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.project();
         if this.phase.load(Ordering::Relaxed) == IN_REQUEST {
             this.phase.store(RESPONDING, Ordering::Relaxed);

@@ -3,8 +3,8 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use cascadia::cli::Cli;
+use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

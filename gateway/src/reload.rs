@@ -86,7 +86,10 @@ impl ReloadHandle {
 
     /// Counters and the last error.
     pub fn status(&self) -> ReloadStatus {
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The config file being served.
@@ -191,9 +194,11 @@ impl Reloader {
                 let version = current.version + 1;
                 // Building resolves every route and pool before anything is
                 // published; the store below is the only thing readers see.
-                let next = tokio::task::spawn_blocking(move || Snapshot::build(version, &loaded, &registry))
-                    .await
-                    .expect("snapshot build does not panic");
+                let next = tokio::task::spawn_blocking(move || {
+                    Snapshot::build(version, &loaded, &registry)
+                })
+                .await
+                .expect("snapshot build does not panic");
                 let hash = next.hash.clone();
                 self.snapshot.store(Arc::new(next));
                 ReloadOutcome::Applied { version, hash }
@@ -221,7 +226,12 @@ impl Reloader {
             ReloadOutcome::Applied { version, hash } => {
                 status.applied += 1;
                 status.last_error = None;
-                tracing::info!(?trigger, version, hash = &hash[..12.min(hash.len())], "config reloaded");
+                tracing::info!(
+                    ?trigger,
+                    version,
+                    hash = &hash[..12.min(hash.len())],
+                    "config reloaded"
+                );
             }
             ReloadOutcome::Unchanged { .. } => {
                 tracing::debug!(?trigger, "config unchanged");

@@ -51,8 +51,9 @@ impl Gateway {
         let admin_listener = bind(admin_listen, "admin_listen").await?;
 
         let registry = Arc::new(Registry::new());
-        let snapshot: SharedSnapshot =
-            Arc::new(ArcSwap::from_pointee(Snapshot::build(1, &loaded, &registry)));
+        let snapshot: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(
+            1, &loaded, &registry,
+        )));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let reload = reload::spawn(
             loaded.source.clone(),
@@ -65,7 +66,11 @@ impl Gateway {
         let listen_addr = listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
         let mut tasks = JoinSet::new();
-        tasks.spawn(listener::serve(listener, Arc::clone(&snapshot), shutdown_rx.clone()));
+        tasks.spawn(listener::serve(
+            listener,
+            Arc::clone(&snapshot),
+            shutdown_rx.clone(),
+        ));
         tasks.spawn(admin::serve(
             admin_listener,
             Admin::new(Arc::clone(&snapshot), reload.clone()),

@@ -34,7 +34,9 @@ pub async fn sim(name: &str, version: &str, region: &str) -> SimHandle {
 
 /// Starts a simulated model server with a latency model.
 pub async fn sim_with(name: &str, version: &str, region: &str, latency: LatencyModel) -> SimHandle {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind sim");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind sim");
     cascadia_sim::spawn(
         listener,
         SimConfig {
@@ -54,6 +56,8 @@ pub async fn sim_with(name: &str, version: &str, region: &str, latency: LatencyM
 pub struct CanaryFixture {
     pub stable: SimHandle,
     pub canary: SimHandle,
+    /// Upstream protocol of both backends.
+    pub protocol: &'static str,
 }
 
 impl CanaryFixture {
@@ -61,6 +65,15 @@ impl CanaryFixture {
         Self {
             stable: sim("fraud-v1", "1", "us-east").await,
             canary: sim("fraud-v2", "2", "us-east").await,
+            protocol: "http1",
+        }
+    }
+
+    /// Backends reached over h2c, as gRPC needs.
+    pub async fn start_h2c() -> Self {
+        Self {
+            protocol: "h2c",
+            ..Self::start().await
         }
     }
 
@@ -82,11 +95,13 @@ admin_listen = "127.0.0.1:0"
 [[backends]]
 name = "fraud-v1"
 region = "us-east"
+protocol = "{protocol}"
 endpoints = ["{stable}"]
 
 [[backends]]
 name = "fraud-v2"
 region = "us-east"
+protocol = "{protocol}"
 endpoints = ["{canary}"]
 
 [[routes]]
@@ -113,6 +128,7 @@ backends = ["fraud-v1"]
 "#,
             stable = self.stable.addr,
             canary = self.canary.addr,
+            protocol = self.protocol,
             stable_weight = stable,
             canary_weight = canary,
         )
@@ -154,7 +170,11 @@ impl GatewayProcess {
             let mut addr = None;
             let mut admin = None;
             while addr.is_none() || admin.is_none() {
-                let line = lines.next_line().await.expect("read stdout").expect("gateway exited before it was ready");
+                let line = lines
+                    .next_line()
+                    .await
+                    .expect("read stdout")
+                    .expect("gateway exited before it was ready");
                 if let Some(a) = line.strip_prefix("cascadia gateway listening on http://") {
                     addr = Some(a.parse().expect("gateway addr"));
                 } else if let Some(a) = line.strip_prefix("cascadia admin listening on http://") {
@@ -193,19 +213,33 @@ impl GatewayProcess {
 
     /// Asks the admin API to reload; returns the status and JSON body.
     pub async fn reload(&self, client: &TestClient) -> (StatusCode, serde_json::Value) {
-        let response = client.send(Method::POST, &self.admin_url("/admin/config/reload"), &[], "").await;
+        let response = client
+            .send(
+                Method::POST,
+                &self.admin_url("/admin/config/reload"),
+                &[],
+                "",
+            )
+            .await;
         (response.status, response.json())
     }
 
     /// `GET /admin/config`.
     pub async fn admin_config(&self, client: &TestClient) -> serde_json::Value {
-        client.get(&self.admin_url("/admin/config"), &[]).await.json()
+        client
+            .get(&self.admin_url("/admin/config"), &[])
+            .await
+            .json()
     }
 
     /// Polls `GET /admin/config` until `done` holds. The admin API is the
     /// gateway's readiness signal for reloads that the test does not drive
     /// itself (file watch, SIGHUP).
-    pub async fn wait_for_config(&self, client: &TestClient, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    pub async fn wait_for_config(
+        &self,
+        client: &TestClient,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         tokio::time::timeout(WAIT, async {
             loop {
                 let config = self.admin_config(client).await;
@@ -234,8 +268,12 @@ impl TestResponse {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 }
 
@@ -254,7 +292,9 @@ impl TestClient {
 
     pub fn http2() -> Self {
         Self {
-            inner: Client::builder(TokioExecutor::new()).http2_only(true).build_http(),
+            inner: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build_http(),
         }
     }
 
@@ -268,8 +308,16 @@ impl TestClient {
         self.send(Method::POST, url, &all, INFER_BODY).await
     }
 
-    pub async fn send(&self, method: Method, url: &str, headers: &[(&str, &str)], body: &str) -> TestResponse {
-        self.try_send(method, url, headers, body).await.expect("request completes")
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> TestResponse {
+        self.try_send(method, url, headers, body)
+            .await
+            .expect("request completes")
     }
 
     pub async fn try_send(
@@ -283,7 +331,9 @@ impl TestClient {
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
-        let request = builder.body(Full::new(Bytes::from(body.to_owned()))).map_err(|e| e.to_string())?;
+        let request = builder
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .map_err(|e| e.to_string())?;
         let response = tokio::time::timeout(WAIT, self.inner.request(request))
             .await
             .map_err(|_| "timed out".to_owned())?
@@ -299,10 +349,15 @@ impl TestClient {
 }
 
 /// Counts values of `header` over `responses`.
-pub fn tally<'a>(responses: impl IntoIterator<Item = &'a TestResponse>, header: &str) -> HashMap<String, usize> {
+pub fn tally<'a>(
+    responses: impl IntoIterator<Item = &'a TestResponse>,
+    header: &str,
+) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for response in responses {
-        *counts.entry(response.header(header).unwrap_or("-").to_owned()).or_insert(0) += 1;
+        *counts
+            .entry(response.header(header).unwrap_or("-").to_owned())
+            .or_insert(0) += 1;
     }
     counts
 }
@@ -310,11 +365,18 @@ pub fn tally<'a>(responses: impl IntoIterator<Item = &'a TestResponse>, header: 
 /// Asserts an error response: the status, a JSON body with `error` and the
 /// request id, and no internal address in it.
 pub fn assert_json_error(response: &TestResponse, status: StatusCode) {
-    assert_eq!(response.status, status, "body: {:?}", String::from_utf8_lossy(&response.body));
+    assert_eq!(
+        response.status,
+        status,
+        "body: {:?}",
+        String::from_utf8_lossy(&response.body)
+    );
     assert_eq!(response.header("content-type"), Some("application/json"));
     let body = response.json();
     assert!(body["error"].is_string(), "error message in {body}");
-    let request_id = response.header("x-request-id").expect("x-request-id on errors");
+    let request_id = response
+        .header("x-request-id")
+        .expect("x-request-id on errors");
     assert_eq!(body["request_id"], request_id);
     let text = String::from_utf8_lossy(&response.body);
     assert!(!text.contains("127.0.0.1"), "address leaked: {text}");

@@ -2,7 +2,6 @@
 //! `model_name` field of the protobuf request, which means the (unary)
 //! request message is buffered before the upstream is chosen.
 
-use bytes::Bytes;
 use cascadia_oip::grpc as oip_grpc;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::PathAndQuery;
@@ -24,6 +23,14 @@ pub fn is_grpc<B>(request: &Request<B>) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
+/// [`is_grpc`] for a request already split into parts.
+pub fn is_grpc_parts(parts: &http::request::Parts) -> bool {
+    parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
 /// Handles one gRPC call.
 pub async fn handle(
     proxy: &Proxy,
@@ -41,8 +48,18 @@ pub async fn handle(
         .ok_or_else(|| GatewayError::Unimplemented(request.uri().path().to_owned()))?
         .to_owned();
     match method.as_str() {
-        "ServerLive" => return Ok(local_reply(oip_grpc::ServerLiveResponse { live: true }, request_id)),
-        "ServerReady" => return Ok(local_reply(oip_grpc::ServerReadyResponse { ready: true }, request_id)),
+        "ServerLive" => {
+            return Ok(local_reply(
+                oip_grpc::ServerLiveResponse { live: true },
+                request_id,
+            ))
+        }
+        "ServerReady" => {
+            return Ok(local_reply(
+                oip_grpc::ServerReadyResponse { ready: true },
+                request_id,
+            ))
+        }
         "ModelInfer" | "ModelReady" | "ModelMetadata" => {}
         _ => return Err(GatewayError::Unimplemented(method)),
     }
@@ -62,15 +79,20 @@ pub async fn handle(
             }
         })?
         .to_bytes();
-    let (compressed, message) =
-        oip_grpc::decode_frame(&body).map_err(|_| GatewayError::BadRequest("malformed gRPC frame"))?;
+    let (compressed, message) = oip_grpc::decode_frame(&body)
+        .map_err(|_| GatewayError::BadRequest("malformed gRPC frame"))?;
     if compressed {
-        return Err(GatewayError::BadRequest("compressed gRPC messages are not supported"));
+        return Err(GatewayError::BadRequest(
+            "compressed gRPC messages are not supported",
+        ));
     }
     let (model, _version) = oip_grpc::peek_model(message)
         .map_err(|_| GatewayError::BadRequest("malformed gRPC message"))?;
     let model = model.ok_or(GatewayError::BadRequest("model_name is required"))?;
-    let route = snapshot.routes.by_model(&model).ok_or(GatewayError::NoRoute)?;
+    let route = snapshot
+        .routes
+        .by_model(&model)
+        .ok_or(GatewayError::NoRoute)?;
 
     // Phase: split.
     let target = choose_target(route, &parts.headers)?;
@@ -96,7 +118,14 @@ pub async fn handle(
     // The buffered body may have changed size.
     parts.headers.remove(header::CONTENT_LENGTH);
     proxy
-        .forward(route, target, parts, path_and_query, buffered_body(body), request_id)
+        .forward(
+            route,
+            target,
+            parts,
+            path_and_query,
+            buffered_body(body),
+            request_id,
+        )
         .await
 }
 
@@ -105,9 +134,12 @@ fn local_reply<M: Message>(message: M, request_id: &HeaderValue) -> Response<Res
     let frame = oip_grpc::encode_frame(&message.encode_to_vec());
     let mut trailers = HeaderMap::new();
     trailers.insert("grpc-status", HeaderValue::from_static("0"));
-    let mut response = Response::new(ResponseBody::with_trailers(Bytes::from(frame), trailers));
+    let mut response = Response::new(ResponseBody::with_trailers(frame, trailers));
     let map = response.headers_mut();
-    map.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    map.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
     map.insert(headers::X_REQUEST_ID, request_id.clone());
     response
 }

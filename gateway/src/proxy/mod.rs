@@ -121,7 +121,10 @@ impl Proxy {
                     None,
                 ),
             },
-            None => (snapshot.routes.by_path(path).ok_or(GatewayError::NoRoute)?, None),
+            None => (
+                snapshot.routes.by_path(path).ok_or(GatewayError::NoRoute)?,
+                None,
+            ),
         };
 
         // Phase: split.
@@ -131,7 +134,11 @@ impl Proxy {
         // model under another name or version.
         let path_and_query = match rewritten_path {
             Some(p) if target.upstream_model.is_some() || target.upstream_version.is_some() => {
-                let model = target.upstream_model.as_deref().or(p.model).unwrap_or_default();
+                let model = target
+                    .upstream_model
+                    .as_deref()
+                    .or(p.model)
+                    .unwrap_or_default();
                 let version = target.upstream_version.as_deref().or(p.version);
                 let mut rebuilt = oip_path::model_path(p.kind, model, version);
                 if let Some(query) = request.uri().query() {
@@ -172,13 +179,17 @@ impl Proxy {
         request_id: &HeaderValue,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         // Phase: select. Failover across the preference list comes with
-        // health tracking; today the first pool serves.
+        // health tracking; today the first eligible pool serves. gRPC needs
+        // HTTP/2 end to end (its status travels in trailers), so gRPC calls
+        // only go to h2c backends.
+        let grpc = grpc::is_grpc_parts(&parts);
         let (pool, backend_header) = target
             .pools
-            .first()
-            .zip(target.pool_headers.first())
+            .iter()
+            .zip(&target.pool_headers)
+            .find(|(pool, _)| !grpc || pool.client().protocol() == UpstreamProtocol::H2c)
             .ok_or_else(|| GatewayError::NoEndpoint {
-                backend: target.version.to_string(),
+                backend: format!("(version {}: no h2c backend for gRPC)", target.version),
             })?;
         let endpoint = pool.pick().ok_or_else(|| GatewayError::NoEndpoint {
             backend: pool.name().to_owned(),
@@ -296,7 +307,10 @@ fn admit<B>(snapshot: &Snapshot, request: &Request<B>) -> Result<(), GatewayErro
 }
 
 /// Phase split: the version for this request.
-fn choose_target<'r>(route: &'r Route, headers: &http::HeaderMap) -> Result<&'r Target, GatewayError> {
+fn choose_target<'r>(
+    route: &'r Route,
+    headers: &http::HeaderMap,
+) -> Result<&'r Target, GatewayError> {
     let forced = headers.get(&route.force_header).map(HeaderValue::as_bytes);
     let key = route
         .key_header
@@ -307,14 +321,17 @@ fn choose_target<'r>(route: &'r Route, headers: &http::HeaderMap) -> Result<&'r 
         .split
         .choose(forced, key)
         .map_err(|SplitError::UnknownVersion| {
-            GatewayError::UnknownVersion(String::from_utf8_lossy(forced.unwrap_or_default()).into_owned())
+            GatewayError::UnknownVersion(
+                String::from_utf8_lossy(forced.unwrap_or_default()).into_owned(),
+            )
         })
 }
 
 /// True for paths with `.` or `..` segments, which an upstream might
 /// resolve to somewhere the route did not intend.
 fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|segment| segment == "." || segment == "..")
+    path.split('/')
+        .any(|segment| segment == "." || segment == "..")
 }
 
 /// The gateway's own `/v2/health/live` and `/v2/health/ready`: it is live
@@ -346,7 +363,9 @@ fn health_response(
 
 /// A boxed upstream body from bytes already in memory.
 fn buffered_body(bytes: Bytes) -> UpstreamBody {
-    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// Displays an error with its whole cause chain, for the log.

@@ -180,7 +180,13 @@ mod tests {
 
     fn share(split: &Split, version: &str, keys: u32) -> f64 {
         let hits = (0..keys)
-            .filter(|k| &*split.choose(None, Some(format!("user-{k}").as_bytes())).unwrap().version == version)
+            .filter(|k| {
+                &*split
+                    .choose(None, Some(format!("user-{k}").as_bytes()))
+                    .unwrap()
+                    .version
+                    == version
+            })
             .count();
         hits as f64 / f64::from(keys)
     }
@@ -198,9 +204,16 @@ mod tests {
         let split = split(&[("stable", 50), ("canary", 50)]);
         for k in 0..1000 {
             let key = format!("k{k}");
-            let first = split.choose(None, Some(key.as_bytes())).unwrap().version.clone();
+            let first = split
+                .choose(None, Some(key.as_bytes()))
+                .unwrap()
+                .version
+                .clone();
             for _ in 0..3 {
-                assert_eq!(split.choose(None, Some(key.as_bytes())).unwrap().version, first);
+                assert_eq!(
+                    split.choose(None, Some(key.as_bytes())).unwrap().version,
+                    first
+                );
             }
         }
     }
@@ -227,15 +240,27 @@ mod tests {
     #[test]
     fn forced_version_wins_even_at_zero_weight() {
         let split = split(&[("stable", 100), ("canary", 0)]);
-        assert_eq!(&*split.choose(Some(b"canary"), Some(b"u")).unwrap().version, "canary");
-        assert_eq!(split.choose(Some(b"nope"), None).unwrap_err(), SplitError::UnknownVersion);
+        assert_eq!(
+            &*split.choose(Some(b"canary"), Some(b"u")).unwrap().version,
+            "canary"
+        );
+        assert_eq!(
+            split.choose(Some(b"nope"), None).unwrap_err(),
+            SplitError::UnknownVersion
+        );
     }
 
     #[test]
     fn zero_weight_versions_get_no_unforced_traffic() {
         let split = split(&[("stable", 100), ("canary", 0)]);
         for k in 0..1000 {
-            assert_eq!(&*split.choose(None, Some(format!("{k}").as_bytes())).unwrap().version, "stable");
+            assert_eq!(
+                &*split
+                    .choose(None, Some(format!("{k}").as_bytes()))
+                    .unwrap()
+                    .version,
+                "stable"
+            );
             assert_eq!(&*split.choose(None, None).unwrap().version, "stable");
         }
     }
@@ -243,7 +268,9 @@ mod tests {
     #[test]
     fn random_pick_follows_weights() {
         let split = split(&[("a", 70), ("b", 30)]);
-        let b = (0..100).filter(|t| &*split.random(*t).version == "b").count();
+        let b = (0..100)
+            .filter(|t| &*split.random(*t).version == "b")
+            .count();
         assert_eq!(b, 30);
     }
 }
