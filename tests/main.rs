@@ -7,6 +7,7 @@ mod support;
 
 mod check;
 mod grpc;
+mod lifecycle;
 mod limits;
 mod reload;
 mod routing;

@@ -257,3 +257,28 @@ async fn http2_cleartext_clients_share_the_port() {
     let counts: HashMap<_, _> = tally([&response], "x-cascadia-backend");
     assert_eq!(counts.get("fraud-v1"), Some(&1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_form_uris_and_host_headers_cannot_pick_the_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fixture = CanaryFixture::start().await;
+    let gateway = GatewayProcess::start(&fixture.config(100, 0)).await;
+    let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    // The request names an internal address; only the configured backend
+    // may ever receive it.
+    stream
+        .write_all(b"GET http://169.254.169.254/echo/meta HTTP/1.1\r\nhost: 169.254.169.254\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(crate::support::WAIT, stream.read_to_string(&mut response))
+        .await
+        .expect("response")
+        .unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("x-sim-name: fraud-v1"), "{response}");
+    assert!(
+        response.contains("x-sim-saw-path: /echo/meta"),
+        "{response}"
+    );
+}

@@ -48,12 +48,16 @@ for bin in cascadia cascadia-sim cascadia-load; do
 done
 
 # --- pinning -----------------------------------------------------------------------------
-# `taskset` execs the command, so `$!` after `pin ... &` is the pinned process itself.
+# Command prefixes, not functions: `taskset` execs the command, so `$!` after
+# `"${PIN_LOAD[@]}" cmd &` is the pinned process itself (a function would put a subshell in
+# between, and `--pid` and the cleanup would point at the subshell).
 if command -v taskset >/dev/null && (($(nproc) >= 2)); then
-    pin() { local cpu=$1; shift; taskset -c "$cpu" "$@"; }
+    PIN_GATEWAY=(taskset -c "$GATEWAY_CPU")
+    PIN_LOAD=(taskset -c "$LOAD_CPU")
 else
     log "WARNING: taskset missing or fewer than 2 CPUs: running unpinned"
-    pin() { shift; "$@"; }
+    PIN_GATEWAY=()
+    PIN_LOAD=()
 fi
 
 # --- processes and cleanup -----------------------------------------------------------------
@@ -92,7 +96,7 @@ wait_for_address() {
     return 1
 }
 
-pin "$LOAD_CPU" "$BIN/cascadia-sim" --listen 127.0.0.1:0 --model fraud --version 1 \
+"${PIN_LOAD[@]}" "$BIN/cascadia-sim" --listen 127.0.0.1:0 --model fraud --version 1 \
     --region us-east --workers 1 >"$WORK/sim.out" 2>"$WORK/sim.out.err" &
 SIM_PID=$!
 CHILDREN+=("$SIM_PID")
@@ -115,7 +119,7 @@ match = { model = "fraud" }
 backends = ["fraud-v1"]
 TOML
 
-pin "$GATEWAY_CPU" "$BIN/cascadia" run --config "$WORK/gateway.toml" --workers 1 \
+"${PIN_GATEWAY[@]}" "$BIN/cascadia" run --config "$WORK/gateway.toml" --workers 1 \
     >"$WORK/gateway.out" 2>"$WORK/gateway.out.err" &
 GATEWAY_PID=$!
 CHILDREN+=("$GATEWAY_PID")
@@ -147,7 +151,7 @@ load() {
     local leg=$1 batch=$2 rate=$3 conns=$4 url pid
     if [[ $leg == direct ]]; then url=$DIRECT_URL pid=$SIM_PID; else url=$CASCADIA_URL pid=$GATEWAY_PID; fi
     log "batch $batch/$BATCHES  $rate rps × $conns conn  $leg"
-    pin "$LOAD_CPU" "$BIN/cascadia-load" --url "$url" --rate "$rate" --connections "$conns" \
+    "${PIN_LOAD[@]}" "$BIN/cascadia-load" --url "$url" --rate "$rate" --connections "$conns" \
         --warmup "$WARMUP" --duration "$DURATION" --oip-rows 1 --workers 1 \
         --pid "$pid" --label "$leg/$batch" --json >>"$RESULTS"
 }
