@@ -132,16 +132,16 @@ def main(argv):
         )
 
         for b in batches:
-            for leg, run in b.items():
+            for run in b.values():
                 if run["achieved_rps"] < 0.99 * run["target_rps"]:
                     notes.append(
-                        f"{leg} {run['label']} at {rate:g} rps × {conns}: achieved only "
+                        f"{run['label']} at {rate:g} rps × {conns}: achieved only "
                         f"{run['achieved_rps']:.0f} rps"
                     )
                 lag = run.get("dispatch_lag_us", {}).get("p99")
                 if lag is not None and lag > 1000:
                     notes.append(
-                        f"{leg} {run['label']} at {rate:g} rps × {conns}: generator pacer "
+                        f"{run['label']} at {rate:g} rps × {conns}: generator pacer "
                         f"p99 lag {lag} µs (generator or host stalled)"
                     )
 
