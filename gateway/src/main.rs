@@ -15,11 +15,19 @@ fn main() -> ExitCode {
         .unwrap_or_else(|| "info".to_owned());
     cascadia::telemetry::init(cli.log_format, &filter);
 
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // One worker means one thread doing everything: the current-thread
+    // scheduler does that without the cross-thread wake-ups (an eventfd
+    // write per request) that a one-worker multi-thread runtime pays.
+    let mut runtime = match cli.workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(workers) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(workers.max(1));
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     runtime.enable_all();
-    if let Some(workers) = cli.workers {
-        runtime.worker_threads(workers.max(1));
-    }
     let runtime = match runtime.build() {
         Ok(runtime) => runtime,
         Err(error) => {
