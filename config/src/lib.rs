@@ -28,8 +28,8 @@ pub mod watch;
 pub use error::{ConfigError, ConfigErrors};
 pub use load::{hash_bytes, load_file, LoadError, LoadedConfig};
 pub use model::{
-    Backend, Config, Endpoint, GatewaySettings, Limits, Route, RouteMatch, Split, SplitTarget,
-    UpstreamProtocol,
+    Backend, Balancer, Config, Endpoint, GatewaySettings, HealthCheck, Limits, OutlierDetection,
+    RetryPolicy, Route, RouteMatch, Split, SplitTarget, UpstreamProtocol,
 };
 pub use validate::parse;
 pub use value::{Timeout, TimeoutError, Weight, WeightError};

@@ -177,6 +177,95 @@ pub struct Backend {
     pub timeout: Timeout,
     /// Deadline for opening a connection. Default 1s.
     pub connect_timeout: Timeout,
+    /// How an endpoint is picked within the pool. Default `p2c-ewma`.
+    pub balancer: Balancer,
+    /// Active health checks; `None` relies on passive outlier detection only.
+    pub health_check: Option<HealthCheck>,
+    /// Passive outlier detection (always on).
+    pub outlier: OutlierDetection,
+}
+
+/// How an endpoint is picked within a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balancer {
+    /// Power of two choices over peak-EWMA latency × (in-flight + 1).
+    #[default]
+    P2cEwma,
+    /// Weighted round-robin.
+    RoundRobin,
+    /// Power of two choices over in-flight requests.
+    LeastRequest,
+}
+
+impl std::fmt::Display for Balancer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Balancer::P2cEwma => "p2c-ewma",
+            Balancer::RoundRobin => "round-robin",
+            Balancer::LeastRequest => "least-request",
+        })
+    }
+}
+
+/// Active health checking of each endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Path probed with `GET`. Default `/v2/health/ready` (OIP readiness).
+    pub path: String,
+    /// Time between probes. Default 1s.
+    pub interval: Timeout,
+    /// Deadline for one probe. Default 500ms.
+    pub timeout: Timeout,
+    /// Consecutive passes that mark an unhealthy endpoint healthy. Default 2.
+    pub rise: u32,
+    /// Consecutive failures that mark a healthy endpoint unhealthy. Default 2.
+    pub fall: u32,
+}
+
+/// Passive outlier detection: endpoints that fail requests are ejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutlierDetection {
+    /// Consecutive failed attempts that eject an endpoint. Default 3.
+    pub consecutive_failures: u32,
+    /// First ejection's length; doubles with each repeat ejection. Default 1s.
+    pub base_ejection: Timeout,
+    /// Longest ejection. Default 30s.
+    pub max_ejection: Timeout,
+    /// At most this share of a pool is ejected at once. Default 50.
+    pub max_ejected_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 3,
+            base_ejection: Timeout::from_secs_unchecked(1),
+            max_ejection: Timeout::from_secs_unchecked(30),
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+/// Retries of failed attempts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts per request, first one included (1 = no retries). Default 2.
+    pub attempts: u32,
+    /// Retries may add at most this share of the route's requests. Default 20.
+    pub budget_percent: u32,
+    /// Retries always allowed per second regardless of the share. Default 10.
+    pub min_per_second: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 2,
+            budget_percent: 20,
+            min_per_second: 10,
+        }
+    }
 }
 
 /// One upstream server of a backend.
@@ -203,6 +292,11 @@ pub struct Route {
     /// Overrides the backends' `timeout` for this route.
     pub timeout: Option<Timeout>,
     pub split: Split,
+    /// Whether a failed request may be sent again. Default: true for model
+    /// routes (inference has no side effects), false for prefix routes.
+    pub idempotent: bool,
+    /// How failed attempts are retried.
+    pub retries: RetryPolicy,
 }
 
 /// What a route matches on.

@@ -8,7 +8,7 @@
 
 use serde::Deserialize;
 
-use crate::model::UpstreamProtocol;
+use crate::model::{Balancer, UpstreamProtocol};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,6 +49,38 @@ pub(crate) struct RawBackend {
     pub endpoints: Option<Vec<RawEndpoint>>,
     pub timeout: Option<String>,
     pub connect_timeout: Option<String>,
+    #[serde(default)]
+    pub balancer: Balancer,
+    pub health_check: Option<RawHealthCheck>,
+    #[serde(default)]
+    pub outlier: RawOutlier,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealthCheck {
+    pub path: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOutlier {
+    pub consecutive_failures: Option<u32>,
+    pub base_ejection: Option<String>,
+    pub max_ejection: Option<String>,
+    pub max_ejected_percent: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetries {
+    pub attempts: Option<u32>,
+    pub budget_percent: Option<u32>,
+    pub min_per_second: Option<u32>,
 }
 
 /// `"host:port"` or `{ address = "host:port", weight = 3 }`.
@@ -109,6 +141,9 @@ pub(crate) struct RawRoute {
     pub backends: Option<Vec<String>>,
     pub upstream_model: Option<String>,
     pub upstream_version: Option<String>,
+    pub idempotent: Option<bool>,
+    #[serde(default)]
+    pub retries: RawRetries,
 }
 
 /// Both keys are optional here so that "neither" and "both" get a clear

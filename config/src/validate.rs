@@ -15,10 +15,12 @@ use http::HeaderName;
 
 use crate::error::{Collector, ConfigError, ConfigErrors};
 use crate::model::{
-    Backend, Config, Endpoint, GatewaySettings, Limits, Route, RouteMatch, Split, SplitTarget,
+    Backend, Config, Endpoint, GatewaySettings, HealthCheck, Limits, OutlierDetection, RetryPolicy,
+    Route, RouteMatch, Split, SplitTarget,
 };
 use crate::raw::{
-    RawBackend, RawConfig, RawEndpoint, RawGateway, RawLimits, RawMatch, RawRoute, RawSplitTarget,
+    RawBackend, RawConfig, RawEndpoint, RawGateway, RawHealthCheck, RawLimits, RawMatch,
+    RawOutlier, RawRetries, RawRoute, RawSplitTarget,
 };
 use crate::value::{Timeout, Weight};
 
@@ -248,9 +250,122 @@ fn backends(raw: Vec<RawBackend>, errors: &mut Collector) -> Vec<Backend> {
                     errors,
                 )
                 .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+                balancer: b.balancer,
+                health_check: b
+                    .health_check
+                    .map(|h| health_check(h, &format!("{at}.health_check"), errors)),
+                outlier: outlier(b.outlier, &format!("{at}.outlier"), errors),
             }
         })
         .collect()
+}
+
+fn health_check(raw: RawHealthCheck, at: &str, errors: &mut Collector) -> HealthCheck {
+    let path = raw.path.unwrap_or_else(|| "/v2/health/ready".to_owned());
+    if !path.starts_with('/') {
+        errors.push(
+            format!("{at}.path"),
+            format!("{path:?} must start with '/'"),
+        );
+    }
+    let check = HealthCheck {
+        path,
+        interval: timeout(raw.interval.as_deref(), &format!("{at}.interval"), errors)
+            .unwrap_or(Timeout::from_secs_unchecked(1)),
+        timeout: timeout(raw.timeout.as_deref(), &format!("{at}.timeout"), errors)
+            .unwrap_or(Timeout::from_millis_unchecked(500)),
+        rise: count(raw.rise, 2, &format!("{at}.rise"), errors),
+        fall: count(raw.fall, 2, &format!("{at}.fall"), errors),
+    };
+    if check.timeout > check.interval {
+        errors.push(
+            format!("{at}.timeout"),
+            format!(
+                "{} is longer than the interval {}",
+                check.timeout, check.interval
+            ),
+        );
+    }
+    check
+}
+
+fn outlier(raw: RawOutlier, at: &str, errors: &mut Collector) -> OutlierDetection {
+    let defaults = OutlierDetection::default();
+    let detection = OutlierDetection {
+        consecutive_failures: count(
+            raw.consecutive_failures,
+            defaults.consecutive_failures,
+            &format!("{at}.consecutive_failures"),
+            errors,
+        ),
+        base_ejection: timeout(
+            raw.base_ejection.as_deref(),
+            &format!("{at}.base_ejection"),
+            errors,
+        )
+        .unwrap_or(defaults.base_ejection),
+        max_ejection: timeout(
+            raw.max_ejection.as_deref(),
+            &format!("{at}.max_ejection"),
+            errors,
+        )
+        .unwrap_or(defaults.max_ejection),
+        max_ejected_percent: percent(
+            raw.max_ejected_percent,
+            defaults.max_ejected_percent,
+            &format!("{at}.max_ejected_percent"),
+            errors,
+        ),
+    };
+    if detection.base_ejection > detection.max_ejection {
+        errors.push(
+            format!("{at}.max_ejection"),
+            format!(
+                "{} is shorter than base_ejection {}",
+                detection.max_ejection, detection.base_ejection
+            ),
+        );
+    }
+    detection
+}
+
+fn retries(raw: RawRetries, at: &str, errors: &mut Collector) -> RetryPolicy {
+    let defaults = RetryPolicy::default();
+    let attempts = raw.attempts.unwrap_or(defaults.attempts);
+    if !(1..=5).contains(&attempts) {
+        errors.push(
+            format!("{at}.attempts"),
+            format!("{attempts} is out of range, must be 1..=5"),
+        );
+    }
+    RetryPolicy {
+        attempts,
+        budget_percent: percent(
+            raw.budget_percent,
+            defaults.budget_percent,
+            &format!("{at}.budget_percent"),
+            errors,
+        ),
+        min_per_second: raw.min_per_second.unwrap_or(defaults.min_per_second),
+    }
+}
+
+/// A count that must be at least 1.
+fn count(value: Option<u32>, default: u32, path: &str, errors: &mut Collector) -> u32 {
+    let value = value.unwrap_or(default);
+    if value == 0 {
+        errors.push(path, "must be at least 1");
+    }
+    value
+}
+
+/// A percentage, 0..=100.
+fn percent(value: Option<u32>, default: u32, path: &str, errors: &mut Collector) -> u32 {
+    let value = value.unwrap_or(default);
+    if value > 100 {
+        errors.push(path, format!("{value} is over 100"));
+    }
+    value
 }
 
 fn endpoint(raw: RawEndpoint, at: &str, errors: &mut Collector) -> Option<Endpoint> {
@@ -302,7 +417,7 @@ fn routes(raw: Vec<RawRoute>, known: &HashSet<&str>, errors: &mut Collector) -> 
     let mut claimed: HashMap<RouteMatch, String> = HashMap::new();
     raw.into_iter()
         .enumerate()
-        .filter_map(|(i, r)| {
+        .filter_map(|(i, mut r)| {
             let at = format!("routes[{i}]");
             let name = required(r.name.clone(), &format!("{at}.name"), errors);
             if !name.is_empty() && !names.insert(name.clone()) {
@@ -336,6 +451,14 @@ fn routes(raw: Vec<RawRoute>, known: &HashSet<&str>, errors: &mut Collector) -> 
                 errors,
             );
             let timeout = timeout(r.timeout.as_deref(), &format!("{at}.timeout"), errors);
+            let idempotent = r
+                .idempotent
+                .unwrap_or(matches!(matcher, Some(RouteMatch::Model(_))));
+            let retries = retries(
+                std::mem::take(&mut r.retries),
+                &format!("{at}.retries"),
+                errors,
+            );
             let split = split(r, &at, known, errors);
             Some(Route {
                 name,
@@ -344,6 +467,8 @@ fn routes(raw: Vec<RawRoute>, known: &HashSet<&str>, errors: &mut Collector) -> 
                 force_header: force_header?,
                 timeout,
                 split: split?,
+                idempotent,
+                retries,
             })
         })
         .collect()

@@ -90,6 +90,10 @@ impl Timeout {
     }
 
     /// Only for defaults written in this crate, which are known to be in range.
+    pub(crate) const fn from_millis_unchecked(millis: u64) -> Self {
+        Self(Duration::from_millis(millis))
+    }
+
     pub(crate) const fn from_secs_unchecked(secs: u64) -> Self {
         Timeout(Duration::from_secs(secs))
     }
