@@ -1,23 +1,35 @@
 //! Upstream model endpoints: the pools that serve each model version in each
-//! region, and the pooled HTTP client that reaches them.
+//! region, how an endpoint is chosen, how health is tracked, and how traffic
+//! fails over between regions.
 //!
 //! # Layout
-//! - [`pool`]: a [`BackendPool`] is one named endpoint pool in one region;
-//!   [`Endpoint`] keeps the per-endpoint runtime state (in-flight count) in
-//!   atomics so the request path takes no lock.
+//! - [`endpoint`]: per-endpoint runtime state in atomics (in-flight,
+//!   peak-EWMA latency, outlier ejection, active health).
+//! - [`pool`]: a [`BackendPool`] is one named endpoint pool in one region,
+//!   with its balancer (P2C over peak-EWMA, round-robin, least-request).
+//! - [`failover`]: which pool of a preference list takes an attempt, with
+//!   proportional spill-over as a region's health drops.
+//! - [`health`]: active health-check tasks.
+//! - [`budget`]: the retry budget.
 //! - [`registry`]: builds the pools for a new config snapshot, carrying the
-//!   runtime state of endpoints that stay in the config across a reload.
-//! - [`client`]: the keep-alive connection pools (HTTP/1.1 or h2c per
-//!   backend) and the [`UpstreamError`] type with its side and retry flag.
+//!   runtime state of endpoints and regions across reloads.
+//! - [`client`]: the keep-alive connection pools (HTTP/1.1 or h2c) and
+//!   [`UpstreamError`], with its side and retry flag.
 //!
-//! The gateway decides *which* pool a request goes to (routing, canary
-//! split); this crate decides *which endpoint* of the pool and performs the
-//! attempt.
+//! The gateway decides *which version* a request goes to (routing, canary
+//! split); this crate decides *which region and endpoint* serve it.
 
+pub mod budget;
 pub mod client;
+pub mod endpoint;
+pub mod failover;
+pub mod health;
 pub mod pool;
 pub mod registry;
 
+pub use budget::RetryBudget;
 pub use client::{UpstreamBody, UpstreamClient, UpstreamError, UpstreamErrorKind};
-pub use pool::{BackendPool, Endpoint, InFlight};
+pub use endpoint::{Endpoint, InFlight, Outcome};
+pub use failover::choose_pool;
+pub use pool::{BackendPool, PoolSettings, RegionState};
 pub use registry::Registry;

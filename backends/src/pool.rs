@@ -1,70 +1,34 @@
-//! Endpoint pools: one named set of endpoints in one region, and the
-//! per-endpoint runtime state that survives reloads.
+//! Endpoint pools: one named set of endpoints in one region, and how an
+//! endpoint is picked from it (power of two choices over peak-EWMA load,
+//! round-robin, or least-request).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::uri::Authority;
+use cascadia_config::{Balancer, OutlierDetection};
+use tokio::time::Instant;
 
 use crate::client::UpstreamClient;
+use crate::endpoint::{Endpoint, Outcome};
 
-/// Runtime state of one upstream endpoint. Shared by every snapshot that
-/// contains the endpoint, so counters carry across reloads.
-#[derive(Debug)]
-pub struct Endpoint {
-    authority: Authority,
-    /// Requests sent to this endpoint whose response has not finished yet.
-    in_flight: AtomicU64,
-    /// Attempts ever sent here; for the admin view and tests.
-    attempts: AtomicU64,
+/// Operator state of one region, shared by every pool in it and kept across
+/// reloads.
+#[derive(Debug, Default)]
+pub struct RegionState {
+    /// Set by `POST /admin/regions/{region}/drain`: no new attempts go here.
+    drained: AtomicBool,
 }
 
-impl Endpoint {
-    /// A fresh endpoint with zeroed counters.
-    pub fn new(authority: Authority) -> Self {
-        Self {
-            authority,
-            in_flight: AtomicU64::new(0),
-            attempts: AtomicU64::new(0),
-        }
+impl RegionState {
+    /// Whether the region is drained.
+    pub fn is_drained(&self) -> bool {
+        self.drained.load(Ordering::Relaxed)
     }
 
-    /// `host:port` of the endpoint. Never shown to clients.
-    pub fn authority(&self) -> &Authority {
-        &self.authority
-    }
-
-    /// Requests currently outstanding at this endpoint.
-    pub fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-
-    /// Attempts sent to this endpoint since it entered the config.
-    pub fn attempts(&self) -> u64 {
-        self.attempts.load(Ordering::Relaxed)
-    }
-
-    /// Marks the start of an attempt; the returned guard ends it when dropped
-    /// (which the gateway does when the response body has been fully sent).
-    pub fn start_attempt(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.attempts.fetch_add(1, Ordering::Relaxed);
-        InFlight {
-            endpoint: Arc::clone(self),
-        }
-    }
-}
-
-/// Holds one in-flight slot of an endpoint until dropped.
-#[derive(Debug)]
-pub struct InFlight {
-    endpoint: Arc<Endpoint>,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+    /// Drains (`true`) or restores (`false`) the region.
+    pub fn set_drained(&self, drained: bool) {
+        self.drained.store(drained, Ordering::Relaxed);
     }
 }
 
@@ -73,37 +37,56 @@ impl Drop for InFlight {
 pub struct BackendPool {
     name: Arc<str>,
     region: Arc<str>,
-    /// Endpoints, repeated by weight so round-robin honours weights without
-    /// per-request arithmetic.
-    schedule: Vec<Arc<Endpoint>>,
+    region_state: Arc<RegionState>,
     endpoints: Vec<Arc<Endpoint>>,
+    weights: Vec<u32>,
+    total_weight: u32,
+    /// Endpoint indexes repeated by weight, interleaved, for round-robin.
+    schedule: Vec<usize>,
     next: AtomicUsize,
+    balancer: Balancer,
+    outlier: OutlierDetection,
     client: UpstreamClient,
     timeout: Duration,
 }
 
+/// Everything a pool is built from.
+#[derive(Debug)]
+pub struct PoolSettings {
+    pub name: String,
+    pub region: String,
+    pub region_state: Arc<RegionState>,
+    /// Endpoints with their weights (≥ 1).
+    pub endpoints: Vec<(Arc<Endpoint>, u32)>,
+    pub balancer: Balancer,
+    pub outlier: OutlierDetection,
+    pub client: UpstreamClient,
+    /// Per-attempt deadline for the response headers.
+    pub timeout: Duration,
+}
+
 impl BackendPool {
-    /// Builds a pool. `endpoints` pairs each endpoint with its weight (≥ 1).
-    pub fn new(
-        name: &str,
-        region: &str,
-        endpoints: Vec<(Arc<Endpoint>, u32)>,
-        client: UpstreamClient,
-        timeout: Duration,
-    ) -> Self {
-        let schedule = interleave_by_weight(&endpoints);
+    /// Builds a pool.
+    pub fn new(settings: PoolSettings) -> Self {
+        let weights: Vec<u32> = settings.endpoints.iter().map(|(_, w)| *w).collect();
+        let schedule = interleave_by_weight(&weights);
         Self {
-            name: name.into(),
-            region: region.into(),
+            name: settings.name.into(),
+            region: settings.region.into(),
+            region_state: settings.region_state,
+            total_weight: weights.iter().sum(),
+            weights,
+            endpoints: settings.endpoints.into_iter().map(|(e, _)| e).collect(),
             schedule,
-            endpoints: endpoints.into_iter().map(|(e, _)| e).collect(),
             next: AtomicUsize::new(0),
-            client,
-            timeout,
+            balancer: settings.balancer,
+            outlier: settings.outlier,
+            client: settings.client,
+            timeout: settings.timeout,
         }
     }
 
-    /// The backend's name from config; this is what responses may show.
+    /// The backend's name from config; what responses may show.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -113,9 +96,19 @@ impl BackendPool {
         &self.region
     }
 
-    /// Every endpoint of the pool, in config order.
+    /// The region's operator state.
+    pub fn region_state(&self) -> &Arc<RegionState> {
+        &self.region_state
+    }
+
+    /// Every endpoint, in config order.
     pub fn endpoints(&self) -> &[Arc<Endpoint>] {
         &self.endpoints
+    }
+
+    /// The balancer in use.
+    pub fn balancer(&self) -> Balancer {
+        self.balancer
     }
 
     /// The client for this pool's protocol.
@@ -123,32 +116,122 @@ impl BackendPool {
         &self.client
     }
 
-    /// The deadline for the upstream response headers, from config.
+    /// Per-attempt deadline for the upstream response headers.
     pub fn timeout(&self) -> Duration {
         self.timeout
     }
 
-    /// Picks the next endpoint, weighted round-robin. `None` only for a pool
-    /// without endpoints, which validation does not allow.
-    pub fn pick(&self) -> Option<&Arc<Endpoint>> {
-        if self.schedule.is_empty() {
+    /// The share of the pool's weight that can take traffic now, 0..=1.
+    /// A drained region has none.
+    pub fn healthy_fraction(&self, now: Instant) -> f64 {
+        if self.region_state.is_drained() || self.total_weight == 0 {
+            return 0.0;
+        }
+        let healthy: u32 = self
+            .endpoints
+            .iter()
+            .zip(&self.weights)
+            .filter(|(e, _)| e.is_available(now))
+            .map(|(_, w)| *w)
+            .sum();
+        f64::from(healthy) / f64::from(self.total_weight)
+    }
+
+    /// Picks an available endpoint not in `tried`, or `None` when there is
+    /// none. `tried` holds `Arc::as_ptr` addresses of endpoints this request
+    /// already used.
+    pub fn pick(&self, now: Instant, tried: &[usize]) -> Option<&Arc<Endpoint>> {
+        if self.region_state.is_drained() {
             return None;
         }
-        let turn = self.next.fetch_add(1, Ordering::Relaxed);
-        self.schedule.get(turn % self.schedule.len())
+        let eligible = |i: usize| {
+            let e = &self.endpoints[i];
+            e.is_available(now) && !tried.contains(&(Arc::as_ptr(e) as usize))
+        };
+        match self.balancer {
+            Balancer::RoundRobin => self.pick_round_robin(eligible),
+            Balancer::P2cEwma => self.pick_p2c(eligible, |e| e.load_cost(now)),
+            Balancer::LeastRequest => self.pick_p2c(eligible, |e| e.in_flight() as f64 + 1.0),
+        }
+    }
+
+    fn pick_round_robin(&self, eligible: impl Fn(usize) -> bool) -> Option<&Arc<Endpoint>> {
+        let len = self.schedule.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..len)
+            .map(|offset| self.schedule[(start + offset) % len])
+            .find(|&i| eligible(i))
+            .map(|i| &self.endpoints[i])
+    }
+
+    /// Power of two choices: two weighted-random eligible endpoints, the
+    /// one with the lower cost per unit of weight wins.
+    fn pick_p2c(
+        &self,
+        eligible: impl Fn(usize) -> bool,
+        cost: impl Fn(&Endpoint) -> f64,
+    ) -> Option<&Arc<Endpoint>> {
+        let first = self.random_eligible(&eligible)?;
+        // The second choice must differ from the first, or a pool of two
+        // would hand the slow endpoint every draw that picked it twice.
+        let Some(second) = self.random_eligible(&|i| i != first && eligible(i)) else {
+            return Some(&self.endpoints[first]);
+        };
+        let score = |i: usize| cost(&self.endpoints[i]) / f64::from(self.weights[i]);
+        let winner = if score(second) < score(first) {
+            second
+        } else {
+            first
+        };
+        Some(&self.endpoints[winner])
+    }
+
+    /// A weighted-random eligible endpoint index. Draws from the weighted
+    /// schedule a few times, then falls back to a scan, so the common case
+    /// (everything healthy) allocates nothing and costs O(1).
+    fn random_eligible(&self, eligible: &impl Fn(usize) -> bool) -> Option<usize> {
+        for _ in 0..4 {
+            let i = self.schedule[fastrand::usize(..self.schedule.len())];
+            if eligible(i) {
+                return Some(i);
+            }
+        }
+        let candidates = (0..self.endpoints.len()).filter(|&i| eligible(i)).count();
+        if candidates == 0 {
+            return None;
+        }
+        (0..self.endpoints.len())
+            .filter(|&i| eligible(i))
+            .nth(fastrand::usize(..candidates))
+    }
+
+    /// Records an attempt's outcome at `endpoint`, applying outlier
+    /// detection with the pool's cap on how much of it may be ejected.
+    pub fn record(&self, endpoint: &Endpoint, outcome: Outcome, now: Instant) {
+        let ejected = endpoint.record(outcome, now, &self.outlier, || {
+            let ejected = self.endpoints.iter().filter(|e| e.is_ejected(now)).count();
+            // Always allow one ejection, even in a one-endpoint pool, so a
+            // dead single endpoint fails fast instead of on every request.
+            let cap =
+                (self.endpoints.len() * self.outlier.max_ejected_percent as usize / 100).max(1);
+            ejected < cap
+        });
+        if ejected {
+            tracing::warn!(backend = %self.name, region = %self.region, endpoint = %endpoint.authority(), "endpoint ejected after consecutive failures");
+        }
     }
 }
 
-/// Spreads endpoints over a schedule in proportion to their weights,
-/// interleaved (a a b a a b rather than a a a a b b), so a heavy endpoint
+/// Spreads endpoint indexes over a schedule in proportion to their weights,
+/// interleaved (a a b a a b rather than a a a a b b) so a heavy endpoint
 /// does not take bursts.
-fn interleave_by_weight(endpoints: &[(Arc<Endpoint>, u32)]) -> Vec<Arc<Endpoint>> {
-    let max_weight = endpoints.iter().map(|(_, w)| *w).max().unwrap_or(0);
+fn interleave_by_weight(weights: &[u32]) -> Vec<usize> {
+    let max_weight = weights.iter().copied().max().unwrap_or(0);
     let mut schedule = Vec::new();
     for round in 0..max_weight {
-        for (endpoint, weight) in endpoints {
+        for (i, weight) in weights.iter().enumerate() {
             if round < *weight {
-                schedule.push(Arc::clone(endpoint));
+                schedule.push(i);
             }
         }
     }
@@ -159,37 +242,95 @@ fn interleave_by_weight(endpoints: &[(Arc<Endpoint>, u32)]) -> Vec<Arc<Endpoint>
 mod tests {
     use super::*;
     use cascadia_config::UpstreamProtocol;
+    use http::uri::Authority;
 
-    fn endpoint(authority: &'static str) -> Arc<Endpoint> {
-        Arc::new(Endpoint::new(Authority::from_static(authority)))
+    fn pool(balancer: Balancer, weights: &[u32]) -> BackendPool {
+        let endpoints = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let authority = Authority::try_from(format!("127.0.0.1:{}", 1000 + i)).unwrap();
+                (Arc::new(Endpoint::new(authority)), *w)
+            })
+            .collect();
+        BackendPool::new(PoolSettings {
+            name: "p".into(),
+            region: "r".into(),
+            region_state: Arc::default(),
+            endpoints,
+            balancer,
+            outlier: OutlierDetection::default(),
+            client: UpstreamClient::new(UpstreamProtocol::Http1, Duration::from_secs(1)),
+            timeout: Duration::from_secs(1),
+        })
     }
 
-    fn pool(endpoints: Vec<(Arc<Endpoint>, u32)>) -> BackendPool {
-        let client = UpstreamClient::new(UpstreamProtocol::Http1, Duration::from_secs(1));
-        BackendPool::new("b", "r", endpoints, client, Duration::from_secs(1))
+    fn port(e: &Endpoint) -> u16 {
+        e.authority().port_u16().unwrap()
     }
 
-    #[tokio::test]
-    async fn round_robin_honours_weights() {
-        let a = endpoint("a:1");
-        let b = endpoint("b:1");
-        let pool = pool(vec![(a.clone(), 3), (b.clone(), 1)]);
-        let picks: Vec<_> = (0..400).map(|_| pool.pick().unwrap().clone()).collect();
-        let to_a = picks.iter().filter(|e| Arc::ptr_eq(e, &a)).count();
-        assert_eq!(to_a, 300);
-        assert_eq!(picks.len() - to_a, 100);
+    #[tokio::test(start_paused = true)]
+    async fn round_robin_honours_weights_and_interleaves() {
+        let pool = pool(Balancer::RoundRobin, &[2, 1]);
+        let now = Instant::now();
+        let picks: Vec<u16> = (0..6).map(|_| port(pool.pick(now, &[]).unwrap())).collect();
+        assert_eq!(picks, vec![1000, 1001, 1000, 1000, 1001, 1000]);
     }
 
-    #[tokio::test]
-    async fn in_flight_guard_counts_and_releases() {
-        let a = endpoint("a:1");
-        let first = a.start_attempt();
-        let second = a.start_attempt();
-        assert_eq!(a.in_flight(), 2);
-        drop(first);
-        assert_eq!(a.in_flight(), 1);
-        drop(second);
-        assert_eq!(a.in_flight(), 0);
-        assert_eq!(a.attempts(), 2);
+    #[tokio::test(start_paused = true)]
+    async fn p2c_prefers_the_faster_endpoint() {
+        let pool = pool(Balancer::P2cEwma, &[1, 1]);
+        let now = Instant::now();
+        let slow = &pool.endpoints()[0];
+        let fast = &pool.endpoints()[1];
+        pool.record(slow, Outcome::Success(Duration::from_millis(50)), now);
+        pool.record(fast, Outcome::Success(Duration::from_millis(1)), now);
+        let to_fast = (0..1000)
+            .filter(|_| port(pool.pick(now, &[]).unwrap()) == 1001)
+            .count();
+        // Whenever both are drawn the fast one wins; the slow one only gets
+        // the draws where it was picked twice (about a quarter).
+        assert!(to_fast > 700, "fast endpoint got {to_fast} of 1000");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejected_and_tried_endpoints_are_skipped() {
+        let pool = pool(Balancer::P2cEwma, &[1, 1]);
+        let now = Instant::now();
+        let first = Arc::clone(&pool.endpoints()[0]);
+        for _ in 0..3 {
+            pool.record(&first, Outcome::Failure, now);
+        }
+        assert!(first.is_ejected(now));
+        assert_eq!(pool.healthy_fraction(now), 0.5);
+        for _ in 0..100 {
+            assert_eq!(port(pool.pick(now, &[]).unwrap()), 1001);
+        }
+        let second = Arc::as_ptr(&pool.endpoints()[1]) as usize;
+        assert!(pool.pick(now, &[second]).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_most_the_capped_share_is_ejected() {
+        let pool = pool(Balancer::P2cEwma, &[1, 1]);
+        let now = Instant::now();
+        for e in pool.endpoints() {
+            for _ in 0..3 {
+                pool.record(e, Outcome::Failure, now);
+            }
+        }
+        // 50% of two endpoints: only one is ejected.
+        assert_eq!(pool.healthy_fraction(now), 0.5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drained_region_takes_nothing() {
+        let pool = pool(Balancer::P2cEwma, &[1]);
+        let now = Instant::now();
+        pool.region_state().set_drained(true);
+        assert_eq!(pool.healthy_fraction(now), 0.0);
+        assert!(pool.pick(now, &[]).is_none());
+        pool.region_state().set_drained(false);
+        assert!(pool.pick(now, &[]).is_some());
     }
 }

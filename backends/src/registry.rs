@@ -1,10 +1,11 @@
 //! Builds the backend pools of a config snapshot, reusing runtime state.
 //!
 //! A reload must not reset what the gateway has learned about endpoints that
-//! stay in the config, nor drop their warm connections. The registry keeps
-//! every live [`Endpoint`] keyed by backend name and authority, and one
-//! [`UpstreamClient`] per protocol and connect timeout, and hands the same
-//! objects to the next snapshot.
+//! stay in the config, nor drop their warm connections or their health. The
+//! registry keeps every live [`Endpoint`] keyed by backend name and
+//! authority, one [`UpstreamClient`] per protocol and connect timeout, the
+//! operator state of each region, and the active health checkers, and hands
+//! them to the next snapshot.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,14 +14,16 @@ use std::time::Duration;
 use cascadia_config::{Config, UpstreamProtocol};
 
 use crate::client::UpstreamClient;
-use crate::pool::{BackendPool, Endpoint};
+use crate::endpoint::Endpoint;
+use crate::health::{self, Checker};
+use crate::pool::{BackendPool, PoolSettings, RegionState};
 
 type EndpointKey = (String, String);
 type ClientKey = (UpstreamProtocol, Duration);
 
 /// Long-lived owner of endpoint state and connection pools, shared across
-/// snapshots. Only touched while a snapshot is built (off the hot path),
-/// so a Mutex is fine here.
+/// snapshots. Only touched while a snapshot is built or by the admin API
+/// (off the hot path), so a Mutex is fine here.
 #[derive(Debug, Default)]
 pub struct Registry {
     state: Mutex<RegistryState>,
@@ -30,6 +33,8 @@ pub struct Registry {
 struct RegistryState {
     endpoints: HashMap<EndpointKey, Arc<Endpoint>>,
     clients: HashMap<ClientKey, UpstreamClient>,
+    regions: HashMap<String, Arc<RegionState>>,
+    checkers: HashMap<EndpointKey, Checker>,
 }
 
 impl Registry {
@@ -40,13 +45,16 @@ impl Registry {
 
     /// Builds one pool per configured backend, keyed by backend name.
     ///
-    /// Endpoints and clients that the previous build also had are reused;
-    /// the ones the new config no longer names are forgotten (their
-    /// connections close once the last snapshot using them is dropped).
+    /// Endpoints, clients, region states and health checkers that the
+    /// previous build also had are reused; those the new config no longer
+    /// names are dropped (checkers stop, connections close once the last
+    /// snapshot using them is gone). Must run inside a tokio runtime when
+    /// any backend has active health checks.
     pub fn build(&self, config: &Config) -> HashMap<String, Arc<BackendPool>> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let mut endpoints = HashMap::new();
         let mut clients = HashMap::new();
+        let mut checkers = HashMap::new();
         let mut pools = HashMap::with_capacity(config.backends.len());
 
         for backend in &config.backends {
@@ -59,33 +67,65 @@ impl Registry {
                 .unwrap_or_else(|| UpstreamClient::new(backend.protocol, client_key.1));
             clients.insert(client_key, client.clone());
 
-            let members = backend
-                .endpoints
-                .iter()
-                .map(|endpoint| {
-                    let key = (backend.name.clone(), endpoint.authority.to_string());
-                    let state = state
-                        .endpoints
-                        .get(&key)
-                        .cloned()
-                        .unwrap_or_else(|| Arc::new(Endpoint::new(endpoint.authority.clone())));
-                    endpoints.insert(key, Arc::clone(&state));
-                    (state, endpoint.weight)
-                })
-                .collect();
+            let region_state = Arc::clone(state.regions.entry(backend.region.clone()).or_default());
 
-            let pool = BackendPool::new(
-                &backend.name,
-                &backend.region,
-                members,
+            let mut members = Vec::with_capacity(backend.endpoints.len());
+            for endpoint in &backend.endpoints {
+                let key = (backend.name.clone(), endpoint.authority.to_string());
+                let shared = state
+                    .endpoints
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Endpoint::new(endpoint.authority.clone())));
+                endpoints.insert(key.clone(), Arc::clone(&shared));
+
+                // Keep a checker whose settings did not change; restart one
+                // whose did; stop checking when the config no longer asks.
+                match &backend.health_check {
+                    Some(settings) => {
+                        let checker = match state.checkers.remove(&key) {
+                            Some(existing) if existing.settings == *settings => existing,
+                            _ => {
+                                health::spawn(Arc::clone(&shared), client.clone(), settings.clone())
+                            }
+                        };
+                        checkers.insert(key, checker);
+                    }
+                    None => shared.set_check_healthy(true),
+                }
+                members.push((shared, endpoint.weight));
+            }
+
+            let pool = BackendPool::new(PoolSettings {
+                name: backend.name.clone(),
+                region: backend.region.clone(),
+                region_state,
+                endpoints: members,
+                balancer: backend.balancer,
+                outlier: backend.outlier.clone(),
                 client,
-                backend.timeout.get(),
-            );
+                timeout: backend.timeout.get(),
+            });
             pools.insert(backend.name.clone(), Arc::new(pool));
         }
 
         state.endpoints = endpoints;
         state.clients = clients;
+        // Dropping the old map stops checkers of removed endpoints.
+        state.checkers = checkers;
         pools
+    }
+
+    /// Drains or restores a region; false when no backend has ever been in
+    /// that region.
+    pub fn set_region_drained(&self, region: &str, drained: bool) -> bool {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match state.regions.get(region) {
+            Some(region) => {
+                region.set_drained(drained);
+                true
+            }
+            None => false,
+        }
     }
 }

@@ -35,6 +35,9 @@ pub(crate) const X_SIM_SAW_MODEL: HeaderName = HeaderName::from_static("x-sim-sa
 pub(crate) const X_SIM_SAW_VERSION: HeaderName = HeaderName::from_static("x-sim-saw-version");
 pub(crate) const X_SIM_SAW_XFF: HeaderName = HeaderName::from_static("x-sim-saw-xff");
 pub(crate) const X_SIM_SAW_FORWARDED: HeaderName = HeaderName::from_static("x-sim-saw-forwarded");
+/// The deadline the gateway propagated (`x-request-timeout-ms`).
+pub(crate) const X_SIM_SAW_DEADLINE: HeaderName = HeaderName::from_static("x-sim-saw-deadline-ms");
+const X_REQUEST_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-request-timeout-ms");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
@@ -84,10 +87,11 @@ impl Shared {
 pub(crate) async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<SimBody> {
     let path = req.uri().path().to_owned();
     let echo = |name: &HeaderName| req.headers().get(name).cloned();
-    let (request_id, xff, forwarded) = (
+    let (request_id, xff, forwarded, deadline) = (
         echo(&X_REQUEST_ID),
         echo(&X_FORWARDED_FOR),
         echo(&FORWARDED),
+        echo(&X_REQUEST_TIMEOUT_MS),
     );
 
     let is_control = path.starts_with("/sim/");
@@ -115,6 +119,7 @@ pub(crate) async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<
         (X_REQUEST_ID, request_id),
         (X_SIM_SAW_XFF, xff),
         (X_SIM_SAW_FORWARDED, forwarded),
+        (X_SIM_SAW_DEADLINE, deadline),
     ] {
         if let Some(value) = value {
             headers.insert(name, value);
