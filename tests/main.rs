@@ -6,6 +6,7 @@
 mod support;
 
 mod check;
+mod failover;
 mod grpc;
 mod lifecycle;
 mod limits;

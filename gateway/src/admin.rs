@@ -5,15 +5,19 @@
 //! |---|---|---|
 //! | GET | `/admin/config` | version, hash, source, reload counters, last error |
 //! | POST | `/admin/config/reload` | reloads now; 200 with the outcome, 422 with every error |
-//! | GET | `/admin/backends` | pools, regions, endpoints with in-flight and attempt counts |
+//! | GET | `/admin/backends` | pools, regions, endpoints: health, EWMA latency, in-flight, ejection |
+//! | POST | `/admin/regions/{region}/drain` | moves traffic away from a region (failover drill) |
+//! | POST | `/admin/regions/{region}/restore` | lets traffic back into a drained region |
 //!
 //! Mutations only accept POST (a GET gets 405), so a crawler or a
 //! prefetching browser cannot change anything.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use bytes::Bytes;
+use cascadia_backends::Registry;
 use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -32,12 +36,18 @@ use crate::snapshot::SharedSnapshot;
 pub struct Admin {
     snapshot: SharedSnapshot,
     reload: ReloadHandle,
+    registry: Arc<Registry>,
 }
 
 impl Admin {
-    /// An admin API over the serving snapshot and its reloader.
-    pub fn new(snapshot: SharedSnapshot, reload: ReloadHandle) -> Self {
-        Self { snapshot, reload }
+    /// An admin API over the serving snapshot, its reloader and the
+    /// registry of backend state.
+    pub fn new(snapshot: SharedSnapshot, reload: ReloadHandle, registry: Arc<Registry>) -> Self {
+        Self {
+            snapshot,
+            reload,
+            registry,
+        }
     }
 
     /// Answers one admin request.
@@ -58,7 +68,13 @@ impl Admin {
             "/admin/backends" if method == Method::GET => self.backends(),
             "/admin/config" | "/admin/backends" => method_not_allowed("GET"),
             "/admin/config/reload" => method_not_allowed("POST"),
-            _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not found"})),
+            path => match region_action(path) {
+                Some((region, drained)) if method == Method::POST => {
+                    self.set_region_drained(region, drained)
+                }
+                Some(_) => method_not_allowed("POST"),
+                None => json_response(StatusCode::NOT_FOUND, json!({"error": "not found"})),
+            },
         }
     }
 
@@ -78,7 +94,17 @@ impl Admin {
         )
     }
 
+    fn set_region_drained(&self, region: &str, drained: bool) -> Response<ResponseBody> {
+        if !self.registry.set_region_drained(region, drained) {
+            return json_response(StatusCode::NOT_FOUND, json!({"error": "unknown region"}));
+        }
+        let action = if drained { "drained" } else { "restored" };
+        tracing::warn!(region, action, "region state changed through the admin API");
+        json_response(StatusCode::OK, json!({"region": region, "status": action}))
+    }
+
     fn backends(&self) -> Response<ResponseBody> {
+        let now = tokio::time::Instant::now();
         let snapshot = self.snapshot.load();
         let mut names: Vec<&String> = snapshot.pools.keys().collect();
         names.sort();
@@ -89,10 +115,18 @@ impl Admin {
                 json!({
                     "name": pool.name(),
                     "region": pool.region(),
+                    "region_drained": pool.region_state().is_drained(),
+                    "balancer": pool.balancer().to_string(),
+                    "healthy_fraction": pool.healthy_fraction(now),
                     "endpoints": pool.endpoints().iter().map(|e| json!({
                         "address": e.authority().as_str(),
+                        "available": e.is_available(now),
+                        "ejected": e.is_ejected(now),
+                        "check_healthy": e.is_check_healthy(),
+                        "ewma_ms": e.rtt(now).as_secs_f64() * 1000.0,
                         "in_flight": e.in_flight(),
                         "attempts": e.attempts(),
+                        "failures": e.failures(),
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -124,6 +158,20 @@ pub async fn serve(listener: TcpListener, admin: Admin, mut shutdown: watch::Rec
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+/// Parses `/admin/regions/{region}/drain|restore` into (region, drained).
+fn region_action(path: &str) -> Option<(&str, bool)> {
+    let rest = path.strip_prefix("/admin/regions/")?;
+    let (region, action) = rest.rsplit_once('/')?;
+    if region.is_empty() || region.contains('/') {
+        return None;
+    }
+    match action {
+        "drain" => Some((region, true)),
+        "restore" => Some((region, false)),
+        _ => None,
     }
 }
 

@@ -45,8 +45,10 @@ pub enum GatewayError {
     MethodNotAllowed,
     #[error("gRPC method {0} is not supported")]
     Unimplemented(String),
-    #[error("backend {backend} has no endpoints")]
-    NoEndpoint { backend: String },
+    #[error("no healthy backend for version {version}")]
+    NoHealthyBackend { version: String },
+    #[error("the request's deadline passed")]
+    DeadlineExceeded,
     #[error("upstream attempt to {backend} failed")]
     Upstream {
         backend: String,
@@ -78,8 +80,10 @@ impl GatewayError {
             | Self::MethodNotAllowed
             | Self::Unimplemented(_)
             | Self::RequestBody(_) => Side::Downstream,
-            Self::NoRoute | Self::NoEndpoint { .. } => Side::Gateway,
-            Self::Upstream { .. } => Side::Upstream,
+            Self::NoRoute => Side::Gateway,
+            Self::NoHealthyBackend { .. } | Self::DeadlineExceeded | Self::Upstream { .. } => {
+                Side::Upstream
+            }
         }
     }
 
@@ -94,7 +98,8 @@ impl GatewayError {
             Self::BadRequest(_) => "bad_request",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Unimplemented(_) => "unimplemented",
-            Self::NoEndpoint { .. } => "no_endpoint",
+            Self::NoHealthyBackend { .. } => "no_healthy_backend",
+            Self::DeadlineExceeded => "deadline_exceeded",
             Self::Upstream { source, .. } => match source.kind() {
                 UpstreamErrorKind::Connect => "upstream_connect",
                 UpstreamErrorKind::Timeout => "upstream_timeout",
@@ -124,7 +129,8 @@ impl GatewayError {
             Self::BadRequest(what) => (S::BAD_REQUEST, 3, *what),
             Self::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, 12, "method not allowed"),
             Self::Unimplemented(_) => (S::NOT_IMPLEMENTED, 12, "method not supported"),
-            Self::NoEndpoint { .. } => (S::SERVICE_UNAVAILABLE, 14, "no backend available"),
+            Self::NoHealthyBackend { .. } => (S::SERVICE_UNAVAILABLE, 14, "no backend available"),
+            Self::DeadlineExceeded => (S::GATEWAY_TIMEOUT, 4, "deadline exceeded"),
             Self::Upstream { source, .. } => match source.kind() {
                 UpstreamErrorKind::Connect => (S::BAD_GATEWAY, 14, "backend unavailable"),
                 UpstreamErrorKind::Timeout => (S::GATEWAY_TIMEOUT, 4, "backend timed out"),
@@ -148,14 +154,26 @@ impl GatewayError {
     /// The response for a REST client: `{"error": "...", "request_id": "..."}`.
     pub fn to_http(&self, request_id: &HeaderValue) -> Response<ResponseBody> {
         let p = self.presentation();
-        json_error(p.status, p.message, request_id)
+        let mut response = json_error(p.status, p.message, request_id);
+        self.add_retry_after(response.headers_mut());
+        response
+    }
+
+    /// Every backend being down is a state that lasts: tell clients when to
+    /// come back instead of letting them hammer the gateway.
+    fn add_retry_after(&self, headers: &mut HeaderMap) {
+        if matches!(self, Self::NoHealthyBackend { .. }) {
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
     }
 
     /// The response for a gRPC client: a trailers-only response carrying
     /// `grpc-status` and `grpc-message`, as gRPC over HTTP/2 specifies.
     pub fn to_grpc(&self, request_id: &HeaderValue) -> Response<ResponseBody> {
         let p = self.presentation();
-        grpc_status(p.grpc_code, p.message, request_id)
+        let mut response = grpc_status(p.grpc_code, p.message, request_id);
+        self.add_retry_after(response.headers_mut());
+        response
     }
 }
 

@@ -58,7 +58,7 @@ impl Gateway {
         let reload = reload::spawn(
             loaded.source.clone(),
             Arc::clone(&snapshot),
-            registry,
+            Arc::clone(&registry),
             options.watch_config,
             shutdown_rx.clone(),
         );
@@ -73,7 +73,7 @@ impl Gateway {
         ));
         tasks.spawn(admin::serve(
             admin_listener,
-            Admin::new(Arc::clone(&snapshot), reload.clone()),
+            Admin::new(Arc::clone(&snapshot), reload.clone(), registry),
             shutdown_rx,
         ));
         Ok(Self {

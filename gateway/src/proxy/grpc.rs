@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use prost::Message;
 
 use super::body::ResponseBody;
-use super::{admit, buffered_body, choose_target, headers, Proxy};
+use super::{admit, choose_target, headers, Proxy};
 use crate::errors::GatewayError;
 use crate::snapshot::Snapshot;
 
@@ -123,7 +123,7 @@ pub async fn handle(
             target,
             parts,
             path_and_query,
-            buffered_body(body),
+            super::RequestBody::Buffered(body),
             request_id,
         )
         .await

@@ -12,6 +12,8 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_CASCADIA_VERSION: HeaderName = HeaderName::from_static("x-cascadia-version");
 /// Names the backend (from config, never an address) that served a response.
 pub const X_CASCADIA_BACKEND: HeaderName = HeaderName::from_static("x-cascadia-backend");
+/// How many attempts a response took, when more than one.
+pub const X_CASCADIA_ATTEMPTS: HeaderName = HeaderName::from_static("x-cascadia-attempts");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");

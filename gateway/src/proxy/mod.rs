@@ -14,6 +14,7 @@
 //!    [`crate::errors`]; nothing is dropped without an answer.
 
 pub mod body;
+pub mod deadline;
 mod grpc;
 pub mod headers;
 
@@ -21,10 +22,14 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
-use cascadia_backends::{UpstreamBody, UpstreamErrorKind};
+use cascadia_backends::{
+    choose_pool, Endpoint, InFlight, Outcome, UpstreamBody, UpstreamErrorKind,
+};
 use cascadia_config::UpstreamProtocol;
 use cascadia_oip::path::{self as oip_path, OipKind};
 use http::header::{self, HeaderValue};
@@ -33,6 +38,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use tokio::time::Instant;
 
 use crate::errors::GatewayError;
 use crate::routing::{Route, SplitError, Target};
@@ -157,51 +163,34 @@ impl Proxy {
 
         let limit = snapshot.config.gateway.limits.max_body_bytes;
         let (parts, incoming) = request.into_parts();
-        // A declared length was checked at admission and hyper enforces it,
-        // so only bodies of unknown length need the streaming limit.
-        let body: UpstreamBody = if incoming.size_hint().exact().is_some() {
-            incoming.map_err(Into::into).boxed_unsync()
-        } else {
-            LimitedBody::new(incoming, limit).boxed_unsync()
-        };
+        let body = request_body(route, incoming, limit).await?;
         self.forward(route, target, parts, path_and_query, body, request_id)
             .await
     }
 
-    /// Phases select, forward and respond, shared by REST and gRPC.
+    /// Phases select, forward and respond, shared by REST and gRPC: up to
+    /// the route's attempts, each to an endpoint this request has not tried
+    /// (preferably in another region), within the request's deadline and
+    /// the route's retry budget.
     async fn forward(
         &self,
         route: &Route,
         target: &Target,
         mut parts: http::request::Parts,
         path_and_query: PathAndQuery,
-        body: UpstreamBody,
+        mut body: RequestBody,
         request_id: &HeaderValue,
     ) -> Result<Response<ResponseBody>, GatewayError> {
-        // Phase: select. Failover across the preference list comes with
-        // health tracking; today the first eligible pool serves. gRPC needs
-        // HTTP/2 end to end (its status travels in trailers), so gRPC calls
-        // only go to h2c backends.
+        let started = Instant::now();
         let grpc = grpc::is_grpc_parts(&parts);
-        let (pool, backend_header) = target
-            .pools
-            .iter()
-            .zip(&target.pool_headers)
-            .find(|(pool, _)| !grpc || pool.client().protocol() == UpstreamProtocol::H2c)
-            .ok_or_else(|| GatewayError::NoEndpoint {
-                backend: format!("(version {}: no h2c backend for gRPC)", target.version),
-            })?;
-        let endpoint = pool.pick().ok_or_else(|| GatewayError::NoEndpoint {
-            backend: pool.name().to_owned(),
-        })?;
+        // The client's deadline, capped by the route's.
+        let budget = match (deadline::client_timeout(&parts.headers), route.timeout) {
+            (Some(client), Some(route)) => Some(client.min(route)),
+            (a, b) => a.or(b),
+        };
+        let deadline = budget.map(|b| started + b);
 
-        // Phase: forward.
-        let uri = Uri::builder()
-            .scheme("http")
-            .authority(endpoint.authority().clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|_| GatewayError::BadRequest("invalid path"))?;
+        // The upstream head, prepared once for every attempt.
         let host = parts.headers.remove(header::HOST).or_else(|| {
             parts
                 .uri
@@ -213,49 +202,239 @@ impl Proxy {
         parts
             .headers
             .insert(headers::X_REQUEST_ID, request_id.clone());
-        parts.uri = uri;
-        parts.version = match pool.client().protocol() {
-            UpstreamProtocol::Http1 => Version::HTTP_11,
-            UpstreamProtocol::H2c => Version::HTTP_2,
+
+        route.retry_budget.deposit();
+        let max_attempts = if route.idempotent && body.is_replayable() {
+            route.attempts.min(MAX_ATTEMPTS as u32) as usize
+        } else {
+            1
         };
-        let upstream_request = Request::from_parts(parts, body);
-        let timeout = route.timeout.unwrap_or_else(|| pool.timeout());
-        let in_flight = endpoint.start_attempt();
-        let response = pool
-            .client()
-            .send(upstream_request, timeout)
-            .await
-            .map_err(|source| match source.kind() {
-                UpstreamErrorKind::RequestBody => {
-                    match source.find_body_error::<BodyLimitExceeded>() {
-                        Some(exceeded) => GatewayError::BodyTooLarge {
-                            limit: exceeded.limit,
-                        },
-                        None => GatewayError::RequestBody(source),
+        let mut tried = Tried::default();
+        let mut last_error = None;
+
+        for attempt in 0..max_attempts {
+            if attempt > 0 && !route.retry_budget.withdraw() {
+                break;
+            }
+            let now = Instant::now();
+            let remaining = deadline.map(|d| d.saturating_duration_since(now));
+            if remaining == Some(Duration::ZERO) {
+                last_error = Some(GatewayError::DeadlineExceeded);
+                break;
+            }
+
+            // Phase: select.
+            let Some((index, endpoint)) = tried.select(target, now, grpc) else {
+                last_error.get_or_insert(GatewayError::NoHealthyBackend {
+                    version: target.version.to_string(),
+                });
+                break;
+            };
+            let pool = &target.pools[index];
+            let is_last = attempt + 1 == max_attempts;
+
+            // Phase: forward.
+            let mut request = http::Request::builder()
+                .method(parts.method.clone())
+                .uri(
+                    Uri::builder()
+                        .scheme("http")
+                        .authority(endpoint.authority().clone())
+                        .path_and_query(path_and_query.clone())
+                        .build()
+                        .map_err(|_| GatewayError::BadRequest("invalid path"))?,
+                )
+                .version(match pool.client().protocol() {
+                    UpstreamProtocol::Http1 => Version::HTTP_11,
+                    UpstreamProtocol::H2c => Version::HTTP_2,
+                })
+                .body(body.for_attempt(is_last))
+                .expect("method, URI and version are valid");
+            *request.headers_mut() = if is_last {
+                std::mem::take(&mut parts.headers)
+            } else {
+                parts.headers.clone()
+            };
+            let per_try = remaining.map_or(pool.timeout(), |r| r.min(pool.timeout()));
+            if let Some(remaining) = remaining {
+                deadline::propagate(request.headers_mut(), remaining, grpc);
+            }
+            let in_flight = endpoint.start_attempt();
+            tried.record(index, endpoint);
+            let sent = Instant::now();
+
+            match pool.client().send(request, per_try).await {
+                Ok(response) => {
+                    let status = response.status();
+                    let outcome = if status.is_server_error() {
+                        Outcome::Failure
+                    } else {
+                        Outcome::Success(sent.elapsed())
+                    };
+                    pool.record(endpoint, outcome, Instant::now());
+                    if is_retryable_status(status) && !is_last {
+                        last_error = None;
+                        continue;
+                    }
+                    // Phase: respond.
+                    return Ok(respond(
+                        response,
+                        in_flight,
+                        request_id,
+                        target,
+                        index,
+                        attempt + 1,
+                    ));
+                }
+                Err(source) => {
+                    if source.kind() == UpstreamErrorKind::RequestBody {
+                        // The client's body failed; the endpoint is fine.
+                        return Err(match source.find_body_error::<BodyLimitExceeded>() {
+                            Some(exceeded) => GatewayError::BodyTooLarge {
+                                limit: exceeded.limit,
+                            },
+                            None => GatewayError::RequestBody(source),
+                        });
+                    }
+                    pool.record(endpoint, Outcome::Failure, Instant::now());
+                    let out_of_time = source.kind() == UpstreamErrorKind::Timeout
+                        && remaining.is_some_and(|r| r <= pool.timeout());
+                    tracing::debug!(
+                        request_id = request_id.to_str().unwrap_or_default(),
+                        backend = pool.name(),
+                        endpoint = %endpoint.authority(),
+                        attempt,
+                        error = %source,
+                        "attempt failed"
+                    );
+                    last_error = Some(if out_of_time {
+                        GatewayError::DeadlineExceeded
+                    } else {
+                        GatewayError::Upstream {
+                            backend: pool.name().to_owned(),
+                            source,
+                        }
+                    });
+                    if out_of_time {
+                        break;
                     }
                 }
-                _ => GatewayError::Upstream {
-                    backend: pool.name().to_owned(),
-                    source,
-                },
-            })?;
+            }
+        }
+        Err(last_error.unwrap_or(GatewayError::NoHealthyBackend {
+            version: target.version.to_string(),
+        }))
+    }
+}
 
-        // Phase: respond.
-        let (mut parts, incoming) = response.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers, false);
+/// Most attempts one request may make (config allows 1..=5).
+const MAX_ATTEMPTS: usize = 5;
+
+/// Statuses that say "this endpoint could not serve it now; another may".
+fn is_retryable_status(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    )
+}
+
+/// Phase respond: the upstream response, stamped with what served it.
+fn respond(
+    response: Response<Incoming>,
+    in_flight: InFlight,
+    request_id: &HeaderValue,
+    target: &Target,
+    pool_index: usize,
+    attempts: usize,
+) -> Response<ResponseBody> {
+    let (mut parts, incoming) = response.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, false);
+    parts
+        .headers
+        .insert(headers::X_REQUEST_ID, request_id.clone());
+    parts
+        .headers
+        .insert(headers::X_CASCADIA_VERSION, target.version_header.clone());
+    parts.headers.insert(
+        headers::X_CASCADIA_BACKEND,
+        target.pool_headers[pool_index].clone(),
+    );
+    if attempts > 1 {
         parts
             .headers
-            .insert(headers::X_REQUEST_ID, request_id.clone());
-        parts
-            .headers
-            .insert(headers::X_CASCADIA_VERSION, target.version_header.clone());
-        parts
-            .headers
-            .insert(headers::X_CASCADIA_BACKEND, backend_header.clone());
-        Ok(Response::from_parts(
-            parts,
-            ResponseBody::upstream(incoming, in_flight),
-        ))
+            .insert(headers::X_CASCADIA_ATTEMPTS, HeaderValue::from(attempts));
+    }
+    Response::from_parts(parts, ResponseBody::upstream(incoming, in_flight))
+}
+
+/// What one request already tried, so retries go somewhere new.
+#[derive(Default)]
+struct Tried {
+    /// `Arc::as_ptr` of endpoints attempted.
+    endpoints: [usize; MAX_ATTEMPTS],
+    count: usize,
+    /// Bit per pool index where an attempt failed: prefer other pools.
+    failed_pools: u64,
+}
+
+impl Tried {
+    fn record(&mut self, pool: usize, endpoint: &Arc<Endpoint>) {
+        if self.count < MAX_ATTEMPTS {
+            self.endpoints[self.count] = Arc::as_ptr(endpoint) as usize;
+            self.count += 1;
+        }
+        self.failed_pools |= 1 << pool.min(63);
+    }
+
+    /// Picks a pool by failover priority and an endpoint in it: first among
+    /// pools this request has not failed in, then among all. gRPC only goes
+    /// to h2c pools, since its status travels in trailers.
+    fn select<'t>(
+        &self,
+        target: &'t Target,
+        now: Instant,
+        grpc: bool,
+    ) -> Option<(usize, &'t Arc<Endpoint>)> {
+        let pools = &target.pools;
+        let usable = |i: usize| !grpc || pools[i].client().protocol() == UpstreamProtocol::H2c;
+        let tried = &self.endpoints[..self.count];
+        let mut exhausted = 0u64;
+        for _ in 0..=pools.len() {
+            let draw = fastrand::f64();
+            let fresh =
+                |i: usize| usable(i) && (self.failed_pools | exhausted) & (1 << i.min(63)) == 0;
+            let any = |i: usize| usable(i) && exhausted & (1 << i.min(63)) == 0;
+            let index = choose_pool(pools, now, |i| !fresh(i), draw)
+                .or_else(|| choose_pool(pools, now, |i| !any(i), draw))?;
+            match pools[index].pick(now, tried) {
+                Some(endpoint) => return Some((index, endpoint)),
+                None => exhausted |= 1 << index.min(63),
+            }
+        }
+        None
+    }
+}
+
+/// A request body on its way upstream: kept in memory when it may be sent
+/// more than once, streamed otherwise.
+pub enum RequestBody {
+    /// The whole body, replayable for retries.
+    Buffered(Bytes),
+    /// A body streamed through once; its request is never retried.
+    Streaming(Option<UpstreamBody>),
+}
+
+impl RequestBody {
+    fn is_replayable(&self) -> bool {
+        matches!(self, Self::Buffered(_))
+    }
+
+    /// The body for one attempt. A streaming body can only be sent once.
+    fn for_attempt(&mut self, _last: bool) -> UpstreamBody {
+        match self {
+            Self::Buffered(bytes) => buffered_body(bytes.clone()),
+            Self::Streaming(body) => body.take().unwrap_or_else(|| buffered_body(Bytes::new())),
+        }
     }
 }
 
@@ -304,6 +483,42 @@ fn admit<B>(snapshot: &Snapshot, request: &Request<B>) -> Result<(), GatewayErro
         }
     }
     Ok(())
+}
+
+/// Bodies up to this size are kept in memory on retryable routes so a failed
+/// attempt can be sent again; larger ones stream through once.
+const REPLAY_LIMIT: u64 = 64 * 1024;
+
+/// Prepares a REST request body: buffered when small and the route may
+/// retry, streamed (with the size limit enforced while streaming) otherwise.
+async fn request_body(
+    route: &Route,
+    incoming: Incoming,
+    limit: u64,
+) -> Result<RequestBody, GatewayError> {
+    if incoming.is_end_stream() {
+        return Ok(RequestBody::Buffered(Bytes::new()));
+    }
+    let declared = incoming.size_hint().exact();
+    let retryable = route.idempotent && route.attempts > 1;
+    match declared {
+        Some(length) if retryable && length <= REPLAY_LIMIT => {
+            let bytes = incoming
+                .collect()
+                .await
+                .map_err(|_| GatewayError::BadRequest("request body failed"))?
+                .to_bytes();
+            Ok(RequestBody::Buffered(bytes))
+        }
+        // A declared length was checked at admission and hyper enforces it,
+        // so only bodies of unknown length need the streaming limit.
+        Some(_) => Ok(RequestBody::Streaming(Some(
+            incoming.map_err(Into::into).boxed_unsync(),
+        ))),
+        None => Ok(RequestBody::Streaming(Some(
+            LimitedBody::new(incoming, limit).boxed_unsync(),
+        ))),
+    }
 }
 
 /// Phase split: the version for this request.

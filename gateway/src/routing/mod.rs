@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cascadia_backends::BackendPool;
+use cascadia_backends::{BackendPool, RetryBudget};
 use cascadia_config::{Config, RouteMatch};
 use http::HeaderName;
 
@@ -34,6 +34,12 @@ pub struct Route {
     pub timeout: Option<Duration>,
     /// The versions and their weights.
     pub split: Split,
+    /// Whether a failed request may be sent again.
+    pub idempotent: bool,
+    /// Attempts per request, the first included.
+    pub attempts: u32,
+    /// Caps retries to a share of this route's requests.
+    pub retry_budget: RetryBudget,
 }
 
 /// All routes of one snapshot, indexed for matching.
@@ -80,6 +86,12 @@ impl RouteTable {
                 force_header: route.force_header.clone(),
                 timeout: route.timeout.map(|t| t.get()),
                 split: Split::new(targets),
+                idempotent: route.idempotent,
+                attempts: route.retries.attempts.max(1),
+                retry_budget: RetryBudget::new(
+                    route.retries.budget_percent,
+                    route.retries.min_per_second,
+                ),
             });
             match &route.matcher {
                 RouteMatch::Model(model) => {

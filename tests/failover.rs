@@ -1,0 +1,409 @@
+//! Regional failover, outlier ejection, balancing, drains and deadlines,
+//! through the real gateway against sim backends in three regions.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cascadia_sim::{LatencyModel, SimHandle};
+use http::{Method, StatusCode};
+use tokio::time::Instant;
+
+use crate::support::{assert_json_error, sim, GatewayProcess, TestClient, WAIT};
+
+/// Sims per region, in preference order: us-east (two endpoints), eu-west,
+/// ap-south.
+struct Regions {
+    us_east: Vec<SimHandle>,
+    eu_west: SimHandle,
+    ap_south: SimHandle,
+}
+
+impl Regions {
+    async fn start() -> Self {
+        Self {
+            us_east: vec![
+                sim("us-east-a", "1", "us-east").await,
+                sim("us-east-b", "1", "us-east").await,
+            ],
+            eu_west: sim("eu-west-a", "1", "eu-west").await,
+            ap_south: sim("ap-south-a", "1", "ap-south").await,
+        }
+    }
+
+    fn config(&self, backend_timeout: &str) -> String {
+        self.config_with(backend_timeout, "p2c-ewma")
+    }
+
+    fn config_with(&self, backend_timeout: &str, balancer: &str) -> String {
+        format!(
+            r#"
+[gateway]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[[backends]]
+name = "fraud-us-east"
+region = "us-east"
+endpoints = ["{a}", "{b}"]
+timeout = "{backend_timeout}"
+balancer = "{balancer}"
+outlier = {{ max_ejected_percent = 100 }}
+
+[[backends]]
+name = "fraud-eu-west"
+region = "eu-west"
+endpoints = ["{eu}"]
+timeout = "{backend_timeout}"
+
+[[backends]]
+name = "fraud-ap-south"
+region = "ap-south"
+endpoints = ["{ap}"]
+timeout = "{backend_timeout}"
+
+[[routes]]
+name = "fraud"
+match = {{ model = "fraud" }}
+backends = ["fraud-us-east", "fraud-eu-west", "fraud-ap-south"]
+retries = {{ attempts = 3, budget_percent = 100 }}
+"#,
+            a = self.us_east[0].addr,
+            b = self.us_east[1].addr,
+            eu = self.eu_west.addr,
+            ap = self.ap_south.addr,
+        )
+    }
+}
+
+struct Served {
+    at: Instant,
+    status: StatusCode,
+    backend: String,
+    attempts: u32,
+}
+
+/// Closed-loop load from `workers` tasks until `stop` is set.
+fn run_load(
+    client: &TestClient,
+    url: String,
+    workers: usize,
+    stop: Arc<AtomicBool>,
+) -> (Arc<Mutex<Vec<Served>>>, Vec<tokio::task::JoinHandle<()>>) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let tasks = (0..workers)
+        .map(|_| {
+            let (client, url, stop, log) = (client.clone(), url.clone(), stop.clone(), log.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let served = match client
+                        .try_send(
+                            Method::POST,
+                            &url,
+                            &[("content-type", "application/json")],
+                            crate::support::INFER_BODY,
+                        )
+                        .await
+                    {
+                        Ok(r) => Served {
+                            at: Instant::now(),
+                            status: r.status,
+                            backend: r.header("x-cascadia-backend").unwrap_or("-").to_owned(),
+                            attempts: r
+                                .header("x-cascadia-attempts")
+                                .and_then(|a| a.parse().ok())
+                                .unwrap_or(1),
+                        },
+                        Err(_) => Served {
+                            at: Instant::now(),
+                            status: StatusCode::IM_A_TEAPOT,
+                            backend: "transport".into(),
+                            attempts: 0,
+                        },
+                    };
+                    log.lock().unwrap().push(served);
+                }
+            })
+        })
+        .collect();
+    (log, tasks)
+}
+
+async fn wait_until(mut condition: impl FnMut() -> bool) {
+    tokio::time::timeout(WAIT, async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("condition reached");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_preferred_region_fails_over_with_no_client_failures() {
+    let regions = Regions::start().await;
+    let gateway = GatewayProcess::start(&regions.config("1s")).await;
+    let client = TestClient::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (log, tasks) = run_load(
+        &client,
+        gateway.url("/v2/models/fraud/infer"),
+        4,
+        stop.clone(),
+    );
+
+    // Readiness: the preferred region is serving.
+    let us_east: Vec<_> = regions.us_east.iter().map(|s| s.control.clone()).collect();
+    wait_until(|| us_east.iter().map(|c| c.requests()).sum::<u64>() >= 200).await;
+
+    // Kill the whole preferred region (connections dropped, port closed).
+    let killed_at = Instant::now();
+    let Regions {
+        us_east: dying,
+        eu_west,
+        ap_south,
+    } = regions;
+    for sim in dying {
+        sim.shutdown().await;
+    }
+    let eu = eu_west.control.clone();
+    wait_until(|| eu.requests() >= 300).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+
+    let log = log.lock().unwrap();
+    let failures: Vec<_> = log
+        .iter()
+        .filter(|s| s.status != StatusCode::OK)
+        .map(|s| (s.status, s.backend.clone()))
+        .collect();
+    assert!(failures.is_empty(), "client-visible failures: {failures:?}");
+    // Failover time: from the kill to the last request that still touched
+    // the dead region (needed a retry or was served there).
+    let last_touch = log
+        .iter()
+        .filter(|s| s.at >= killed_at && (s.attempts > 1 || s.backend == "fraud-us-east"))
+        .map(|s| s.at)
+        .max()
+        .unwrap_or(killed_at);
+    let failover = last_touch.duration_since(killed_at);
+    println!("failover took {failover:?}");
+    assert!(
+        failover < Duration::from_secs(1),
+        "failover took {failover:?}"
+    );
+    // Traffic went to the next region in order, not the last one.
+    assert!(log
+        .iter()
+        .filter(|s| s.at > last_touch)
+        .all(|s| s.backend == "fraud-eu-west"));
+    assert_eq!(ap_south.control.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_region_down_gets_a_fast_503_with_retry_after() {
+    let regions = Regions::start().await;
+    let gateway = GatewayProcess::start(&regions.config("1s")).await;
+    let client = TestClient::new();
+    let Regions {
+        us_east,
+        eu_west,
+        ap_south,
+    } = regions;
+    for sim in us_east.into_iter().chain([eu_west, ap_south]) {
+        sim.shutdown().await;
+    }
+    // The first requests find the endpoints dead and eject them; from then
+    // on the gateway answers at once without touching a backend.
+    let mut saw_503 = None;
+    for _ in 0..20 {
+        let response = client
+            .infer(&gateway.url("/v2/models/fraud/infer"), &[])
+            .await;
+        assert!(
+            matches!(
+                response.status,
+                StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
+            ),
+            "{:?}",
+            response.status
+        );
+        if response.status == StatusCode::SERVICE_UNAVAILABLE {
+            saw_503 = Some(response);
+            break;
+        }
+    }
+    let response = saw_503.expect("503 once every endpoint is ejected");
+    assert_json_error(&response, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.header("retry-after"), Some("1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_endpoint_is_ejected_and_requests_stay_bounded_by_the_per_try_timeout() {
+    let regions = Regions::start().await;
+    // Round-robin, so the hung endpoint keeps being offered requests until
+    // ejection removes it (latency-aware balancing would avoid it anyway).
+    let gateway = GatewayProcess::start(&regions.config_with("150ms", "round-robin")).await;
+    let client = TestClient::new();
+    // One us-east endpoint hangs (accepts, never answers in time).
+    regions.us_east[0]
+        .control
+        .set_latency(LatencyModel::Fixed(Duration::from_secs(30)));
+
+    let mut attempts = Vec::new();
+    for _ in 0..40 {
+        let response = client
+            .infer(&gateway.url("/v2/models/fraud/infer"), &[])
+            .await;
+        assert_eq!(
+            response.status,
+            StatusCode::OK,
+            "{:?}",
+            String::from_utf8_lossy(&response.body)
+        );
+        attempts.push(
+            response
+                .header("x-cascadia-attempts")
+                .map_or(1, |a| a.parse::<u32>().unwrap()),
+        );
+    }
+    // Each request needed at most one retry, and after the ejection none.
+    assert!(attempts.iter().all(|a| *a <= 2), "{attempts:?}");
+    assert!(
+        attempts[30..].iter().all(|a| *a == 1),
+        "still hitting the hung endpoint: {attempts:?}"
+    );
+    let backends = client
+        .get(&gateway.admin_url("/admin/backends"), &[])
+        .await
+        .json();
+    let us_east = backends["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "fraud-us-east")
+        .unwrap()
+        .clone();
+    let hung = us_east["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["address"] == regions.us_east[0].addr.to_string())
+        .unwrap()
+        .clone();
+    assert_eq!(hung["ejected"], true, "{us_east}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_endpoint_loses_traffic_to_a_fast_one() {
+    let regions = Regions::start().await;
+    regions.us_east[0]
+        .control
+        .set_latency(LatencyModel::Fixed(Duration::from_millis(20)));
+    let gateway = GatewayProcess::start(&regions.config("1s")).await;
+    let client = TestClient::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (_log, tasks) = run_load(
+        &client,
+        gateway.url("/v2/models/fraud/infer"),
+        4,
+        stop.clone(),
+    );
+    let (slow, fast) = (
+        regions.us_east[0].control.clone(),
+        regions.us_east[1].control.clone(),
+    );
+    wait_until(|| slow.requests() + fast.requests() >= 1000).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let share = slow.requests() as f64 / (slow.requests() + fast.requests()) as f64;
+    assert!(
+        share < 0.2,
+        "slow endpoint still got {:.0}% of traffic",
+        share * 100.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_a_region_moves_traffic_and_restoring_brings_it_back() {
+    let regions = Regions::start().await;
+    let gateway = GatewayProcess::start(&regions.config("1s")).await;
+    let client = TestClient::new();
+    let url = gateway.url("/v2/models/fraud/infer");
+    let backend =
+        |r: crate::support::TestResponse| r.header("x-cascadia-backend").unwrap().to_owned();
+
+    assert_eq!(backend(client.infer(&url, &[]).await), "fraud-us-east");
+    let drained = client
+        .send(
+            Method::POST,
+            &gateway.admin_url("/admin/regions/us-east/drain"),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(drained.status, StatusCode::OK);
+    for _ in 0..20 {
+        assert_eq!(backend(client.infer(&url, &[]).await), "fraud-eu-west");
+    }
+    let restored = client
+        .send(
+            Method::POST,
+            &gateway.admin_url("/admin/regions/us-east/restore"),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(restored.status, StatusCode::OK);
+    for _ in 0..20 {
+        assert_eq!(backend(client.infer(&url, &[]).await), "fraud-us-east");
+    }
+    let unknown = client
+        .send(
+            Method::POST,
+            &gateway.admin_url("/admin/regions/mars/drain"),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    let by_get = client
+        .get(&gateway.admin_url("/admin/regions/us-east/drain"), &[])
+        .await;
+    assert_eq!(by_get.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_remaining_deadline_goes_upstream_and_a_spent_one_is_a_504() {
+    let regions = Regions::start().await;
+    let gateway = GatewayProcess::start(&regions.config("1s")).await;
+    let client = TestClient::new();
+    let url = gateway.url("/v2/models/fraud/infer");
+
+    let response = client.infer(&url, &[("x-request-timeout-ms", "800")]).await;
+    assert_eq!(response.status, StatusCode::OK);
+    let seen: u64 = response
+        .header("x-sim-saw-deadline-ms")
+        .expect("deadline propagated")
+        .parse()
+        .unwrap();
+    assert!(seen > 0 && seen <= 800, "backend saw {seen} ms");
+
+    // A deadline shorter than the backend's latency: 504, not a hang.
+    for sim in &regions.us_east {
+        sim.control
+            .set_latency(LatencyModel::Fixed(Duration::from_millis(500)));
+    }
+    let started = Instant::now();
+    let response = client.infer(&url, &[("x-request-timeout-ms", "100")]).await;
+    assert_json_error(&response, StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        started.elapsed() < Duration::from_millis(450),
+        "took {:?}",
+        started.elapsed()
+    );
+}
