@@ -36,6 +36,11 @@ impl Regions {
     }
 
     fn config_with(&self, backend_timeout: &str, balancer: &str) -> String {
+        self.config_full(backend_timeout, balancer, "")
+    }
+
+    /// With extra keys for the route table (e.g. `hedge = {...}`).
+    fn config_full(&self, backend_timeout: &str, balancer: &str, route_extra: &str) -> String {
         format!(
             r#"
 [gateway]
@@ -67,6 +72,7 @@ name = "fraud"
 match = {{ model = "fraud" }}
 backends = ["fraud-us-east", "fraud-eu-west", "fraud-ap-south"]
 retries = {{ attempts = 3, budget_percent = 100 }}
+{route_extra}
 "#,
             a = self.us_east[0].addr,
             b = self.us_east[1].addr,
@@ -406,4 +412,76 @@ async fn the_remaining_deadline_goes_upstream_and_a_spent_one_is_a_504() {
         "took {:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_first_attempt_is_hedged_and_the_first_answer_wins() {
+    let regions = Regions::start().await;
+    for sim in &regions.us_east {
+        sim.control
+            .set_latency(LatencyModel::Fixed(Duration::from_millis(400)));
+    }
+    let hedged = r#"hedge = { floor = "20ms", cap = "20ms", budget_percent = 100 }"#;
+    let gateway = GatewayProcess::start(&regions.config_full("2s", "p2c-ewma", hedged)).await;
+    let client = TestClient::new();
+
+    let started = Instant::now();
+    let response = client
+        .infer(&gateway.url("/v2/models/fraud/infer"), &[])
+        .await;
+    let elapsed = started.elapsed();
+    assert_eq!(response.status, StatusCode::OK);
+    // The preferred region was slow: the hedge to the next region answered.
+    assert_eq!(response.header("x-cascadia-backend"), Some("fraud-eu-west"));
+    assert_eq!(response.header("x-cascadia-attempts"), Some("2"));
+    assert!(
+        elapsed < Duration::from_millis(350),
+        "the hedge did not win: {elapsed:?}"
+    );
+
+    // The losing attempt was cancelled, not left running: once the slow
+    // backend's request is dropped, nothing is in flight at it.
+    let us_east = regions
+        .us_east
+        .iter()
+        .map(|s| s.addr.to_string())
+        .collect::<Vec<_>>();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let backends = client
+                .get(&gateway.admin_url("/admin/backends"), &[])
+                .await
+                .json();
+            let in_flight: u64 = backends["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|b| b["endpoints"].as_array().unwrap().clone())
+                .filter(|e| us_east.contains(&e["address"].as_str().unwrap().to_owned()))
+                .map(|e| e["in_flight"].as_u64().unwrap())
+                .sum();
+            if in_flight == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the losing attempt was cancelled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_hedging_a_slow_backend_is_waited_for() {
+    let regions = Regions::start().await;
+    for sim in &regions.us_east {
+        sim.control
+            .set_latency(LatencyModel::Fixed(Duration::from_millis(100)));
+    }
+    let gateway = GatewayProcess::start(&regions.config("2s")).await;
+    let client = TestClient::new();
+    let response = client
+        .infer(&gateway.url("/v2/models/fraud/infer"), &[])
+        .await;
+    assert_eq!(response.header("x-cascadia-backend"), Some("fraud-us-east"));
+    assert!(response.header("x-cascadia-attempts").is_none());
 }

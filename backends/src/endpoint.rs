@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cascadia_config::OutlierDetection;
+
+use crate::latency::LatencyHistogram;
 use http::uri::Authority;
 use tokio::time::Instant;
 
@@ -41,6 +43,8 @@ pub struct Endpoint {
     ejections: AtomicU32,
     /// Verdict of the active health check; true until a check says otherwise.
     check_healthy: AtomicBool,
+    /// Recent response times, for hedging.
+    latency: LatencyHistogram,
 }
 
 /// What one attempt at an endpoint ended with.
@@ -67,7 +71,13 @@ impl Endpoint {
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
             check_healthy: AtomicBool::new(true),
+            latency: LatencyHistogram::default(),
         }
+    }
+
+    /// Recent response times (successful attempts).
+    pub fn latency(&self) -> &LatencyHistogram {
+        &self.latency
     }
 
     /// `host:port`. Never shown to clients.
@@ -167,6 +177,7 @@ impl Endpoint {
         match outcome {
             Outcome::Success(rtt) => {
                 self.observe_rtt(rtt, now);
+                self.latency.record(rtt);
                 self.consecutive_failures.store(0, Ordering::Relaxed);
                 if !self.is_ejected(now) {
                     self.ejections.store(0, Ordering::Relaxed);

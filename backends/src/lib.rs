@@ -10,6 +10,7 @@
 //! - [`failover`]: which pool of a preference list takes an attempt, with
 //!   proportional spill-over as a region's health drops.
 //! - [`health`]: active health-check tasks.
+//! - [`latency`]: an endpoint's recent latency distribution, for hedging.
 //! - [`budget`]: the retry budget.
 //! - [`registry`]: builds the pools for a new config snapshot, carrying the
 //!   runtime state of endpoints and regions across reloads.
@@ -24,6 +25,7 @@ pub mod client;
 pub mod endpoint;
 pub mod failover;
 pub mod health;
+pub mod latency;
 pub mod pool;
 pub mod registry;
 
@@ -31,5 +33,6 @@ pub use budget::RetryBudget;
 pub use client::{UpstreamBody, UpstreamClient, UpstreamError, UpstreamErrorKind};
 pub use endpoint::{Endpoint, InFlight, Outcome};
 pub use failover::choose_pool;
+pub use latency::LatencyHistogram;
 pub use pool::{BackendPool, PoolSettings, RegionState};
 pub use registry::Registry;

@@ -247,6 +247,21 @@ impl Default for OutlierDetection {
     }
 }
 
+/// Hedging: a second attempt when the first is slow; the first answer wins.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HedgePolicy {
+    /// Hedge once the first attempt is slower than this percentile of its
+    /// endpoint's recent responses (50..=99.9). Default 95.
+    pub percentile: f64,
+    /// Never hedge sooner than this. Default 5ms.
+    pub floor: Timeout,
+    /// Always hedge by this, and before enough latency samples exist.
+    /// Default 100ms.
+    pub cap: Timeout,
+    /// Hedges may add at most this share of the route's requests. Default 10.
+    pub budget_percent: u32,
+}
+
 /// Retries of failed attempts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -297,6 +312,8 @@ pub struct Route {
     pub idempotent: bool,
     /// How failed attempts are retried.
     pub retries: RetryPolicy,
+    /// Hedging of slow attempts; `None` (the default) never hedges.
+    pub hedge: Option<HedgePolicy>,
 }
 
 /// What a route matches on.

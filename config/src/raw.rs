@@ -144,6 +144,16 @@ pub(crate) struct RawRoute {
     pub idempotent: Option<bool>,
     #[serde(default)]
     pub retries: RawRetries,
+    pub hedge: Option<RawHedge>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHedge {
+    pub percentile: Option<f64>,
+    pub floor: Option<String>,
+    pub cap: Option<String>,
+    pub budget_percent: Option<u32>,
 }
 
 /// Both keys are optional here so that "neither" and "both" get a clear

@@ -15,11 +15,11 @@ use http::HeaderName;
 
 use crate::error::{Collector, ConfigError, ConfigErrors};
 use crate::model::{
-    Backend, Config, Endpoint, GatewaySettings, HealthCheck, Limits, OutlierDetection, RetryPolicy,
-    Route, RouteMatch, Split, SplitTarget,
+    Backend, Config, Endpoint, GatewaySettings, HealthCheck, HedgePolicy, Limits, OutlierDetection,
+    RetryPolicy, Route, RouteMatch, Split, SplitTarget,
 };
 use crate::raw::{
-    RawBackend, RawConfig, RawEndpoint, RawGateway, RawHealthCheck, RawLimits, RawMatch,
+    RawBackend, RawConfig, RawEndpoint, RawGateway, RawHealthCheck, RawHedge, RawLimits, RawMatch,
     RawOutlier, RawRetries, RawRoute, RawSplitTarget,
 };
 use crate::value::{Timeout, Weight};
@@ -350,6 +350,36 @@ fn retries(raw: RawRetries, at: &str, errors: &mut Collector) -> RetryPolicy {
     }
 }
 
+fn hedge(raw: RawHedge, at: &str, errors: &mut Collector) -> HedgePolicy {
+    let percentile = raw.percentile.unwrap_or(95.0);
+    if !(50.0..=99.9).contains(&percentile) {
+        errors.push(
+            format!("{at}.percentile"),
+            format!("{percentile} is out of range, must be 50..=99.9"),
+        );
+    }
+    let policy = HedgePolicy {
+        percentile,
+        floor: timeout(raw.floor.as_deref(), &format!("{at}.floor"), errors)
+            .unwrap_or(Timeout::from_millis_unchecked(5)),
+        cap: timeout(raw.cap.as_deref(), &format!("{at}.cap"), errors)
+            .unwrap_or(Timeout::from_millis_unchecked(100)),
+        budget_percent: percent(
+            raw.budget_percent,
+            10,
+            &format!("{at}.budget_percent"),
+            errors,
+        ),
+    };
+    if policy.floor > policy.cap {
+        errors.push(
+            format!("{at}.cap"),
+            format!("{} is shorter than the floor {}", policy.cap, policy.floor),
+        );
+    }
+    policy
+}
+
 /// A count that must be at least 1.
 fn count(value: Option<u32>, default: u32, path: &str, errors: &mut Collector) -> u32 {
     let value = value.unwrap_or(default);
@@ -459,6 +489,10 @@ fn routes(raw: Vec<RawRoute>, known: &HashSet<&str>, errors: &mut Collector) -> 
                 &format!("{at}.retries"),
                 errors,
             );
+            let hedge = r
+                .hedge
+                .take()
+                .map(|h| hedge(h, &format!("{at}.hedge"), errors));
             let split = split(r, &at, known, errors);
             Some(Route {
                 name,
@@ -469,6 +503,7 @@ fn routes(raw: Vec<RawRoute>, known: &HashSet<&str>, errors: &mut Collector) -> 
                 split: split?,
                 idempotent,
                 retries,
+                hedge,
             })
         })
         .collect()

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cascadia_backends::{
-    choose_pool, Endpoint, InFlight, Outcome, UpstreamBody, UpstreamErrorKind,
+    choose_pool, BackendPool, Endpoint, InFlight, Outcome, UpstreamBody, UpstreamErrorKind,
 };
 use cascadia_config::UpstreamProtocol;
 use cascadia_oip::path::{self as oip_path, OipKind};
@@ -204,6 +204,9 @@ impl Proxy {
             .insert(headers::X_REQUEST_ID, request_id.clone());
 
         route.retry_budget.deposit();
+        if let Some(hedge) = &route.hedge {
+            hedge.budget.deposit();
+        }
         let max_attempts = if route.idempotent && body.is_replayable() {
             route.attempts.min(MAX_ATTEMPTS as u32) as usize
         } else {
@@ -211,6 +214,7 @@ impl Proxy {
         };
         let mut tried = Tried::default();
         let mut last_error = None;
+        let mut attempts_made = 0;
 
         for attempt in 0..max_attempts {
             if attempt > 0 && !route.retry_budget.withdraw() {
@@ -230,49 +234,73 @@ impl Proxy {
                 });
                 break;
             };
-            let pool = &target.pools[index];
+            tried.record(index, endpoint);
             let is_last = attempt + 1 == max_attempts;
+            // Only the first attempt hedges, and only a body that can be
+            // sent twice.
+            let hedge = route
+                .hedge
+                .as_ref()
+                .filter(|_| attempt == 0 && body.is_replayable());
 
             // Phase: forward.
-            let mut request = http::Request::builder()
-                .method(parts.method.clone())
-                .uri(
-                    Uri::builder()
-                        .scheme("http")
-                        .authority(endpoint.authority().clone())
-                        .path_and_query(path_and_query.clone())
-                        .build()
-                        .map_err(|_| GatewayError::BadRequest("invalid path"))?,
-                )
-                .version(match pool.client().protocol() {
-                    UpstreamProtocol::Http1 => Version::HTTP_11,
-                    UpstreamProtocol::H2c => Version::HTTP_2,
-                })
-                .body(body.for_attempt(is_last))
-                .expect("method, URI and version are valid");
-            *request.headers_mut() = if is_last {
-                std::mem::take(&mut parts.headers)
-            } else {
-                parts.headers.clone()
+            let upstream = UpstreamHead {
+                parts: &mut parts,
+                path_and_query: &path_and_query,
+                grpc,
             };
-            let per_try = remaining.map_or(pool.timeout(), |r| r.min(pool.timeout()));
-            if let Some(remaining) = remaining {
-                deadline::propagate(request.headers_mut(), remaining, grpc);
-            }
-            let in_flight = endpoint.start_attempt();
-            tried.record(index, endpoint);
-            let sent = Instant::now();
+            let request = upstream.build(
+                &mut body,
+                target,
+                index,
+                endpoint,
+                remaining,
+                is_last && hedge.is_none(),
+            )?;
+            let per_try = per_try_timeout(&target.pools[index], remaining);
+            attempts_made += 1;
+            let primary = send_attempt(target, index, endpoint, request, per_try);
+            let finished = match hedge {
+                None => primary.await,
+                Some(hedge) => {
+                    tokio::pin!(primary);
+                    let delay = hedge.delay(endpoint);
+                    tokio::select! {
+                        done = &mut primary => done,
+                        () = tokio::time::sleep(delay) => {
+                            // The first attempt is slow: race a second one
+                            // elsewhere, if the hedge budget allows.
+                            let now = Instant::now();
+                            let second = if hedge.budget.withdraw() { tried.select(target, now, grpc) } else { None };
+                            match second {
+                                None => primary.await,
+                                Some((index, endpoint)) => {
+                                    tried.record(index, endpoint);
+                                    attempts_made += 1;
+                                    let remaining = deadline.map(|d| d.saturating_duration_since(now));
+                                    let upstream = UpstreamHead { parts: &mut parts, path_and_query: &path_and_query, grpc };
+                                    let request = upstream.build(&mut body, target, index, endpoint, remaining, false)?;
+                                    let per_try = per_try_timeout(&target.pools[index], remaining);
+                                    let secondary = send_attempt(target, index, endpoint, request, per_try);
+                                    tokio::pin!(secondary);
+                                    first_good(primary, secondary).await
+                                }
+                            }
+                        }
+                    }
+                }
+            };
 
-            match pool.client().send(request, per_try).await {
+            let Attempt {
+                index,
+                endpoint,
+                in_flight,
+                result,
+            } = finished;
+            let pool = &target.pools[index];
+            match result {
                 Ok(response) => {
-                    let status = response.status();
-                    let outcome = if status.is_server_error() {
-                        Outcome::Failure
-                    } else {
-                        Outcome::Success(sent.elapsed())
-                    };
-                    pool.record(endpoint, outcome, Instant::now());
-                    if is_retryable_status(status) && !is_last {
+                    if is_retryable_status(response.status()) && !is_last {
                         last_error = None;
                         continue;
                     }
@@ -283,7 +311,7 @@ impl Proxy {
                         request_id,
                         target,
                         index,
-                        attempt + 1,
+                        attempts_made,
                     ));
                 }
                 Err(source) => {
@@ -296,7 +324,6 @@ impl Proxy {
                             None => GatewayError::RequestBody(source),
                         });
                     }
-                    pool.record(endpoint, Outcome::Failure, Instant::now());
                     let out_of_time = source.kind() == UpstreamErrorKind::Timeout
                         && remaining.is_some_and(|r| r <= pool.timeout());
                     tracing::debug!(
@@ -324,6 +351,124 @@ impl Proxy {
         Err(last_error.unwrap_or(GatewayError::NoHealthyBackend {
             version: target.version.to_string(),
         }))
+    }
+}
+
+/// The parts of the upstream request shared by every attempt.
+struct UpstreamHead<'a> {
+    parts: &'a mut http::request::Parts,
+    path_and_query: &'a PathAndQuery,
+    grpc: bool,
+}
+
+impl UpstreamHead<'_> {
+    /// The request for one attempt at `endpoint`. With `take_headers`, the
+    /// head's headers are moved rather than cloned (the last attempt).
+    fn build(
+        self,
+        body: &mut RequestBody,
+        target: &Target,
+        index: usize,
+        endpoint: &Endpoint,
+        remaining: Option<Duration>,
+        take_headers: bool,
+    ) -> Result<Request<UpstreamBody>, GatewayError> {
+        let pool = &target.pools[index];
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(endpoint.authority().clone())
+            .path_and_query(self.path_and_query.clone())
+            .build()
+            .map_err(|_| GatewayError::BadRequest("invalid path"))?;
+        let mut request = Request::new(body.for_attempt());
+        *request.method_mut() = self.parts.method.clone();
+        *request.uri_mut() = uri;
+        *request.version_mut() = match pool.client().protocol() {
+            UpstreamProtocol::Http1 => Version::HTTP_11,
+            UpstreamProtocol::H2c => Version::HTTP_2,
+        };
+        *request.headers_mut() = if take_headers {
+            std::mem::take(&mut self.parts.headers)
+        } else {
+            self.parts.headers.clone()
+        };
+        if let Some(remaining) = remaining {
+            deadline::propagate(request.headers_mut(), remaining, self.grpc);
+        }
+        Ok(request)
+    }
+}
+
+/// An attempt's deadline: the backend's per-attempt timeout, or what is
+/// left of the request's deadline if that is shorter.
+fn per_try_timeout(pool: &BackendPool, remaining: Option<Duration>) -> Duration {
+    remaining.map_or(pool.timeout(), |r| r.min(pool.timeout()))
+}
+
+/// One finished attempt.
+struct Attempt<'t> {
+    index: usize,
+    endpoint: &'t Arc<Endpoint>,
+    in_flight: InFlight,
+    result: Result<Response<Incoming>, cascadia_backends::UpstreamError>,
+}
+
+impl Attempt<'_> {
+    /// A response worth giving the client (not a transport error or a
+    /// retryable status).
+    fn is_good(&self) -> bool {
+        matches!(&self.result, Ok(response) if !is_retryable_status(response.status()))
+    }
+}
+
+/// Sends one attempt and records its outcome for balancing and outlier
+/// detection.
+async fn send_attempt<'t>(
+    target: &'t Target,
+    index: usize,
+    endpoint: &'t Arc<Endpoint>,
+    request: Request<UpstreamBody>,
+    per_try: Duration,
+) -> Attempt<'t> {
+    let pool = &target.pools[index];
+    let in_flight = endpoint.start_attempt();
+    let sent = Instant::now();
+    let result = pool.client().send(request, per_try).await;
+    let outcome = match &result {
+        Ok(response) if response.status().is_server_error() => Some(Outcome::Failure),
+        Ok(_) => Some(Outcome::Success(sent.elapsed())),
+        // The client's body failed: says nothing about the endpoint.
+        Err(error) if error.kind() == UpstreamErrorKind::RequestBody => None,
+        Err(_) => Some(Outcome::Failure),
+    };
+    if let Some(outcome) = outcome {
+        pool.record(endpoint, outcome, Instant::now());
+    }
+    Attempt {
+        index,
+        endpoint,
+        in_flight,
+        result,
+    }
+}
+
+/// Races a hedged pair: the first good answer wins and the other attempt is
+/// dropped (cancelled); when both fail, the first failure is kept.
+async fn first_good<'t>(
+    mut primary: Pin<&mut impl Future<Output = Attempt<'t>>>,
+    mut secondary: Pin<&mut impl Future<Output = Attempt<'t>>>,
+) -> Attempt<'t> {
+    tokio::select! {
+        first = &mut primary => {
+            if first.is_good() { return first; }
+            let second = secondary.await;
+            if second.is_good() { second } else { first }
+        }
+        second = &mut secondary => {
+            if second.is_good() { return second; }
+            let first = primary.await;
+            if first.is_good() { first } else { second }
+        }
     }
 }
 
@@ -430,7 +575,7 @@ impl RequestBody {
     }
 
     /// The body for one attempt. A streaming body can only be sent once.
-    fn for_attempt(&mut self, _last: bool) -> UpstreamBody {
+    fn for_attempt(&mut self) -> UpstreamBody {
         match self {
             Self::Buffered(bytes) => buffered_body(bytes.clone()),
             Self::Streaming(body) => body.take().unwrap_or_else(|| buffered_body(Bytes::new())),
@@ -500,7 +645,7 @@ async fn request_body(
         return Ok(RequestBody::Buffered(Bytes::new()));
     }
     let declared = incoming.size_hint().exact();
-    let retryable = route.idempotent && route.attempts > 1;
+    let retryable = route.idempotent && (route.attempts > 1 || route.hedge.is_some());
     match declared {
         Some(length) if retryable && length <= REPLAY_LIMIT => {
             let bytes = incoming

@@ -40,6 +40,32 @@ pub struct Route {
     pub attempts: u32,
     /// Caps retries to a share of this route's requests.
     pub retry_budget: RetryBudget,
+    /// Hedging of slow first attempts, when configured.
+    pub hedge: Option<Hedge>,
+}
+
+/// A route's hedging policy and budget.
+#[derive(Debug)]
+pub struct Hedge {
+    /// Percentile of the endpoint's recent latency after which to hedge.
+    pub percentile: f64,
+    pub floor: Duration,
+    pub cap: Duration,
+    /// Caps hedges to a share of the route's requests.
+    pub budget: RetryBudget,
+}
+
+impl Hedge {
+    /// How long to wait for the first attempt at `endpoint` before hedging:
+    /// its recent latency percentile within [floor, cap], or the cap until
+    /// the endpoint has enough history.
+    pub fn delay(&self, endpoint: &cascadia_backends::Endpoint) -> Duration {
+        endpoint
+            .latency()
+            .percentile(self.percentile)
+            .unwrap_or(self.cap)
+            .clamp(self.floor, self.cap)
+    }
 }
 
 /// All routes of one snapshot, indexed for matching.
@@ -92,6 +118,14 @@ impl RouteTable {
                     route.retries.budget_percent,
                     route.retries.min_per_second,
                 ),
+                hedge: route.hedge.as_ref().map(|h| Hedge {
+                    percentile: h.percentile,
+                    floor: h.floor.get(),
+                    cap: h.cap.get(),
+                    // Hedges get no per-second floor: they are an
+                    // optimisation, never needed for correctness.
+                    budget: RetryBudget::new(h.budget_percent, 0),
+                }),
             });
             match &route.matcher {
                 RouteMatch::Model(model) => {
