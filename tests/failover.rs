@@ -485,3 +485,137 @@ async fn without_hedging_a_slow_backend_is_waited_for() {
     assert_eq!(response.header("x-cascadia-backend"), Some("fraud-us-east"));
     assert!(response.header("x-cascadia-attempts").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_back_waits_for_the_hold_down_and_does_not_flap() {
+    let us_east = sim("us-east-a", "1", "us-east").await;
+    let eu_west = sim("eu-west-a", "1", "eu-west").await;
+    let us_addr = us_east.addr;
+    let config = format!(
+        r#"
+[gateway]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[[backends]]
+name = "fraud-us-east"
+region = "us-east"
+endpoints = ["{us_addr}"]
+hold_down = "1s"
+outlier = {{ base_ejection = "200ms" }}
+
+[[backends]]
+name = "fraud-eu-west"
+region = "eu-west"
+endpoints = ["{eu}"]
+
+[[routes]]
+name = "fraud"
+match = {{ model = "fraud" }}
+backends = ["fraud-us-east", "fraud-eu-west"]
+retries = {{ attempts = 3, budget_percent = 100 }}
+"#,
+        eu = eu_west.addr
+    );
+    let gateway = GatewayProcess::start(&config).await;
+    let client = TestClient::new();
+    let url = gateway.url("/v2/models/fraud/infer");
+    let backend =
+        |r: crate::support::TestResponse| r.header("x-cascadia-backend").unwrap().to_owned();
+    assert_eq!(backend(client.infer(&url, &[]).await), "fraud-us-east");
+
+    // The preferred region dies; traffic fails over.
+    us_east.shutdown().await;
+    for _ in 0..5 {
+        assert_eq!(backend(client.infer(&url, &[]).await), "fraud-eu-west");
+    }
+    // It comes back on the same address.
+    let listener = tokio::net::TcpListener::bind(us_addr)
+        .await
+        .expect("rebind the old port");
+    let _revived = cascadia_sim::spawn(
+        listener,
+        cascadia_sim::SimConfig {
+            name: "us-east-a".into(),
+            model: "fraud".into(),
+            version: "1".into(),
+            region: "us-east".into(),
+            latency: LatencyModel::None,
+            error_rate: 0.0,
+        },
+    )
+    .await
+    .unwrap();
+    let revived_at = Instant::now();
+
+    // Traffic stays in eu-west through the hold-down, then returns for good.
+    let mut served = Vec::new();
+    let returned_at = tokio::time::timeout(WAIT, async {
+        loop {
+            let b = backend(client.infer(&url, &[]).await);
+            served.push(b.clone());
+            if b == "fraud-us-east" {
+                return Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("traffic returned to the preferred region");
+    let waited = returned_at.duration_since(revived_at);
+    assert!(
+        waited >= Duration::from_millis(900),
+        "failed back after only {waited:?}"
+    );
+    for _ in 0..50 {
+        assert_eq!(
+            backend(client.infer(&url, &[]).await),
+            "fraud-us-east",
+            "flapped"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_that_breaks_the_latency_slo_loses_traffic_to_a_faster_one() {
+    let regions = Regions::start().await;
+    for sim in &regions.us_east {
+        sim.control
+            .set_latency(LatencyModel::Fixed(Duration::from_millis(30)));
+    }
+    let slo = r#"latency_slo = "10ms""#;
+    let gateway = GatewayProcess::start(&regions.config_full("2s", "p2c-ewma", slo)).await;
+    let client = TestClient::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (log, tasks) = run_load(
+        &client,
+        gateway.url("/v2/models/fraud/infer"),
+        4,
+        stop.clone(),
+    );
+    let eu = regions.eu_west.control.clone();
+    wait_until(|| eu.requests() >= 600).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let log = log.lock().unwrap();
+    assert!(log.iter().all(|s| s.status == StatusCode::OK));
+    // Once the slow region has a p95 on record, it keeps only a trickle.
+    let settled = &log[log.len() / 2..];
+    let slow = settled
+        .iter()
+        .filter(|s| s.backend == "fraud-us-east")
+        .count();
+    let share = slow as f64 / settled.len() as f64;
+    assert!(
+        share < 0.15,
+        "slow region kept {:.0}% of traffic",
+        share * 100.0
+    );
+    assert!(
+        slow > 0,
+        "the slow region still gets a trickle so it can recover"
+    );
+    assert_eq!(regions.ap_south.control.requests(), 0);
+}

@@ -43,6 +43,8 @@ pub struct Endpoint {
     ejections: AtomicU32,
     /// Verdict of the active health check; true until a check says otherwise.
     check_healthy: AtomicBool,
+    /// When the check last turned healthy again, ns since `epoch`; 0 never.
+    check_healthy_since: AtomicU64,
     /// Recent response times, for hedging.
     latency: LatencyHistogram,
 }
@@ -71,6 +73,7 @@ impl Endpoint {
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
             check_healthy: AtomicBool::new(true),
+            check_healthy_since: AtomicU64::new(0),
             latency: LatencyHistogram::default(),
         }
     }
@@ -156,7 +159,25 @@ impl Endpoint {
 
     /// Sets the active health check's verdict.
     pub fn set_check_healthy(&self, healthy: bool) {
-        self.check_healthy.store(healthy, Ordering::Relaxed);
+        let was = self.check_healthy.swap(healthy, Ordering::Relaxed);
+        if healthy && !was {
+            self.check_healthy_since
+                .store(self.nanos(Instant::now()).max(1), Ordering::Relaxed);
+        }
+    }
+
+    /// Available, and has been for at least `hold_down` since its last
+    /// ejection or failed health check ended. Failover only moves traffic
+    /// back to settled endpoints, so a recovering region does not flap.
+    pub fn is_settled(&self, now: Instant, hold_down: Duration) -> bool {
+        if !self.is_available(now) {
+            return false;
+        }
+        let recovered_at = self
+            .ejected_until
+            .load(Ordering::Relaxed)
+            .max(self.check_healthy_since.load(Ordering::Relaxed));
+        recovered_at == 0 || self.nanos(now) >= recovered_at + hold_down.as_nanos() as u64
     }
 
     /// Whether new attempts may go here.
@@ -275,6 +296,25 @@ mod tests {
             e.record(Outcome::Failure, recovered, &policy, || true);
         }
         assert!(!e.is_ejected(recovered + Duration::from_millis(1150)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_recovered_endpoint_settles_only_after_the_hold_down() {
+        let e = endpoint();
+        let policy = OutlierDetection::default();
+        let hold_down = Duration::from_secs(5);
+        let now = Instant::now();
+        assert!(
+            e.is_settled(now, hold_down),
+            "never failed: settled at once"
+        );
+        for _ in 0..3 {
+            e.record(Outcome::Failure, now, &policy, || true);
+        }
+        let back = now + Duration::from_millis(1200); // ejection (≤ 1.1s) over
+        assert!(e.is_available(back));
+        assert!(!e.is_settled(back, hold_down));
+        assert!(e.is_settled(now + Duration::from_millis(6200), hold_down));
     }
 
     #[tokio::test(start_paused = true)]

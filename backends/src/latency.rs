@@ -50,8 +50,21 @@ impl LatencyHistogram {
     /// The latency under which `percentile` % of recent responses came
     /// (the bucket's upper bound), or `None` with too few samples.
     pub fn percentile(&self, percentile: f64) -> Option<Duration> {
-        let counts: [u32; BUCKETS] =
-            std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed));
+        Self::merged_percentile(std::iter::once(self), percentile)
+    }
+
+    /// The percentile over several histograms together (a pool's
+    /// endpoints), or `None` with too few samples in all of them.
+    pub fn merged_percentile<'a>(
+        histograms: impl IntoIterator<Item = &'a LatencyHistogram>,
+        percentile: f64,
+    ) -> Option<Duration> {
+        let mut counts = [0u32; BUCKETS];
+        for histogram in histograms {
+            for (count, bucket) in counts.iter_mut().zip(&histogram.buckets) {
+                *count = count.saturating_add(bucket.load(Ordering::Relaxed));
+            }
+        }
         let total: u64 = counts.iter().map(|&c| u64::from(c)).sum();
         if total < MIN_SAMPLES {
             return None;

@@ -48,6 +48,7 @@ pub struct BackendPool {
     outlier: OutlierDetection,
     client: UpstreamClient,
     timeout: Duration,
+    hold_down: Duration,
 }
 
 /// Everything a pool is built from.
@@ -63,6 +64,9 @@ pub struct PoolSettings {
     pub client: UpstreamClient,
     /// Per-attempt deadline for the response headers.
     pub timeout: Duration,
+    /// How long a recovered endpoint must stay healthy before failover
+    /// counts it again.
+    pub hold_down: Duration,
 }
 
 impl BackendPool {
@@ -83,6 +87,7 @@ impl BackendPool {
             outlier: settings.outlier,
             client: settings.client,
             timeout: settings.timeout,
+            hold_down: settings.hold_down,
         }
     }
 
@@ -121,9 +126,33 @@ impl BackendPool {
         self.timeout
     }
 
-    /// The share of the pool's weight that can take traffic now, 0..=1.
-    /// A drained region has none.
+    /// How long a recovered endpoint must stay healthy before failover
+    /// counts it again.
+    pub fn hold_down(&self) -> Duration {
+        self.hold_down
+    }
+
+    /// The share of the pool's weight that is healthy and settled (past
+    /// the fail-back hold-down), 0..=1. A drained region has none.
     pub fn healthy_fraction(&self, now: Instant) -> f64 {
+        self.fraction(|e| e.is_settled(now, self.hold_down))
+    }
+
+    /// The pool's recent latency at `percentile`, over all its endpoints.
+    pub fn latency_percentile(&self, percentile: f64) -> Option<Duration> {
+        crate::latency::LatencyHistogram::merged_percentile(
+            self.endpoints.iter().map(|e| e.latency()),
+            percentile,
+        )
+    }
+
+    /// The share of the pool's weight that can take traffic now, settled
+    /// or not. Failover falls back to this when no pool is settled.
+    pub fn available_fraction(&self, now: Instant) -> f64 {
+        self.fraction(|e| e.is_available(now))
+    }
+
+    fn fraction(&self, counts: impl Fn(&Endpoint) -> bool) -> f64 {
         if self.region_state.is_drained() || self.total_weight == 0 {
             return 0.0;
         }
@@ -131,7 +160,7 @@ impl BackendPool {
             .endpoints
             .iter()
             .zip(&self.weights)
-            .filter(|(e, _)| e.is_available(now))
+            .filter(|(e, _)| counts(e))
             .map(|(_, w)| *w)
             .sum();
         f64::from(healthy) / f64::from(self.total_weight)
@@ -262,6 +291,7 @@ mod tests {
             outlier: OutlierDetection::default(),
             client: UpstreamClient::new(UpstreamProtocol::Http1, Duration::from_secs(1)),
             timeout: Duration::from_secs(1),
+            hold_down: Duration::from_secs(5),
         })
     }
 

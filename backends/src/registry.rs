@@ -105,6 +105,7 @@ impl Registry {
                 outlier: backend.outlier.clone(),
                 client,
                 timeout: backend.timeout.get(),
+                hold_down: backend.hold_down.get(),
             });
             pools.insert(backend.name.clone(), Arc::new(pool));
         }

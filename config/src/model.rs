@@ -183,6 +183,9 @@ pub struct Backend {
     pub health_check: Option<HealthCheck>,
     /// Passive outlier detection (always on).
     pub outlier: OutlierDetection,
+    /// How long a recovered endpoint must stay healthy before failover
+    /// sends traffic back to it. Default 5s.
+    pub hold_down: Timeout,
 }
 
 /// How an endpoint is picked within a pool.
@@ -314,6 +317,9 @@ pub struct Route {
     pub retries: RetryPolicy,
     /// Hedging of slow attempts; `None` (the default) never hedges.
     pub hedge: Option<HedgePolicy>,
+    /// A region whose recent p95 is above this counts as degraded and
+    /// keeps only a trickle of traffic while another region meets it.
+    pub latency_slo: Option<Timeout>,
 }
 
 /// What a route matches on.

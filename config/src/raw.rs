@@ -54,6 +54,7 @@ pub(crate) struct RawBackend {
     pub health_check: Option<RawHealthCheck>,
     #[serde(default)]
     pub outlier: RawOutlier,
+    pub hold_down: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -145,6 +146,7 @@ pub(crate) struct RawRoute {
     #[serde(default)]
     pub retries: RawRetries,
     pub hedge: Option<RawHedge>,
+    pub latency_slo: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -255,6 +255,8 @@ fn backends(raw: Vec<RawBackend>, errors: &mut Collector) -> Vec<Backend> {
                     .health_check
                     .map(|h| health_check(h, &format!("{at}.health_check"), errors)),
                 outlier: outlier(b.outlier, &format!("{at}.outlier"), errors),
+                hold_down: timeout(b.hold_down.as_deref(), &format!("{at}.hold_down"), errors)
+                    .unwrap_or(Timeout::from_secs_unchecked(5)),
             }
         })
         .collect()
@@ -493,6 +495,11 @@ fn routes(raw: Vec<RawRoute>, known: &HashSet<&str>, errors: &mut Collector) -> 
                 .hedge
                 .take()
                 .map(|h| hedge(h, &format!("{at}.hedge"), errors));
+            let latency_slo = self::timeout(
+                r.latency_slo.as_deref(),
+                &format!("{at}.latency_slo"),
+                errors,
+            );
             let split = split(r, &at, known, errors);
             Some(Route {
                 name,
@@ -504,6 +511,7 @@ fn routes(raw: Vec<RawRoute>, known: &HashSet<&str>, errors: &mut Collector) -> 
                 idempotent,
                 retries,
                 hedge,
+                latency_slo,
             })
         })
         .collect()

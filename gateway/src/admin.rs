@@ -118,9 +118,11 @@ impl Admin {
                     "region_drained": pool.region_state().is_drained(),
                     "balancer": pool.balancer().to_string(),
                     "healthy_fraction": pool.healthy_fraction(now),
+                    "available_fraction": pool.available_fraction(now),
                     "endpoints": pool.endpoints().iter().map(|e| json!({
                         "address": e.authority().as_str(),
                         "available": e.is_available(now),
+                        "settled": e.is_settled(now, pool.hold_down()),
                         "ejected": e.is_ejected(now),
                         "check_healthy": e.is_check_healthy(),
                         "ewma_ms": e.rtt(now).as_secs_f64() * 1000.0,

@@ -228,7 +228,7 @@ impl Proxy {
             }
 
             // Phase: select.
-            let Some((index, endpoint)) = tried.select(target, now, grpc) else {
+            let Some((index, endpoint)) = tried.select(target, now, grpc, route.latency_slo) else {
                 last_error.get_or_insert(GatewayError::NoHealthyBackend {
                     version: target.version.to_string(),
                 });
@@ -271,7 +271,7 @@ impl Proxy {
                             // The first attempt is slow: race a second one
                             // elsewhere, if the hedge budget allows.
                             let now = Instant::now();
-                            let second = if hedge.budget.withdraw() { tried.select(target, now, grpc) } else { None };
+                            let second = if hedge.budget.withdraw() { tried.select(target, now, grpc, route.latency_slo) } else { None };
                             match second {
                                 None => primary.await,
                                 Some((index, endpoint)) => {
@@ -539,6 +539,7 @@ impl Tried {
         target: &'t Target,
         now: Instant,
         grpc: bool,
+        latency_slo: Option<Duration>,
     ) -> Option<(usize, &'t Arc<Endpoint>)> {
         let pools = &target.pools;
         let usable = |i: usize| !grpc || pools[i].client().protocol() == UpstreamProtocol::H2c;
@@ -549,8 +550,8 @@ impl Tried {
             let fresh =
                 |i: usize| usable(i) && (self.failed_pools | exhausted) & (1 << i.min(63)) == 0;
             let any = |i: usize| usable(i) && exhausted & (1 << i.min(63)) == 0;
-            let index = choose_pool(pools, now, |i| !fresh(i), draw)
-                .or_else(|| choose_pool(pools, now, |i| !any(i), draw))?;
+            let index = choose_pool(pools, now, |i| !fresh(i), draw, latency_slo)
+                .or_else(|| choose_pool(pools, now, |i| !any(i), draw, latency_slo))?;
             match pools[index].pick(now, tried) {
                 Some(endpoint) => return Some((index, endpoint)),
                 None => exhausted |= 1 << index.min(63),

@@ -42,6 +42,8 @@ pub struct Route {
     pub retry_budget: RetryBudget,
     /// Hedging of slow first attempts, when configured.
     pub hedge: Option<Hedge>,
+    /// Regions whose p95 is above this count as degraded.
+    pub latency_slo: Option<Duration>,
 }
 
 /// A route's hedging policy and budget.
@@ -126,6 +128,7 @@ impl RouteTable {
                     // optimisation, never needed for correctness.
                     budget: RetryBudget::new(h.budget_percent, 0),
                 }),
+                latency_slo: route.latency_slo.map(|t| t.get()),
             });
             match &route.matcher {
                 RouteMatch::Model(model) => {
