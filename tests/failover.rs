@@ -340,41 +340,33 @@ async fn draining_a_region_moves_traffic_and_restoring_brings_it_back() {
     let gateway = GatewayProcess::start(&regions.config("1s")).await;
     let client = TestClient::new();
     let url = gateway.url("/v2/models/fraud/infer");
-    let backend =
-        |r: crate::support::TestResponse| r.header("x-cascadia-backend").unwrap().to_owned();
 
-    assert_eq!(backend(client.infer(&url, &[]).await), "fraud-us-east");
-    let drained = client
-        .send(
-            Method::POST,
-            &gateway.admin_url("/admin/regions/us-east/drain"),
-            &[],
-            "",
-        )
+    assert_eq!(
+        client.infer(&url, &[]).await.backend().to_owned(),
+        "fraud-us-east"
+    );
+    let drained = gateway
+        .admin_post(&client, "/admin/regions/us-east/drain")
         .await;
     assert_eq!(drained.status, StatusCode::OK);
     for _ in 0..20 {
-        assert_eq!(backend(client.infer(&url, &[]).await), "fraud-eu-west");
+        assert_eq!(
+            client.infer(&url, &[]).await.backend().to_owned(),
+            "fraud-eu-west"
+        );
     }
-    let restored = client
-        .send(
-            Method::POST,
-            &gateway.admin_url("/admin/regions/us-east/restore"),
-            &[],
-            "",
-        )
+    let restored = gateway
+        .admin_post(&client, "/admin/regions/us-east/restore")
         .await;
     assert_eq!(restored.status, StatusCode::OK);
     for _ in 0..20 {
-        assert_eq!(backend(client.infer(&url, &[]).await), "fraud-us-east");
+        assert_eq!(
+            client.infer(&url, &[]).await.backend().to_owned(),
+            "fraud-us-east"
+        );
     }
-    let unknown = client
-        .send(
-            Method::POST,
-            &gateway.admin_url("/admin/regions/mars/drain"),
-            &[],
-            "",
-        )
+    let unknown = gateway
+        .admin_post(&client, "/admin/regions/mars/drain")
         .await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
     let by_get = client
@@ -520,14 +512,18 @@ retries = {{ attempts = 3, budget_percent = 100 }}
     let gateway = GatewayProcess::start(&config).await;
     let client = TestClient::new();
     let url = gateway.url("/v2/models/fraud/infer");
-    let backend =
-        |r: crate::support::TestResponse| r.header("x-cascadia-backend").unwrap().to_owned();
-    assert_eq!(backend(client.infer(&url, &[]).await), "fraud-us-east");
+    assert_eq!(
+        client.infer(&url, &[]).await.backend().to_owned(),
+        "fraud-us-east"
+    );
 
     // The preferred region dies; traffic fails over.
     us_east.shutdown().await;
     for _ in 0..5 {
-        assert_eq!(backend(client.infer(&url, &[]).await), "fraud-eu-west");
+        assert_eq!(
+            client.infer(&url, &[]).await.backend().to_owned(),
+            "fraud-eu-west"
+        );
     }
     // It comes back on the same address.
     let listener = tokio::net::TcpListener::bind(us_addr)
@@ -552,7 +548,7 @@ retries = {{ attempts = 3, budget_percent = 100 }}
     let mut served = Vec::new();
     let returned_at = tokio::time::timeout(WAIT, async {
         loop {
-            let b = backend(client.infer(&url, &[]).await);
+            let b = client.infer(&url, &[]).await.backend().to_owned();
             served.push(b.clone());
             if b == "fraud-us-east" {
                 return Instant::now();
@@ -569,7 +565,7 @@ retries = {{ attempts = 3, budget_percent = 100 }}
     );
     for _ in 0..50 {
         assert_eq!(
-            backend(client.infer(&url, &[]).await),
+            client.infer(&url, &[]).await.backend().to_owned(),
             "fraud-us-east",
             "flapped"
         );

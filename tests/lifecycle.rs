@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use crate::support::{sim_with, GatewayProcess, TestClient, WAIT};
+use crate::support::{sim_with, single_backend_config, GatewayProcess, TestClient, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_requests_then_exits() {
@@ -15,22 +15,7 @@ async fn sigterm_finishes_in_flight_requests_then_exits() {
         cascadia_sim::LatencyModel::Fixed(Duration::from_millis(500)),
     )
     .await;
-    let config = format!(
-        r#"
-[gateway]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-[[backends]]
-name = "slow"
-region = "us-east"
-endpoints = ["{}"]
-[[routes]]
-name = "fraud"
-match = {{ model = "fraud" }}
-backends = ["slow"]
-"#,
-        slow.addr
-    );
+    let config = single_backend_config("slow", slow.addr, "");
     let mut gateway = GatewayProcess::start(&config).await;
     let client = TestClient::new();
     let url = gateway.url("/v2/models/fraud/infer");

@@ -6,7 +6,9 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{assert_json_error, sim_with, CanaryFixture, GatewayProcess, TestClient};
+use crate::support::{
+    assert_json_error, sim_with, single_backend_config, CanaryFixture, GatewayProcess, TestClient,
+};
 
 const LIMITS: &str = r#"
 max_body_bytes = 1024
@@ -128,21 +130,7 @@ async fn an_unreachable_backend_gets_502_without_its_address() {
     let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dead_addr = dead.local_addr().unwrap();
     drop(dead);
-    let config = format!(
-        r#"
-[gateway]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-[[backends]]
-name = "gone"
-region = "us-east"
-endpoints = ["{dead_addr}"]
-[[routes]]
-name = "fraud"
-match = {{ model = "fraud" }}
-backends = ["gone"]
-"#
-    );
+    let config = single_backend_config("gone", dead_addr, "");
     let gateway = GatewayProcess::start(&config).await;
     let client = TestClient::new();
     let response = client
@@ -161,23 +149,7 @@ async fn a_slow_backend_gets_504_at_the_route_timeout() {
         cascadia_sim::LatencyModel::Fixed(Duration::from_secs(10)),
     )
     .await;
-    let config = format!(
-        r#"
-[gateway]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-[[backends]]
-name = "slow"
-region = "us-east"
-endpoints = ["{}"]
-[[routes]]
-name = "fraud"
-match = {{ model = "fraud" }}
-timeout = "200ms"
-backends = ["slow"]
-"#,
-        slow.addr
-    );
+    let config = single_backend_config("slow", slow.addr, r#"timeout = "200ms""#);
     let gateway = GatewayProcess::start(&config).await;
     let client = TestClient::new();
     let response = client

@@ -135,6 +135,33 @@ backends = ["fraud-v1"]
     }
 }
 
+/// A config with one backend (`name`, one endpoint at `addr`) serving model
+/// `fraud`, plus `route_extra` lines in the route table (e.g. a timeout).
+pub fn single_backend_config(
+    name: &str,
+    addr: impl std::fmt::Display,
+    route_extra: &str,
+) -> String {
+    format!(
+        r#"
+[gateway]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[[backends]]
+name = "{name}"
+region = "us-east"
+endpoints = ["{addr}"]
+
+[[routes]]
+name = "fraud"
+match = {{ model = "fraud" }}
+backends = ["{name}"]
+{route_extra}
+"#
+    )
+}
+
 /// A running gateway process. Killed when dropped.
 pub struct GatewayProcess {
     pub child: Child,
@@ -224,6 +251,13 @@ impl GatewayProcess {
         (response.status, response.json())
     }
 
+    /// `POST`s to an admin path with an empty body.
+    pub async fn admin_post(&self, client: &TestClient, path: &str) -> TestResponse {
+        client
+            .send(Method::POST, &self.admin_url(path), &[], "")
+            .await
+    }
+
     /// `GET /admin/config`.
     pub async fn admin_config(&self, client: &TestClient) -> serde_json::Value {
         client
@@ -265,6 +299,11 @@ pub struct TestResponse {
 impl TestResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The backend that served the response (`x-cascadia-backend`).
+    pub fn backend(&self) -> &str {
+        self.header("x-cascadia-backend").unwrap_or("-")
     }
 
     pub fn json(&self) -> serde_json::Value {
