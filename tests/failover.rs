@@ -615,3 +615,107 @@ async fn a_region_that_breaks_the_latency_slo_loses_traffic_to_a_faster_one() {
     );
     assert_eq!(regions.ap_south.control.requests(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_active_health_check_moves_traffic_before_any_request_fails() {
+    let regions = Regions::start().await;
+    // us-east's check probes a model the sims do not serve: 404, unhealthy.
+    let config = regions.config("1s").replacen(
+        "outlier = { max_ejected_percent = 100 }",
+        r#"outlier = { max_ejected_percent = 100 }
+health_check = { path = "/v2/models/not-served/ready", interval = "50ms", timeout = "40ms", fall = 1 }"#,
+        1,
+    );
+    let gateway = GatewayProcess::start(&config).await;
+    let client = TestClient::new();
+    // Readiness: the admin API reports both us-east endpoints unhealthy.
+    gateway
+        .wait_for_backends(&client, |backends| {
+            backends["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|b| b["name"] == "fraud-us-east")
+                .flat_map(|b| b["endpoints"].as_array().unwrap().clone())
+                .all(|e| e["check_healthy"] == false)
+        })
+        .await;
+    for _ in 0..20 {
+        let response = client
+            .infer(&gateway.url("/v2/models/fraud/infer"), &[])
+            .await;
+        assert_eq!(response.status, StatusCode::OK);
+        assert_eq!(response.backend(), "fraud-eu-west");
+        assert!(
+            response.header("x-cascadia-attempts").is_none(),
+            "no request needed a retry"
+        );
+    }
+    assert_eq!(
+        regions
+            .us_east
+            .iter()
+            .map(|s| s.control.infer_requests())
+            .sum::<u64>(),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_state_survives_a_reload() {
+    let regions = Regions::start().await;
+    let gateway = GatewayProcess::start(&regions.config("1s")).await;
+    let client = TestClient::new();
+    let Regions {
+        us_east,
+        eu_west: _eu,
+        ap_south: _ap,
+    } = regions;
+    let dead: Vec<String> = us_east.iter().map(|s| s.addr.to_string()).collect();
+    for sim in us_east {
+        sim.shutdown().await;
+    }
+    // Enough traffic to eject both dead endpoints.
+    for _ in 0..10 {
+        assert_eq!(
+            client
+                .infer(&gateway.url("/v2/models/fraud/infer"), &[])
+                .await
+                .status,
+            StatusCode::OK
+        );
+    }
+    let ejected = |backends: &serde_json::Value| {
+        backends["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|b| b["endpoints"].as_array().unwrap().clone())
+            .filter(|e| dead.contains(&e["address"].as_str().unwrap().to_owned()))
+            .all(|e| e["ejected"] == true)
+    };
+    assert!(ejected(
+        &client
+            .get(&gateway.admin_url("/admin/backends"), &[])
+            .await
+            .json()
+    ));
+
+    // A reload that changes the route but keeps the endpoints keeps their state.
+    let changed = gateway
+        .config_text()
+        .replace("budget_percent = 100", "budget_percent = 50");
+    gateway.write_config(&changed);
+    let (status, body) = gateway.reload(&client).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "applied");
+    assert!(
+        ejected(
+            &client
+                .get(&gateway.admin_url("/admin/backends"), &[])
+                .await
+                .json()
+        ),
+        "ejections were forgotten by the reload"
+    );
+}

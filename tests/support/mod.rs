@@ -251,6 +251,34 @@ impl GatewayProcess {
         (response.status, response.json())
     }
 
+    /// The config file's current text.
+    pub fn config_text(&self) -> String {
+        std::fs::read_to_string(&self.config_path).expect("read config")
+    }
+
+    /// Polls `GET /admin/backends` until `done` holds (readiness for state
+    /// the gateway changes on its own, such as health checks).
+    pub async fn wait_for_backends(
+        &self,
+        client: &TestClient,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let backends = client
+                    .get(&self.admin_url("/admin/backends"), &[])
+                    .await
+                    .json();
+                if done(&backends) {
+                    return backends;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("backend condition reached")
+    }
+
     /// `POST`s to an admin path with an empty body.
     pub async fn admin_post(&self, client: &TestClient, path: &str) -> TestResponse {
         client
