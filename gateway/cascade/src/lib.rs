@@ -1,0 +1,18 @@
+//! The two-stage cascade's pure parts: the stage-1 logistic model scored in
+//! the gateway, the decision bands, and the OIP row split and merge. No I/O:
+//! the gateway feeds it parsed requests and sends the escalations.
+//!
+//! # Layout
+//! - [`model`]: the model artifact (JSON from `tools/export_logistic.py`)
+//!   and its scoring.
+//! - [`decision`]: thresholds as a value type, and the per-row decision.
+//! - [`rows`]: features out of an OIP V2 inference request, the
+//!   sub-request of escalated rows, and the merged response.
+
+pub mod decision;
+pub mod model;
+pub mod rows;
+
+pub use decision::{Decision, Thresholds, ThresholdsError};
+pub use model::{LogisticModel, ModelError};
+pub use rows::{Features, PayloadError};
