@@ -53,7 +53,6 @@ region = "us-east"
 endpoints = ["{a}", "{b}"]
 timeout = "{backend_timeout}"
 balancer = "{balancer}"
-outlier = {{ max_ejected_percent = 100 }}
 
 [[backends]]
 name = "fraud-eu-west"
@@ -621,8 +620,8 @@ async fn a_failing_active_health_check_moves_traffic_before_any_request_fails() 
     let regions = Regions::start().await;
     // us-east's check probes a model the sims do not serve: 404, unhealthy.
     let config = regions.config("1s").replacen(
-        "outlier = { max_ejected_percent = 100 }",
-        r#"outlier = { max_ejected_percent = 100 }
+        r#"balancer = "p2c-ewma""#,
+        r#"balancer = "p2c-ewma"
 health_check = { path = "/v2/models/not-served/ready", interval = "50ms", timeout = "40ms", fall = 1 }"#,
         1,
     );

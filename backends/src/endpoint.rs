@@ -121,8 +121,16 @@ impl Endpoint {
     /// Like tower's `PeakEwma`: a slower observation replaces the estimate
     /// at once (react to trouble fast), a faster one blends in with a weight
     /// that grows with the time since the last one.
-    pub fn rtt(&self, _now: Instant) -> Duration {
-        Duration::from_nanos(f64::from_bits(self.rtt_ns.load(Ordering::Relaxed)) as u64)
+    ///
+    /// The estimate also decays toward zero while no response arrives, as
+    /// in tower: an endpoint that was slow and then left alone looks better
+    /// over time, gets probed again, and can prove it recovered.
+    pub fn rtt(&self, now: Instant) -> Duration {
+        let stored = f64::from_bits(self.rtt_ns.load(Ordering::Relaxed));
+        let idle = self
+            .nanos(now)
+            .saturating_sub(self.rtt_stamp.load(Ordering::Relaxed)) as f64;
+        Duration::from_nanos((stored * (-idle / EWMA_DECAY.as_nanos() as f64).exp()) as u64)
     }
 
     /// The balancing cost: latency × (in-flight + 1), per unit of weight.
@@ -132,7 +140,7 @@ impl Endpoint {
 
     fn observe_rtt(&self, rtt: Duration, now: Instant) {
         let now_ns = self.nanos(now);
-        let previous = f64::from_bits(self.rtt_ns.load(Ordering::Relaxed));
+        let previous = self.rtt(now).as_nanos() as f64;
         let elapsed = now_ns.saturating_sub(self.rtt_stamp.load(Ordering::Relaxed)) as f64;
         let sample = rtt.as_nanos() as f64;
         let next = if sample > previous {

@@ -274,6 +274,10 @@ mod tests {
     use http::uri::Authority;
 
     fn pool(balancer: Balancer, weights: &[u32]) -> BackendPool {
+        pool_with(balancer, weights, OutlierDetection::default())
+    }
+
+    fn pool_with(balancer: Balancer, weights: &[u32], outlier: OutlierDetection) -> BackendPool {
         let endpoints = weights
             .iter()
             .enumerate()
@@ -288,7 +292,7 @@ mod tests {
             region_state: Arc::default(),
             endpoints,
             balancer,
-            outlier: OutlierDetection::default(),
+            outlier,
             client: UpstreamClient::new(UpstreamProtocol::Http1, Duration::from_secs(1)),
             timeout: Duration::from_secs(1),
             hold_down: Duration::from_secs(5),
@@ -342,7 +346,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn at_most_the_capped_share_is_ejected() {
-        let pool = pool(Balancer::P2cEwma, &[1, 1]);
+        let capped = OutlierDetection {
+            max_ejected_percent: 50,
+            ..OutlierDetection::default()
+        };
+        let pool = pool_with(Balancer::P2cEwma, &[1, 1], capped);
         let now = Instant::now();
         for e in pool.endpoints() {
             for _ in 0..3 {
