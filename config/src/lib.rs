@@ -31,5 +31,5 @@ pub use model::{
     Backend, Balancer, Config, Endpoint, GatewaySettings, HealthCheck, Limits, OutlierDetection,
     RetryPolicy, Route, RouteMatch, Split, SplitTarget, UpstreamProtocol,
 };
-pub use validate::parse;
+pub use validate::{parse, parse_with_models, ModelLoader};
 pub use value::{Timeout, TimeoutError, Weight, WeightError};

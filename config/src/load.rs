@@ -51,7 +51,31 @@ pub fn load_file(path: &Path) -> Result<LoadedConfig, LoadError> {
             message: format!("file is not valid UTF-8: {e}"),
         }]))
     })?;
-    let config = crate::parse(text).map_err(LoadError::Invalid)?;
+    // Cascade models are part of the config: they are read here, relative
+    // to the config file, and their bytes go into the hash so a changed
+    // model is a changed config.
+    let base = path.parent().unwrap_or_else(|| Path::new("."));
+    let mut hasher: Option<Sha256> = None;
+    let mut load_model = |model_path: &str| {
+        let full = base.join(model_path);
+        let model_bytes =
+            std::fs::read(&full).map_err(|e| format!("cannot read {}: {e}", full.display()))?;
+        let text = std::str::from_utf8(&model_bytes).map_err(|e| format!("not UTF-8: {e}"))?;
+        let model = cascadia_cascade::LogisticModel::from_json(text).map_err(|e| e.to_string())?;
+        let h = hasher.get_or_insert_with(|| {
+            let mut h = Sha256::new();
+            h.update(&bytes);
+            h
+        });
+        h.update(model_path.as_bytes());
+        h.update(&model_bytes);
+        Ok(model)
+    };
+    let config = crate::parse_with_models(text, &mut load_model).map_err(LoadError::Invalid)?;
+    let hash = match hasher {
+        Some(h) => hex(&h.finalize()),
+        None => hash,
+    };
     Ok(LoadedConfig {
         config: Arc::new(config),
         hash,
@@ -61,7 +85,10 @@ pub fn load_file(path: &Path) -> Result<LoadedConfig, LoadError> {
 
 /// SHA-256 of `bytes` as lowercase hex.
 pub fn hash_bytes(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(digest: &[u8]) -> String {
     let mut out = String::with_capacity(64);
     for byte in digest {
         out.push_str(&format!("{byte:02x}"));

@@ -235,7 +235,9 @@ pub struct OutlierDetection {
     pub base_ejection: Timeout,
     /// Longest ejection. Default 30s.
     pub max_ejection: Timeout,
-    /// At most this share of a pool is ejected at once. Default 50.
+    /// At most this share of a pool is ejected at once. Default 100: a
+    /// region whose endpoints all fail must be able to fail over. Lower it
+    /// for single-region pools where partial capacity beats none.
     pub max_ejected_percent: u32,
 }
 
@@ -245,7 +247,7 @@ impl Default for OutlierDetection {
             consecutive_failures: 3,
             base_ejection: Timeout::from_secs_unchecked(1),
             max_ejection: Timeout::from_secs_unchecked(30),
-            max_ejected_percent: 50,
+            max_ejected_percent: 100,
         }
     }
 }
@@ -263,6 +265,43 @@ pub struct HedgePolicy {
     pub cap: Timeout,
     /// Hedges may add at most this share of the route's requests. Default 10.
     pub budget_percent: u32,
+}
+
+/// A cascade route's stage 1 and how it hands over to stage 2.
+#[derive(Debug, Clone)]
+pub struct Cascade {
+    /// Path of the model artifact, as written in the config.
+    pub model_path: String,
+    /// The loaded model; reloaded with the config.
+    pub model: std::sync::Arc<cascadia_cascade::LogisticModel>,
+    /// Input tensor holding all features as `[rows, features]`. `None`:
+    /// one input per feature, named after it.
+    pub input: Option<String>,
+    pub thresholds: cascadia_cascade::Thresholds,
+    /// Send confident positives to stage 2 too. Default false.
+    pub confirm_positives: bool,
+    /// Name of the probability output, as stage 2 names it. Default
+    /// `probability`.
+    pub output: String,
+    /// What to do when stage 2 cannot answer.
+    pub on_unavailable: OnUnavailable,
+    /// Share of confident requests also sent to stage 2 in the background
+    /// to measure disagreement, 0..=1. Default 0.
+    pub audit_fraction: f64,
+    /// Most rows per request. Default 1024.
+    pub max_batch: usize,
+    /// Value for a feature the request does not carry; `None` (default)
+    /// makes a missing feature a 400.
+    pub missing_feature_default: Option<f64>,
+}
+
+/// What a cascade does when stage 2 is down or out of time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUnavailable {
+    /// Answer from stage 1, marked `x-cascadia-degraded`.
+    Degrade,
+    /// Answer 503.
+    Error,
 }
 
 /// Retries of failed attempts.
@@ -320,6 +359,9 @@ pub struct Route {
     /// A region whose recent p95 is above this counts as degraded and
     /// keeps only a trickle of traffic while another region meets it.
     pub latency_slo: Option<Timeout>,
+    /// Makes the route a two-stage cascade: stage 1 in the gateway, the
+    /// route's split as stage 2.
+    pub cascade: Option<Cascade>,
 }
 
 /// What a route matches on.

@@ -147,6 +147,22 @@ pub(crate) struct RawRoute {
     pub retries: RawRetries,
     pub hedge: Option<RawHedge>,
     pub latency_slo: Option<String>,
+    pub cascade: Option<RawCascade>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCascade {
+    pub model: Option<String>,
+    pub input: Option<String>,
+    pub accept_below: Option<f64>,
+    pub reject_above: Option<f64>,
+    pub confirm_positives: Option<bool>,
+    pub output: Option<String>,
+    pub on_unavailable: Option<String>,
+    pub audit_fraction: Option<f64>,
+    pub max_batch: Option<usize>,
+    pub missing_feature_default: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

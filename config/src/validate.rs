@@ -15,12 +15,12 @@ use http::HeaderName;
 
 use crate::error::{Collector, ConfigError, ConfigErrors};
 use crate::model::{
-    Backend, Config, Endpoint, GatewaySettings, HealthCheck, HedgePolicy, Limits, OutlierDetection,
-    RetryPolicy, Route, RouteMatch, Split, SplitTarget,
+    Backend, Cascade, Config, Endpoint, GatewaySettings, HealthCheck, HedgePolicy, Limits,
+    OnUnavailable, OutlierDetection, RetryPolicy, Route, RouteMatch, Split, SplitTarget,
 };
 use crate::raw::{
-    RawBackend, RawConfig, RawEndpoint, RawGateway, RawHealthCheck, RawHedge, RawLimits, RawMatch,
-    RawOutlier, RawRetries, RawRoute, RawSplitTarget,
+    RawBackend, RawCascade, RawConfig, RawEndpoint, RawGateway, RawHealthCheck, RawHedge,
+    RawLimits, RawMatch, RawOutlier, RawRetries, RawRoute, RawSplitTarget,
 };
 use crate::value::{Timeout, Weight};
 
@@ -34,10 +34,27 @@ const SHORTHAND_VERSION: &str = "default";
 /// Caps an endpoint's weight so a pool's total can never overflow a `u32`.
 const MAX_ENDPOINT_WEIGHT: u32 = 10_000;
 
-/// Parses and validates a config file's text.
+/// Reads a cascade's model artifact given its path as written in the config.
+/// The loader does the I/O, so parsing stays pure.
+pub type ModelLoader<'a> = dyn FnMut(&str) -> Result<cascadia_cascade::LogisticModel, String> + 'a;
+
+/// Parses and validates a config file's text. A config with cascade routes
+/// needs their model files: use [`parse_with_models`] (or `load_file`).
 pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    parse_with_models(text, &mut |path: &str| {
+        Err(format!(
+            "cannot load model {path:?} here: load the config from a file"
+        ))
+    })
+}
+
+/// Parses and validates a config, loading cascade models with `load_model`.
+pub fn parse_with_models(
+    text: &str,
+    load_model: &mut ModelLoader<'_>,
+) -> Result<Config, ConfigErrors> {
     let raw = deserialize(text).map_err(|e| ConfigErrors(vec![e]))?;
-    validate(raw)
+    validate(raw, load_model)
 }
 
 fn deserialize(text: &str) -> Result<RawConfig, ConfigError> {
@@ -89,12 +106,12 @@ fn normalise_path(path: &serde_path_to_error::Path) -> String {
     out
 }
 
-fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
+fn validate(raw: RawConfig, load_model: &mut ModelLoader<'_>) -> Result<Config, ConfigErrors> {
     let mut errors = Collector::default();
     let gateway = gateway(raw.gateway, &mut errors);
     let backends = backends(raw.backends, &mut errors);
     let known: HashSet<&str> = backends.iter().map(|b| b.name.as_str()).collect();
-    let routes = routes(raw.routes, &known, &mut errors);
+    let routes = routes(raw.routes, &known, load_model, &mut errors);
     errors.finish(Config {
         gateway,
         backends,
@@ -382,6 +399,90 @@ fn hedge(raw: RawHedge, at: &str, errors: &mut Collector) -> HedgePolicy {
     policy
 }
 
+fn cascade(
+    raw: RawCascade,
+    at: &str,
+    load_model: &mut ModelLoader<'_>,
+    errors: &mut Collector,
+) -> Option<Cascade> {
+    let model_path = required(raw.model, &format!("{at}.model"), errors);
+    let model = if model_path.is_empty() {
+        None
+    } else {
+        match load_model(&model_path) {
+            Ok(model) => Some(std::sync::Arc::new(model)),
+            Err(message) => {
+                errors.push(format!("{at}.model"), message);
+                None
+            }
+        }
+    };
+    let (accept_below, reject_above) = match (raw.accept_below, raw.reject_above) {
+        (Some(a), Some(r)) => (a, r),
+        (a, r) => {
+            if a.is_none() {
+                errors.push(format!("{at}.accept_below"), "missing");
+            }
+            if r.is_none() {
+                errors.push(format!("{at}.reject_above"), "missing");
+            }
+            return None;
+        }
+    };
+    let thresholds = match cascadia_cascade::Thresholds::new(accept_below, reject_above) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            errors.push(format!("{at}.accept_below"), e.to_string());
+            None
+        }
+    };
+    let on_unavailable = match raw.on_unavailable.as_deref().unwrap_or("degrade") {
+        "degrade" => OnUnavailable::Degrade,
+        "error" => OnUnavailable::Error,
+        other => {
+            errors.push(
+                format!("{at}.on_unavailable"),
+                format!("{other:?} is not \"degrade\" or \"error\""),
+            );
+            OnUnavailable::Degrade
+        }
+    };
+    let audit_fraction = raw.audit_fraction.unwrap_or(0.0);
+    if !(0.0..=1.0).contains(&audit_fraction) {
+        errors.push(
+            format!("{at}.audit_fraction"),
+            format!("{audit_fraction} is not within 0..=1"),
+        );
+    }
+    let max_batch = raw.max_batch.unwrap_or(1024);
+    if !(1..=65_536).contains(&max_batch) {
+        errors.push(
+            format!("{at}.max_batch"),
+            format!("{max_batch} is out of range, must be 1..=65536"),
+        );
+    }
+    if let Some(d) = raw.missing_feature_default {
+        if !d.is_finite() {
+            errors.push(
+                format!("{at}.missing_feature_default"),
+                "must be a finite number",
+            );
+        }
+    }
+    Some(Cascade {
+        model_path,
+        model: model?,
+        input: raw.input,
+        thresholds: thresholds?,
+        confirm_positives: raw.confirm_positives.unwrap_or(false),
+        output: raw.output.unwrap_or_else(|| "probability".to_owned()),
+        on_unavailable,
+        audit_fraction,
+        max_batch,
+        missing_feature_default: raw.missing_feature_default,
+    })
+}
+
 /// A count that must be at least 1.
 fn count(value: Option<u32>, default: u32, path: &str, errors: &mut Collector) -> u32 {
     let value = value.unwrap_or(default);
@@ -443,7 +544,12 @@ fn authority(text: &str) -> Result<Authority, String> {
     Ok(authority)
 }
 
-fn routes(raw: Vec<RawRoute>, known: &HashSet<&str>, errors: &mut Collector) -> Vec<Route> {
+fn routes(
+    raw: Vec<RawRoute>,
+    known: &HashSet<&str>,
+    load_model: &mut ModelLoader<'_>,
+    errors: &mut Collector,
+) -> Vec<Route> {
     let mut names = HashSet::new();
     // Which route already claimed a model or prefix, to name it in the error.
     let mut claimed: HashMap<RouteMatch, String> = HashMap::new();
@@ -495,6 +601,15 @@ fn routes(raw: Vec<RawRoute>, known: &HashSet<&str>, errors: &mut Collector) -> 
                 .hedge
                 .take()
                 .map(|h| hedge(h, &format!("{at}.hedge"), errors));
+            let cascade = r.cascade.take().and_then(|c| {
+                if !matches!(matcher, Some(RouteMatch::Model(_))) {
+                    errors.push(
+                        format!("{at}.cascade"),
+                        "a cascade needs a model route (match = { model = ... })",
+                    );
+                }
+                cascade(c, &format!("{at}.cascade"), load_model, errors)
+            });
             let latency_slo = self::timeout(
                 r.latency_slo.as_deref(),
                 &format!("{at}.latency_slo"),
@@ -512,6 +627,7 @@ fn routes(raw: Vec<RawRoute>, known: &HashSet<&str>, errors: &mut Collector) -> 
                 retries,
                 hedge,
                 latency_slo,
+                cascade,
             })
         })
         .collect()
