@@ -5,6 +5,7 @@
 
 mod support;
 
+mod cascade;
 mod check;
 mod failover;
 mod grpc;

@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | GET | `/admin/config` | version, hash, source, reload counters, last error |
 //! | POST | `/admin/config/reload` | reloads now; 200 with the outcome, 422 with every error |
+//! | GET | `/admin/cascade` | per cascade route: stage-1 model, thresholds, row and audit counters |
 //! | GET | `/admin/backends` | pools, regions, endpoints: health, EWMA latency, in-flight, ejection |
 //! | POST | `/admin/regions/{region}/drain` | moves traffic away from a region (failover drill) |
 //! | POST | `/admin/regions/{region}/restore` | lets traffic back into a drained region |
@@ -66,7 +67,8 @@ impl Admin {
                 }
             }
             "/admin/backends" if method == Method::GET => self.backends(),
-            "/admin/config" | "/admin/backends" => method_not_allowed("GET"),
+            "/admin/cascade" if method == Method::GET => self.cascade(),
+            "/admin/config" | "/admin/backends" | "/admin/cascade" => method_not_allowed("GET"),
             "/admin/config/reload" => method_not_allowed("POST"),
             path => match region_action(path) {
                 Some((region, drained)) if method == Method::POST => {
@@ -91,6 +93,33 @@ impl Admin {
                 "reloads": { "applied": status.applied, "rejected": status.rejected },
                 "last_error": status.last_error.as_ref().map(failure_json),
             }),
+        )
+    }
+
+    fn cascade(&self) -> Response<ResponseBody> {
+        let snapshot = self.snapshot.load();
+        let mut routes: Vec<(String, Value)> = snapshot
+            .routes
+            .iter()
+            .filter_map(|route| {
+                let stage = route.cascade.as_ref()?;
+                let model = &stage.settings.model;
+                Some((
+                    route.name.to_string(),
+                    json!({
+                        "route": &*route.name,
+                        "stage1_model": format!("{}/{}", model.name, model.version),
+                        "accept_below": stage.settings.thresholds.accept_below(),
+                        "reject_above": stage.settings.thresholds.reject_above(),
+                        "stats": &stage.stats,
+                    }),
+                ))
+            })
+            .collect();
+        routes.sort_by(|a, b| a.0.cmp(&b.0));
+        json_response(
+            StatusCode::OK,
+            json!({ "routes": routes.into_iter().map(|(_, v)| v).collect::<Vec<_>>() }),
         )
     }
 

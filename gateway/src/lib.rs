@@ -17,6 +17,8 @@
 //! - [`listener`]: accepts connections, HTTP/1.1 and HTTP/2 on one port,
 //!   head-read and idle timeouts, graceful drain.
 //! - [`proxy`]: the request phases, header rules and bodies.
+//! - [`cascade`]: stage 1 of cascade routes: score in the gateway, escalate
+//!   the uncertain rows, merge.
 //! - [`routing`]: the route table and the canary [`routing::split`].
 //! - [`snapshot`] and [`reload`]: the config snapshot behind one `ArcSwap`,
 //!   and the task that rebuilds and swaps it.
@@ -28,6 +30,7 @@
 //! client in `cascadia-backends`, and the OIP wire types in `cascadia-oip`.
 
 pub mod admin;
+pub mod cascade;
 pub mod cli;
 pub mod demo;
 pub mod errors;

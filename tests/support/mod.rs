@@ -179,7 +179,20 @@ impl GatewayProcess {
 
     /// Like [`Self::start`], with extra `cascadia run` arguments.
     pub async fn start_with(config: &str, extra_args: &[&str]) -> Self {
+        Self::start_full(config, extra_args, &[]).await
+    }
+
+    /// Writes `files` (name, contents) beside the config first, e.g. a
+    /// cascade's model artifact.
+    pub async fn start_with_files(config: &str, files: &[(&str, &str)]) -> Self {
+        Self::start_full(config, &[], files).await
+    }
+
+    async fn start_full(config: &str, extra_args: &[&str], files: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        for (name, contents) in files {
+            std::fs::write(dir.path().join(name), contents).expect("write file");
+        }
         let config_path = dir.path().join("cascadia.toml");
         std::fs::write(&config_path, config).expect("write config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_cascadia"))
@@ -249,6 +262,14 @@ impl GatewayProcess {
             )
             .await;
         (response.status, response.json())
+    }
+
+    /// Writes a file beside the config (e.g. a new model artifact).
+    pub fn write_file(&self, name: &str, contents: &str) {
+        let path = self.config_path.with_file_name(name);
+        let tmp = path.with_extension("tmp-write");
+        std::fs::write(&tmp, contents).expect("write file");
+        std::fs::rename(&tmp, &path).expect("replace file");
     }
 
     /// The config file's current text.

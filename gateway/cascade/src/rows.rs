@@ -209,7 +209,7 @@ fn numeric(input: &InferInputTensor) -> Result<(usize, usize, Vec<f64>), Payload
         });
     }
     let rows = input.shape[0] as usize;
-    let cols = if rows == 0 { 0 } else { data.len() / rows };
+    let cols = data.len().checked_div(rows).unwrap_or(0);
     Ok((rows, cols, data))
 }
 

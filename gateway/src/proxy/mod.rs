@@ -103,7 +103,7 @@ impl Proxy {
 
     async fn handle_http(
         &self,
-        snapshot: &Snapshot,
+        snapshot: &Arc<Snapshot>,
         request: Request<Incoming>,
         request_id: &HeaderValue,
     ) -> Result<Response<ResponseBody>, GatewayError> {
@@ -133,34 +133,33 @@ impl Proxy {
             ),
         };
 
+        // Phase: stage 1, for cascade routes' inference calls.
+        if let (Some(cascade), Some(p)) = (&route.cascade, rewritten_path) {
+            if p.kind == OipKind::ModelInfer {
+                let route = Arc::clone(route);
+                let (model, version) = (
+                    p.model.unwrap_or_default().to_owned(),
+                    p.version.map(str::to_owned),
+                );
+                return crate::cascade::handle(
+                    self,
+                    snapshot,
+                    &route,
+                    cascade,
+                    request,
+                    (model, version),
+                    request_id,
+                )
+                .await;
+            }
+        }
+
         // Phase: split.
         let target = choose_target(route, request.headers())?;
 
         // Phase: forward. The path changes only when the target serves the
         // model under another name or version.
-        let path_and_query = match rewritten_path {
-            Some(p) if target.upstream_model.is_some() || target.upstream_version.is_some() => {
-                let model = target
-                    .upstream_model
-                    .as_deref()
-                    .or(p.model)
-                    .unwrap_or_default();
-                let version = target.upstream_version.as_deref().or(p.version);
-                let mut rebuilt = oip_path::model_path(p.kind, model, version);
-                if let Some(query) = request.uri().query() {
-                    rebuilt.push('?');
-                    rebuilt.push_str(query);
-                }
-                PathAndQuery::try_from(rebuilt)
-                    .map_err(|_| GatewayError::BadRequest("invalid path"))?
-            }
-            _ => request
-                .uri()
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        };
-
+        let path_and_query = upstream_path(target, rewritten_path, request.uri())?;
         let limit = snapshot.config.gateway.limits.max_body_bytes;
         let (parts, incoming) = request.into_parts();
         let body = request_body(route, incoming, limit).await?;
@@ -168,11 +167,12 @@ impl Proxy {
             .await
     }
 
-    /// Phases select, forward and respond, shared by REST and gRPC: up to
+    /// Phases select, forward and respond, shared by REST, gRPC and the
+    /// cascade's escalations: up to
     /// the route's attempts, each to an endpoint this request has not tried
     /// (preferably in another region), within the request's deadline and
     /// the route's retry budget.
-    async fn forward(
+    pub(crate) async fn forward(
         &self,
         route: &Route,
         target: &Target,
@@ -563,7 +563,7 @@ impl Tried {
 
 /// A request body on its way upstream: kept in memory when it may be sent
 /// more than once, streamed otherwise.
-pub enum RequestBody {
+pub(crate) enum RequestBody {
     /// The whole body, replayable for retries.
     Buffered(Bytes),
     /// A body streamed through once; its request is never retried.
@@ -601,7 +601,7 @@ impl tower::Service<Request<Incoming>> for Proxy {
 
 /// Phase admit: refuses heads and declared bodies over the limits before
 /// anything is read or forwarded.
-fn admit<B>(snapshot: &Snapshot, request: &Request<B>) -> Result<(), GatewayError> {
+pub(crate) fn admit<B>(snapshot: &Snapshot, request: &Request<B>) -> Result<(), GatewayError> {
     let limits = &snapshot.config.gateway.limits;
     let (count, size) = headers::head_size(request.headers());
     if count > limits.max_headers {
@@ -667,8 +667,37 @@ async fn request_body(
     }
 }
 
+/// The upstream path: the client's, unless the target serves the model
+/// under another name or version, in which case the OIP path is rebuilt.
+pub(crate) fn upstream_path(
+    target: &Target,
+    oip: Option<cascadia_oip::path::OipPath<'_>>,
+    uri: &Uri,
+) -> Result<PathAndQuery, GatewayError> {
+    match oip {
+        Some(p) if target.upstream_model.is_some() || target.upstream_version.is_some() => {
+            let model = target
+                .upstream_model
+                .as_deref()
+                .or(p.model)
+                .unwrap_or_default();
+            let version = target.upstream_version.as_deref().or(p.version);
+            let mut rebuilt = oip_path::model_path(p.kind, model, version);
+            if let Some(query) = uri.query() {
+                rebuilt.push('?');
+                rebuilt.push_str(query);
+            }
+            PathAndQuery::try_from(rebuilt).map_err(|_| GatewayError::BadRequest("invalid path"))
+        }
+        _ => Ok(uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"))),
+    }
+}
+
 /// Phase split: the version for this request.
-fn choose_target<'r>(
+pub(crate) fn choose_target<'r>(
     route: &'r Route,
     headers: &http::HeaderMap,
 ) -> Result<&'r Target, GatewayError> {

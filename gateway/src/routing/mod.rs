@@ -44,6 +44,8 @@ pub struct Route {
     pub hedge: Option<Hedge>,
     /// Regions whose p95 is above this count as degraded.
     pub latency_slo: Option<Duration>,
+    /// Stage 1 of a cascade route.
+    pub cascade: Option<crate::cascade::CascadeStage>,
 }
 
 /// A route's hedging policy and budget.
@@ -129,6 +131,13 @@ impl RouteTable {
                     budget: RetryBudget::new(h.budget_percent, 0),
                 }),
                 latency_slo: route.latency_slo.map(|t| t.get()),
+                cascade: route
+                    .cascade
+                    .clone()
+                    .map(|settings| crate::cascade::CascadeStage {
+                        settings,
+                        stats: Default::default(),
+                    }),
             });
             match &route.matcher {
                 RouteMatch::Model(model) => {
@@ -145,6 +154,13 @@ impl RouteTable {
             .prefixes
             .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         table
+    }
+
+    /// Every route.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.by_model
+            .values()
+            .chain(self.prefixes.iter().map(|(_, route)| route))
     }
 
     /// The route serving `model`.

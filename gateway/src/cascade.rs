@@ -1,0 +1,474 @@
+//! The cascade's stage 1, for inference calls on cascade routes: score every
+//! row with the in-gateway logistic model, answer the confident rows at
+//! once, and send only the uncertain ones to stage 2 (the route's split, with
+//! its regions, retries and failover) in one request, merging the answers
+//! back in row order.
+//!
+//! # Phases (inside the proxy's match → respond)
+//! 1. read and parse the OIP request (400 with what is wrong);
+//! 2. score and decide per row (`accept_below` / `reject_above`);
+//! 3. if any row is uncertain: answer from stage 1 when the deadline is
+//!    shorter than stage 2's recent p95, else escalate those rows;
+//! 4. merge, stamp `x-cascadia-stage` and the model versions, respond;
+//! 5. maybe audit: a sample of confident requests also goes to stage 2 in
+//!    the background, and disagreements are counted.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cascadia_cascade::rows::{self, Layout};
+use cascadia_cascade::Decision;
+use cascadia_config::{Cascade, OnUnavailable};
+use cascadia_oip::json::{InferRequest, InferResponse};
+use cascadia_oip::path::{OipKind, OipPath};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Serialize;
+
+use crate::errors::{json_error, GatewayError};
+use crate::proxy::body::ResponseBody;
+use crate::proxy::{choose_target, deadline, headers, upstream_path, Proxy, RequestBody};
+use crate::routing::{Route, Target};
+use crate::snapshot::Snapshot;
+
+/// Who answered: `local`, `escalated` or `mixed`.
+pub const X_CASCADIA_STAGE: HeaderName = HeaderName::from_static("x-cascadia-stage");
+/// The stage-1 model's `name/version`.
+pub const X_CASCADIA_STAGE1_MODEL: HeaderName = HeaderName::from_static("x-cascadia-stage1-model");
+/// Why stage 1 answered rows it would have escalated: `deadline` or
+/// `unavailable`.
+pub const X_CASCADIA_DEGRADED: HeaderName = HeaderName::from_static("x-cascadia-degraded");
+
+/// Counters of one cascade route (reset when the route is reloaded).
+#[derive(Debug, Default, Serialize)]
+pub struct CascadeStats {
+    pub requests: AtomicU64,
+    pub rows_accepted: AtomicU64,
+    pub rows_rejected: AtomicU64,
+    pub rows_escalated: AtomicU64,
+    pub degraded_deadline: AtomicU64,
+    pub degraded_unavailable: AtomicU64,
+    pub audits: AtomicU64,
+    /// Rows stage 1 accepted (negative) that stage 2 called positive.
+    pub audit_disagree_accept: AtomicU64,
+    /// Rows stage 1 rejected (positive) that stage 2 called negative.
+    pub audit_disagree_reject: AtomicU64,
+    pub audit_rows: AtomicU64,
+    pub audit_failures: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+/// A route's stage 1: its settings and counters.
+#[derive(Debug)]
+pub struct CascadeStage {
+    pub settings: Cascade,
+    pub stats: CascadeStats,
+}
+
+/// Handles an inference call on a cascade route.
+pub async fn handle(
+    proxy: &Proxy,
+    snapshot: &Arc<Snapshot>,
+    route: &Arc<Route>,
+    stage: &CascadeStage,
+    request: Request<Incoming>,
+    (model_name, model_version): (String, Option<String>),
+    request_id: &HeaderValue,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    if request.method() != Method::POST {
+        return Err(GatewayError::MethodNotAllowed);
+    }
+    let settings = &stage.settings;
+    let limit = snapshot.config.gateway.limits.max_body_bytes;
+    let (parts, incoming) = request.into_parts();
+    let body = Limited::new(incoming, usize::try_from(limit).unwrap_or(usize::MAX))
+        .collect()
+        .await
+        .map_err(|error| {
+            if error.is::<http_body_util::LengthLimitError>() {
+                GatewayError::BodyTooLarge { limit }
+            } else {
+                GatewayError::BadRequest("request body failed")
+            }
+        })?
+        .to_bytes();
+
+    // 1. Parse. Payload errors describe the client's own request, so their
+    //    text is safe to return.
+    let infer: InferRequest = match serde_json::from_slice(&body) {
+        Ok(infer) => infer,
+        Err(error) => {
+            return Ok(payload_error(
+                &format!("invalid inference request: {error}"),
+                request_id,
+            ))
+        }
+    };
+    let layout = Layout {
+        matrix_input: settings.input.as_deref(),
+        max_batch: settings.max_batch,
+        default: settings.missing_feature_default,
+    };
+    let features = match rows::features(&infer, &settings.model, layout) {
+        Ok(features) => features,
+        Err(error) => return Ok(payload_error(&error.to_string(), request_id)),
+    };
+
+    // 2. Score and decide.
+    let mut scores: Vec<f64> = (0..features.rows)
+        .map(|i| settings.model.score(features.row(i)))
+        .collect();
+    let decisions: Vec<Decision> = scores
+        .iter()
+        .map(|p| settings.thresholds.decide(*p, settings.confirm_positives))
+        .collect();
+    let escalate: Vec<usize> = (0..decisions.len())
+        .filter(|&i| decisions[i] == Decision::Escalate)
+        .collect();
+    let stats = &stage.stats;
+    bump(&stats.requests, 1);
+    bump(
+        &stats.rows_accepted,
+        decisions.iter().filter(|d| **d == Decision::Accept).count() as u64,
+    );
+    bump(
+        &stats.rows_rejected,
+        decisions.iter().filter(|d| **d == Decision::Reject).count() as u64,
+    );
+
+    let stage1 = stage1_header(settings);
+    if escalate.is_empty() {
+        maybe_audit(
+            proxy,
+            snapshot,
+            route,
+            &parts,
+            body,
+            decisions,
+            (&model_name, model_version.as_deref()),
+        );
+        return Ok(answer(
+            &model_name,
+            model_version.clone(),
+            &infer,
+            settings,
+            &scores,
+            "FP32",
+            Stamp::local(stage1),
+            request_id,
+        ));
+    }
+
+    // 3. Escalate the uncertain rows, unless the deadline cannot fit stage 2.
+    let target = choose_target(route, &parts.headers)?;
+    let remaining = match (deadline::client_timeout(&parts.headers), route.timeout) {
+        (Some(client), Some(route)) => Some(client.min(route)),
+        (a, b) => a.or(b),
+    };
+    if let (Some(remaining), Some(p95)) = (remaining, stage2_p95(target)) {
+        if remaining < p95 {
+            bump(&stats.degraded_deadline, 1);
+            return Ok(answer(
+                &model_name,
+                model_version,
+                &infer,
+                settings,
+                &scores,
+                "FP32",
+                Stamp::degraded(stage1, "deadline"),
+                request_id,
+            ));
+        }
+    }
+    bump(&stats.rows_escalated, escalate.len() as u64);
+    let sub_body = if escalate.len() == features.rows {
+        body
+    } else {
+        let sub = rows::select_rows(&infer, features.rows, &escalate);
+        Bytes::from(
+            serde_json::to_vec(&sub)
+                .map_err(|_| GatewayError::BadRequest("request could not be re-encoded"))?,
+        )
+    };
+    let oip = OipPath {
+        kind: OipKind::ModelInfer,
+        model: Some(&model_name),
+        version: model_version.as_deref(),
+    };
+    let path_and_query = upstream_path(target, Some(oip), &parts.uri)?;
+    let mut upstream_parts = parts;
+    upstream_parts.headers.remove(header::CONTENT_LENGTH);
+    let outcome = proxy
+        .forward(
+            route,
+            target,
+            upstream_parts,
+            path_and_query,
+            RequestBody::Buffered(sub_body),
+            request_id,
+        )
+        .await;
+
+    let unavailable =
+        |error: Option<GatewayError>| -> Result<Response<ResponseBody>, GatewayError> {
+            match (settings.on_unavailable, error) {
+                (OnUnavailable::Error, Some(error)) => Err(error),
+                (OnUnavailable::Error, None) => Err(GatewayError::NoHealthyBackend {
+                    version: target.version.to_string(),
+                }),
+                (OnUnavailable::Degrade, _) => {
+                    bump(&stats.degraded_unavailable, 1);
+                    Ok(answer(
+                        &model_name,
+                        model_version.clone(),
+                        &infer,
+                        settings,
+                        &scores,
+                        "FP32",
+                        Stamp::degraded(stage1.clone(), "unavailable"),
+                        request_id,
+                    ))
+                }
+            }
+        };
+    let response = match outcome {
+        Ok(response) => response,
+        Err(
+            error @ (GatewayError::BodyTooLarge { .. }
+            | GatewayError::RequestBody(_)
+            | GatewayError::BadRequest(_)),
+        ) => return Err(error),
+        Err(error) => return unavailable(Some(error)),
+    };
+    let status = response.status();
+    if status.is_client_error() {
+        // Stage 2 refused the request itself (e.g. its own validation):
+        // the client should see that answer as it is.
+        return Ok(response);
+    }
+    if !status.is_success() {
+        return unavailable(None);
+    }
+    let served_by = response.headers().get(headers::X_CASCADIA_BACKEND).cloned();
+    let stage2_body = match response.into_body().collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return unavailable(None),
+    };
+    let Some((stage2_scores, datatype, stage2_version)) =
+        serde_json::from_slice::<InferResponse>(&stage2_body)
+            .ok()
+            .and_then(|r| {
+                rows::stage2_scores(&r, &settings.output, escalate.len())
+                    .map(|(s, d)| (s, d, r.model_version))
+            })
+    else {
+        tracing::warn!(
+            request_id = request_id.to_str().unwrap_or_default(),
+            "stage 2 answered without the expected output"
+        );
+        return unavailable(None);
+    };
+
+    // 4. Merge in row order.
+    for (row, score) in escalate.iter().zip(stage2_scores) {
+        scores[*row] = score;
+    }
+    let stamp = Stamp {
+        stage: if escalate.len() == features.rows {
+            "escalated"
+        } else {
+            "mixed"
+        },
+        stage1,
+        degraded: None,
+        stage2_version: Some(target.version_header.clone()),
+        backend: served_by,
+    };
+    Ok(answer(
+        &model_name,
+        stage2_version.or(model_version),
+        &infer,
+        settings,
+        &scores,
+        &datatype,
+        stamp,
+        request_id,
+    ))
+}
+
+/// What the response headers say about who answered.
+struct Stamp {
+    stage: &'static str,
+    stage1: HeaderValue,
+    degraded: Option<&'static str>,
+    stage2_version: Option<HeaderValue>,
+    backend: Option<HeaderValue>,
+}
+
+impl Stamp {
+    fn local(stage1: HeaderValue) -> Self {
+        Self {
+            stage: "local",
+            stage1,
+            degraded: None,
+            stage2_version: None,
+            backend: None,
+        }
+    }
+
+    fn degraded(stage1: HeaderValue, why: &'static str) -> Self {
+        Self {
+            stage: "local",
+            stage1,
+            degraded: Some(why),
+            stage2_version: None,
+            backend: None,
+        }
+    }
+}
+
+fn stage1_header(settings: &Cascade) -> HeaderValue {
+    HeaderValue::from_str(&format!(
+        "{}/{}",
+        settings.model.name, settings.model.version
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("stage1"))
+}
+
+/// Stage 2's recent p95: the preferred pool's, which is where an escalation
+/// would go first.
+fn stage2_p95(target: &Target) -> Option<Duration> {
+    target.pools.first()?.latency_percentile(95.0)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn answer(
+    model_name: &str,
+    model_version: Option<String>,
+    request: &InferRequest,
+    settings: &Cascade,
+    scores: &[f64],
+    datatype: &str,
+    stamp: Stamp,
+    request_id: &HeaderValue,
+) -> Response<ResponseBody> {
+    let body = rows::response(
+        model_name,
+        model_version,
+        request.id.clone(),
+        &settings.output,
+        datatype,
+        scores,
+    );
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    let mut response = Response::new(ResponseBody::full(Bytes::from(bytes)));
+    let map = response.headers_mut();
+    map.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    map.insert(headers::X_REQUEST_ID, request_id.clone());
+    map.insert(X_CASCADIA_STAGE, HeaderValue::from_static(stamp.stage));
+    map.insert(X_CASCADIA_STAGE1_MODEL, stamp.stage1);
+    if let Some(why) = stamp.degraded {
+        map.insert(X_CASCADIA_DEGRADED, HeaderValue::from_static(why));
+    }
+    if let Some(version) = stamp.stage2_version {
+        map.insert(headers::X_CASCADIA_VERSION, version);
+    }
+    if let Some(backend) = stamp.backend {
+        map.insert(headers::X_CASCADIA_BACKEND, backend);
+    }
+    response
+}
+
+/// A 400 whose message describes the client's payload (OIP error shape).
+fn payload_error(message: &str, request_id: &HeaderValue) -> Response<ResponseBody> {
+    json_error(StatusCode::BAD_REQUEST, message, request_id)
+}
+
+/// Sends a sample of confidently answered requests to stage 2 in the
+/// background and counts disagreements by band. Never delays the client.
+fn maybe_audit(
+    proxy: &Proxy,
+    snapshot: &Arc<Snapshot>,
+    route: &Arc<Route>,
+    parts: &http::request::Parts,
+    body: Bytes,
+    decisions: Vec<Decision>,
+    (model_name, model_version): (&str, Option<&str>),
+) {
+    let Some(stage) = &route.cascade else { return };
+    let fraction = stage.settings.audit_fraction;
+    if fraction <= 0.0 || fastrand::f64() >= fraction {
+        return;
+    }
+    let (proxy, snapshot, route) = (proxy.clone(), Arc::clone(snapshot), Arc::clone(route));
+    let mut audit_parts = Request::new(()).into_parts().0;
+    audit_parts.method = Method::POST;
+    audit_parts.uri = parts.uri.clone();
+    audit_parts.headers = parts.headers.clone();
+    audit_parts.headers.remove(header::CONTENT_LENGTH);
+    let (model_name, model_version) = (model_name.to_owned(), model_version.map(str::to_owned));
+    tokio::spawn(async move {
+        let _snapshot = snapshot; // keeps the route's snapshot alive
+        let Some(stage) = &route.cascade else { return };
+        let stats = &stage.stats;
+        bump(&stats.audits, 1);
+        let Ok(target) = choose_target(&route, &audit_parts.headers) else {
+            return;
+        };
+        let oip = OipPath {
+            kind: OipKind::ModelInfer,
+            model: Some(&model_name),
+            version: model_version.as_deref(),
+        };
+        let Ok(path_and_query) = upstream_path(target, Some(oip), &audit_parts.uri) else {
+            return;
+        };
+        let request_id = headers::request_id(&http::HeaderMap::new());
+        let result = proxy
+            .forward(
+                &route,
+                target,
+                audit_parts,
+                path_and_query,
+                RequestBody::Buffered(body),
+                &request_id,
+            )
+            .await;
+        let scores = match result {
+            Ok(response) if response.status().is_success() => {
+                match response.into_body().collect().await {
+                    Ok(collected) => serde_json::from_slice::<InferResponse>(&collected.to_bytes())
+                        .ok()
+                        .and_then(|r| {
+                            rows::stage2_scores(&r, &stage.settings.output, decisions.len())
+                                .map(|(s, _)| s)
+                        }),
+                    Err(_) => None,
+                }
+            }
+            _ => None,
+        };
+        let Some(scores) = scores else {
+            bump(&stats.audit_failures, 1);
+            return;
+        };
+        bump(&stats.audit_rows, decisions.len() as u64);
+        for (decision, score) in decisions.iter().zip(scores) {
+            match decision {
+                Decision::Accept if score >= 0.5 => bump(&stats.audit_disagree_accept, 1),
+                Decision::Reject if score < 0.5 => bump(&stats.audit_disagree_reject, 1),
+                _ => {}
+            }
+        }
+    });
+}
