@@ -25,6 +25,11 @@ use crate::server::{Gateway, GatewayOptions};
 
 /// The demo's config, with placeholder endpoints the demo replaces.
 const DEMO_CONFIG: &str = include_str!("../../config/examples/demo.toml");
+/// The cascade route's stage-1 model, written beside the config.
+const DEMO_MODEL: (&str, &str) = (
+    "phishing-lr.json",
+    include_str!("../../config/examples/phishing-lr.json"),
+);
 
 /// The simulated servers: (placeholder endpoint in demo.toml, backend name,
 /// region, model version, latency p50 and p99 in ms).
@@ -117,6 +122,13 @@ async fn run_inner(
     println!("    -d '{SAMPLE_BODY}'");
     println!();
     println!("Force the canary with -H 'x-cascadia-version: canary'.");
+    println!();
+    println!("The \"phishing\" model is a cascade: a logistic screen in the gateway answers");
+    println!("confident requests (x-cascadia-stage: local) and escalates the rest:");
+    println!();
+    println!("  curl -si {base}/v2/models/phishing/infer \\");
+    println!("    -H 'content-type: application/json' \\");
+    println!("    -d '{SAMPLE_BODY}'");
 
     if sample_requests > 0 {
         println!();
@@ -129,6 +141,19 @@ async fn run_inner(
                 }
             }
             Err(error) => println!("sample requests failed: {error}"),
+        }
+        match send_cascade_samples(&base, sample_requests).await {
+            Ok(tally) => {
+                println!();
+                println!(
+                    "Sent {sample_requests} requests with random features to the phishing cascade:"
+                );
+                for (stage, count) in tally {
+                    let share = 100.0 * f64::from(count) / f64::from(sample_requests);
+                    println!("  {stage:<10} {count:>5}  ({share:.1}%)");
+                }
+            }
+            Err(error) => println!("cascade sample requests failed: {error}"),
         }
     }
     println!();
@@ -146,7 +171,40 @@ fn write_demo_config(text: &str) -> Result<PathBuf, String> {
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let path = dir.join("demo.toml");
     std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let model = dir.join(DEMO_MODEL.0);
+    std::fs::write(&model, DEMO_MODEL.1)
+        .map_err(|e| format!("cannot write {}: {e}", model.display()))?;
     Ok(path)
+}
+
+/// Sends `count` single-row requests with random features to the cascade
+/// route and counts who answered (`x-cascadia-stage`).
+async fn send_cascade_samples(base: &str, count: u32) -> Result<BTreeMap<String, u32>, String> {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut tally = BTreeMap::new();
+    let mut rng = fastrand::Rng::with_seed(1);
+    for _ in 0..count {
+        let features: Vec<f64> = (0..8).map(|_| rng.f64() * 3.0).collect();
+        let body = serde_json::json!({
+            "inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP64", "data": features}]
+        });
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("{base}/v2/models/phishing/infer"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .map_err(|e| e.to_string())?;
+        let response = client.request(request).await.map_err(|e| e.to_string())?;
+        let stage = response
+            .headers()
+            .get("x-cascadia-stage")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_owned();
+        let _ = response.into_body().collect().await;
+        *tally.entry(stage).or_insert(0) += 1;
+    }
+    Ok(tally)
 }
 
 /// Sends `count` requests with distinct user ids and counts which version
