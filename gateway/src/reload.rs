@@ -132,8 +132,11 @@ pub fn spawn(
         status,
     };
 
+    // Installed before the gateway reports ready: a SIGHUP that arrives
+    // between start-up and the task's first poll must reload, not kill
+    // the process (SIGHUP's default action).
+    let mut hangups = hangup_signals();
     tokio::spawn(async move {
-        let mut hangups = hangup_signals();
         loop {
             let (trigger, reply) = tokio::select! {
                 request = incoming.recv() => match request {
