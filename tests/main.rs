@@ -8,6 +8,7 @@ mod support;
 mod cascade;
 mod check;
 mod failover;
+mod features;
 mod grpc;
 mod lifecycle;
 mod limits;

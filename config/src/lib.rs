@@ -28,9 +28,9 @@ pub mod watch;
 pub use error::{ConfigError, ConfigErrors};
 pub use load::{hash_bytes, load_file, LoadError, LoadedConfig};
 pub use model::{
-    Backend, Balancer, Cascade, Config, Endpoint, GatewaySettings, HealthCheck, HedgePolicy,
-    Limits, OnUnavailable, OutlierDetection, RetryPolicy, Route, RouteMatch, Split, SplitTarget,
-    UpstreamProtocol,
+    Backend, Balancer, Cascade, Config, Endpoint, EntityFeatures, EntityKey, GatewaySettings,
+    HealthCheck, HedgePolicy, Limits, OnUnavailable, OutlierDetection, RedisSettings, RetryPolicy,
+    Route, RouteMatch, Split, SplitTarget, UpstreamProtocol,
 };
 pub use validate::{parse, parse_with_models, ModelLoader};
 pub use value::{Timeout, TimeoutError, Weight, WeightError};

@@ -115,6 +115,9 @@ pub struct GatewaySettings {
     /// default because it can change what the gateway serves.
     pub admin_listen: SocketAddr,
     pub limits: Limits,
+    /// The shared feature cache's second tier; `None` runs on the
+    /// in-process tier alone.
+    pub redis: Option<RedisSettings>,
 }
 
 /// Bounds on what one client request may cost the gateway before routing.
@@ -293,6 +296,51 @@ pub struct Cascade {
     /// Value for a feature the request does not carry; `None` (default)
     /// makes a missing feature a 400.
     pub missing_feature_default: Option<f64>,
+    /// Entity features looked up in the feature cache / store.
+    pub entity: Option<EntityFeatures>,
+}
+
+/// Features of an entity (a sender domain, a user), looked up by key
+/// through the feature cache instead of sent by the client.
+#[derive(Debug, Clone)]
+pub struct EntityFeatures {
+    /// Where the entity key comes from.
+    pub key: EntityKey,
+    /// Model features filled from the store (a subset of the model's).
+    pub features: Vec<String>,
+    /// The backend serving `GET /features/{key}?features=a,b`.
+    pub store: String,
+    /// How long a found entity is cached. Default 60s.
+    pub ttl: Timeout,
+    /// How long an unknown entity is cached. Default 10s.
+    pub negative_ttl: Timeout,
+    /// Entities kept in the in-process tier. Default 10000.
+    pub l1_capacity: usize,
+    /// Deadline for one feature-store fetch. Default 100ms.
+    pub timeout: Timeout,
+}
+
+/// Where a request carries its entity key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntityKey {
+    /// A header, one entity for the whole request.
+    Header(HeaderName),
+    /// A BYTES input tensor, one entity per row.
+    Input(String),
+}
+
+/// The Redis tier of the feature cache.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `redis://host:port/db`.
+    pub url: String,
+    /// Default 100ms.
+    pub connect_timeout: Timeout,
+    /// Bound on every Redis call; past it the lookup falls back to the
+    /// feature store. Default 20ms.
+    pub response_timeout: Timeout,
+    /// Prefix of every key. Default `cascadia:features:`.
+    pub key_prefix: String,
 }
 
 /// What a cascade does when stage 2 is down or out of time.

@@ -28,6 +28,7 @@ pub(crate) struct RawGateway {
     pub admin_listen: Option<String>,
     #[serde(default)]
     pub limits: RawLimits,
+    pub redis: Option<RawRedis>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -163,6 +164,29 @@ pub(crate) struct RawCascade {
     pub audit_fraction: Option<f64>,
     pub max_batch: Option<usize>,
     pub missing_feature_default: Option<f64>,
+    pub entity: Option<RawEntity>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEntity {
+    pub key_header: Option<String>,
+    pub key_input: Option<String>,
+    pub features: Option<Vec<String>>,
+    pub store: Option<String>,
+    pub ttl: Option<String>,
+    pub negative_ttl: Option<String>,
+    pub l1_capacity: Option<usize>,
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRedis {
+    pub url: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub response_timeout: Option<String>,
+    pub key_prefix: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -15,12 +15,13 @@ use http::HeaderName;
 
 use crate::error::{Collector, ConfigError, ConfigErrors};
 use crate::model::{
-    Backend, Cascade, Config, Endpoint, GatewaySettings, HealthCheck, HedgePolicy, Limits,
-    OnUnavailable, OutlierDetection, RetryPolicy, Route, RouteMatch, Split, SplitTarget,
+    Backend, Cascade, Config, Endpoint, EntityFeatures, EntityKey, GatewaySettings, HealthCheck,
+    HedgePolicy, Limits, OnUnavailable, OutlierDetection, RedisSettings, RetryPolicy, Route,
+    RouteMatch, Split, SplitTarget,
 };
 use crate::raw::{
-    RawBackend, RawCascade, RawConfig, RawEndpoint, RawGateway, RawHealthCheck, RawHedge,
-    RawLimits, RawMatch, RawOutlier, RawRetries, RawRoute, RawSplitTarget,
+    RawBackend, RawCascade, RawConfig, RawEndpoint, RawEntity, RawGateway, RawHealthCheck,
+    RawHedge, RawLimits, RawMatch, RawOutlier, RawRedis, RawRetries, RawRoute, RawSplitTarget,
 };
 use crate::value::{Timeout, Weight};
 
@@ -146,6 +147,7 @@ fn gateway(raw: RawGateway, errors: &mut Collector) -> GatewaySettings {
         listen: listen.unwrap_or(placeholder),
         admin_listen: admin_listen.unwrap_or(placeholder),
         limits: limits(raw.limits, errors),
+        redis: raw.redis.map(|r| redis(r, errors)),
     }
 }
 
@@ -399,9 +401,96 @@ fn hedge(raw: RawHedge, at: &str, errors: &mut Collector) -> HedgePolicy {
     policy
 }
 
+fn redis(raw: RawRedis, errors: &mut Collector) -> RedisSettings {
+    let url = required(raw.url, "gateway.redis.url", errors);
+    if !(url.is_empty() || url.starts_with("redis://") || url.starts_with("unix://")) {
+        errors.push(
+            "gateway.redis.url",
+            format!("{url:?} must start with redis:// or unix://"),
+        );
+    }
+    RedisSettings {
+        url,
+        connect_timeout: timeout(
+            raw.connect_timeout.as_deref(),
+            "gateway.redis.connect_timeout",
+            errors,
+        )
+        .unwrap_or(Timeout::from_millis_unchecked(100)),
+        response_timeout: timeout(
+            raw.response_timeout.as_deref(),
+            "gateway.redis.response_timeout",
+            errors,
+        )
+        .unwrap_or(Timeout::from_millis_unchecked(20)),
+        key_prefix: raw
+            .key_prefix
+            .unwrap_or_else(|| "cascadia:features:".to_owned()),
+    }
+}
+
+fn entity(
+    raw: RawEntity,
+    at: &str,
+    model: Option<&cascadia_cascade::LogisticModel>,
+    known: &HashSet<&str>,
+    errors: &mut Collector,
+) -> Option<EntityFeatures> {
+    let key = match (raw.key_header, raw.key_input) {
+        (Some(h), None) => header(&h, &format!("{at}.key_header"), errors).map(EntityKey::Header),
+        (None, Some(input)) => Some(EntityKey::Input(input)),
+        _ => {
+            errors.push(at, "set exactly one of key_header and key_input");
+            None
+        }
+    };
+    let features = raw.features.unwrap_or_default();
+    if features.is_empty() {
+        errors.push(
+            format!("{at}.features"),
+            "must list at least one model feature",
+        );
+    }
+    if let Some(model) = model {
+        for (i, name) in features.iter().enumerate() {
+            if !model.features.contains(name) {
+                errors.push(
+                    format!("{at}.features[{i}]"),
+                    format!("{name:?} is not a feature of the model"),
+                );
+            }
+        }
+    }
+    let store = required(raw.store, &format!("{at}.store"), errors);
+    if !store.is_empty() && !known.contains(store.as_str()) {
+        errors.push(format!("{at}.store"), format!("unknown backend {store:?}"));
+    }
+    let l1_capacity = raw.l1_capacity.unwrap_or(10_000);
+    if l1_capacity == 0 {
+        errors.push(format!("{at}.l1_capacity"), "must be at least 1");
+    }
+    Some(EntityFeatures {
+        key: key?,
+        features,
+        store,
+        ttl: timeout(raw.ttl.as_deref(), &format!("{at}.ttl"), errors)
+            .unwrap_or(Timeout::from_secs_unchecked(60)),
+        negative_ttl: timeout(
+            raw.negative_ttl.as_deref(),
+            &format!("{at}.negative_ttl"),
+            errors,
+        )
+        .unwrap_or(Timeout::from_secs_unchecked(10)),
+        l1_capacity,
+        timeout: timeout(raw.timeout.as_deref(), &format!("{at}.timeout"), errors)
+            .unwrap_or(Timeout::from_millis_unchecked(100)),
+    })
+}
+
 fn cascade(
     raw: RawCascade,
     at: &str,
+    known: &HashSet<&str>,
     load_model: &mut ModelLoader<'_>,
     errors: &mut Collector,
 ) -> Option<Cascade> {
@@ -469,7 +558,11 @@ fn cascade(
             );
         }
     }
+    let entity = raw
+        .entity
+        .and_then(|e| entity(e, &format!("{at}.entity"), model.as_deref(), known, errors));
     Some(Cascade {
+        entity,
         model_path,
         model: model?,
         input: raw.input,
@@ -608,7 +701,7 @@ fn routes(
                         "a cascade needs a model route (match = { model = ... })",
                     );
                 }
-                cascade(c, &format!("{at}.cascade"), load_model, errors)
+                cascade(c, &format!("{at}.cascade"), known, load_model, errors)
             });
             let latency_slo = self::timeout(
                 r.latency_slo.as_deref(),

@@ -65,10 +65,12 @@ fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
 }
 
-/// A route's stage 1: its settings and counters.
+/// A route's stage 1: its settings, entity lookup and counters.
 #[derive(Debug)]
 pub struct CascadeStage {
     pub settings: Cascade,
+    /// Entity features through the feature cache, when configured.
+    pub entity: Option<crate::features::EntityLookup>,
     pub stats: CascadeStats,
 }
 
@@ -116,18 +118,26 @@ pub async fn handle(
         max_batch: settings.max_batch,
         default: settings.missing_feature_default,
     };
-    let features = match rows::features(&infer, &settings.model, layout) {
-        Ok(features) => features,
-        Err(error) => return Ok(payload_error(&error.to_string(), request_id)),
+    let (features, forced) = match assemble_features(stage, &infer, &parts.headers, layout).await {
+        Ok(found) => found,
+        Err(message) => return Ok(payload_error(&message, request_id)),
     };
 
-    // 2. Score and decide.
+    // 2. Score and decide. Rows whose entity features could not be found
+    //    (and have no default) escalate: stage 2 has its own features.
     let mut scores: Vec<f64> = (0..features.rows)
         .map(|i| settings.model.score(features.row(i)))
         .collect();
     let decisions: Vec<Decision> = scores
         .iter()
-        .map(|p| settings.thresholds.decide(*p, settings.confirm_positives))
+        .enumerate()
+        .map(|(i, p)| {
+            if forced.get(i).copied().unwrap_or(false) {
+                Decision::Escalate
+            } else {
+                settings.thresholds.decide(*p, settings.confirm_positives)
+            }
+        })
         .collect();
     let escalate: Vec<usize> = (0..decisions.len())
         .filter(|&i| decisions[i] == Decision::Escalate)
@@ -301,6 +311,82 @@ pub async fn handle(
         stamp,
         request_id,
     ))
+}
+
+/// Every row's features in model order: the request's own, plus entity
+/// features from the feature cache when the route has them. Also returns,
+/// per row, whether entity features were missing (no default configured).
+async fn assemble_features(
+    stage: &CascadeStage,
+    infer: &InferRequest,
+    headers: &http::HeaderMap,
+    layout: Layout<'_>,
+) -> Result<(rows::Features, Vec<bool>), String> {
+    let model = &stage.settings.model;
+    let Some(entity) = &stage.entity else {
+        let features = rows::features(infer, model, layout).map_err(|e| e.to_string())?;
+        let forced = vec![false; features.rows];
+        return Ok((features, forced));
+    };
+    let from_store = &entity.settings.features;
+    let request_names: Vec<String> = model
+        .features
+        .iter()
+        .filter(|f| !from_store.contains(f))
+        .cloned()
+        .collect();
+    let own = rows::features_named(infer, &request_names, layout).map_err(|e| e.to_string())?;
+    let keys: Vec<String> = match &entity.settings.key {
+        cascadia_config::EntityKey::Header(name) => {
+            let key = headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| format!("missing entity key header {:?}", name.as_str()))?;
+            vec![key.to_owned(); own.rows]
+        }
+        cascadia_config::EntityKey::Input(name) => {
+            let keys = rows::string_column(infer, name).ok_or_else(|| {
+                format!("missing entity key input {name:?} (strings, one per row)")
+            })?;
+            if keys.len() != own.rows {
+                return Err(format!(
+                    "entity key input {name:?} has {} values for {} rows",
+                    keys.len(),
+                    own.rows
+                ));
+            }
+            keys
+        }
+    };
+    let mut distinct = keys.clone();
+    distinct.sort();
+    distinct.dedup();
+    let found = entity.get(&distinct).await;
+
+    let default = stage.settings.missing_feature_default;
+    let mut data = Vec::with_capacity(own.rows * model.width());
+    let mut forced = Vec::with_capacity(own.rows);
+    for (row, key) in keys.iter().enumerate() {
+        let values = match found.get(key) {
+            Some(Ok(Some(values))) => Some(values.clone()),
+            _ => None,
+        };
+        forced.push(values.is_none() && default.is_none());
+        let mut own_values = own.row(row).iter();
+        for name in &model.features {
+            match from_store.iter().position(|f| f == name) {
+                Some(i) => data.push(values.as_ref().map_or(default.unwrap_or(0.0), |v| v[i])),
+                None => data.push(own_values.next().copied().unwrap_or(0.0)),
+            }
+        }
+    }
+    let features = rows::Features {
+        rows: own.rows,
+        data,
+        defaulted: own.defaulted,
+    };
+    Ok((features, forced))
 }
 
 /// What the response headers say about who answered.

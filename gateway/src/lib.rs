@@ -22,6 +22,7 @@
 //! - [`routing`]: the route table and the canary [`routing::split`].
 //! - [`snapshot`] and [`reload`]: the config snapshot behind one `ArcSwap`,
 //!   and the task that rebuilds and swaps it.
+//! - [`features`]: the feature cache (in-process, Redis, feature store).
 //! - [`admin`]: the admin API on its own port.
 //! - [`errors`]: every failure mapped to an HTTP or gRPC status.
 //! - [`telemetry`]: logging setup.
@@ -34,6 +35,7 @@ pub mod cascade;
 pub mod cli;
 pub mod demo;
 pub mod errors;
+pub mod features;
 pub mod listener;
 pub mod proxy;
 pub mod reload;

@@ -194,11 +194,12 @@ impl Reloader {
                     tracing::warn!("listen addresses changed; they apply at the next restart");
                 }
                 let registry = Arc::clone(&self.registry);
+                let redis = current.redis.clone();
                 let version = current.version + 1;
                 // Building resolves every route and pool before anything is
                 // published; the store below is the only thing readers see.
                 let next = tokio::task::spawn_blocking(move || {
-                    Snapshot::build(version, &loaded, &registry)
+                    Snapshot::build(version, &loaded, &registry, redis)
                 })
                 .await
                 .expect("snapshot build does not panic");

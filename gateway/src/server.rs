@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::admin::{self, Admin};
+use crate::features::RedisTier;
 use crate::listener;
 use crate::reload::{self, ReloadHandle};
 use crate::snapshot::{SharedSnapshot, Snapshot};
@@ -51,8 +52,15 @@ impl Gateway {
         let admin_listener = bind(admin_listen, "admin_listen").await?;
 
         let registry = Arc::new(Registry::new());
+        let redis = settings.redis.clone().and_then(|redis| match RedisTier::new(redis) {
+            Ok(tier) => Some(Arc::new(tier)),
+            Err(error) => {
+                tracing::error!(%error, "cannot set up the Redis feature cache; running on the in-process tier");
+                None
+            }
+        });
         let snapshot: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(
-            1, &loaded, &registry,
+            1, &loaded, &registry, redis,
         )));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let reload = reload::spawn(

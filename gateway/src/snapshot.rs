@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 use cascadia_backends::{BackendPool, Registry};
 use cascadia_config::{Config, LoadedConfig};
 
+use crate::features::RedisTier;
 use crate::routing::RouteTable;
 
 /// Everything a request needs from config, immutable once published.
@@ -29,14 +30,22 @@ pub struct Snapshot {
     pub routes: RouteTable,
     /// One pool per backend, keyed by backend name.
     pub pools: HashMap<String, Arc<BackendPool>>,
+    /// The feature cache's Redis tier, created once at start-up and handed
+    /// from snapshot to snapshot (its settings apply at restart).
+    pub redis: Option<Arc<RedisTier>>,
 }
 
 impl Snapshot {
     /// Builds a snapshot, reusing endpoint state and connection pools from
     /// `registry` for endpoints that stay in the config.
-    pub fn build(version: u64, loaded: &LoadedConfig, registry: &Registry) -> Self {
+    pub fn build(
+        version: u64,
+        loaded: &LoadedConfig,
+        registry: &Registry,
+        redis: Option<Arc<RedisTier>>,
+    ) -> Self {
         let pools = registry.build(&loaded.config);
-        let routes = RouteTable::build(&loaded.config, &pools);
+        let routes = RouteTable::build(&loaded.config, &pools, redis.as_ref());
         Self {
             version,
             hash: loaded.hash.clone(),
@@ -44,6 +53,7 @@ impl Snapshot {
             config: Arc::clone(&loaded.config),
             routes,
             pools,
+            redis,
         }
     }
 }

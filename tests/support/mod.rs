@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;

@@ -25,6 +25,22 @@ impl Features {
     }
 }
 
+/// The string values of a BYTES (or any) input, one per row: the entity
+/// keys of a batch.
+pub fn string_column(request: &InferRequest, name: &str) -> Option<Vec<String>> {
+    let input = request.inputs.iter().find(|i| i.name == name)?;
+    let mut leaves = Vec::new();
+    leaves_of(&input.data, &mut leaves);
+    leaves
+        .into_iter()
+        .map(|v| match v {
+            Value::String(s) => Some(s),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// What is wrong with a request body. The message is shown to the client:
 /// it describes their payload, never the gateway.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -84,10 +100,20 @@ pub fn features(
     model: &LogisticModel,
     layout: Layout<'_>,
 ) -> Result<Features, PayloadError> {
+    features_named(request, &model.features, layout)
+}
+
+/// Reads the features called `names`, in that order, from every row (the
+/// request's part of the model's features when others come from a store).
+pub fn features_named(
+    request: &InferRequest,
+    names: &[String],
+    layout: Layout<'_>,
+) -> Result<Features, PayloadError> {
     if request.inputs.is_empty() {
         return Err(PayloadError::NoInputs);
     }
-    let width = model.width();
+    let width = names.len();
     let features = match layout.matrix_input {
         Some(name) => {
             let input = request
@@ -119,7 +145,7 @@ pub fn features(
             let mut rows = None;
             let mut columns = Vec::with_capacity(width);
             let mut defaulted = false;
-            for name in &model.features {
+            for name in names {
                 match request.inputs.iter().find(|i| &i.name == name) {
                     Some(input) => {
                         let (n, _, data) = numeric(input)?;
@@ -148,8 +174,16 @@ pub fn features(
                     None => return Err(PayloadError::MissingFeature(name.clone())),
                 }
             }
-            let rows =
-                rows.ok_or_else(|| PayloadError::MissingFeature(model.features[0].clone()))?;
+            let rows = match (rows, names.first()) {
+                (Some(rows), _) => rows,
+                (None, Some(first)) => return Err(PayloadError::MissingFeature(first.clone())),
+                // Every feature comes from the store: the batch size is the
+                // first input's.
+                (None, None) => request.inputs[0]
+                    .shape
+                    .first()
+                    .map_or(1, |d| (*d).max(0) as usize),
+            };
             let default = layout.default.unwrap_or(0.0);
             let mut data = Vec::with_capacity(rows * width);
             for r in 0..rows {

@@ -83,7 +83,11 @@ pub struct RouteTable {
 impl RouteTable {
     /// Builds the table. Validation guarantees every backend name a route
     /// uses exists in `pools`.
-    pub fn build(config: &Config, pools: &HashMap<String, Arc<BackendPool>>) -> Self {
+    pub fn build(
+        config: &Config,
+        pools: &HashMap<String, Arc<BackendPool>>,
+        redis: Option<&Arc<crate::features::RedisTier>>,
+    ) -> Self {
         let mut table = RouteTable::default();
         for route in &config.routes {
             let targets = route
@@ -131,13 +135,21 @@ impl RouteTable {
                     budget: RetryBudget::new(h.budget_percent, 0),
                 }),
                 latency_slo: route.latency_slo.map(|t| t.get()),
-                cascade: route
-                    .cascade
-                    .clone()
-                    .map(|settings| crate::cascade::CascadeStage {
+                cascade: route.cascade.clone().map(|settings| {
+                    let entity = settings.entity.clone().and_then(|entity| {
+                        let store = pools.get(&entity.store).cloned()?;
+                        Some(crate::features::EntityLookup::new(
+                            entity,
+                            store,
+                            redis.cloned(),
+                        ))
+                    });
+                    crate::cascade::CascadeStage {
                         settings,
+                        entity,
                         stats: Default::default(),
-                    }),
+                    }
+                }),
             });
             match &route.matcher {
                 RouteMatch::Model(model) => {
@@ -188,7 +200,7 @@ mod tests {
     fn table(toml: &str) -> RouteTable {
         let config = cascadia_config::parse(toml).expect("valid config");
         let registry = cascadia_backends::Registry::new();
-        RouteTable::build(&config, &registry.build(&config))
+        RouteTable::build(&config, &registry.build(&config), None)
     }
 
     const CONFIG: &str = r#"

@@ -31,6 +31,7 @@ mod service;
 pub use control::{Settings, SimControl};
 pub use latency::LatencyModel;
 pub use server::{spawn, SimHandle};
+pub use service::feature_value;
 
 /// Typed configuration of one simulated backend.
 #[derive(Clone, Debug, PartialEq)]

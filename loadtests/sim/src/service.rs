@@ -104,6 +104,8 @@ pub(crate) async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<
         control(shared, req).await
     } else if path == "/v2" || path.starts_with("/v2/") {
         rest(shared, req).await
+    } else if path.starts_with("/features/") {
+        feature_store(shared, req).await
     } else {
         echo_route(shared, req).await
     };
@@ -316,6 +318,53 @@ async fn control(shared: &Shared, req: Request<Incoming>) -> Response<SimBody> {
 }
 
 /// Any other path: read the whole body, then describe what arrived.
+/// Feature-store mode: `GET /features/{entity}?features=a,b` answers
+/// `{"entity": ..., "features": {"a": x, "b": y}}` with values derived from
+/// a hash of entity and name (so they are stable), or 404 for entities
+/// whose key starts with `unknown` (for negative caching). Obeys the
+/// latency and error knobs like inference does.
+async fn feature_store(shared: &Shared, req: Request<Incoming>) -> Response<SimBody> {
+    let entity = req.uri().path().trim_start_matches("/features/").to_owned();
+    let names: Vec<String> = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("features=")))
+        .map(|list| {
+            list.split(',')
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    if shared.data_plane().await {
+        return injected();
+    }
+    if entity.is_empty() || entity.starts_with("unknown") {
+        return error(StatusCode::NOT_FOUND, "unknown entity");
+    }
+    let features: serde_json::Map<String, serde_json::Value> = names
+        .into_iter()
+        .map(|name| {
+            let value = feature_value(&entity, &name);
+            (name, json!(value))
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({ "entity": entity, "features": features }),
+    )
+}
+
+/// A stable pseudo-random value in 0..10 for (entity, feature).
+pub fn feature_value(entity: &str, feature: &str) -> f64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in entity.bytes().chain([0u8]).chain(feature.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % 1000) as f64 / 100.0
+}
+
 async fn echo_route(shared: &Shared, req: Request<Incoming>) -> Response<SimBody> {
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();

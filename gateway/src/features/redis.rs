@@ -1,0 +1,253 @@
+//! The Redis tier: one `MGET` per lookup and background `SET EX` writes,
+//! every call bounded by the response timeout, behind a circuit breaker.
+//!
+//! Redis never fails a request. A call that errors or times out counts
+//! against the breaker and the lookup carries on to the feature store; after
+//! [`TRIP_AFTER`] failures in a row the breaker opens and Redis is left
+//! alone for [`OPEN_FOR`], then one probe decides whether it closes again.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cascadia_config::RedisSettings;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::time::Instant;
+
+use super::Entry;
+
+/// Failures in a row that open the breaker.
+pub const TRIP_AFTER: u32 = 3;
+/// How long an open breaker keeps Redis out of the request path.
+pub const OPEN_FOR: Duration = Duration::from_secs(1);
+
+/// The shared Redis tier.
+pub struct RedisTier {
+    connection: ConnectionManager,
+    settings: RedisSettings,
+    breaker: Breaker,
+    pub stats: RedisStats,
+}
+
+/// Redis outcomes, for the admin API and tests.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct RedisStats {
+    pub calls: AtomicU64,
+    pub errors: AtomicU64,
+    pub skipped_open: AtomicU64,
+}
+
+impl std::fmt::Debug for RedisTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTier")
+            .field("url", &self.settings.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisTier {
+    /// Connects lazily: a Redis that is down at start-up only means
+    /// misses until it comes up.
+    pub fn new(settings: RedisSettings) -> Result<Self, String> {
+        let client = redis::Client::open(settings.url.as_str()).map_err(|e| e.to_string())?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.connect_timeout.get()))
+            .set_response_timeout(Some(settings.response_timeout.get()))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200));
+        let connection =
+            ConnectionManager::new_lazy_with_config(client, config).map_err(|e| e.to_string())?;
+        Ok(Self {
+            connection,
+            settings,
+            breaker: Breaker::default(),
+            stats: RedisStats::default(),
+        })
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.settings.key_prefix)
+    }
+
+    /// Looks up `keys`; `None` when Redis could not answer in time (the
+    /// caller goes to the store). Each value is `Some(entry)` on a hit.
+    pub async fn mget(&self, keys: &[String], width: usize) -> Option<Vec<Option<Entry>>> {
+        if !self.breaker.allow() {
+            self.stats.skipped_open.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let full: Vec<String> = keys.iter().map(|k| self.key(k)).collect();
+        let mut connection = self.connection.clone();
+        let mut command = redis::cmd("MGET");
+        command.arg(&full);
+        let call = command.query_async::<Vec<Option<Vec<u8>>>>(&mut connection);
+        match tokio::time::timeout(self.settings.response_timeout.get(), call).await {
+            Ok(Ok(values)) if values.len() == keys.len() => {
+                self.breaker.success();
+                Some(
+                    values
+                        .into_iter()
+                        .map(|v| v.and_then(|bytes| decode(&bytes, width)))
+                        .collect(),
+                )
+            }
+            Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
+                self.failed();
+                None
+            }
+        }
+    }
+
+    /// Writes an entry with a ±10% jittered TTL (so keys cached together do
+    /// not expire together), without delaying anyone. A failed write (Redis
+    /// down or out of memory) is a future miss, not an error.
+    pub fn set_in_background(self: &Arc<Self>, key: &str, entry: &Entry, ttl: Duration) {
+        if !self.breaker.allow_write() {
+            return;
+        }
+        let tier = Arc::clone(self);
+        let key = self.key(key);
+        let value = encode(entry);
+        let seconds = ttl.mul_f64(0.9 + fastrand::f64() * 0.2).as_secs().max(1);
+        tokio::spawn(async move {
+            let mut connection = tier.connection.clone();
+            let mut command = redis::cmd("SET");
+            command.arg(&key).arg(value).arg("EX").arg(seconds);
+            let call = command.query_async::<()>(&mut connection);
+            match tokio::time::timeout(tier.settings.response_timeout.get(), call).await {
+                Ok(Ok(())) => tier.breaker.success(),
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "feature cache write failed");
+                    tier.failed();
+                }
+                Err(_) => tier.failed(),
+            }
+        });
+    }
+
+    fn failed(&self) {
+        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        if self.breaker.failure() {
+            tracing::warn!(url = %self.settings.url, "Redis failing: feature cache bypasses it for {OPEN_FOR:?}");
+        }
+    }
+}
+
+/// Entries are stored as JSON: an array of numbers, or `null` for an
+/// unknown entity.
+fn encode(entry: &Entry) -> Vec<u8> {
+    serde_json::to_vec(&entry.as_deref()).unwrap_or_else(|_| b"null".to_vec())
+}
+
+fn decode(bytes: &[u8], width: usize) -> Option<Entry> {
+    let values: Option<Vec<f64>> = serde_json::from_slice(bytes).ok()?;
+    match values {
+        Some(v) if v.len() == width => Some(Some(Arc::from(v))),
+        Some(_) => None, // written for another feature set: a miss
+        None => Some(None),
+    }
+}
+
+/// A consecutive-failure circuit breaker with a single half-open probe.
+#[derive(Debug)]
+struct Breaker {
+    failures: AtomicU32,
+    /// Open until this time (ns since `epoch`); 0 when closed.
+    open_until: AtomicU64,
+    probing: AtomicBool,
+    epoch: Instant,
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Self {
+            failures: AtomicU32::new(0),
+            open_until: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+impl Breaker {
+    fn now(&self) -> u64 {
+        Instant::now()
+            .saturating_duration_since(self.epoch)
+            .as_nanos() as u64
+    }
+
+    /// Whether a read may go to Redis: closed, or the one probe after the
+    /// open period.
+    fn allow(&self) -> bool {
+        let until = self.open_until.load(Ordering::Relaxed);
+        if until == 0 {
+            return true;
+        }
+        if self.now() < until {
+            return false;
+        }
+        // Half-open: exactly one caller probes.
+        !self.probing.swap(true, Ordering::AcqRel)
+    }
+
+    /// Writes only while closed: no point queueing writes to a dead Redis.
+    fn allow_write(&self) -> bool {
+        self.open_until.load(Ordering::Relaxed) == 0
+    }
+
+    fn success(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+        self.open_until.store(0, Ordering::Relaxed);
+        self.probing.store(false, Ordering::Release);
+    }
+
+    /// Records a failure; true when this one opened the breaker.
+    fn failure(&self) -> bool {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let probing = self.probing.swap(false, Ordering::AcqRel);
+        if failures >= TRIP_AFTER || probing {
+            let was_closed = self
+                .open_until
+                .swap(self.now() + OPEN_FOR.as_nanos() as u64, Ordering::Relaxed)
+                == 0;
+            return was_closed;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_breaker_opens_after_failures_and_probes_once_to_close() {
+        let breaker = Breaker::default();
+        assert!(breaker.allow());
+        assert!(!breaker.failure());
+        assert!(!breaker.failure());
+        assert!(breaker.failure(), "third failure opens");
+        assert!(!breaker.allow());
+        assert!(!breaker.allow_write());
+        tokio::time::advance(OPEN_FOR + Duration::from_millis(1)).await;
+        assert!(breaker.allow(), "one probe after the open period");
+        assert!(!breaker.allow(), "only one");
+        // The probe fails: open again for another period.
+        breaker.failure();
+        assert!(!breaker.allow());
+        tokio::time::advance(OPEN_FOR + Duration::from_millis(1)).await;
+        assert!(breaker.allow());
+        breaker.success();
+        assert!(breaker.allow() && breaker.allow(), "closed");
+    }
+
+    #[test]
+    fn entries_round_trip_and_width_mismatches_are_misses() {
+        let entry: Entry = Some(Arc::from(vec![1.5, 2.0]));
+        assert_eq!(decode(&encode(&entry), 2), Some(entry.clone()));
+        assert_eq!(decode(&encode(&None), 2), Some(None));
+        assert_eq!(decode(&encode(&entry), 3), None);
+        assert_eq!(decode(b"garbage", 2), None);
+    }
+}

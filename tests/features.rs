@@ -1,0 +1,281 @@
+//! The feature cache behind the cascade: entity features fetched from a
+//! feature store once, then served from the in-process tier and a real
+//! Redis, which can die, hang or fill up without failing a request.
+
+use std::time::Duration;
+
+use cascadia_sim::{feature_value, LatencyModel, SimHandle};
+use http::{Method, StatusCode};
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::support::redis::RedisServer;
+use crate::support::{sim, GatewayProcess, TestClient, TestResponse, WAIT};
+
+/// p = sigmoid(a + b); `a` comes with the request, `b` from the store.
+const MODEL: &str = r#"{"name":"screen-lr","version":"1","features":["a","b"],"coefficients":[1.0,1.0],"intercept":-5.0}"#;
+
+fn config(
+    ensemble: &SimHandle,
+    store: &SimHandle,
+    redis: Option<&RedisServer>,
+    entity_extra: &str,
+) -> String {
+    let redis = redis
+        .map(|r| {
+            format!(
+                "[gateway.redis]\nurl = \"{}\"\nresponse_timeout = \"20ms\"\n",
+                r.url()
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        r#"
+[gateway]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+{redis}
+[[backends]]
+name = "ensemble"
+region = "us-east"
+endpoints = ["{ensemble}"]
+
+[[backends]]
+name = "feature-store"
+region = "us-east"
+endpoints = ["{store}"]
+
+[[routes]]
+name = "fraud"
+match = {{ model = "fraud" }}
+backends = ["ensemble"]
+
+[routes.cascade]
+model = "screen.json"
+input = "x"
+accept_below = 0.2
+reject_above = 0.8
+
+[routes.cascade.entity]
+key_header = "x-entity"
+features = ["b"]
+store = "feature-store"
+ttl = "60s"
+negative_ttl = "60s"
+{entity_extra}
+"#,
+        ensemble = ensemble.addr,
+        store = store.addr,
+    )
+}
+
+async fn start(
+    ensemble: &SimHandle,
+    store: &SimHandle,
+    redis: Option<&RedisServer>,
+    entity_extra: &str,
+) -> GatewayProcess {
+    GatewayProcess::start_with_files(
+        &config(ensemble, store, redis, entity_extra),
+        &[("screen.json", MODEL)],
+    )
+    .await
+}
+
+async fn infer(
+    client: &TestClient,
+    gateway: &GatewayProcess,
+    a: f64,
+    entity: &str,
+) -> TestResponse {
+    let body =
+        json!({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP64", "data": [[a]]}]});
+    client
+        .send(
+            Method::POST,
+            &gateway.url("/v2/models/fraud/infer"),
+            &[("content-type", "application/json"), ("x-entity", entity)],
+            &body.to_string(),
+        )
+        .await
+}
+
+fn probability(response: &TestResponse) -> f64 {
+    response.json()["outputs"][0]["data"][0].as_f64().unwrap()
+}
+
+fn sigmoid(z: f64) -> f64 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entity_features_are_fetched_once_then_served_from_the_cache() {
+    let ensemble = sim("ensemble", "1", "us-east").await;
+    let store = sim("store", "1", "us-east").await;
+    let gateway = start(&ensemble, &store, None, "").await;
+    let client = TestClient::new();
+
+    // a = 10 makes every row a confident positive; the exact score shows
+    // the store's value of b was used.
+    let b = feature_value("acme.com", "b");
+    for _ in 0..5 {
+        let response = infer(&client, &gateway, 10.0, "acme.com").await;
+        assert_eq!(response.status, StatusCode::OK);
+        assert_eq!(response.header("x-cascadia-stage"), Some("local"));
+        assert!((probability(&response) - sigmoid(10.0 + b - 5.0)).abs() < 1e-9);
+    }
+    assert_eq!(
+        store.control.requests(),
+        1,
+        "one store fetch, then the cache"
+    );
+
+    // Unknown entities are cached too (negatively), and their rows go to
+    // stage 2, which has its own features.
+    for _ in 0..3 {
+        let response = infer(&client, &gateway, 10.0, "unknown-domain").await;
+        assert_eq!(response.status, StatusCode::OK);
+        assert_eq!(response.header("x-cascadia-stage"), Some("escalated"));
+    }
+    assert_eq!(store.control.requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_for_one_key_make_one_fetch() {
+    let ensemble = sim("ensemble", "1", "us-east").await;
+    let store = sim("store", "1", "us-east").await;
+    store
+        .control
+        .set_latency(LatencyModel::Fixed(Duration::from_millis(200)));
+    let gateway = start(&ensemble, &store, None, r#"timeout = "2s""#).await;
+    let client = TestClient::new();
+    let requests: Vec<_> = (0..20)
+        .map(|_| {
+            let (client, url) = (client.clone(), gateway.url("/v2/models/fraud/infer"));
+            tokio::spawn(async move {
+                let body = json!({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP64", "data": [[10.0]]}]});
+                client
+                    .send(Method::POST, &url, &[("content-type", "application/json"), ("x-entity", "hot.com")], &body.to_string())
+                    .await
+            })
+        })
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap().status, StatusCode::OK);
+    }
+    assert_eq!(
+        store.control.requests(),
+        1,
+        "20 concurrent misses, one fetch"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_gateway_finds_entities_in_redis() {
+    let redis = RedisServer::start().await;
+    let ensemble = sim("ensemble", "1", "us-east").await;
+    let store = sim("store", "1", "us-east").await;
+    let first = start(&ensemble, &store, Some(&redis), "").await;
+    let client = TestClient::new();
+    assert_eq!(
+        infer(&client, &first, 10.0, "shared.com").await.status,
+        StatusCode::OK
+    );
+    // The write to Redis happens in the background: wait until it lands.
+    tokio::time::timeout(WAIT, async {
+        while redis.cli(&["EXISTS", "cascadia:features:shared.com"]) != "1" {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("entry written to Redis");
+    let ttl: i64 = redis
+        .cli(&["TTL", "cascadia:features:shared.com"])
+        .parse()
+        .unwrap();
+    assert!(
+        (50..=66).contains(&ttl),
+        "TTL with ±10% jitter around 60s: {ttl}"
+    );
+
+    // A fresh gateway (empty in-process tier) reads it from Redis.
+    let second = start(&ensemble, &store, Some(&redis), "").await;
+    let response = infer(&client, &second, 10.0, "shared.com").await;
+    assert_eq!(response.status, StatusCode::OK);
+    assert!(
+        (probability(&response) - sigmoid(5.0 + feature_value("shared.com", "b"))).abs() < 1e-9
+    );
+    assert_eq!(
+        store.control.requests(),
+        1,
+        "the second gateway did not go to the store"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_paused_or_full_never_fails_a_request() {
+    let mut redis = RedisServer::start().await;
+    let ensemble = sim("ensemble", "1", "us-east").await;
+    let store = sim("store", "1", "us-east").await;
+    let gateway = start(&ensemble, &store, Some(&redis), "").await;
+    let client = TestClient::new();
+    let mut n = 0;
+    let mut check = async |phase: &str, client: &TestClient| {
+        let mut worst = Duration::ZERO;
+        for _ in 0..20 {
+            n += 1;
+            let started = Instant::now();
+            let response = infer(client, &gateway, 10.0, &format!("{phase}-{n}.com")).await;
+            worst = worst.max(started.elapsed());
+            assert_eq!(response.status, StatusCode::OK, "{phase}");
+            assert_eq!(
+                response.header("x-cascadia-stage"),
+                Some("local"),
+                "{phase}"
+            );
+        }
+        worst
+    };
+
+    check("healthy", &client).await;
+
+    // Hung: every call is cut at the 20 ms response timeout, then the
+    // breaker keeps Redis out of the path entirely.
+    redis.pause();
+    let worst = check("paused", &client).await;
+    assert!(
+        worst < Duration::from_millis(500),
+        "a request waited {worst:?} on a hung Redis"
+    );
+    redis.resume();
+
+    // Out of memory: writes fail, reads still work; nobody notices.
+    redis.cli(&["CONFIG", "SET", "maxmemory", "1"]);
+    redis.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    check("full", &client).await;
+    redis.cli(&["CONFIG", "SET", "maxmemory", "0"]);
+
+    // Killed, then back on the same port: the gateway reconnects and
+    // writes again.
+    redis.kill().await;
+    check("killed", &client).await;
+    redis.restart().await;
+    let fresh = "after-restart.com";
+    tokio::time::timeout(WAIT, async {
+        loop {
+            assert_eq!(
+                infer(&client, &gateway, 10.0, &format!("{fresh}-{n}"))
+                    .await
+                    .status,
+                StatusCode::OK
+            );
+            if redis.cli(&["EXISTS", &format!("cascadia:features:{fresh}-{n}")]) == "1" {
+                break;
+            }
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the gateway wrote to Redis again after it came back");
+}
