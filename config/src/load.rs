@@ -112,12 +112,46 @@ mod tests {
     fn loads_a_file_and_hashes_its_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.toml");
-        let text = include_str!("../examples/demo.toml");
+        let text = include_str!("../examples/multi-region.toml");
         std::fs::write(&path, text).unwrap();
         let loaded = load_file(&path).unwrap();
         assert_eq!(loaded.hash, hash_bytes(text.as_bytes()));
         assert_eq!(loaded.source, path);
         assert_eq!(loaded.config.routes.len(), 1);
+    }
+
+    #[test]
+    fn model_files_load_beside_the_config_and_count_in_the_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("demo.toml");
+        let text = include_str!("../examples/demo.toml");
+        std::fs::write(&path, text).unwrap();
+        let model = include_str!("../examples/phishing-lr.json");
+        std::fs::write(dir.path().join("phishing-lr.json"), model).unwrap();
+        let loaded = load_file(&path).unwrap();
+        assert_eq!(loaded.config.routes.len(), 2);
+        assert_ne!(
+            loaded.hash,
+            hash_bytes(text.as_bytes()),
+            "the model is part of the hash"
+        );
+
+        // A changed model alone changes the hash.
+        std::fs::write(
+            dir.path().join("phishing-lr.json"),
+            model.replace("\"version\": \"1\"", "\"version\": \"2\""),
+        )
+        .unwrap();
+        assert_ne!(load_file(&path).unwrap().hash, loaded.hash);
+
+        // A missing model is an error at the field that names it.
+        std::fs::remove_file(dir.path().join("phishing-lr.json")).unwrap();
+        match load_file(&path) {
+            Err(LoadError::Invalid(errors)) => {
+                assert_eq!(errors.0[0].path, "routes[1].cascade.model")
+            }
+            other => panic!("expected an invalid config, got {other:?}"),
+        }
     }
 
     #[test]

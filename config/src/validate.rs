@@ -995,7 +995,14 @@ endpoints = ["127.0.0.1:2"]
 
     #[test]
     fn demo_parses() {
-        let config = parse(DEMO).unwrap_or_else(|e| panic!("{e}"));
+        // The demo's cascade route loads its model from beside the file.
+        let mut load = |path: &str| {
+            assert_eq!(path, "phishing-lr.json");
+            cascadia_cascade::LogisticModel::from_json(include_str!("../examples/phishing-lr.json"))
+                .map_err(|e| e.to_string())
+        };
+        let config = parse_with_models(DEMO, &mut load).unwrap_or_else(|e| panic!("{e}"));
+        assert!(config.routes[1].cascade.is_some());
         assert_eq!(config.gateway.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(
             config.gateway.admin_listen,
@@ -1052,6 +1059,13 @@ endpoints = ["127.0.0.1:2"]
         assert_eq!(l.max_headers, 100);
         assert_eq!(l.header_read_timeout.get(), Duration::from_secs(10));
         assert!(config.backends.is_empty() && config.routes.is_empty());
+    }
+
+    #[test]
+    fn a_cascade_without_a_loader_names_the_model_field() {
+        let errors = parse(DEMO).unwrap_err();
+        assert_eq!(errors.0.len(), 1, "{errors}");
+        assert_eq!(errors.0[0].path, "routes[1].cascade.model");
     }
 
     #[test]
