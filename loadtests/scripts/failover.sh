@@ -38,7 +38,7 @@
 #   POLL_MS [10]  WINDOW_MS [100]  THRESHOLD [0.95]  SUSTAIN [0] seconds, 0 = to the next event (see below)
 #   TIMEOUT [300ms]  CONNECT_TIMEOUT [100ms]  ROUTE_TIMEOUT [1s]   backend / route deadlines
 #   OUTLIER ['{ consecutive_failures = 3, base_ejection = "1s", max_ejection = "30s",
-#             max_ejected_percent = 50 }']       TOML inline table for fraud-us-east
+#             max_ejected_percent = 100 }']       TOML inline table for fraud-us-east
 #   HEALTH_CHECK ['']   TOML inline table for active checks on both backends, e.g.
 #             '{ path = "/v2/health/ready", interval = "1s", timeout = "250ms", rise = 2, fall = 2 }'
 #   DRILLS ["kill drain"]
@@ -75,7 +75,7 @@ SUSTAIN=${SUSTAIN:-0}
 TIMEOUT=${TIMEOUT:-300ms}
 CONNECT_TIMEOUT=${CONNECT_TIMEOUT:-100ms}
 ROUTE_TIMEOUT=${ROUTE_TIMEOUT:-1s}
-OUTLIER=${OUTLIER:-'{ consecutive_failures = 3, base_ejection = "1s", max_ejection = "30s", max_ejected_percent = 50 }'}
+OUTLIER=${OUTLIER:-'{ consecutive_failures = 3, base_ejection = "1s", max_ejection = "30s", max_ejected_percent = 100 }'}
 HEALTH_CHECK=${HEALTH_CHECK:-}
 DRILLS=${DRILLS:-kill drain}
 GATEWAY_CPU=${GATEWAY_CPU:-0}
@@ -452,7 +452,7 @@ if meta.get("quick") == "1":
 print()
 print("| drill | repeat | event | target | first request ms | failover ms | sustained ms | target rps after event "
       "| errors (status/transport/timeout/unfinished) | ok | p50 ms | p99 ms | gateway CPU µs/req |")
-print("|---|---:|---|---|---:|---:|---:|---:|---|---:|---:|---:|")
+print("|---|---:|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|")
 for ev in events:
     r = loads.get((ev["drill"], ev["repeat"]))
     e = r["errors"] if r else None
