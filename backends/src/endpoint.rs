@@ -47,6 +47,8 @@ pub struct Endpoint {
     check_healthy_since: AtomicU64,
     /// Recent response times, for hedging.
     latency: LatencyHistogram,
+    /// Whether any response time was observed yet.
+    observed: AtomicBool,
 }
 
 /// What one attempt at an endpoint ended with.
@@ -75,7 +77,14 @@ impl Endpoint {
             check_healthy: AtomicBool::new(true),
             check_healthy_since: AtomicU64::new(0),
             latency: LatencyHistogram::default(),
+            observed: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the latency estimate comes from real responses (rather than
+    /// [`DEFAULT_RTT`]).
+    pub fn is_observed(&self) -> bool {
+        self.observed.load(Ordering::Relaxed)
     }
 
     /// Recent response times (successful attempts).
@@ -153,6 +162,7 @@ impl Endpoint {
         // heuristic and the last writer is as good as any.
         self.rtt_ns.store(next.to_bits(), Ordering::Relaxed);
         self.rtt_stamp.store(now_ns, Ordering::Relaxed);
+        self.observed.store(true, Ordering::Relaxed);
     }
 
     /// Whether passive outlier detection has ejected the endpoint at `now`.

@@ -179,8 +179,34 @@ impl BackendPool {
         };
         match self.balancer {
             Balancer::RoundRobin => self.pick_round_robin(eligible),
-            Balancer::P2cEwma => self.pick_p2c(eligible, |e| e.load_cost(now)),
+            Balancer::P2cEwma => self.pick_p2c(eligible, |e| {
+                if e.is_observed() {
+                    e.load_cost(now)
+                } else {
+                    // A fresh endpoint is assumed as fast as its observed
+                    // siblings: a fixed default far above the real latency
+                    // would starve it, and one far below would flood it.
+                    self.typical_rtt(now) * (e.in_flight() as f64 + 1.0)
+                }
+            }),
             Balancer::LeastRequest => self.pick_p2c(eligible, |e| e.in_flight() as f64 + 1.0),
+        }
+    }
+
+    /// Mean latency estimate (ns) of the endpoints with observations, or
+    /// the default when none has any.
+    fn typical_rtt(&self, now: Instant) -> f64 {
+        let (sum, count) = self
+            .endpoints
+            .iter()
+            .filter(|e| e.is_observed())
+            .fold((0.0, 0u32), |(sum, n), e| {
+                (sum + e.rtt(now).as_nanos() as f64, n + 1)
+            });
+        if count == 0 {
+            crate::endpoint::DEFAULT_RTT.as_nanos() as f64
+        } else {
+            sum / f64::from(count)
         }
     }
 
@@ -325,6 +351,23 @@ mod tests {
         // Whenever both are drawn the fast one wins; the slow one only gets
         // the draws where it was picked twice (about a quarter).
         assert!(to_fast > 700, "fast endpoint got {to_fast} of 1000");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fresh_endpoint_is_not_starved_by_the_default_estimate() {
+        let pool = pool(Balancer::P2cEwma, &[1, 1]);
+        let now = Instant::now();
+        // One endpoint answered in 200 µs, far below the 5 ms default; the
+        // other has not been tried yet. It must still get traffic.
+        pool.record(
+            &pool.endpoints()[0],
+            Outcome::Success(Duration::from_micros(200)),
+            now,
+        );
+        let to_fresh = (0..1000)
+            .filter(|_| port(pool.pick(now, &[]).unwrap()) == 1001)
+            .count();
+        assert!(to_fresh > 300, "fresh endpoint got {to_fresh} of 1000");
     }
 
     #[tokio::test(start_paused = true)]
