@@ -26,6 +26,10 @@ fn stage2(a: f64, b: f64) -> f64 {
 }
 
 fn config(stage2: &SimHandle, cascade_extra: &str) -> String {
+    config_with(stage2, "http1", cascade_extra)
+}
+
+fn config_with(stage2: &SimHandle, protocol: &str, cascade_extra: &str) -> String {
     format!(
         r#"
 [gateway]
@@ -35,6 +39,7 @@ admin_listen = "127.0.0.1:0"
 [[backends]]
 name = "ensemble"
 region = "us-east"
+protocol = "{protocol}"
 endpoints = ["{addr}"]
 
 [[routes]]
@@ -375,4 +380,84 @@ async fn a_reload_swaps_model_and_thresholds_under_load_with_zero_failures() {
         .await
         .json();
     assert_eq!(value["routes"][0]["stage1_model"], "screen-lr/9");
+}
+
+mod grpc {
+    use super::*;
+    use cascadia_oip::grpc::client::InferenceClient;
+    use cascadia_oip::grpc::{model_infer_request, InferTensorContents, ModelInferRequest};
+
+    fn request(rows: &[[f64; 2]]) -> ModelInferRequest {
+        ModelInferRequest {
+            model_name: "fraud".into(),
+            id: "g-1".into(),
+            inputs: vec![model_infer_request::InferInputTensor {
+                name: "x".into(),
+                datatype: "FP64".into(),
+                shape: vec![rows.len() as i64, 2],
+                contents: Some(InferTensorContents {
+                    fp64_contents: rows.iter().flatten().copied().collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn grpc_batches_split_and_merge_like_rest() {
+        let ensemble = sim("ensemble", "4", "us-east").await;
+        let gateway = GatewayProcess::start_with_files(
+            &config_with(&ensemble, "h2c", ""),
+            &[("screen.json", MODEL)],
+        )
+        .await;
+        let mut client = InferenceClient::connect(gateway.url("")).await.unwrap();
+
+        let rows = [[-3.0, 0.0], [0.0, 1.0], [3.0, 0.0]];
+        let response = client
+            .model_infer(request(&rows))
+            .await
+            .expect("ModelInfer");
+        assert_eq!(
+            response.metadata().get("x-cascadia-stage").unwrap(),
+            "mixed"
+        );
+        let reply = response.into_inner();
+        assert_eq!(reply.id, "g-1");
+        let output = &reply.outputs[0];
+        assert_eq!(output.name, "probability");
+        assert_eq!(output.shape, vec![3, 1]);
+        let p = &output.contents.as_ref().unwrap().fp32_contents;
+        assert!((f64::from(p[0]) - sigmoid(-3.0)).abs() < 1e-6, "{p:?}");
+        assert!((f64::from(p[1]) - stage2(0.0, 1.0)).abs() < 1e-6, "{p:?}");
+        assert!((f64::from(p[2]) - sigmoid(3.0)).abs() < 1e-6, "{p:?}");
+        assert_eq!(ensemble.control.infer_requests(), 1);
+
+        // raw_input_contents, all confident: answered locally.
+        let mut raw = request(&[[-4.0, 0.0]]);
+        raw.inputs[0].contents = None;
+        raw.raw_input_contents = vec![[-4.0f64, 0.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect()];
+        let response = client.model_infer(raw).await.expect("raw ModelInfer");
+        assert_eq!(
+            response.metadata().get("x-cascadia-stage").unwrap(),
+            "local"
+        );
+        assert_eq!(ensemble.control.infer_requests(), 1);
+
+        // A malformed tensor is INVALID_ARGUMENT with the reason.
+        let mut bad = request(&[[0.0, 0.0]]);
+        bad.inputs[0].shape = vec![2, 2];
+        let status = client.model_infer(bad).await.expect_err("shape mismatch");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status.message().contains("holds 4 values"),
+            "{}",
+            status.message()
+        );
+    }
 }

@@ -74,20 +74,69 @@ pub struct CascadeStage {
     pub stats: CascadeStats,
 }
 
-/// Handles an inference call on a cascade route.
+/// How the client speaks: OIP REST JSON or OIP gRPC. The cascade works on
+/// the JSON model either way; only parsing and answering differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wire {
+    Rest,
+    Grpc,
+}
+
+/// Handles an OIP gRPC `ModelInfer` call on a cascade route. `message` is
+/// the (unframed) protobuf request the proxy already read.
+pub async fn handle_grpc(
+    proxy: &Proxy,
+    snapshot: &Arc<Snapshot>,
+    route: &Arc<Route>,
+    stage: &CascadeStage,
+    parts: http::request::Parts,
+    message: &[u8],
+    request_id: &HeaderValue,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    use prost::Message;
+    let request = match cascadia_oip::grpc::ModelInferRequest::decode(message) {
+        Ok(request) => request,
+        Err(_) => {
+            return Ok(payload_error(
+                Wire::Grpc,
+                "malformed ModelInferRequest",
+                request_id,
+            ))
+        }
+    };
+    let infer = match cascadia_cascade::grpc::to_json_request(&request) {
+        Ok(infer) => infer,
+        Err(error) => return Ok(payload_error(Wire::Grpc, &error.to_string(), request_id)),
+    };
+    let model_version = (!request.model_version.is_empty()).then(|| request.model_version.clone());
+    run(
+        proxy,
+        snapshot,
+        route,
+        stage,
+        parts,
+        infer,
+        None,
+        Wire::Grpc,
+        (request.model_name.clone(), model_version),
+        request_id,
+    )
+    .await
+}
+
+/// Handles an OIP REST inference call on a cascade route.
 pub async fn handle(
     proxy: &Proxy,
     snapshot: &Arc<Snapshot>,
     route: &Arc<Route>,
     stage: &CascadeStage,
     request: Request<Incoming>,
-    (model_name, model_version): (String, Option<String>),
+    model: (String, Option<String>),
     request_id: &HeaderValue,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     if request.method() != Method::POST {
         return Err(GatewayError::MethodNotAllowed);
     }
-    let settings = &stage.settings;
     let limit = snapshot.config.gateway.limits.max_body_bytes;
     let (parts, incoming) = request.into_parts();
     let body = Limited::new(incoming, usize::try_from(limit).unwrap_or(usize::MAX))
@@ -108,11 +157,43 @@ pub async fn handle(
         Ok(infer) => infer,
         Err(error) => {
             return Ok(payload_error(
+                Wire::Rest,
                 &format!("invalid inference request: {error}"),
                 request_id,
             ))
         }
     };
+    run(
+        proxy,
+        snapshot,
+        route,
+        stage,
+        parts,
+        infer,
+        Some(body),
+        Wire::Rest,
+        model,
+        request_id,
+    )
+    .await
+}
+
+/// Stage 1 and the escalation, on a parsed request. `body` is the client's
+/// REST body, reused as-is when every row escalates.
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    proxy: &Proxy,
+    snapshot: &Arc<Snapshot>,
+    route: &Arc<Route>,
+    stage: &CascadeStage,
+    parts: http::request::Parts,
+    infer: InferRequest,
+    body: Option<Bytes>,
+    wire: Wire,
+    (model_name, model_version): (String, Option<String>),
+    request_id: &HeaderValue,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    let settings = &stage.settings;
     let layout = Layout {
         matrix_input: settings.input.as_deref(),
         max_batch: settings.max_batch,
@@ -120,7 +201,7 @@ pub async fn handle(
     };
     let (features, forced) = match assemble_features(stage, &infer, &parts.headers, layout).await {
         Ok(found) => found,
-        Err(message) => return Ok(payload_error(&message, request_id)),
+        Err(message) => return Ok(payload_error(wire, &message, request_id)),
     };
 
     // 2. Score and decide. Rows whose entity features could not be found
@@ -155,16 +236,19 @@ pub async fn handle(
 
     let stage1 = stage1_header(settings);
     if escalate.is_empty() {
-        maybe_audit(
-            proxy,
-            snapshot,
-            route,
-            &parts,
-            body,
-            decisions,
-            (&model_name, model_version.as_deref()),
-        );
+        if let Some(body) = body {
+            maybe_audit(
+                proxy,
+                snapshot,
+                route,
+                &parts,
+                body,
+                decisions,
+                (&model_name, model_version.as_deref()),
+            );
+        }
         return Ok(answer(
+            wire,
             &model_name,
             model_version.clone(),
             &infer,
@@ -186,6 +270,7 @@ pub async fn handle(
         if remaining < p95 {
             bump(&stats.degraded_deadline, 1);
             return Ok(answer(
+                wire,
                 &model_name,
                 model_version,
                 &infer,
@@ -198,21 +283,43 @@ pub async fn handle(
         }
     }
     bump(&stats.rows_escalated, escalate.len() as u64);
-    let sub_body = if escalate.len() == features.rows {
-        body
-    } else {
-        let sub = rows::select_rows(&infer, features.rows, &escalate);
-        Bytes::from(
-            serde_json::to_vec(&sub)
-                .map_err(|_| GatewayError::BadRequest("request could not be re-encoded"))?,
-        )
+    let sub = || rows::select_rows(&infer, features.rows, &escalate);
+    let (sub_body, path_and_query) = match (wire, body) {
+        (Wire::Rest, body) => {
+            let sub_body = match body {
+                Some(body) if escalate.len() == features.rows => body,
+                _ => Bytes::from(
+                    serde_json::to_vec(&sub())
+                        .map_err(|_| GatewayError::BadRequest("request could not be re-encoded"))?,
+                ),
+            };
+            let oip = OipPath {
+                kind: OipKind::ModelInfer,
+                model: Some(&model_name),
+                version: model_version.as_deref(),
+            };
+            (sub_body, upstream_path(target, Some(oip), &parts.uri)?)
+        }
+        (Wire::Grpc, _) => {
+            use prost::Message;
+            // The message names the model, so the upstream's names go in it.
+            let upstream_model = target.upstream_model.as_deref().unwrap_or(&model_name);
+            let upstream_version = target
+                .upstream_version
+                .as_deref()
+                .or(model_version.as_deref())
+                .unwrap_or_default();
+            let message =
+                cascadia_cascade::grpc::to_grpc_request(&sub(), upstream_model, upstream_version);
+            let frame = cascadia_oip::grpc::encode_frame(&message.encode_to_vec());
+            let path = parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+            (frame, path)
+        }
     };
-    let oip = OipPath {
-        kind: OipKind::ModelInfer,
-        model: Some(&model_name),
-        version: model_version.as_deref(),
-    };
-    let path_and_query = upstream_path(target, Some(oip), &parts.uri)?;
     let mut upstream_parts = parts;
     upstream_parts.headers.remove(header::CONTENT_LENGTH);
     let outcome = proxy
@@ -236,6 +343,7 @@ pub async fn handle(
                 (OnUnavailable::Degrade, _) => {
                     bump(&stats.degraded_unavailable, 1);
                     Ok(answer(
+                        wire,
                         &model_name,
                         model_version.clone(),
                         &infer,
@@ -258,7 +366,7 @@ pub async fn handle(
         Err(error) => return unavailable(Some(error)),
     };
     let status = response.status();
-    if status.is_client_error() {
+    if status.is_client_error() && wire == Wire::Rest {
         // Stage 2 refused the request itself (e.g. its own validation):
         // the client should see that answer as it is.
         return Ok(response);
@@ -267,18 +375,25 @@ pub async fn handle(
         return unavailable(None);
     }
     let served_by = response.headers().get(headers::X_CASCADIA_BACKEND).cloned();
-    let stage2_body = match response.into_body().collect().await {
-        Ok(collected) => collected.to_bytes(),
+    let stage2 = match response.into_body().collect().await {
+        Ok(collected) => collected,
         Err(_) => return unavailable(None),
     };
-    let Some((stage2_scores, datatype, stage2_version)) =
-        serde_json::from_slice::<InferResponse>(&stage2_body)
-            .ok()
-            .and_then(|r| {
-                rows::stage2_scores(&r, &settings.output, escalate.len())
-                    .map(|(s, d)| (s, d, r.model_version))
-            })
-    else {
+    let parsed = match wire {
+        Wire::Rest => serde_json::from_slice::<InferResponse>(&stage2.to_bytes()).ok(),
+        Wire::Grpc => {
+            let ok = stage2
+                .trailers()
+                .and_then(|t| t.get("grpc-status"))
+                .is_some_and(|s| s == "0");
+            let bytes = stage2.to_bytes();
+            ok.then(|| decode_grpc_response(&bytes)).flatten()
+        }
+    };
+    let Some((stage2_scores, datatype, stage2_version)) = parsed.and_then(|r| {
+        rows::stage2_scores(&r, &settings.output, escalate.len())
+            .map(|(s, d)| (s, d, r.model_version))
+    }) else {
         tracing::warn!(
             request_id = request_id.to_str().unwrap_or_default(),
             "stage 2 answered without the expected output"
@@ -302,6 +417,7 @@ pub async fn handle(
         backend: served_by,
     };
     Ok(answer(
+        wire,
         &model_name,
         stage2_version.or(model_version),
         &infer,
@@ -389,6 +505,17 @@ async fn assemble_features(
     Ok((features, forced))
 }
 
+/// A framed gRPC `ModelInferResponse` as the JSON model.
+fn decode_grpc_response(bytes: &[u8]) -> Option<InferResponse> {
+    use prost::Message;
+    let (compressed, message) = cascadia_oip::grpc::decode_frame(bytes).ok()?;
+    if compressed {
+        return None;
+    }
+    let response = cascadia_oip::grpc::ModelInferResponse::decode(message).ok()?;
+    cascadia_cascade::grpc::to_json_response(&response).ok()
+}
+
 /// What the response headers say about who answered.
 struct Stamp {
     stage: &'static str,
@@ -436,6 +563,7 @@ fn stage2_p95(target: &Target) -> Option<Duration> {
 
 #[allow(clippy::too_many_arguments)]
 fn answer(
+    wire: Wire,
     model_name: &str,
     model_version: Option<String>,
     request: &InferRequest,
@@ -453,13 +581,33 @@ fn answer(
         datatype,
         scores,
     );
-    let bytes = serde_json::to_vec(&body).unwrap_or_default();
-    let mut response = Response::new(ResponseBody::full(Bytes::from(bytes)));
+    let mut response = match wire {
+        Wire::Rest => {
+            let bytes = serde_json::to_vec(&body).unwrap_or_default();
+            let mut response = Response::new(ResponseBody::full(Bytes::from(bytes)));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Wire::Grpc => {
+            use prost::Message;
+            let message = cascadia_cascade::grpc::to_grpc_response(&body).encode_to_vec();
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", HeaderValue::from_static("0"));
+            let mut response = Response::new(ResponseBody::with_trailers(
+                cascadia_oip::grpc::encode_frame(&message),
+                trailers,
+            ));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            response
+        }
+    };
     let map = response.headers_mut();
-    map.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
     map.insert(headers::X_REQUEST_ID, request_id.clone());
     map.insert(X_CASCADIA_STAGE, HeaderValue::from_static(stamp.stage));
     map.insert(X_CASCADIA_STAGE1_MODEL, stamp.stage1);
@@ -475,9 +623,13 @@ fn answer(
     response
 }
 
-/// A 400 whose message describes the client's payload (OIP error shape).
-fn payload_error(message: &str, request_id: &HeaderValue) -> Response<ResponseBody> {
-    json_error(StatusCode::BAD_REQUEST, message, request_id)
+/// A 400 (gRPC: INVALID_ARGUMENT) whose message describes the client's
+/// payload.
+fn payload_error(wire: Wire, message: &str, request_id: &HeaderValue) -> Response<ResponseBody> {
+    match wire {
+        Wire::Rest => json_error(StatusCode::BAD_REQUEST, message, request_id),
+        Wire::Grpc => crate::errors::grpc_status(3, message, request_id),
+    }
 }
 
 /// Sends a sample of confidently answered requests to stage 2 in the

@@ -6,10 +6,12 @@
 //! - [`model`]: the model artifact (JSON from `tools/export_logistic.py`)
 //!   and its scoring.
 //! - [`decision`]: thresholds as a value type, and the per-row decision.
+//! - [`grpc`]: OIP gRPC messages to and from the JSON model, typed or raw.
 //! - [`rows`]: features out of an OIP V2 inference request, the
 //!   sub-request of escalated rows, and the merged response.
 
 pub mod decision;
+pub mod grpc;
 pub mod model;
 pub mod rows;
 

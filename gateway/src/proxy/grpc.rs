@@ -34,7 +34,7 @@ pub fn is_grpc_parts(parts: &http::request::Parts) -> bool {
 /// Handles one gRPC call.
 pub async fn handle(
     proxy: &Proxy,
-    snapshot: &Snapshot,
+    snapshot: &std::sync::Arc<Snapshot>,
     request: Request<Incoming>,
     request_id: &HeaderValue,
 ) -> Result<Response<ResponseBody>, GatewayError> {
@@ -93,6 +93,17 @@ pub async fn handle(
         .routes
         .by_model(&model)
         .ok_or(GatewayError::NoRoute)?;
+
+    // Phase: stage 1, for cascade routes' inference calls.
+    if let Some(stage) = &route.cascade {
+        if method == "ModelInfer" {
+            let route = std::sync::Arc::clone(route);
+            return crate::cascade::handle_grpc(
+                proxy, snapshot, &route, stage, parts, message, request_id,
+            )
+            .await;
+        }
+    }
 
     // Phase: split.
     let target = choose_target(route, &parts.headers)?;
