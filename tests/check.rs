@@ -87,3 +87,11 @@ fn every_example_config_is_valid_and_summarised() {
     }
     assert!(seen >= 1);
 }
+
+#[test]
+fn an_unreadable_admin_token_is_a_config_error() {
+    let (ok, _, stderr) =
+        check("[gateway.admin]\ntoken_env = \"CASCADIA_TEST_TOKEN_THAT_IS_NOT_SET\"\n");
+    assert!(!ok);
+    assert!(stderr.contains("gateway.admin.token_env: environment variable CASCADIA_TEST_TOKEN_THAT_IS_NOT_SET is not set"), "{stderr}");
+}

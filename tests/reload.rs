@@ -184,3 +184,47 @@ async fn reload_is_post_only() {
     assert_eq!(response.header("allow"), Some("POST"));
     assert_eq!(gateway.admin_config(&client).await["version"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_changes_need_the_bearer_token_when_one_is_configured() {
+    let fixture = CanaryFixture::start().await;
+    let config = fixture.config(100, 0).replacen(
+        "[gateway.limits]",
+        "[gateway.admin]\ntoken_file = \"admin.token\"\n\n[gateway.limits]",
+        1,
+    );
+    let token = "s3cret-admin-token-0123456789";
+    let gateway =
+        GatewayProcess::start_with_files(&config, &[("admin.token", &format!("{token}\n"))]).await;
+    let client = TestClient::new();
+    let url = gateway.admin_url("/admin/config/reload");
+
+    let missing = client.send(Method::POST, &url, &[], "").await;
+    assert_eq!(missing.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(missing.header("www-authenticate"), Some("Bearer"));
+    let wrong = client
+        .send(
+            Method::POST,
+            &url,
+            &[("authorization", "Bearer s3cret-admin-token-0123456788")],
+            "",
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    let drain = gateway
+        .admin_post(&client, "/admin/regions/us-east/drain")
+        .await;
+    assert_eq!(
+        drain.status,
+        StatusCode::UNAUTHORIZED,
+        "drains need the token too"
+    );
+
+    let bearer = format!("Bearer {token}");
+    let right = client
+        .send(Method::POST, &url, &[("authorization", &bearer)], "")
+        .await;
+    assert_eq!(right.status, StatusCode::OK);
+    // Reading needs no token.
+    assert_eq!(gateway.admin_config(&client).await["version"], 1);
+}

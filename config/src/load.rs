@@ -21,6 +21,8 @@ pub struct LoadedConfig {
     pub hash: String,
     /// The path it was read from, as given.
     pub source: PathBuf,
+    /// The admin API's bearer token, read from its file or variable.
+    pub admin_token: Option<crate::model::Secret>,
 }
 
 /// Why a file could not be loaded.
@@ -76,7 +78,21 @@ pub fn load_file(path: &Path) -> Result<LoadedConfig, LoadError> {
         Some(h) => hex(&h.finalize()),
         None => hash,
     };
+    let admin_token = match &config.gateway.admin_token {
+        None => None,
+        Some(source) => Some(read_token(source, base).map_err(|message| {
+            let path = match source {
+                crate::model::TokenSource::File(_) => "gateway.admin.token_file",
+                crate::model::TokenSource::Env(_) => "gateway.admin.token_env",
+            };
+            LoadError::Invalid(ConfigErrors(vec![ConfigError {
+                path: path.to_owned(),
+                message,
+            }]))
+        })?),
+    };
     Ok(LoadedConfig {
+        admin_token,
         config: Arc::new(config),
         hash,
         source: path.to_owned(),
@@ -84,6 +100,29 @@ pub fn load_file(path: &Path) -> Result<LoadedConfig, LoadError> {
 }
 
 /// SHA-256 of `bytes` as lowercase hex.
+/// Reads the admin token. Too short a token is refused: it would be
+/// guessable.
+fn read_token(
+    source: &crate::model::TokenSource,
+    base: &Path,
+) -> Result<crate::model::Secret, String> {
+    let value = match source {
+        crate::model::TokenSource::File(file) => {
+            let path = base.join(file);
+            std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        }
+        crate::model::TokenSource::Env(name) => {
+            std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?
+        }
+    };
+    let value = value.trim().to_owned();
+    if value.len() < 16 {
+        return Err("the token must be at least 16 characters".to_owned());
+    }
+    Ok(crate::model::Secret::new(value))
+}
+
 pub fn hash_bytes(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }

@@ -118,6 +118,9 @@ pub struct GatewaySettings {
     /// The shared feature cache's second tier; `None` runs on the
     /// in-process tier alone.
     pub redis: Option<RedisSettings>,
+    /// Where the admin API's bearer token comes from; `None` leaves admin
+    /// mutations open (the admin listener is loopback by default).
+    pub admin_token: Option<TokenSource>,
 }
 
 /// Bounds on what one client request may cost the gateway before routing.
@@ -327,6 +330,37 @@ pub enum EntityKey {
     Header(HeaderName),
     /// A BYTES input tensor, one entity per row.
     Input(String),
+}
+
+/// Where a secret is read from. The value itself is read by `load_file`,
+/// never stored in the config model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// A file (relative to the config file), trimmed.
+    File(String),
+    /// An environment variable.
+    Env(String),
+}
+
+/// A secret that never shows in logs or debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    /// The secret's bytes, for comparing.
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// The Redis tier of the feature cache.

@@ -29,6 +29,14 @@ pub(crate) struct RawGateway {
     #[serde(default)]
     pub limits: RawLimits,
     pub redis: Option<RawRedis>,
+    pub admin: Option<RawAdmin>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    pub token_file: Option<String>,
+    pub token_env: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -17,7 +17,7 @@ use crate::error::{Collector, ConfigError, ConfigErrors};
 use crate::model::{
     Backend, Cascade, Config, Endpoint, EntityFeatures, EntityKey, GatewaySettings, HealthCheck,
     HedgePolicy, Limits, OnUnavailable, OutlierDetection, RedisSettings, RetryPolicy, Route,
-    RouteMatch, Split, SplitTarget,
+    RouteMatch, Split, SplitTarget, TokenSource,
 };
 use crate::raw::{
     RawBackend, RawCascade, RawConfig, RawEndpoint, RawEntity, RawGateway, RawHealthCheck,
@@ -148,6 +148,17 @@ fn gateway(raw: RawGateway, errors: &mut Collector) -> GatewaySettings {
         admin_listen: admin_listen.unwrap_or(placeholder),
         limits: limits(raw.limits, errors),
         redis: raw.redis.map(|r| redis(r, errors)),
+        admin_token: raw
+            .admin
+            .and_then(|admin| match (admin.token_file, admin.token_env) {
+                (Some(file), None) => Some(TokenSource::File(file)),
+                (None, Some(env)) => Some(TokenSource::Env(env)),
+                (None, None) => None,
+                (Some(_), Some(_)) => {
+                    errors.push("gateway.admin", "set token_file or token_env, not both");
+                    None
+                }
+            }),
     }
 }
 

@@ -11,9 +11,13 @@
 //! | POST | `/admin/regions/{region}/restore` | lets traffic back into a drained region |
 //!
 //! Mutations only accept POST (a GET gets 405), so a crawler or a
-//! prefetching browser cannot change anything.
+//! prefetching browser cannot change anything. When `gateway.admin` names a
+//! token, every mutation needs `Authorization: Bearer <token>` (compared in
+//! constant time; 401 otherwise), and every mutation attempt is written to
+//! the audit log (target `cascadia::audit`): who, what, when, result.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
@@ -51,8 +55,49 @@ impl Admin {
         }
     }
 
-    /// Answers one admin request.
-    pub async fn handle(&self, request: Request<Incoming>) -> Response<ResponseBody> {
+    /// Answers one admin request from `peer`.
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ResponseBody> {
+        if request.method() == Method::POST {
+            let path = request.uri().path().to_owned();
+            let authorized = self.authorized(&request);
+            let response = if authorized {
+                self.route(request).await
+            } else {
+                unauthorized()
+            };
+            tracing::info!(
+                target: "cascadia::audit",
+                %peer,
+                method = "POST",
+                path,
+                authorized,
+                status = response.status().as_u16(),
+                "admin change"
+            );
+            return response;
+        }
+        self.route(request).await
+    }
+
+    /// Whether the request carries the configured token (always true when
+    /// none is configured).
+    fn authorized<B>(&self, request: &Request<B>) -> bool {
+        let snapshot = self.snapshot.load();
+        let Some(token) = &snapshot.admin_token else {
+            return true;
+        };
+        request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .is_some_and(|given| constant_time_eq(given, token.expose()))
+    }
+
+    async fn route(&self, request: Request<Incoming>) -> Response<ResponseBody> {
         let method = request.method().clone();
         match request.uri().path() {
             "/admin/config" if method == Method::GET => self.config(),
@@ -169,7 +214,7 @@ impl Admin {
 /// Serves the admin API on `listener` until `shutdown` turns true.
 pub async fn serve(listener: TcpListener, admin: Admin, mut shutdown: watch::Receiver<bool>) {
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -183,7 +228,7 @@ pub async fn serve(listener: TcpListener, admin: Admin, mut shutdown: watch::Rec
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.handle(request).await) }
+                async move { Ok::<_, Infallible>(admin.handle(request, peer).await) }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -231,6 +276,24 @@ fn failure_json(failure: &ReloadFailure) -> Value {
     })
 }
 
+/// Compares without an early exit, so the time taken does not reveal how
+/// much of a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn unauthorized() -> Response<ResponseBody> {
+    let mut response = json_response(StatusCode::UNAUTHORIZED, json!({"error": "unauthorized"}));
+    response.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer"),
+    );
+    response
+}
+
 fn method_not_allowed(allow: &'static str) -> Response<ResponseBody> {
     let mut response = json_response(
         StatusCode::METHOD_NOT_ALLOWED,
@@ -249,4 +312,20 @@ fn json_response(status: StatusCode, body: Value) -> Response<ResponseBody> {
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn token_comparison_needs_every_byte() {
+        assert!(super::constant_time_eq(
+            b"secret-token-123",
+            b"secret-token-123"
+        ));
+        assert!(!super::constant_time_eq(
+            b"secret-token-124",
+            b"secret-token-123"
+        ));
+        assert!(!super::constant_time_eq(b"short", b"secret-token-123"));
+    }
 }

@@ -33,6 +33,8 @@ pub struct Snapshot {
     /// The feature cache's Redis tier, created once at start-up and handed
     /// from snapshot to snapshot (its settings apply at restart).
     pub redis: Option<Arc<RedisTier>>,
+    /// The admin API's bearer token; reloads with the config.
+    pub admin_token: Option<cascadia_config::Secret>,
 }
 
 impl Snapshot {
@@ -54,6 +56,7 @@ impl Snapshot {
             routes,
             pools,
             redis,
+            admin_token: loaded.admin_token.clone(),
         }
     }
 }
