@@ -12,5 +12,6 @@ mod features;
 mod grpc;
 mod lifecycle;
 mod limits;
+mod mlserver;
 mod reload;
 mod routing;

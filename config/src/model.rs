@@ -301,6 +301,10 @@ pub struct Cascade {
     pub missing_feature_default: Option<f64>,
     /// Entity features looked up in the feature cache / store.
     pub entity: Option<EntityFeatures>,
+    /// Columns of the probability output: 1 (the positive class) or 2
+    /// (`[negative, positive]`, like scikit-learn's `predict_proba`).
+    /// Default 1.
+    pub output_columns: usize,
 }
 
 /// Features of an entity (a sender domain, a user), looked up by key

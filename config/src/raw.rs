@@ -172,6 +172,7 @@ pub(crate) struct RawCascade {
     pub audit_fraction: Option<f64>,
     pub max_batch: Option<usize>,
     pub missing_feature_default: Option<f64>,
+    pub output_columns: Option<usize>,
     pub entity: Option<RawEntity>,
 }
 

@@ -572,7 +572,15 @@ fn cascade(
     let entity = raw
         .entity
         .and_then(|e| entity(e, &format!("{at}.entity"), model.as_deref(), known, errors));
+    let output_columns = raw.output_columns.unwrap_or(1);
+    if !(1..=2).contains(&output_columns) {
+        errors.push(
+            format!("{at}.output_columns"),
+            format!("{output_columns} must be 1 or 2"),
+        );
+    }
     Some(Cascade {
+        output_columns,
         entity,
         model_path,
         model: model?,

@@ -580,6 +580,7 @@ fn answer(
         &settings.output,
         datatype,
         scores,
+        settings.output_columns,
     );
     let mut response = match wire {
         Wire::Rest => {

@@ -309,7 +309,8 @@ pub fn stage2_scores(
 }
 
 /// The client's response: one probability per row, in request order, as a
-/// `[rows, 1]` tensor named like stage 2's output.
+/// `[rows, 1]` tensor (or `[rows, 2]` of `[1 − p, p]` with `columns == 2`)
+/// named like stage 2's output.
 pub fn response(
     model_name: &str,
     model_version: Option<String>,
@@ -317,7 +318,16 @@ pub fn response(
     output: &str,
     datatype: &str,
     scores: &[f64],
+    columns: usize,
 ) -> InferResponse {
+    let data: Vec<Value> = if columns == 2 {
+        scores
+            .iter()
+            .flat_map(|p| [Value::from(1.0 - p), Value::from(*p)])
+            .collect()
+    } else {
+        scores.iter().map(|s| Value::from(*s)).collect()
+    };
     InferResponse {
         model_name: model_name.to_owned(),
         model_version,
@@ -325,10 +335,10 @@ pub fn response(
         parameters: None,
         outputs: vec![InferOutputTensor {
             name: output.to_owned(),
-            shape: vec![scores.len() as i64, 1],
+            shape: vec![scores.len() as i64, columns as i64],
             datatype: datatype.to_owned(),
             parameters: None,
-            data: Value::Array(scores.iter().map(|s| Value::from(*s)).collect()),
+            data: Value::Array(data),
         }],
     }
 }

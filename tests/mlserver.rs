@@ -1,0 +1,374 @@
+//! End to end against real model servers: MLServer (from PyPI, serving
+//! scikit-learn models) in two "regions" behind the real gateway.
+//!
+//! These tests need MLServer and the trained models, which `scripts/test`
+//! prepares: it sets `CASCADIA_MLSERVER` (the `mlserver` binary) and
+//! `CASCADIA_E2E_DIR` (the output of `tests/e2e/train_models.py`) and runs
+//! them with `--ignored mlserver`.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use serde_json::{json, Value};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use crate::support::{GatewayProcess, TestClient};
+
+/// MLServer takes seconds to import its runtimes; allow for a slow CI box.
+const BOOT: Duration = Duration::from_secs(90);
+
+struct Env {
+    mlserver: PathBuf,
+    models: PathBuf,
+}
+
+fn env() -> Env {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| panic!("{name} is not set: run these tests through scripts/test"))
+    };
+    Env {
+        mlserver: var("CASCADIA_MLSERVER"),
+        models: var("CASCADIA_E2E_DIR"),
+    }
+}
+
+/// One MLServer process serving both models on free ports.
+struct MlServer {
+    child: Child,
+    http: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl MlServer {
+    async fn start(env: &Env) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for model in ["cancer-lr", "cancer-gbc"] {
+            let to = dir.path().join(model);
+            std::fs::create_dir_all(&to).unwrap();
+            for file in ["model.joblib", "model-settings.json"] {
+                std::fs::copy(
+                    env.models.join("models").join(model).join(file),
+                    to.join(file),
+                )
+                .unwrap();
+            }
+        }
+        let http = free_port();
+        let settings = json!({
+            "http_port": http, "grpc_port": free_port(), "metrics_port": free_port(),
+            "parallel_workers": 0, "host": "127.0.0.1",
+        });
+        std::fs::write(dir.path().join("settings.json"), settings.to_string()).unwrap();
+        let child = Command::new(&env.mlserver)
+            .arg("start")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start mlserver");
+        let server = Self {
+            child,
+            http: ([127, 0, 0, 1], http).into(),
+            _dir: dir,
+        };
+        // Readiness: MLServer's own OIP readiness endpoint.
+        let client = TestClient::new();
+        let ready = format!("http://{}/v2/models/cancer-gbc/ready", server.http);
+        tokio::time::timeout(BOOT, async {
+            loop {
+                if let Ok(r) = client.try_send(Method::GET, &ready, &[], "").await {
+                    if r.status == StatusCode::OK {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await
+        .expect("MLServer became ready");
+        server
+    }
+}
+
+fn gateway_config(us_east: &MlServer, eu_west: &MlServer) -> String {
+    format!(
+        r#"
+[gateway]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[[backends]]
+name = "mlserver-us-east"
+region = "us-east"
+endpoints = ["{us}"]
+timeout = "2s"
+
+[[backends]]
+name = "mlserver-eu-west"
+region = "eu-west"
+endpoints = ["{eu}"]
+timeout = "2s"
+
+[[routes]]
+name = "cancer-lr"
+match = {{ model = "cancer-lr" }}
+backends = ["mlserver-us-east", "mlserver-eu-west"]
+
+[[routes]]
+name = "cancer"
+match = {{ model = "cancer" }}
+backends = ["mlserver-us-east", "mlserver-eu-west"]
+upstream_model = "cancer-gbc"
+
+[routes.cascade]
+model = "stage1.json"
+input = "x"
+accept_below = 0.05
+reject_above = 0.95
+output = "predict_proba"
+output_columns = 2
+"#,
+        us = us_east.http,
+        eu = eu_west.http,
+    )
+}
+
+fn rows(env: &Env) -> Vec<Vec<f64>> {
+    serde_json::from_str(&std::fs::read_to_string(env.models.join("rows.json")).unwrap()).unwrap()
+}
+
+fn infer_body(rows: &[Vec<f64>]) -> String {
+    json!({
+        "inputs": [{"name": "x", "shape": [rows.len(), rows[0].len()], "datatype": "FP64", "data": rows}],
+        "outputs": [{"name": "predict_proba"}]
+    })
+    .to_string()
+}
+
+/// Positive-class probabilities from a `predict_proba` output.
+fn positive(body: &Value) -> Vec<f64> {
+    let output = body["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "predict_proba")
+        .unwrap();
+    let data: Vec<f64> = output["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    data.chunks(2).map(|c| c[1]).collect()
+}
+
+async fn post(client: &TestClient, url: &str, body: &str) -> crate::support::TestResponse {
+    client
+        .send(
+            Method::POST,
+            url,
+            &[("content-type", "application/json")],
+            body,
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MLServer: run through scripts/test"]
+async fn mlserver_routing_cascade_and_metadata_through_the_gateway() {
+    let env = env();
+    let (us_east, eu_west) = tokio::join!(MlServer::start(&env), MlServer::start(&env));
+    let stage1 = std::fs::read_to_string(env.models.join("stage1.json")).unwrap();
+    let gateway = GatewayProcess::start_with_files(
+        &gateway_config(&us_east, &eu_west),
+        &[("stage1.json", &stage1)],
+    )
+    .await;
+    let client = TestClient::new();
+    let rows = rows(&env);
+    let body = infer_body(&rows);
+
+    // What MLServer itself computes, asked directly.
+    let direct = |model: &str| format!("http://{}/v2/models/{model}/infer", us_east.http);
+    let lr = positive(&post(&client, &direct("cancer-lr"), &body).await.json());
+    let gbc = positive(&post(&client, &direct("cancer-gbc"), &body).await.json());
+
+    // Plain routing: the same answer through the gateway.
+    let routed = post(&client, &gateway.url("/v2/models/cancer-lr/infer"), &body).await;
+    assert_eq!(routed.status, StatusCode::OK);
+    assert_eq!(
+        routed.header("x-cascadia-backend"),
+        Some("mlserver-us-east")
+    );
+    assert_eq!(positive(&routed.json()), lr);
+
+    // Cascade: confident rows are stage 1's (= MLServer's LR), the rest
+    // are MLServer's gradient boosting, in the original order.
+    let cascade = post(&client, &gateway.url("/v2/models/cancer/infer"), &body).await;
+    assert_eq!(
+        cascade.status,
+        StatusCode::OK,
+        "{:?}",
+        String::from_utf8_lossy(&cascade.body)
+    );
+    assert_eq!(cascade.header("x-cascadia-stage"), Some("mixed"));
+    let answer = cascade.json();
+    assert_eq!(answer["outputs"][0]["shape"], json!([rows.len(), 2]));
+    let merged = positive(&answer);
+    let mut local = 0;
+    for (i, p) in merged.iter().enumerate() {
+        let expected = if lr[i] < 0.05 || lr[i] > 0.95 {
+            local += 1;
+            lr[i]
+        } else {
+            gbc[i]
+        };
+        assert!(
+            (p - expected).abs() < 1e-9,
+            "row {i}: gateway {p}, MLServer {expected}"
+        );
+    }
+    println!("cascade answered {local} of {} rows locally", rows.len());
+    assert!(local > 0 && local < rows.len());
+
+    // Metadata and readiness through the gateway, for both route kinds (a
+    // cascade route forwards them to stage 2).
+    for (path, name) in [
+        ("/v2/models/cancer-lr", "cancer-lr"),
+        ("/v2/models/cancer", "cancer-gbc"),
+    ] {
+        let metadata = client.get(&gateway.url(path), &[]).await;
+        assert_eq!(metadata.status, StatusCode::OK, "{path}");
+        assert_eq!(metadata.json()["name"], name, "{path}");
+        let ready = client
+            .get(&gateway.url(&format!("{path}/ready")), &[])
+            .await;
+        assert_eq!(ready.status, StatusCode::OK, "{path}/ready");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MLServer: run through scripts/test"]
+async fn mlserver_failover_drill_when_a_region_stops() {
+    let env = env();
+    let (mut us_east, eu_west) = tokio::join!(MlServer::start(&env), MlServer::start(&env));
+    let stage1 = std::fs::read_to_string(env.models.join("stage1.json")).unwrap();
+    let gateway = GatewayProcess::start_with_files(
+        &gateway_config(&us_east, &eu_west),
+        &[("stage1.json", &stage1)],
+    )
+    .await;
+    let client = TestClient::new();
+    let body = infer_body(&rows(&env)[..4]);
+    let url = gateway.url("/v2/models/cancer-lr/infer");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, url, body, stop, log) = (
+                client.clone(),
+                url.clone(),
+                body.clone(),
+                stop.clone(),
+                log.clone(),
+            );
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let result = client
+                        .try_send(
+                            Method::POST,
+                            &url,
+                            &[("content-type", "application/json")],
+                            &body,
+                        )
+                        .await;
+                    let entry = match result {
+                        Ok(r) => (
+                            Instant::now(),
+                            r.status,
+                            r.header("x-cascadia-backend").unwrap_or("-").to_owned(),
+                        ),
+                        Err(_) => (
+                            Instant::now(),
+                            StatusCode::IM_A_TEAPOT,
+                            "transport".to_owned(),
+                        ),
+                    };
+                    log.lock().unwrap().push(entry);
+                }
+            })
+        })
+        .collect();
+    // Warm: the preferred region serves.
+    tokio::time::timeout(BOOT, async {
+        while log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.2 == "mlserver-us-east")
+            .count()
+            < 50
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("load reached us-east");
+
+    let killed = Instant::now();
+    us_east.child.kill().await.unwrap();
+    tokio::time::timeout(BOOT, async {
+        while log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.0 > killed && e.2 == "mlserver-eu-west")
+            .count()
+            < 200
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("eu-west took over");
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+
+    let log = log.lock().unwrap();
+    let failures = log.iter().filter(|e| e.1 != StatusCode::OK).count();
+    let first_eu = log
+        .iter()
+        .filter(|e| e.0 > killed && e.2 == "mlserver-eu-west")
+        .map(|e| e.0)
+        .min()
+        .unwrap();
+    let failover = first_eu.duration_since(killed);
+    println!(
+        "MLServer drill: {} requests, {failures} failed, failover {failover:?}",
+        log.len()
+    );
+    assert_eq!(failures, 0, "client-visible failures during the drill");
+    assert!(
+        failover < Duration::from_secs(1),
+        "failover took {failover:?}"
+    );
+}
