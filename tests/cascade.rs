@@ -426,13 +426,24 @@ mod grpc {
         );
         let reply = response.into_inner();
         assert_eq!(reply.id, "g-1");
-        let output = &reply.outputs[0];
+        assert!(
+            reply.outputs[0].contents.is_none(),
+            "outputs travel raw, as Triton clients expect"
+        );
+        let json = cascadia_cascade::grpc::to_json_response(&reply).unwrap();
+        let output = &json.outputs[0];
         assert_eq!(output.name, "probability");
         assert_eq!(output.shape, vec![3, 1]);
-        let p = &output.contents.as_ref().unwrap().fp32_contents;
-        assert!((f64::from(p[0]) - sigmoid(-3.0)).abs() < 1e-6, "{p:?}");
-        assert!((f64::from(p[1]) - stage2(0.0, 1.0)).abs() < 1e-6, "{p:?}");
-        assert!((f64::from(p[2]) - sigmoid(3.0)).abs() < 1e-6, "{p:?}");
+        let p: Vec<f64> = output
+            .data
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert!((p[0] - sigmoid(-3.0)).abs() < 1e-6, "{p:?}");
+        assert!((p[1] - stage2(0.0, 1.0)).abs() < 1e-6, "{p:?}");
+        assert!((p[2] - sigmoid(3.0)).abs() < 1e-6, "{p:?}");
         assert_eq!(ensemble.control.infer_requests(), 1);
 
         // raw_input_contents, all confident: answered locally.

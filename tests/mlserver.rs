@@ -27,6 +27,13 @@ struct Env {
     models: PathBuf,
 }
 
+impl Env {
+    /// The venv's Python, beside the `mlserver` script.
+    fn python(&self) -> PathBuf {
+        self.mlserver.with_file_name("python")
+    }
+}
+
 fn env() -> Env {
     let var = |name: &str| {
         std::env::var_os(name)
@@ -43,6 +50,7 @@ fn env() -> Env {
 struct MlServer {
     child: Child,
     http: std::net::SocketAddr,
+    grpc: std::net::SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -69,8 +77,9 @@ impl MlServer {
             }
         }
         let http = free_port();
+        let grpc = free_port();
         let settings = json!({
-            "http_port": http, "grpc_port": free_port(), "metrics_port": free_port(),
+            "http_port": http, "grpc_port": grpc, "metrics_port": free_port(),
             "parallel_workers": 0, "host": "127.0.0.1",
         });
         std::fs::write(dir.path().join("settings.json"), settings.to_string()).unwrap();
@@ -85,6 +94,7 @@ impl MlServer {
         let server = Self {
             child,
             http: ([127, 0, 0, 1], http).into(),
+            grpc: ([127, 0, 0, 1], grpc).into(),
             _dir: dir,
         };
         // Readiness: MLServer's own OIP readiness endpoint.
@@ -125,15 +135,30 @@ region = "eu-west"
 endpoints = ["{eu}"]
 timeout = "2s"
 
+# MLServer serves gRPC on its own port: separate h2c backends. REST goes to
+# the HTTP/1.1 ones, gRPC to these, each in the same region order.
+[[backends]]
+name = "mlserver-grpc-us-east"
+region = "us-east"
+protocol = "h2c"
+endpoints = ["{us_grpc}"]
+
+[[backends]]
+name = "mlserver-grpc-eu-west"
+region = "eu-west"
+protocol = "h2c"
+endpoints = ["{eu_grpc}"]
+
 [[routes]]
 name = "cancer-lr"
 match = {{ model = "cancer-lr" }}
-backends = ["mlserver-us-east", "mlserver-eu-west"]
+backends = ["mlserver-us-east", "mlserver-grpc-us-east", "mlserver-eu-west", "mlserver-grpc-eu-west"]
+retries = {{ attempts = 3 }}
 
 [[routes]]
 name = "cancer"
 match = {{ model = "cancer" }}
-backends = ["mlserver-us-east", "mlserver-eu-west"]
+backends = ["mlserver-us-east", "mlserver-grpc-us-east", "mlserver-eu-west", "mlserver-grpc-eu-west"]
 upstream_model = "cancer-gbc"
 
 [routes.cascade]
@@ -146,6 +171,8 @@ output_columns = 2
 "#,
         us = us_east.http,
         eu = eu_west.http,
+        us_grpc = us_east.grpc,
+        eu_grpc = eu_west.grpc,
     )
 }
 
@@ -354,7 +381,15 @@ async fn mlserver_failover_drill_when_a_region_stops() {
     }
 
     let log = log.lock().unwrap();
-    let failures = log.iter().filter(|e| e.1 != StatusCode::OK).count();
+    let failed: Vec<_> = log
+        .iter()
+        .filter(|e| e.1 != StatusCode::OK)
+        .map(|e| (e.1, e.2.clone()))
+        .collect();
+    let failures = failed.len();
+    if failures > 0 {
+        println!("failed requests: {failed:?}");
+    }
     let first_eu = log
         .iter()
         .filter(|e| e.0 > killed && e.2 == "mlserver-eu-west")
@@ -371,4 +406,82 @@ async fn mlserver_failover_drill_when_a_region_stops() {
         failover < Duration::from_secs(1),
         "failover took {failover:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MLServer: run through scripts/test"]
+async fn mlserver_triton_clients_with_default_settings_through_the_gateway() {
+    let env = env();
+    let (us_east, eu_west) = tokio::join!(MlServer::start(&env), MlServer::start(&env));
+    let stage1 = std::fs::read_to_string(env.models.join("stage1.json")).unwrap();
+    let gateway = GatewayProcess::start_with_files(
+        &gateway_config(&us_east, &eu_west),
+        &[("stage1.json", &stage1)],
+    )
+    .await;
+    let client = TestClient::new();
+    let rows = rows(&env);
+    let n = 40;
+    let direct = |model: &str| format!("http://{}/v2/models/{model}/infer", us_east.http);
+    let body = infer_body(&rows[..n]);
+    let lr = positive(&post(&client, &direct("cancer-lr"), &body).await.json());
+    let gbc = positive(&post(&client, &direct("cancer-gbc"), &body).await.json());
+
+    let script = env!("CARGO_MANIFEST_DIR").to_owned() + "/../tests/e2e/clients.py";
+    for model in ["cancer-lr", "cancer"] {
+        let output = Command::new(env.python())
+            .arg(&script)
+            .arg(gateway.addr.to_string())
+            .arg(gateway.addr.to_string())
+            .arg(model)
+            .arg(env.models.join("rows.json"))
+            .arg(n.to_string())
+            .output()
+            .await
+            .expect("run clients.py");
+        assert!(
+            output.status.success(),
+            "{model}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let seen: Value = serde_json::from_slice(&output.stdout).expect("clients.py prints JSON");
+        for transport in ["http", "grpc"] {
+            assert_eq!(
+                seen[format!("{transport}_live")],
+                true,
+                "{model} {transport}"
+            );
+            assert_eq!(
+                seen[format!("{transport}_ready")],
+                true,
+                "{model} {transport}"
+            );
+            let probabilities: Vec<f64> = seen[transport]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            assert_eq!(probabilities.len(), n);
+            for (i, p) in probabilities.iter().enumerate() {
+                let expected = match model {
+                    "cancer-lr" => lr[i],
+                    _ if lr[i] < 0.05 || lr[i] > 0.95 => lr[i],
+                    _ => gbc[i],
+                };
+                // Local answers travel as FP32 over gRPC.
+                assert!(
+                    (p - expected).abs() < 1e-6,
+                    "{model} {transport} row {i}: {p} vs {expected}"
+                );
+            }
+        }
+        let expected_name = if model == "cancer" {
+            "cancer-gbc"
+        } else {
+            "cancer-lr"
+        };
+        assert_eq!(seen["http_metadata_name"], expected_name);
+        assert_eq!(seen["grpc_metadata_name"], expected_name);
+    }
 }

@@ -22,8 +22,12 @@ pub type BoxError = Box<dyn StdError + Send + Sync>;
 /// buffered and empty bodies share one client type.
 pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 
-/// How long an idle upstream connection is kept in the pool.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long an idle upstream connection is kept in the pool. Below the
+/// shortest keep-alive timeout common among model servers (uvicorn's 5 s,
+/// under MLServer and KServe), so the gateway closes an idle connection
+/// before the server does and never sends a request into one that is being
+/// closed under it.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 /// Idle connections kept per endpoint; enough for bursts at a few thousand
 /// requests per second without reconnecting.
 const POOL_MAX_IDLE_PER_ENDPOINT: usize = 256;

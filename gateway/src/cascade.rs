@@ -150,7 +150,25 @@ pub async fn handle(
             }
         })?
         .to_bytes();
+    handle_body(
+        proxy, snapshot, route, stage, parts, body, model, request_id,
+    )
+    .await
+}
 
+/// [`handle`] for a body already read (e.g. rewritten from Triton's binary
+/// extension).
+#[allow(clippy::too_many_arguments)]
+pub async fn handle_body(
+    proxy: &Proxy,
+    snapshot: &Arc<Snapshot>,
+    route: &Arc<Route>,
+    stage: &CascadeStage,
+    parts: http::request::Parts,
+    body: Bytes,
+    model: (String, Option<String>),
+    request_id: &HeaderValue,
+) -> Result<Response<ResponseBody>, GatewayError> {
     // 1. Parse. Payload errors describe the client's own request, so their
     //    text is safe to return.
     let infer: InferRequest = match serde_json::from_slice(&body) {

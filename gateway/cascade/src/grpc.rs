@@ -41,11 +41,21 @@ pub fn to_json_request(request: &ModelInferRequest) -> Result<InferRequest, Payl
             })
         })
         .collect::<Result<Vec<_>, PayloadError>>()?;
+    let outputs = (!request.outputs.is_empty()).then(|| {
+        request
+            .outputs
+            .iter()
+            .map(|o| cascadia_oip::json::RequestedOutput {
+                name: o.name.clone(),
+                parameters: None,
+            })
+            .collect()
+    });
     Ok(InferRequest {
         id: (!request.id.is_empty()).then(|| request.id.clone()),
         parameters: None,
         inputs,
-        outputs: None,
+        outputs,
     })
 }
 
@@ -138,6 +148,17 @@ pub fn to_grpc_request(
                 contents: Some(typed_contents(&input.datatype, &input.data)),
             })
             .collect(),
+        // The client's requested outputs go along, or the model server would
+        // answer with its default output instead.
+        outputs: request
+            .outputs
+            .iter()
+            .flatten()
+            .map(|o| model_infer_request::InferRequestedOutputTensor {
+                name: o.name.clone(),
+                parameters: Default::default(),
+            })
+            .collect(),
         ..Default::default()
     }
 }
@@ -216,8 +237,9 @@ pub fn to_json_response(response: &ModelInferResponse) -> Result<InferResponse, 
     })
 }
 
-/// A JSON response (the cascade's answer) as a gRPC response with typed
-/// contents.
+/// A JSON response (the cascade's answer) as a gRPC response. Outputs go
+/// in `raw_output_contents`, as Triton and MLServer send them: Triton's
+/// clients read only the raw form.
 pub fn to_grpc_response(response: &InferResponse) -> ModelInferResponse {
     ModelInferResponse {
         model_name: response.model_name.clone(),
@@ -231,10 +253,29 @@ pub fn to_grpc_response(response: &InferResponse) -> ModelInferResponse {
                 datatype: output.datatype.clone(),
                 shape: output.shape.clone(),
                 parameters: Default::default(),
-                contents: Some(typed_contents(&output.datatype, &output.data)),
+                contents: None,
             })
             .collect(),
+        raw_output_contents: response
+            .outputs
+            .iter()
+            .map(|output| raw_bytes(&output.datatype, &output.data))
+            .collect(),
         ..Default::default()
+    }
+}
+
+/// Little-endian raw bytes of a tensor's values (numbers as the datatype
+/// says; anything else as FP32).
+fn raw_bytes(datatype: &str, data: &Value) -> Vec<u8> {
+    let mut leaves = Vec::new();
+    flatten(data, &mut leaves);
+    let numbers = leaves.iter().filter_map(Value::as_f64);
+    match datatype {
+        "FP64" => numbers.flat_map(f64::to_le_bytes).collect(),
+        "INT64" => numbers.flat_map(|v| (v as i64).to_le_bytes()).collect(),
+        "INT32" => numbers.flat_map(|v| (v as i32).to_le_bytes()).collect(),
+        _ => numbers.flat_map(|v| (v as f32).to_le_bytes()).collect(),
     }
 }
 

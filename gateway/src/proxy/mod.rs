@@ -111,58 +111,109 @@ impl Proxy {
         admit(snapshot, &request)?;
 
         // Phase: match.
-        let path = request.uri().path();
-        if has_dot_segment(path) {
+        let path = request.uri().path().to_owned();
+        if has_dot_segment(&path) {
             return Err(GatewayError::BadRequest("path has dot segments"));
         }
-        let oip = oip_path::parse(path);
-        let (route, rewritten_path) = match oip {
+        let oip = oip_path::parse(&path);
+        let (route, oip) = match oip {
             Some(p) if matches!(p.kind, OipKind::ServerLive | OipKind::ServerReady) => {
                 return Ok(health_response(p.kind, request.method(), request_id));
             }
             Some(p) => match p.model.and_then(|m| snapshot.routes.by_model(m)) {
                 Some(route) => (route, Some(p)),
                 None => (
-                    snapshot.routes.by_path(path).ok_or(GatewayError::NoRoute)?,
+                    snapshot
+                        .routes
+                        .by_path(&path)
+                        .ok_or(GatewayError::NoRoute)?,
                     None,
                 ),
             },
             None => (
-                snapshot.routes.by_path(path).ok_or(GatewayError::NoRoute)?,
+                snapshot
+                    .routes
+                    .by_path(&path)
+                    .ok_or(GatewayError::NoRoute)?,
                 None,
             ),
         };
+        let is_infer = oip.is_some_and(|p| p.kind == OipKind::ModelInfer);
+        let (mut parts, incoming) = request.into_parts();
+
+        // Triton's binary tensor extension (tritonclient's default) becomes
+        // plain OIP JSON, which every model server accepts.
+        let json_len = parts
+            .headers
+            .get(INFERENCE_HEADER_CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let limit = snapshot.config.gateway.limits.max_body_bytes;
+        let (preread, incoming) = match json_len {
+            Some(json_len) if is_infer => {
+                let body = read_limited(incoming, limit).await?;
+                let json = match cascadia_oip::json::binary_request_to_json(&body, json_len) {
+                    Ok(json) => Bytes::from(json),
+                    Err(message) => {
+                        return Ok(crate::errors::json_error(
+                            StatusCode::BAD_REQUEST,
+                            &message,
+                            request_id,
+                        ))
+                    }
+                };
+                parts.headers.remove(INFERENCE_HEADER_CONTENT_LENGTH);
+                parts.headers.remove(header::CONTENT_LENGTH);
+                parts.headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                (Some(json), None)
+            }
+            _ => (None, Some(incoming)),
+        };
 
         // Phase: stage 1, for cascade routes' inference calls.
-        if let (Some(cascade), Some(p)) = (&route.cascade, rewritten_path) {
-            if p.kind == OipKind::ModelInfer {
-                let route = Arc::clone(route);
-                let (model, version) = (
-                    p.model.unwrap_or_default().to_owned(),
-                    p.version.map(str::to_owned),
-                );
-                return crate::cascade::handle(
-                    self,
-                    snapshot,
-                    &route,
-                    cascade,
-                    request,
-                    (model, version),
-                    request_id,
-                )
-                .await;
-            }
+        if let (Some(cascade), Some(p), true) = (&route.cascade, oip, is_infer) {
+            let route = Arc::clone(route);
+            let model = (
+                p.model.unwrap_or_default().to_owned(),
+                p.version.map(str::to_owned),
+            );
+            return match (preread, incoming) {
+                (Some(body), _) => {
+                    crate::cascade::handle_body(
+                        self, snapshot, &route, cascade, parts, body, model, request_id,
+                    )
+                    .await
+                }
+                (None, Some(incoming)) => {
+                    crate::cascade::handle(
+                        self,
+                        snapshot,
+                        &route,
+                        cascade,
+                        Request::from_parts(parts, incoming),
+                        model,
+                        request_id,
+                    )
+                    .await
+                }
+                (None, None) => unreachable!("the body is either read or not"),
+            };
         }
 
         // Phase: split.
-        let target = choose_target(route, request.headers())?;
+        let target = choose_target(route, &parts.headers)?;
 
         // Phase: forward. The path changes only when the target serves the
         // model under another name or version.
-        let path_and_query = upstream_path(target, rewritten_path, request.uri())?;
-        let limit = snapshot.config.gateway.limits.max_body_bytes;
-        let (parts, incoming) = request.into_parts();
-        let body = request_body(route, incoming, limit).await?;
+        let path_and_query = upstream_path(target, oip, &parts.uri)?;
+        let body = match (preread, incoming) {
+            (Some(body), _) => RequestBody::Buffered(body),
+            (None, Some(incoming)) => request_body(route, incoming, limit).await?,
+            (None, None) => unreachable!("the body is either read or not"),
+        };
         self.forward(route, target, parts, path_and_query, body, request_id)
             .await
     }
@@ -303,6 +354,41 @@ impl Proxy {
                     if is_retryable_status(response.status()) && !is_last {
                         last_error = None;
                         continue;
+                    }
+                    // A small response of a request that could still be
+                    // retried is read whole before anything goes to the
+                    // client: an upstream dying mid-body then costs a retry,
+                    // not a truncated answer.
+                    let small = response
+                        .body()
+                        .size_hint()
+                        .exact()
+                        .is_some_and(|n| n <= REPLAY_LIMIT);
+                    // gRPC answers end in trailers: they always stream.
+                    if !is_last && small && !grpc {
+                        let (head, incoming) = response.into_parts();
+                        let per_try = per_try_timeout(&target.pools[index], remaining);
+                        match tokio::time::timeout(per_try, incoming.collect()).await {
+                            Ok(Ok(collected)) => {
+                                let mut buffered =
+                                    respond_head(head, request_id, target, index, attempts_made);
+                                *buffered.body_mut() = ResponseBody::full(collected.to_bytes());
+                                return Ok(buffered);
+                            }
+                            _ => {
+                                let pool = &target.pools[index];
+                                pool.record(endpoint, Outcome::Failure, Instant::now());
+                                tracing::debug!(
+                                    request_id = request_id.to_str().unwrap_or_default(),
+                                    backend = pool.name(),
+                                    "response body failed; retrying"
+                                );
+                                last_error = Some(GatewayError::NoHealthyBackend {
+                                    version: target.version.to_string(),
+                                });
+                                continue;
+                            }
+                        }
                     }
                     // Phase: respond.
                     return Ok(respond(
@@ -492,7 +578,21 @@ fn respond(
     pool_index: usize,
     attempts: usize,
 ) -> Response<ResponseBody> {
-    let (mut parts, incoming) = response.into_parts();
+    let (head, incoming) = response.into_parts();
+    let mut response = respond_head(head, request_id, target, pool_index, attempts);
+    *response.body_mut() = ResponseBody::upstream(incoming, in_flight);
+    response
+}
+
+/// The client's response head: the upstream's, minus hop-by-hop headers,
+/// plus the request id and what served it. The body is set by the caller.
+fn respond_head(
+    mut parts: http::response::Parts,
+    request_id: &HeaderValue,
+    target: &Target,
+    pool_index: usize,
+    attempts: usize,
+) -> Response<ResponseBody> {
     headers::strip_hop_by_hop(&mut parts.headers, false);
     parts
         .headers
@@ -509,7 +609,7 @@ fn respond(
             .headers
             .insert(headers::X_CASCADIA_ATTEMPTS, HeaderValue::from(attempts));
     }
-    Response::from_parts(parts, ResponseBody::upstream(incoming, in_flight))
+    Response::from_parts(parts, ResponseBody::empty())
 }
 
 /// What one request already tried, so retries go somewhere new.
@@ -542,7 +642,19 @@ impl Tried {
         latency_slo: Option<Duration>,
     ) -> Option<(usize, &'t Arc<Endpoint>)> {
         let pools = &target.pools;
-        let usable = |i: usize| !grpc || pools[i].client().protocol() == UpstreamProtocol::H2c;
+        // gRPC needs HTTP/2 end to end (its status travels in trailers).
+        // REST prefers HTTP/1.1 pools when the version has both kinds: model
+        // servers such as MLServer and Triton serve REST and gRPC on
+        // different ports, configured as separate backends.
+        let rest_has_http1 = !grpc && target.has_http1;
+        let usable = |i: usize| {
+            let protocol = pools[i].client().protocol();
+            if grpc {
+                protocol == UpstreamProtocol::H2c
+            } else {
+                !rest_has_http1 || protocol == UpstreamProtocol::Http1
+            }
+        };
         let tried = &self.endpoints[..self.count];
         let mut exhausted = 0u64;
         for _ in 0..=pools.len() {
@@ -629,6 +741,27 @@ pub(crate) fn admit<B>(snapshot: &Snapshot, request: &Request<B>) -> Result<(), 
         }
     }
     Ok(())
+}
+
+/// Triton's binary-extension header: the length of the JSON part.
+const INFERENCE_HEADER_CONTENT_LENGTH: http::HeaderName =
+    http::HeaderName::from_static("inference-header-content-length");
+
+/// Reads a whole body, refusing more than `limit` bytes.
+async fn read_limited(incoming: Incoming, limit: u64) -> Result<Bytes, GatewayError> {
+    Ok(
+        http_body_util::Limited::new(incoming, usize::try_from(limit).unwrap_or(usize::MAX))
+            .collect()
+            .await
+            .map_err(|error| {
+                if error.is::<http_body_util::LengthLimitError>() {
+                    GatewayError::BodyTooLarge { limit }
+                } else {
+                    GatewayError::BadRequest("request body failed")
+                }
+            })?
+            .to_bytes(),
+    )
 }
 
 /// Bodies up to this size are kept in memory on retryable routes so a failed

@@ -35,6 +35,8 @@ pub struct Target {
     /// `x-cascadia-backend` values for `pools`, precomputed so the request
     /// path does not build header values.
     pub pool_headers: Vec<HeaderValue>,
+    /// Whether any pool speaks HTTP/1.1 (REST then goes only to those).
+    pub has_http1: bool,
     /// Model name to use upstream, when it differs from the route's.
     pub upstream_model: Option<Arc<str>>,
     /// Model version to ask the upstream for.
@@ -63,6 +65,9 @@ impl Target {
                         .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
                 })
                 .collect(),
+            has_http1: pools
+                .iter()
+                .any(|p| p.client().protocol() == cascadia_config::UpstreamProtocol::Http1),
             pools,
             upstream_model: upstream_model.map(Into::into),
             upstream_version: upstream_version.map(Into::into),
