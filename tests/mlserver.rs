@@ -155,6 +155,25 @@ match = {{ model = "cancer-lr" }}
 backends = ["mlserver-us-east", "mlserver-grpc-us-east", "mlserver-eu-west", "mlserver-grpc-eu-west"]
 retries = {{ attempts = 3 }}
 
+# A canary between two real models: stable is the logistic regression,
+# canary the gradient boosting.
+[[routes]]
+name = "cancer-canary"
+match = {{ model = "cancer-canary" }}
+key_header = "x-user-id"
+
+[[routes.split]]
+version = "stable"
+weight = 50
+backends = ["mlserver-us-east", "mlserver-grpc-us-east", "mlserver-eu-west", "mlserver-grpc-eu-west"]
+upstream_model = "cancer-lr"
+
+[[routes.split]]
+version = "canary"
+weight = 50
+backends = ["mlserver-us-east", "mlserver-grpc-us-east", "mlserver-eu-west", "mlserver-grpc-eu-west"]
+upstream_model = "cancer-gbc"
+
 [[routes]]
 name = "cancer"
 match = {{ model = "cancer" }}
@@ -273,6 +292,31 @@ async fn mlserver_routing_cascade_and_metadata_through_the_gateway() {
     }
     println!("cascade answered {local} of {} rows locally", rows.len());
     assert!(local > 0 && local < rows.len());
+
+    // Canary: each answer is exactly the model its version names, and a
+    // user keeps their version.
+    let mut seen = std::collections::HashSet::new();
+    for user in 0..20 {
+        let user = format!("user-{user}");
+        let headers = [
+            ("content-type", "application/json"),
+            ("x-user-id", user.as_str()),
+        ];
+        let url = gateway.url("/v2/models/cancer-canary/infer");
+        let first = client.send(Method::POST, &url, &headers, &body).await;
+        assert_eq!(first.status, StatusCode::OK);
+        let version = first.header("x-cascadia-version").unwrap().to_owned();
+        let expected = if version == "stable" { &lr } else { &gbc };
+        assert_eq!(&positive(&first.json()), expected, "{user} on {version}");
+        let again = client.send(Method::POST, &url, &headers, &body).await;
+        assert_eq!(
+            again.header("x-cascadia-version"),
+            Some(version.as_str()),
+            "sticky"
+        );
+        seen.insert(version);
+    }
+    assert_eq!(seen.len(), 2, "both versions served some users");
 
     // Metadata and readiness through the gateway, for both route kinds (a
     // cascade route forwards them to stage 2).
