@@ -191,3 +191,52 @@ async fn read_response(stream: &mut tokio::net::TcpStream) -> String {
         .expect("response arrives");
     String::from_utf8_lossy(&out).into_owned()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_route_sheds_load_with_a_fast_503_and_recovers() {
+    let slow = sim_with(
+        "slow",
+        "1",
+        "us-east",
+        cascadia_sim::LatencyModel::Fixed(Duration::from_millis(400)),
+    )
+    .await;
+    let gateway = GatewayProcess::start(&single_backend_config(
+        "slow",
+        slow.addr,
+        "max_concurrency = 2",
+    ))
+    .await;
+    let client = TestClient::new();
+    let url = gateway.url("/v2/models/fraud/infer");
+    // Two fill the route (readiness: the backend has both)...
+    let admitted: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move { client.infer(&url, &[]).await })
+        })
+        .collect();
+    tokio::time::timeout(crate::support::WAIT, async {
+        while slow.control.requests() < 2 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("both requests reached the backend");
+    // ...so the next ones are shed at once, without queueing.
+    for _ in 0..4 {
+        let shed = client.infer(&url, &[]).await;
+        assert_json_error(&shed, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(shed.header("retry-after"), Some("1"));
+    }
+    for request in admitted {
+        assert_eq!(request.await.unwrap().status, StatusCode::OK);
+    }
+    assert_eq!(
+        slow.control.requests(),
+        2,
+        "shed requests never reached the backend"
+    );
+    // Capacity is back once the admitted requests finished.
+    assert_eq!(client.infer(&url, &[]).await.status, StatusCode::OK);
+}

@@ -438,6 +438,10 @@ pub struct Route {
     /// Whether a failed request may be sent again. Default: true for model
     /// routes (inference has no side effects), false for prefix routes.
     pub idempotent: bool,
+    /// Most requests of this route in flight at once; beyond it requests
+    /// get a fast 503 with `Retry-After` instead of queueing. `None`: no
+    /// limit.
+    pub max_concurrency: Option<usize>,
     /// How failed attempts are retried.
     pub retries: RetryPolicy,
     /// Hedging of slow attempts; `None` (the default) never hedges.

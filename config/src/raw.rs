@@ -152,6 +152,7 @@ pub(crate) struct RawRoute {
     pub upstream_model: Option<String>,
     pub upstream_version: Option<String>,
     pub idempotent: Option<bool>,
+    pub max_concurrency: Option<usize>,
     #[serde(default)]
     pub retries: RawRetries,
     pub hedge: Option<RawHedge>,

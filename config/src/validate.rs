@@ -701,6 +701,10 @@ fn routes(
                 errors,
             );
             let timeout = timeout(r.timeout.as_deref(), &format!("{at}.timeout"), errors);
+            let max_concurrency = r.max_concurrency;
+            if max_concurrency == Some(0) {
+                errors.push(format!("{at}.max_concurrency"), "must be at least 1");
+            }
             let idempotent = r
                 .idempotent
                 .unwrap_or(matches!(matcher, Some(RouteMatch::Model(_))));
@@ -736,6 +740,7 @@ fn routes(
                 timeout,
                 split: split?,
                 idempotent,
+                max_concurrency,
                 retries,
                 hedge,
                 latency_slo,

@@ -49,6 +49,8 @@ pub enum GatewayError {
     NoHealthyBackend { version: String },
     #[error("the request's deadline passed")]
     DeadlineExceeded,
+    #[error("route {route} is at its concurrency limit")]
+    Overloaded { route: String },
     #[error("upstream attempt to {backend} failed")]
     Upstream {
         backend: String,
@@ -80,7 +82,7 @@ impl GatewayError {
             | Self::MethodNotAllowed
             | Self::Unimplemented(_)
             | Self::RequestBody(_) => Side::Downstream,
-            Self::NoRoute => Side::Gateway,
+            Self::NoRoute | Self::Overloaded { .. } => Side::Gateway,
             Self::NoHealthyBackend { .. } | Self::DeadlineExceeded | Self::Upstream { .. } => {
                 Side::Upstream
             }
@@ -100,6 +102,7 @@ impl GatewayError {
             Self::Unimplemented(_) => "unimplemented",
             Self::NoHealthyBackend { .. } => "no_healthy_backend",
             Self::DeadlineExceeded => "deadline_exceeded",
+            Self::Overloaded { .. } => "overloaded",
             Self::Upstream { source, .. } => match source.kind() {
                 UpstreamErrorKind::Connect => "upstream_connect",
                 UpstreamErrorKind::Timeout => "upstream_timeout",
@@ -131,6 +134,7 @@ impl GatewayError {
             Self::Unimplemented(_) => (S::NOT_IMPLEMENTED, 12, "method not supported"),
             Self::NoHealthyBackend { .. } => (S::SERVICE_UNAVAILABLE, 14, "no backend available"),
             Self::DeadlineExceeded => (S::GATEWAY_TIMEOUT, 4, "deadline exceeded"),
+            Self::Overloaded { .. } => (S::SERVICE_UNAVAILABLE, 8, "overloaded, retry later"),
             Self::Upstream { source, .. } => match source.kind() {
                 UpstreamErrorKind::Connect => (S::BAD_GATEWAY, 14, "backend unavailable"),
                 UpstreamErrorKind::Timeout => (S::GATEWAY_TIMEOUT, 4, "backend timed out"),
@@ -162,7 +166,10 @@ impl GatewayError {
     /// Every backend being down is a state that lasts: tell clients when to
     /// come back instead of letting them hammer the gateway.
     fn add_retry_after(&self, headers: &mut HeaderMap) {
-        if matches!(self, Self::NoHealthyBackend { .. }) {
+        if matches!(
+            self,
+            Self::NoHealthyBackend { .. } | Self::Overloaded { .. }
+        ) {
             headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
     }

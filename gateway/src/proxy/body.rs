@@ -28,6 +28,8 @@ pin_project! {
             #[pin]
             body: Incoming,
             in_flight: Option<InFlight>,
+            // The route's concurrency slot, held until the body ends.
+            admitted: Option<crate::routing::Admitted>,
         },
         /// A complete body produced by the gateway (errors, health, admin),
         /// with trailers for the gRPC answers it gives itself.
@@ -61,11 +63,20 @@ impl ResponseBody {
         }
     }
 
+    /// Holds the route's concurrency slot until a streamed body ends (a
+    /// complete body releases it at once).
+    pub fn hold(&mut self, slot: Option<crate::routing::Admitted>) {
+        if let Self::Upstream { admitted, .. } = self {
+            *admitted = slot;
+        }
+    }
+
     /// Streams an upstream body, releasing `in_flight` when it ends.
     pub fn upstream(body: Incoming, in_flight: InFlight) -> Self {
         Self::Upstream {
             body,
             in_flight: Some(in_flight),
+            admitted: None,
         }
     }
 }
@@ -79,10 +90,15 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.project() {
-            ResponseBodyProj::Upstream { body, in_flight } => {
+            ResponseBodyProj::Upstream {
+                body,
+                in_flight,
+                admitted,
+            } => {
                 let frame = ready!(body.poll_frame(cx));
                 if frame.is_none() {
                     in_flight.take();
+                    admitted.take();
                 }
                 Poll::Ready(frame)
             }

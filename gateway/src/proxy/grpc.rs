@@ -94,6 +94,17 @@ pub async fn handle(
         .by_model(&model)
         .ok_or(GatewayError::NoRoute)?;
 
+    let admitted = match &route.admission {
+        Some(admission) => Some(
+            admission
+                .try_admit()
+                .ok_or_else(|| GatewayError::Overloaded {
+                    route: route.name.to_string(),
+                })?,
+        ),
+        None => None,
+    };
+
     // Phase: stage 1, for cascade routes' inference calls.
     if let Some(stage) = &route.cascade {
         if method == "ModelInfer" {
@@ -128,7 +139,7 @@ pub async fn handle(
     let mut parts = parts;
     // The buffered body may have changed size.
     parts.headers.remove(header::CONTENT_LENGTH);
-    proxy
+    let mut response = proxy
         .forward(
             route,
             target,
@@ -137,7 +148,9 @@ pub async fn handle(
             super::RequestBody::Buffered(body),
             request_id,
         )
-        .await
+        .await?;
+    response.body_mut().hold(admitted);
+    Ok(response)
 }
 
 /// A successful unary reply the gateway gives itself.

@@ -139,6 +139,19 @@ impl Proxy {
             ),
         };
         let is_infer = oip.is_some_and(|p| p.kind == OipKind::ModelInfer);
+        // Load shedding: a full route answers at once instead of queueing.
+        let admitted = match &route.admission {
+            Some(admission) => {
+                Some(
+                    admission
+                        .try_admit()
+                        .ok_or_else(|| GatewayError::Overloaded {
+                            route: route.name.to_string(),
+                        })?,
+                )
+            }
+            None => None,
+        };
         let (mut parts, incoming) = request.into_parts();
 
         // Triton's binary tensor extension (tritonclient's default) becomes
@@ -214,8 +227,11 @@ impl Proxy {
             (None, Some(incoming)) => request_body(route, incoming, limit).await?,
             (None, None) => unreachable!("the body is either read or not"),
         };
-        self.forward(route, target, parts, path_and_query, body, request_id)
-            .await
+        let mut response = self
+            .forward(route, target, parts, path_and_query, body, request_id)
+            .await?;
+        response.body_mut().hold(admitted);
+        Ok(response)
     }
 
     /// Phases select, forward and respond, shared by REST, gRPC and the

@@ -36,6 +36,8 @@ pub struct Route {
     pub split: Split,
     /// Whether a failed request may be sent again.
     pub idempotent: bool,
+    /// Requests of this route in flight, against `max_concurrency`.
+    pub admission: Option<Arc<Admission>>,
     /// Attempts per request, the first included.
     pub attempts: u32,
     /// Caps retries to a share of this route's requests.
@@ -46,6 +48,45 @@ pub struct Route {
     pub latency_slo: Option<Duration>,
     /// Stage 1 of a cascade route.
     pub cascade: Option<crate::cascade::CascadeStage>,
+}
+
+/// Bounded concurrency for one route: load shedding without a queue.
+#[derive(Debug)]
+pub struct Admission {
+    limit: usize,
+    in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// One admitted request; releases its slot when dropped.
+#[derive(Debug)]
+pub struct Admitted(Arc<Admission>);
+
+impl Admission {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            in_flight: Default::default(),
+        }
+    }
+
+    /// A slot, or `None` when the route is full.
+    pub fn try_admit(self: &Arc<Self>) -> Option<Admitted> {
+        use std::sync::atomic::Ordering;
+        let previous = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if previous >= self.limit {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Admitted(Arc::clone(self)))
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// A route's hedging policy and budget.
@@ -121,6 +162,9 @@ impl RouteTable {
                 timeout: route.timeout.map(|t| t.get()),
                 split: Split::new(targets),
                 idempotent: route.idempotent,
+                admission: route
+                    .max_concurrency
+                    .map(|limit| Arc::new(Admission::new(limit))),
                 attempts: route.retries.attempts.max(1),
                 retry_budget: RetryBudget::new(
                     route.retries.budget_percent,
