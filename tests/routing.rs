@@ -282,3 +282,37 @@ async fn absolute_form_uris_and_host_headers_cannot_pick_the_upstream() {
         "{response}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_by_route_and_status_class() {
+    let fixture = CanaryFixture::start().await;
+    let gateway = GatewayProcess::start(&fixture.config(100, 0)).await;
+    let client = TestClient::new();
+    for _ in 0..5 {
+        assert_eq!(
+            client
+                .infer(&gateway.url("/v2/models/fraud/infer"), &[])
+                .await
+                .status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        client.get(&gateway.url("/nowhere"), &[]).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let metrics = client.get(&gateway.admin_url("/metrics"), &[]).await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    for line in [
+        "cascadia_config_version 1",
+        r#"cascadia_requests_total{route="fraud",status_class="2xx"} 5"#,
+        r#"cascadia_requests_total{route="none",status_class="4xx"} 1"#,
+        r#"cascadia_request_duration_seconds_count{route="fraud"} 5"#,
+        r#"cascadia_upstream_attempts_total{backend="fraud-v1",region="us-east"} 5"#,
+        r#"cascadia_endpoints{backend="fraud-v1",region="us-east",state="available"} 1"#,
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    assert!(!text.contains("127.0.0.1"), "no addresses in metric labels");
+}

@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | GET | `/admin/config` | version, hash, source, reload counters, last error |
 //! | POST | `/admin/config/reload` | reloads now; 200 with the outcome, 422 with every error |
+//! | GET | `/metrics` | Prometheus text format (see [`crate::metrics`]) |
 //! | GET | `/admin/cascade` | per cascade route: stage-1 model, thresholds, row and audit counters |
 //! | GET | `/admin/backends` | pools, regions, endpoints: health, EWMA latency, in-flight, ejection |
 //! | POST | `/admin/regions/{region}/drain` | moves traffic away from a region (failover drill) |
@@ -113,6 +114,15 @@ impl Admin {
             }
             "/admin/backends" if method == Method::GET => self.backends(),
             "/admin/cascade" if method == Method::GET => self.cascade(),
+            "/metrics" if method == Method::GET => {
+                let body = crate::metrics::render(&self.snapshot.load(), &self.reload.status());
+                let mut response = Response::new(ResponseBody::full(Bytes::from(body)));
+                response.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                response
+            }
             "/admin/config" | "/admin/backends" | "/admin/cascade" => method_not_allowed("GET"),
             "/admin/config/reload" => method_not_allowed("POST"),
             path => match region_action(path) {

@@ -23,7 +23,7 @@
 //! - [`snapshot`] and [`reload`]: the config snapshot behind one `ArcSwap`,
 //!   and the task that rebuilds and swaps it.
 //! - [`features`]: the feature cache (in-process, Redis, feature store).
-//! - [`admin`]: the admin API on its own port.
+//! - [`admin`]: the admin API on its own port; [`metrics`]: its `/metrics`.
 //! - [`errors`]: every failure mapped to an HTTP or gRPC status.
 //! - [`telemetry`]: logging setup.
 //!
@@ -37,6 +37,7 @@ pub mod demo;
 pub mod errors;
 pub mod features;
 pub mod listener;
+pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod routing;

@@ -35,6 +35,8 @@ pub struct Snapshot {
     pub redis: Option<Arc<RedisTier>>,
     /// The admin API's bearer token; reloads with the config.
     pub admin_token: Option<cascadia_config::Secret>,
+    /// Requests that matched no route, for `/metrics`.
+    pub unmatched: crate::metrics::RouteStats,
 }
 
 impl Snapshot {
@@ -57,6 +59,7 @@ impl Snapshot {
             pools,
             redis,
             admin_token: loaded.admin_token.clone(),
+            unmatched: Default::default(),
         }
     }
 }

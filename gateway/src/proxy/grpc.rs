@@ -37,6 +37,7 @@ pub async fn handle(
     snapshot: &std::sync::Arc<Snapshot>,
     request: Request<Incoming>,
     request_id: &HeaderValue,
+    matched: &mut Option<std::sync::Arc<crate::routing::Route>>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     admit(snapshot, &request)?;
     let method = request
@@ -94,6 +95,7 @@ pub async fn handle(
         .by_model(&model)
         .ok_or(GatewayError::NoRoute)?;
 
+    *matched = Some(std::sync::Arc::clone(route));
     let admitted = match &route.admission {
         Some(admission) => Some(
             admission

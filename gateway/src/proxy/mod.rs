@@ -68,11 +68,25 @@ impl Proxy {
         let is_grpc = grpc::is_grpc(&request);
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
+        let started = Instant::now();
+        let mut matched = None;
         let result = if is_grpc {
-            grpc::handle(&self, &snapshot, request, &request_id).await
+            grpc::handle(&self, &snapshot, request, &request_id, &mut matched).await
         } else {
-            self.handle_http(&snapshot, request, &request_id).await
+            self.handle_http(&snapshot, request, &request_id, &mut matched)
+                .await
         };
+        let status = match &result {
+            Ok(response) => response.status().as_u16(),
+            Err(error) => error.status().as_u16(),
+        };
+        let stats = matched.as_ref().map_or(&snapshot.unmatched, |r| &r.stats);
+        stats.record(status, started.elapsed());
+        if matches!(result, Err(GatewayError::Overloaded { .. })) {
+            stats
+                .shed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         match result {
             Ok(response) => response,
             Err(error) => {
@@ -106,6 +120,7 @@ impl Proxy {
         snapshot: &Arc<Snapshot>,
         request: Request<Incoming>,
         request_id: &HeaderValue,
+        matched: &mut Option<Arc<Route>>,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         // Phase: admit.
         admit(snapshot, &request)?;
@@ -138,6 +153,7 @@ impl Proxy {
                 None,
             ),
         };
+        *matched = Some(Arc::clone(route));
         let is_infer = oip.is_some_and(|p| p.kind == OipKind::ModelInfer);
         // Load shedding: a full route answers at once instead of queueing.
         let admitted = match &route.admission {

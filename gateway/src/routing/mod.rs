@@ -48,6 +48,8 @@ pub struct Route {
     pub latency_slo: Option<Duration>,
     /// Stage 1 of a cascade route.
     pub cascade: Option<crate::cascade::CascadeStage>,
+    /// Request counters and latency, for `/metrics`.
+    pub stats: crate::metrics::RouteStats,
 }
 
 /// Bounded concurrency for one route: load shedding without a queue.
@@ -179,6 +181,7 @@ impl RouteTable {
                     budget: RetryBudget::new(h.budget_percent, 0),
                 }),
                 latency_slo: route.latency_slo.map(|t| t.get()),
+                stats: Default::default(),
                 cascade: route.cascade.clone().map(|settings| {
                     let entity = settings.entity.clone().and_then(|entity| {
                         let store = pools.get(&entity.store).cloned()?;

@@ -1,0 +1,222 @@
+//! Prometheus metrics at `GET /metrics` on the admin listener: counters and
+//! histograms kept in atomics on the hot path, rendered in the text
+//! exposition format on scrape. Labels are low-cardinality: route, version
+//! class, backend, region, tier (never a path, user or address).
+//!
+//! Counters that live in a route or pool restart from zero when a reload
+//! rebuilds it; Prometheus' `rate()` treats that as a counter reset.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::reload::ReloadStatus;
+use crate::snapshot::Snapshot;
+
+/// Upper bounds of the latency histogram, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// Requests of one route: by status class, and their latency.
+#[derive(Debug, Default)]
+pub struct RouteStats {
+    /// Index 0..=4 for 1xx..5xx.
+    by_class: [AtomicU64; 5],
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+    /// Requests refused by load shedding.
+    pub shed: AtomicU64,
+}
+
+impl RouteStats {
+    /// Records one finished request (time to response headers).
+    pub fn record(&self, status: u16, elapsed: Duration) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.by_class[class].fetch_add(1, Ordering::Relaxed);
+        let seconds = elapsed.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| seconds <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, route: &str, out: &mut String) {
+        for (i, counter) in self.by_class.iter().enumerate() {
+            let n = counter.load(Ordering::Relaxed);
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "cascadia_requests_total{{route=\"{route}\",status_class=\"{}xx\"}} {n}",
+                    i + 1
+                );
+            }
+        }
+        let mut cumulative = 0;
+        for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "cascadia_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "cascadia_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "cascadia_request_duration_seconds_count{{route=\"{route}\"}} {count}"
+        );
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "cascadia_request_duration_seconds_sum{{route=\"{route}\"}} {sum}"
+        );
+        let _ = writeln!(
+            out,
+            "cascadia_shed_total{{route=\"{route}\"}} {}",
+            self.shed.load(Ordering::Relaxed)
+        );
+    }
+}
+
+/// The whole exposition for one scrape.
+pub fn render(snapshot: &Snapshot, reloads: &ReloadStatus) -> String {
+    let now = tokio::time::Instant::now();
+    let mut out = String::with_capacity(8 * 1024);
+    let _ = writeln!(out, "# TYPE cascadia_config_version gauge");
+    let _ = writeln!(out, "cascadia_config_version {}", snapshot.version);
+    let _ = writeln!(out, "# TYPE cascadia_config_reloads_total counter");
+    let _ = writeln!(
+        out,
+        "cascadia_config_reloads_total{{result=\"applied\"}} {}",
+        reloads.applied
+    );
+    let _ = writeln!(
+        out,
+        "cascadia_config_reloads_total{{result=\"rejected\"}} {}",
+        reloads.rejected
+    );
+
+    let _ = writeln!(out, "# TYPE cascadia_requests_total counter");
+    let _ = writeln!(out, "# TYPE cascadia_request_duration_seconds histogram");
+    let _ = writeln!(out, "# TYPE cascadia_shed_total counter");
+    let mut routes: Vec<_> = snapshot.routes.iter().collect();
+    routes.sort_by(|a, b| a.name.cmp(&b.name));
+    for route in &routes {
+        route.stats.render(&route.name, &mut out);
+    }
+    snapshot.unmatched.render("none", &mut out);
+
+    let _ = writeln!(out, "# TYPE cascadia_upstream_attempts_total counter");
+    let _ = writeln!(out, "# TYPE cascadia_upstream_failures_total counter");
+    let _ = writeln!(out, "# TYPE cascadia_endpoints gauge");
+    let _ = writeln!(out, "# TYPE cascadia_region_drained gauge");
+    let mut pools: Vec<_> = snapshot.pools.values().collect();
+    pools.sort_by(|a, b| a.name().cmp(b.name()));
+    for pool in pools {
+        let (name, region) = (pool.name(), pool.region());
+        let attempts: u64 = pool.endpoints().iter().map(|e| e.attempts()).sum();
+        let failures: u64 = pool.endpoints().iter().map(|e| e.failures()).sum();
+        let ejected = pool
+            .endpoints()
+            .iter()
+            .filter(|e| e.is_ejected(now))
+            .count();
+        let available = pool
+            .endpoints()
+            .iter()
+            .filter(|e| e.is_available(now))
+            .count();
+        let labels = format!("backend=\"{name}\",region=\"{region}\"");
+        let _ = writeln!(
+            out,
+            "cascadia_upstream_attempts_total{{{labels}}} {attempts}"
+        );
+        let _ = writeln!(
+            out,
+            "cascadia_upstream_failures_total{{{labels}}} {failures}"
+        );
+        let _ = writeln!(
+            out,
+            "cascadia_endpoints{{{labels},state=\"available\"}} {available}"
+        );
+        let _ = writeln!(
+            out,
+            "cascadia_endpoints{{{labels},state=\"ejected\"}} {ejected}"
+        );
+        let _ = writeln!(
+            out,
+            "cascadia_region_drained{{{labels}}} {}",
+            u8::from(pool.region_state().is_drained())
+        );
+    }
+
+    let _ = writeln!(out, "# TYPE cascadia_cascade_rows_total counter");
+    let _ = writeln!(out, "# TYPE cascadia_cascade_degraded_total counter");
+    let _ = writeln!(
+        out,
+        "# TYPE cascadia_cascade_audit_disagreements_total counter"
+    );
+    let _ = writeln!(out, "# TYPE cascadia_feature_lookups_total counter");
+    for route in &routes {
+        let Some(stage) = &route.cascade else {
+            continue;
+        };
+        let name = &route.name;
+        let s = &stage.stats;
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        for (decision, counter) in [
+            ("accept", &s.rows_accepted),
+            ("reject", &s.rows_rejected),
+            ("escalate", &s.rows_escalated),
+        ] {
+            let _ = writeln!(
+                out,
+                "cascadia_cascade_rows_total{{route=\"{name}\",decision=\"{decision}\"}} {}",
+                load(counter)
+            );
+        }
+        for (reason, counter) in [
+            ("deadline", &s.degraded_deadline),
+            ("unavailable", &s.degraded_unavailable),
+        ] {
+            let _ = writeln!(
+                out,
+                "cascadia_cascade_degraded_total{{route=\"{name}\",reason=\"{reason}\"}} {}",
+                load(counter)
+            );
+        }
+        for (band, counter) in [
+            ("accept", &s.audit_disagree_accept),
+            ("reject", &s.audit_disagree_reject),
+        ] {
+            let _ = writeln!(
+                out,
+                "cascadia_cascade_audit_disagreements_total{{route=\"{name}\",band=\"{band}\"}} {}",
+                load(counter)
+            );
+        }
+        if let Some(entity) = &stage.entity {
+            let e = &entity.stats;
+            for (tier, counter) in [
+                ("l1", &e.l1_hits),
+                ("redis", &e.redis_hits),
+                ("store", &e.store_fetches),
+                ("store_failure", &e.store_failures),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "cascadia_feature_lookups_total{{route=\"{name}\",tier=\"{tier}\"}} {}",
+                    load(counter)
+                );
+            }
+        }
+    }
+    out
+}
