@@ -195,6 +195,17 @@ output_columns = 2
     )
 }
 
+/// What a client of `model` must see for row `i`: MLServer's LR for the
+/// plain route; for the cascade, the LR where stage 1 is confident and the
+/// gradient boosting elsewhere.
+fn expected(model: &str, i: usize, lr: &[f64], gbc: &[f64]) -> f64 {
+    match model {
+        "cancer-lr" => lr[i],
+        _ if lr[i] < 0.05 || lr[i] > 0.95 => lr[i],
+        _ => gbc[i],
+    }
+}
+
 fn rows(env: &Env) -> Vec<Vec<f64>> {
     serde_json::from_str(&std::fs::read_to_string(env.models.join("rows.json")).unwrap()).unwrap()
 }
@@ -508,11 +519,7 @@ async fn mlserver_triton_clients_with_default_settings_through_the_gateway() {
                 .collect();
             assert_eq!(probabilities.len(), n);
             for (i, p) in probabilities.iter().enumerate() {
-                let expected = match model {
-                    "cancer-lr" => lr[i],
-                    _ if lr[i] < 0.05 || lr[i] > 0.95 => lr[i],
-                    _ => gbc[i],
-                };
+                let expected = expected(model, i, &lr, &gbc);
                 // Local answers travel as FP32 over gRPC.
                 assert!(
                     (p - expected).abs() < 1e-6,

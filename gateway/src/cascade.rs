@@ -25,7 +25,7 @@ use cascadia_oip::json::{InferRequest, InferResponse};
 use cascadia_oip::path::{OipKind, OipPath};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::Serialize;
 
@@ -139,17 +139,7 @@ pub async fn handle(
     }
     let limit = snapshot.config.gateway.limits.max_body_bytes;
     let (parts, incoming) = request.into_parts();
-    let body = Limited::new(incoming, usize::try_from(limit).unwrap_or(usize::MAX))
-        .collect()
-        .await
-        .map_err(|error| {
-            if error.is::<http_body_util::LengthLimitError>() {
-                GatewayError::BodyTooLarge { limit }
-            } else {
-                GatewayError::BadRequest("request body failed")
-            }
-        })?
-        .to_bytes();
+    let body = crate::proxy::read_limited(incoming, limit).await?;
     handle_body(
         proxy, snapshot, route, stage, parts, body, model, request_id,
     )

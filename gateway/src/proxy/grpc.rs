@@ -6,7 +6,6 @@ use cascadia_oip::grpc as oip_grpc;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use prost::Message;
 
@@ -69,17 +68,7 @@ pub async fn handle(
     // message, so the one message is buffered (within the body limit).
     let limit = snapshot.config.gateway.limits.max_body_bytes;
     let (parts, incoming) = request.into_parts();
-    let body = Limited::new(incoming, usize::try_from(limit).unwrap_or(usize::MAX))
-        .collect()
-        .await
-        .map_err(|error| {
-            if error.is::<http_body_util::LengthLimitError>() {
-                GatewayError::BodyTooLarge { limit }
-            } else {
-                GatewayError::BadRequest("request body failed")
-            }
-        })?
-        .to_bytes();
+    let body = super::read_limited(incoming, limit).await?;
     let (compressed, message) = oip_grpc::decode_frame(&body)
         .map_err(|_| GatewayError::BadRequest("malformed gRPC frame"))?;
     if compressed {

@@ -780,7 +780,7 @@ const INFERENCE_HEADER_CONTENT_LENGTH: http::HeaderName =
     http::HeaderName::from_static("inference-header-content-length");
 
 /// Reads a whole body, refusing more than `limit` bytes.
-async fn read_limited(incoming: Incoming, limit: u64) -> Result<Bytes, GatewayError> {
+pub(crate) async fn read_limited(incoming: Incoming, limit: u64) -> Result<Bytes, GatewayError> {
     Ok(
         http_body_util::Limited::new(incoming, usize::try_from(limit).unwrap_or(usize::MAX))
             .collect()
