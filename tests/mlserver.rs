@@ -463,9 +463,42 @@ async fn mlserver_failover_drill_when_a_region_stops() {
     );
 }
 
+/// Checks what a client saw for `model` against MLServer's own answers.
+fn check_answers(model: &str, what: &str, seen: &[f64], lr: &[f64], gbc: &[f64]) {
+    let close = |a: &[f64], b: &[f64]| {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6)
+    };
+    if model == "cancer-canary" {
+        // Without a key header each request lands on one version.
+        assert!(
+            close(seen, lr) || close(seen, gbc),
+            "{what}: canary answer is neither model's"
+        );
+        return;
+    }
+    assert_eq!(seen.len(), lr.len(), "{what}");
+    for (i, p) in seen.iter().enumerate() {
+        let expected = expected(model, i, lr, gbc);
+        // Local answers travel as FP32 over gRPC.
+        assert!(
+            (p - expected).abs() < 1e-6,
+            "{what} row {i}: {p} vs {expected}"
+        );
+    }
+}
+
+fn numbers(value: &Value) -> Vec<f64> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs MLServer: run through scripts/test"]
-async fn mlserver_triton_clients_with_default_settings_through_the_gateway() {
+async fn mlserver_triton_and_kserve_clients_with_default_settings_through_the_gateway() {
     let env = env();
     let (us_east, eu_west) = tokio::join!(MlServer::start(&env), MlServer::start(&env));
     let stage1 = std::fs::read_to_string(env.models.join("stage1.json")).unwrap();
@@ -481,11 +514,15 @@ async fn mlserver_triton_clients_with_default_settings_through_the_gateway() {
     let body = infer_body(&rows[..n]);
     let lr = positive(&post(&client, &direct("cancer-lr"), &body).await.json());
     let gbc = positive(&post(&client, &direct("cancer-gbc"), &body).await.json());
+    let kserve_python = std::env::var_os("CASCADIA_KSERVE_PYTHON")
+        .map(PathBuf::from)
+        .expect("CASCADIA_KSERVE_PYTHON is set by scripts/test");
+    let scripts = env!("CARGO_MANIFEST_DIR").to_owned() + "/../tests/e2e/";
 
-    let script = env!("CARGO_MANIFEST_DIR").to_owned() + "/../tests/e2e/clients.py";
-    for model in ["cancer-lr", "cancer"] {
+    for model in ["cancer-lr", "cancer", "cancer-canary"] {
+        // tritonclient, HTTP (binary tensors) and gRPC.
         let output = Command::new(env.python())
-            .arg(&script)
+            .arg(scripts.clone() + "clients.py")
             .arg(gateway.addr.to_string())
             .arg(gateway.addr.to_string())
             .arg(model)
@@ -496,7 +533,7 @@ async fn mlserver_triton_clients_with_default_settings_through_the_gateway() {
             .expect("run clients.py");
         assert!(
             output.status.success(),
-            "{model}: {}",
+            "triton {model}: {}",
             String::from_utf8_lossy(&output.stderr)
         );
         let seen: Value = serde_json::from_slice(&output.stdout).expect("clients.py prints JSON");
@@ -511,28 +548,62 @@ async fn mlserver_triton_clients_with_default_settings_through_the_gateway() {
                 true,
                 "{model} {transport}"
             );
-            let probabilities: Vec<f64> = seen[transport]
-                .as_array()
+            check_answers(
+                model,
+                &format!("triton {transport} {model}"),
+                &numbers(&seen[transport]),
+                &lr,
+                &gbc,
+            );
+            let name = seen[format!("{transport}_metadata_name")]
+                .as_str()
                 .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap())
-                .collect();
-            assert_eq!(probabilities.len(), n);
-            for (i, p) in probabilities.iter().enumerate() {
-                let expected = expected(model, i, &lr, &gbc);
-                // Local answers travel as FP32 over gRPC.
-                assert!(
-                    (p - expected).abs() < 1e-6,
-                    "{model} {transport} row {i}: {p} vs {expected}"
-                );
+                .to_owned();
+            match model {
+                "cancer-lr" => assert_eq!(name, "cancer-lr"),
+                "cancer" => {
+                    assert_eq!(name, "cancer-gbc", "a cascade forwards metadata to stage 2")
+                }
+                _ => assert!(name == "cancer-lr" || name == "cancer-gbc", "{name}"),
             }
         }
-        let expected_name = if model == "cancer" {
-            "cancer-gbc"
-        } else {
-            "cancer-lr"
-        };
-        assert_eq!(seen["http_metadata_name"], expected_name);
-        assert_eq!(seen["grpc_metadata_name"], expected_name);
+
+        // The KServe clients, in their own venv (their pins clash with
+        // MLServer's).
+        let output = Command::new(&kserve_python)
+            .arg(scripts.clone() + "kserve_client.py")
+            .arg(gateway.addr.to_string())
+            .arg(model)
+            .arg(env.models.join("rows.json"))
+            .arg(n.to_string())
+            .output()
+            .await
+            .expect("run kserve_client.py");
+        assert!(
+            output.status.success(),
+            "kserve {model}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let seen: Value =
+            serde_json::from_slice(&output.stdout).expect("kserve_client.py prints JSON");
+        for transport in ["rest", "grpc"] {
+            assert_eq!(
+                seen[format!("{transport}_live")],
+                true,
+                "kserve {model} {transport}"
+            );
+            assert_eq!(
+                seen[format!("{transport}_ready")],
+                true,
+                "kserve {model} {transport}"
+            );
+            check_answers(
+                model,
+                &format!("kserve {transport} {model}"),
+                &numbers(&seen[transport]),
+                &lr,
+                &gbc,
+            );
+        }
     }
 }
