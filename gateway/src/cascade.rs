@@ -383,9 +383,24 @@ async fn run(
         return unavailable(None);
     }
     let served_by = response.headers().get(headers::X_CASCADIA_BACKEND).cloned();
-    let stage2 = match response.into_body().collect().await {
-        Ok(collected) => collected,
-        Err(_) => return unavailable(None),
+    // The upstream deadline covers the headers; the body gets what is left
+    // of the request's budget (or the backend timeout), and a size bound.
+    let body_budget = remaining.unwrap_or_else(|| {
+        target
+            .pools
+            .first()
+            .map_or(Duration::from_secs(2), |p| p.timeout())
+    });
+    let limit =
+        usize::try_from(snapshot.config.gateway.limits.max_body_bytes).unwrap_or(usize::MAX);
+    let stage2 = match tokio::time::timeout(
+        body_budget,
+        http_body_util::Limited::new(response.into_body(), limit).collect(),
+    )
+    .await
+    {
+        Ok(Ok(collected)) => collected,
+        _ => return unavailable(None),
     };
     let parsed = match wire {
         Wire::Rest => serde_json::from_slice::<InferResponse>(&stage2.to_bytes()).ok(),
@@ -641,6 +656,11 @@ fn payload_error(wire: Wire, message: &str, request_id: &HeaderValue) -> Respons
     }
 }
 
+/// Bounds of an audit's stage-2 answer: audits run in the background, so
+/// nothing else would stop a stalled one.
+const AUDIT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+const AUDIT_BODY_LIMIT: usize = 16 * 1024 * 1024;
+
 /// Sends a sample of confidently answered requests to stage 2 in the
 /// background and counts disagreements by band. Never delays the client.
 fn maybe_audit(
@@ -693,14 +713,17 @@ fn maybe_audit(
             .await;
         let scores = match result {
             Ok(response) if response.status().is_success() => {
-                match response.into_body().collect().await {
-                    Ok(collected) => serde_json::from_slice::<InferResponse>(&collected.to_bytes())
-                        .ok()
-                        .and_then(|r| {
-                            rows::stage2_scores(&r, &stage.settings.output, decisions.len())
-                                .map(|(s, _)| s)
-                        }),
-                    Err(_) => None,
+                let body = http_body_util::Limited::new(response.into_body(), AUDIT_BODY_LIMIT);
+                match tokio::time::timeout(AUDIT_BODY_TIMEOUT, body.collect()).await {
+                    Ok(Ok(collected)) => {
+                        serde_json::from_slice::<InferResponse>(&collected.to_bytes())
+                            .ok()
+                            .and_then(|r| {
+                                rows::stage2_scores(&r, &stage.settings.output, decisions.len())
+                                    .map(|(s, _)| s)
+                            })
+                    }
+                    _ => None,
                 }
             }
             _ => None,

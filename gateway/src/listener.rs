@@ -179,8 +179,10 @@ async fn sniff_h2(stream: &TcpStream) -> io::Result<bool> {
         if n == H2_PREFACE.len() {
             return Ok(true);
         }
-        // A prefix of the preface: wait for more bytes to arrive.
-        stream.readable().await?;
+        // A prefix of the preface. `peek` leaves the socket readable, so
+        // waiting for readiness would return at once and spin: back off
+        // briefly instead (the head timeout still bounds the whole wait).
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
@@ -299,6 +301,18 @@ impl AsyncRead for HeadTimeoutIo {
     }
 }
 
+/// A write means a response is going out: the connection is responding,
+/// not idle, however long the response streams. Disarming the timer makes
+/// the next idle wait start afresh, so only 60 s with neither reads nor
+/// writes closes the connection.
+fn mark_writing(phase: &AtomicU8, armed_for: &mut Option<u8>) {
+    let current = phase.load(Ordering::Relaxed);
+    if current == IN_REQUEST || current == IDLE {
+        phase.store(RESPONDING, Ordering::Relaxed);
+    }
+    *armed_for = None;
+}
+
 impl AsyncWrite for HeadTimeoutIo {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -306,9 +320,7 @@ impl AsyncWrite for HeadTimeoutIo {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
-        if this.phase.load(Ordering::Relaxed) == IN_REQUEST {
-            this.phase.store(RESPONDING, Ordering::Relaxed);
-        }
+        mark_writing(this.phase, this.armed_for);
         this.stream.poll_write(cx, data)
     }
 
@@ -318,9 +330,7 @@ impl AsyncWrite for HeadTimeoutIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
-        if this.phase.load(Ordering::Relaxed) == IN_REQUEST {
-            this.phase.store(RESPONDING, Ordering::Relaxed);
-        }
+        mark_writing(this.phase, this.armed_for);
         this.stream.poll_write_vectored(cx, bufs)
     }
 

@@ -203,7 +203,7 @@ pub fn render(snapshot: &Snapshot, reloads: &ReloadStatus) -> String {
             );
         }
         if let Some(entity) = &stage.entity {
-            let e = &entity.stats;
+            let e = entity.stats();
             for (tier, counter) in [
                 ("l1", &e.l1_hits),
                 ("redis", &e.redis_hits),

@@ -298,7 +298,11 @@ pub fn stage2_scores(
 ) -> Option<(Vec<f64>, String)> {
     let tensor = response.outputs.iter().find(|o| o.name == output)?;
     let mut values = Vec::new();
-    if !flatten(&tensor.data, &mut values) || rows == 0 || values.len() % rows != 0 {
+    if !flatten(&tensor.data, &mut values)
+        || rows == 0
+        || values.is_empty()
+        || values.len() % rows != 0
+    {
         return None;
     }
     let stride = values.len() / rows;
@@ -457,5 +461,13 @@ mod tests {
         assert_eq!(scores, vec![0.2, 0.7]);
         assert_eq!(datatype, "FP32");
         assert!(stage2_scores(&stage2, "other", 2).is_none());
+        let empty: InferResponse = serde_json::from_value(json!({"model_name":"m","outputs":[
+            {"name":"probability","shape":[0],"datatype":"FP32","data":[]}
+        ]}))
+        .unwrap();
+        assert!(
+            stage2_scores(&empty, "probability", 2).is_none(),
+            "an empty output is no answer, not a panic"
+        );
     }
 }

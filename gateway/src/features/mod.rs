@@ -47,13 +47,19 @@ type Flight = Shared<Pin<Box<dyn Future<Output = Result<Entry, ()>> + Send>>>;
 /// The entity lookup of one cascade route.
 pub struct EntityLookup {
     pub settings: EntityFeatures,
+    /// Shared with fetch tasks, which outlive the request that started them.
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: EntityFeatures,
     store: Arc<BackendPool>,
     l1: L1,
     redis: Option<Arc<RedisTier>>,
     /// Fetches in progress, by key: later misses join them.
     flights: Mutex<HashMap<String, Flight>>,
     /// Counters for the admin API and tests.
-    pub stats: LookupStats,
+    stats: LookupStats,
 }
 
 /// How lookups were answered.
@@ -72,8 +78,8 @@ fn bump(counter: &std::sync::atomic::AtomicU64) {
 impl std::fmt::Debug for EntityLookup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EntityLookup")
-            .field("store", &self.store.name())
-            .field("redis", &self.redis.is_some())
+            .field("store", &self.inner.store.name())
+            .field("redis", &self.inner.redis.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -87,24 +93,33 @@ impl EntityLookup {
         redis: Option<Arc<RedisTier>>,
     ) -> Self {
         Self {
-            l1: L1::new(settings.l1_capacity),
+            inner: Arc::new(Inner {
+                l1: L1::new(settings.l1_capacity),
+                settings: settings.clone(),
+                store,
+                redis,
+                flights: Mutex::default(),
+                stats: LookupStats::default(),
+            }),
             settings,
-            store,
-            redis,
-            flights: Mutex::default(),
-            stats: LookupStats::default(),
         }
+    }
+
+    /// How lookups were answered.
+    pub fn stats(&self) -> &LookupStats {
+        &self.inner.stats
     }
 
     /// The features of every key (distinct keys), `Err` for keys whose
     /// fetch failed (store down): the caller treats those as missing.
     pub async fn get(&self, keys: &[String]) -> HashMap<String, Result<Entry, ()>> {
+        let this = &self.inner;
         let mut found = HashMap::with_capacity(keys.len());
         let mut missing = Vec::new();
         for key in keys {
-            match self.l1.get(key) {
+            match this.l1.get(key) {
                 Some(entry) => {
-                    bump(&self.stats.l1_hits);
+                    bump(&this.stats.l1_hits);
                     found.insert(key.clone(), Ok(entry));
                 }
                 None => missing.push(key.clone()),
@@ -114,15 +129,15 @@ impl EntityLookup {
             return found;
         }
 
-        if let Some(redis) = &self.redis {
-            let width = self.settings.features.len();
+        if let Some(redis) = &this.redis {
+            let width = this.settings.features.len();
             if let Some(values) = redis.mget(&missing, width).await {
                 let mut still = Vec::new();
                 for (key, value) in missing.into_iter().zip(values) {
                     match value {
                         Some(entry) => {
-                            bump(&self.stats.redis_hits);
-                            self.l1.insert(&key, entry.clone(), self.ttl_for(&entry));
+                            bump(&this.stats.redis_hits);
+                            this.l1.insert(&key, entry.clone(), this.ttl_for(&entry));
                             found.insert(key, Ok(entry));
                         }
                         None => still.push(key),
@@ -132,14 +147,59 @@ impl EntityLookup {
             }
         }
 
-        let fetches = missing.iter().map(|key| self.fetch(key.clone()));
-        let results = futures_util::future::join_all(fetches).await;
+        // At most FETCH_CONCURRENCY store fetches per request: a request
+        // with a thousand new keys must not open a thousand connections.
+        use futures_util::stream::StreamExt;
+        let results: Vec<Result<Entry, ()>> = futures_util::stream::iter(missing.iter().cloned())
+            .map(|key| self.fetch(key))
+            .buffered(FETCH_CONCURRENCY)
+            .collect()
+            .await;
         for (key, result) in missing.into_iter().zip(results) {
             found.insert(key, result);
         }
         found
     }
 
+    /// One key from the store, joined with any fetch of it in progress.
+    /// The fetch runs as its own task: it finishes, caches its result and
+    /// leaves the in-progress map even if every request waiting on it went
+    /// away.
+    async fn fetch(&self, key: String) -> Result<Entry, ()> {
+        let flight = {
+            let mut flights = self.inner.flights.lock().unwrap_or_else(|e| e.into_inner());
+            match flights.get(&key) {
+                Some(flight) => flight.clone(),
+                None => {
+                    let inner = Arc::clone(&self.inner);
+                    let task_key = key.clone();
+                    let task = tokio::spawn(async move {
+                        let result = store::fetch(
+                            &inner.store,
+                            &task_key,
+                            &inner.settings.features,
+                            inner.settings.timeout.get(),
+                        )
+                        .await;
+                        inner.finish(&task_key, &result);
+                        result
+                    });
+                    let flight: Flight = async move { task.await.unwrap_or(Err(())) }
+                        .boxed()
+                        .shared();
+                    flights.insert(key, flight.clone());
+                    flight
+                }
+            }
+        };
+        flight.await
+    }
+}
+
+/// Most store fetches one request runs at once.
+const FETCH_CONCURRENCY: usize = 16;
+
+impl Inner {
     fn ttl_for(&self, entry: &Entry) -> Duration {
         match entry {
             Some(_) => self.settings.ttl.get(),
@@ -147,44 +207,22 @@ impl EntityLookup {
         }
     }
 
-    /// One key from the store, joined with any fetch of it in progress.
-    async fn fetch(&self, key: String) -> Result<Entry, ()> {
-        let (flight, leader) = {
-            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
-            match flights.get(&key) {
-                Some(flight) => (flight.clone(), false),
-                None => {
-                    let store = Arc::clone(&self.store);
-                    let names = self.settings.features.clone();
-                    let timeout = self.settings.timeout.get();
-                    let fetch_key = key.clone();
-                    let flight: Flight =
-                        async move { store::fetch(&store, &fetch_key, &names, timeout).await }
-                            .boxed()
-                            .shared();
-                    flights.insert(key.clone(), flight.clone());
-                    (flight, true)
+    /// Caches a finished fetch and takes it off the in-progress map.
+    fn finish(&self, key: &str, result: &Result<Entry, ()>) {
+        self.flights
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+        bump(&self.stats.store_fetches);
+        match result {
+            Ok(entry) => {
+                let ttl = self.ttl_for(entry);
+                self.l1.insert(key, entry.clone(), ttl);
+                if let Some(redis) = &self.redis {
+                    redis.set_in_background(key, entry, ttl);
                 }
             }
-        };
-        let result = flight.await;
-        if leader {
-            self.flights
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&key);
-            bump(&self.stats.store_fetches);
-            match &result {
-                Ok(entry) => {
-                    let ttl = self.ttl_for(entry);
-                    self.l1.insert(&key, entry.clone(), ttl);
-                    if let Some(redis) = &self.redis {
-                        redis.set_in_background(&key, entry, ttl);
-                    }
-                }
-                Err(()) => bump(&self.stats.store_failures),
-            }
+            Err(()) => bump(&self.stats.store_failures),
         }
-        result
     }
 }

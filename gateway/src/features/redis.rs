@@ -156,6 +156,10 @@ struct Breaker {
     /// Open until this time (ns since `epoch`); 0 when closed.
     open_until: AtomicU64,
     probing: AtomicBool,
+    /// When the current probe started (ns since `epoch`): a probe whose
+    /// request was cancelled never reports back, so after [`OPEN_FOR`] a
+    /// new probe may go.
+    probe_started: AtomicU64,
     epoch: Instant,
 }
 
@@ -165,6 +169,7 @@ impl Default for Breaker {
             failures: AtomicU32::new(0),
             open_until: AtomicU64::new(0),
             probing: AtomicBool::new(false),
+            probe_started: AtomicU64::new(0),
             epoch: Instant::now(),
         }
     }
@@ -184,11 +189,22 @@ impl Breaker {
         if until == 0 {
             return true;
         }
-        if self.now() < until {
+        let now = self.now();
+        if now < until {
             return false;
         }
-        // Half-open: exactly one caller probes.
-        !self.probing.swap(true, Ordering::AcqRel)
+        // Half-open: exactly one caller probes at a time.
+        if !self.probing.swap(true, Ordering::AcqRel) {
+            self.probe_started.store(now, Ordering::Relaxed);
+            return true;
+        }
+        let started = self.probe_started.load(Ordering::Relaxed);
+        if now.saturating_sub(started) > OPEN_FOR.as_nanos() as u64 {
+            // The last probe never reported (its request went away).
+            self.probe_started.store(now, Ordering::Relaxed);
+            return true;
+        }
+        false
     }
 
     /// Writes only while closed: no point queueing writes to a dead Redis.
@@ -240,6 +256,20 @@ mod tests {
         assert!(breaker.allow());
         breaker.success();
         assert!(breaker.allow() && breaker.allow(), "closed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_that_never_reports_does_not_keep_the_breaker_open() {
+        let breaker = Breaker::default();
+        for _ in 0..TRIP_AFTER {
+            breaker.failure();
+        }
+        tokio::time::advance(OPEN_FOR + Duration::from_millis(1)).await;
+        assert!(breaker.allow(), "probe");
+        // The probing request is cancelled: neither success nor failure.
+        assert!(!breaker.allow());
+        tokio::time::advance(OPEN_FOR + Duration::from_millis(1)).await;
+        assert!(breaker.allow(), "a new probe after the stale one");
     }
 
     #[test]

@@ -297,6 +297,7 @@ impl Proxy {
         };
         let mut tried = Tried::default();
         let mut last_error = None;
+        let mut last_response = None;
         let mut attempts_made = 0;
 
         for attempt in 0..max_attempts {
@@ -384,7 +385,10 @@ impl Proxy {
             match result {
                 Ok(response) => {
                     if is_retryable_status(response.status()) && !is_last {
+                        // Kept: if no further attempt can run, the client
+                        // gets the upstream's own answer, not a generic one.
                         last_error = None;
+                        last_response = Some((response, in_flight, index));
                         continue;
                     }
                     // A small response of a request that could still be
@@ -465,6 +469,16 @@ impl Proxy {
                     }
                 }
             }
+        }
+        if let Some((response, in_flight, index)) = last_response {
+            return Ok(respond(
+                response,
+                in_flight,
+                request_id,
+                target,
+                index,
+                attempts_made,
+            ));
         }
         Err(last_error.unwrap_or(GatewayError::NoHealthyBackend {
             version: target.version.to_string(),
@@ -885,8 +899,18 @@ pub(crate) fn choose_target<'r>(
 /// True for paths with `.` or `..` segments, which an upstream might
 /// resolve to somewhere the route did not intend.
 fn has_dot_segment(path: &str) -> bool {
-    path.split('/')
-        .any(|segment| segment == "." || segment == "..")
+    path.split('/').any(|segment| {
+        // Percent-encoded dots (`%2e%2e`) are dot segments too, for any
+        // upstream that decodes before it resolves.
+        let decoded;
+        let segment = if segment.contains('%') {
+            decoded = segment.replace("%2e", ".").replace("%2E", ".");
+            decoded.as_str()
+        } else {
+            segment
+        };
+        segment == "." || segment == ".."
+    })
 }
 
 /// The gateway's own `/v2/health/live` and `/v2/health/ready`: it is live
@@ -935,5 +959,27 @@ impl std::fmt::Display for ErrorChain<'_> {
             cause = error.source();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_dot_segment;
+
+    #[test]
+    fn dot_segments_are_found_plain_or_encoded() {
+        for path in [
+            "/a/../b",
+            "/a/./b",
+            "/..",
+            "/a/%2e%2e/b",
+            "/a/%2E./b",
+            "/a/.%2e",
+        ] {
+            assert!(has_dot_segment(path), "{path}");
+        }
+        for path in ["/a/b", "/a/..b/c", "/v2/models/m.v1/infer", "/a/%2ex"] {
+            assert!(!has_dot_segment(path), "{path}");
+        }
     }
 }
