@@ -240,3 +240,44 @@ async fn a_full_route_sheds_load_with_a_fast_503_and_recovers() {
     // Capacity is back once the admitted requests finished.
     assert_eq!(client.infer(&url, &[]).await.status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_apply_per_api_key_with_retry_after() {
+    let backend = crate::support::sim("b", "1", "us-east").await;
+    let limit = r#"rate_limit = { per_second = 1, burst = 2, key_header = "x-api-key" }"#;
+    let gateway = GatewayProcess::start(&single_backend_config("b", backend.addr, limit)).await;
+    let client = TestClient::new();
+    let url = gateway.url("/v2/models/fraud/infer");
+    // Key A's burst of two, then 429 for A only.
+    for _ in 0..2 {
+        assert_eq!(
+            client.infer(&url, &[("x-api-key", "key-a")]).await.status,
+            StatusCode::OK
+        );
+    }
+    let limited = client.infer(&url, &[("x-api-key", "key-a")]).await;
+    assert_json_error(&limited, StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = limited
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    // Another key is unaffected, and a forged x-forwarded-for changes nothing.
+    assert_eq!(
+        client.infer(&url, &[("x-api-key", "key-b")]).await.status,
+        StatusCode::OK
+    );
+    let forged = client
+        .infer(
+            &url,
+            &[("x-api-key", "key-a"), ("x-forwarded-for", "203.0.113.9")],
+        )
+        .await;
+    assert_eq!(forged.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        backend.control.requests(),
+        3,
+        "limited requests never reach the backend"
+    );
+}

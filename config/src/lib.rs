@@ -29,8 +29,8 @@ pub use error::{ConfigError, ConfigErrors};
 pub use load::{hash_bytes, load_file, LoadError, LoadedConfig};
 pub use model::{
     Backend, Balancer, Cascade, Config, Endpoint, EntityFeatures, EntityKey, GatewaySettings,
-    HealthCheck, HedgePolicy, Limits, OnUnavailable, OutlierDetection, RedisSettings, RetryPolicy,
-    Route, RouteMatch, Secret, Split, SplitTarget, TokenSource, UpstreamProtocol,
+    HealthCheck, HedgePolicy, Limits, OnUnavailable, OutlierDetection, RateLimit, RedisSettings,
+    RetryPolicy, Route, RouteMatch, Secret, Split, SplitTarget, TokenSource, UpstreamProtocol,
 };
 pub use validate::{parse, parse_with_models, ModelLoader};
 pub use value::{Timeout, TimeoutError, Weight, WeightError};

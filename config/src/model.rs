@@ -390,6 +390,18 @@ pub enum OnUnavailable {
     Error,
 }
 
+/// A token-bucket rate limit (GCRA, via governor).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Sustained requests per second, ≥ 1.
+    pub per_second: u32,
+    /// Burst size, ≥ 1. Default: `per_second`.
+    pub burst: u32,
+    /// Header naming the client (an API key). Client identity never comes
+    /// from `x-forwarded-for`, which any client can forge.
+    pub key_header: Option<HeaderName>,
+}
+
 /// Retries of failed attempts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -442,6 +454,9 @@ pub struct Route {
     /// get a fast 503 with `Retry-After` instead of queueing. `None`: no
     /// limit.
     pub max_concurrency: Option<usize>,
+    /// Requests per second allowed, per API key when `key_header` is set,
+    /// else for the whole route.
+    pub rate_limit: Option<RateLimit>,
     /// How failed attempts are retried.
     pub retries: RetryPolicy,
     /// Hedging of slow attempts; `None` (the default) never hedges.

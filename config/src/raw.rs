@@ -87,6 +87,14 @@ pub(crate) struct RawOutlier {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(crate) struct RawRateLimit {
+    pub per_second: Option<u32>,
+    pub burst: Option<u32>,
+    pub key_header: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct RawRetries {
     pub attempts: Option<u32>,
     pub budget_percent: Option<u32>,
@@ -153,6 +161,7 @@ pub(crate) struct RawRoute {
     pub upstream_version: Option<String>,
     pub idempotent: Option<bool>,
     pub max_concurrency: Option<usize>,
+    pub rate_limit: Option<RawRateLimit>,
     #[serde(default)]
     pub retries: RawRetries,
     pub hedge: Option<RawHedge>,

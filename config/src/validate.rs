@@ -16,8 +16,8 @@ use http::HeaderName;
 use crate::error::{Collector, ConfigError, ConfigErrors};
 use crate::model::{
     Backend, Cascade, Config, Endpoint, EntityFeatures, EntityKey, GatewaySettings, HealthCheck,
-    HedgePolicy, Limits, OnUnavailable, OutlierDetection, RedisSettings, RetryPolicy, Route,
-    RouteMatch, Split, SplitTarget, TokenSource,
+    HedgePolicy, Limits, OnUnavailable, OutlierDetection, RateLimit, RedisSettings, RetryPolicy,
+    Route, RouteMatch, Split, SplitTarget, TokenSource,
 };
 use crate::raw::{
     RawBackend, RawCascade, RawConfig, RawEndpoint, RawEntity, RawGateway, RawHealthCheck,
@@ -701,6 +701,26 @@ fn routes(
                 errors,
             );
             let timeout = timeout(r.timeout.as_deref(), &format!("{at}.timeout"), errors);
+            let rate_limit = r.rate_limit.take().and_then(|limit| {
+                let at = format!("{at}.rate_limit");
+                let per_second = limit.per_second.unwrap_or(0);
+                if per_second == 0 {
+                    errors.push(format!("{at}.per_second"), "must be at least 1");
+                }
+                let burst = limit.burst.unwrap_or(per_second);
+                if burst == 0 {
+                    errors.push(format!("{at}.burst"), "must be at least 1");
+                }
+                let key_header = match &limit.key_header {
+                    Some(h) => Some(header(h, &format!("{at}.key_header"), errors)?),
+                    None => None,
+                };
+                Some(RateLimit {
+                    per_second,
+                    burst,
+                    key_header,
+                })
+            });
             let max_concurrency = r.max_concurrency;
             if max_concurrency == Some(0) {
                 errors.push(format!("{at}.max_concurrency"), "must be at least 1");
@@ -741,6 +761,7 @@ fn routes(
                 split: split?,
                 idempotent,
                 max_concurrency,
+                rate_limit,
                 retries,
                 hedge,
                 latency_slo,

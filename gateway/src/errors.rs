@@ -51,6 +51,8 @@ pub enum GatewayError {
     DeadlineExceeded,
     #[error("route {route} is at its concurrency limit")]
     Overloaded { route: String },
+    #[error("rate limit exceeded; retry in {retry_after_secs}s")]
+    RateLimited { retry_after_secs: u64 },
     #[error("upstream attempt to {backend} failed")]
     Upstream {
         backend: String,
@@ -81,6 +83,7 @@ impl GatewayError {
             | Self::BadRequest(_)
             | Self::MethodNotAllowed
             | Self::Unimplemented(_)
+            | Self::RateLimited { .. }
             | Self::RequestBody(_) => Side::Downstream,
             Self::NoRoute | Self::Overloaded { .. } => Side::Gateway,
             Self::NoHealthyBackend { .. } | Self::DeadlineExceeded | Self::Upstream { .. } => {
@@ -103,6 +106,7 @@ impl GatewayError {
             Self::NoHealthyBackend { .. } => "no_healthy_backend",
             Self::DeadlineExceeded => "deadline_exceeded",
             Self::Overloaded { .. } => "overloaded",
+            Self::RateLimited { .. } => "rate_limited",
             Self::Upstream { source, .. } => match source.kind() {
                 UpstreamErrorKind::Connect => "upstream_connect",
                 UpstreamErrorKind::Timeout => "upstream_timeout",
@@ -135,6 +139,7 @@ impl GatewayError {
             Self::NoHealthyBackend { .. } => (S::SERVICE_UNAVAILABLE, 14, "no backend available"),
             Self::DeadlineExceeded => (S::GATEWAY_TIMEOUT, 4, "deadline exceeded"),
             Self::Overloaded { .. } => (S::SERVICE_UNAVAILABLE, 8, "overloaded, retry later"),
+            Self::RateLimited { .. } => (S::TOO_MANY_REQUESTS, 8, "rate limit exceeded"),
             Self::Upstream { source, .. } => match source.kind() {
                 UpstreamErrorKind::Connect => (S::BAD_GATEWAY, 14, "backend unavailable"),
                 UpstreamErrorKind::Timeout => (S::GATEWAY_TIMEOUT, 4, "backend timed out"),
@@ -166,11 +171,17 @@ impl GatewayError {
     /// Every backend being down is a state that lasts: tell clients when to
     /// come back instead of letting them hammer the gateway.
     fn add_retry_after(&self, headers: &mut HeaderMap) {
-        if matches!(
-            self,
-            Self::NoHealthyBackend { .. } | Self::Overloaded { .. }
-        ) {
-            headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        match self {
+            Self::NoHealthyBackend { .. } | Self::Overloaded { .. } => {
+                headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Self::RateLimited { retry_after_secs } => {
+                headers.insert(
+                    http::header::RETRY_AFTER,
+                    HeaderValue::from((*retry_after_secs).max(1)),
+                );
+            }
+            _ => {}
         }
     }
 

@@ -85,6 +85,9 @@ pub async fn handle(
         .ok_or(GatewayError::NoRoute)?;
 
     *matched = Some(std::sync::Arc::clone(route));
+    if let Some(limiter) = &route.rate_limit {
+        limiter.check(&parts.headers).map_err(super::rate_limited)?;
+    }
     let admitted = match &route.admission {
         Some(admission) => Some(
             admission

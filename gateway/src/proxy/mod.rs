@@ -155,6 +155,9 @@ impl Proxy {
         };
         *matched = Some(Arc::clone(route));
         let is_infer = oip.is_some_and(|p| p.kind == OipKind::ModelInfer);
+        if let Some(limiter) = &route.rate_limit {
+            limiter.check(request.headers()).map_err(rate_limited)?;
+        }
         // Load shedding: a full route answers at once instead of queueing.
         let admitted = match &route.admission {
             Some(admission) => {
@@ -787,6 +790,14 @@ pub(crate) fn admit<B>(snapshot: &Snapshot, request: &Request<B>) -> Result<(), 
         }
     }
     Ok(())
+}
+
+/// The error for a rate-limited request, rounding the wait up to whole
+/// seconds for `Retry-After`.
+pub(crate) fn rate_limited(wait: Duration) -> GatewayError {
+    GatewayError::RateLimited {
+        retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+    }
 }
 
 /// Triton's binary-extension header: the length of the JSON part.

@@ -38,6 +38,8 @@ pub struct Route {
     pub idempotent: bool,
     /// Requests of this route in flight, against `max_concurrency`.
     pub admission: Option<Arc<Admission>>,
+    /// The route's rate limit, per API key or route-wide.
+    pub rate_limit: Option<RouteLimiter>,
     /// Attempts per request, the first included.
     pub attempts: u32,
     /// Caps retries to a share of this route's requests.
@@ -50,6 +52,55 @@ pub struct Route {
     pub cascade: Option<crate::cascade::CascadeStage>,
     /// Request counters and latency, for `/metrics`.
     pub stats: crate::metrics::RouteStats,
+}
+
+/// A route's rate limit: GCRA per key (governor), with the key set bounded.
+pub struct RouteLimiter {
+    limiter: governor::DefaultKeyedRateLimiter<Vec<u8>>,
+    clock: governor::clock::DefaultClock,
+    key_header: Option<HeaderName>,
+}
+
+impl std::fmt::Debug for RouteLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteLimiter")
+            .field("key_header", &self.key_header)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Keys tracked before idle ones are pruned: a flood of distinct keys
+/// cannot grow the limiter without bound.
+const MAX_RATE_LIMIT_KEYS: usize = 100_000;
+
+impl RouteLimiter {
+    fn new(limit: &cascadia_config::RateLimit) -> Self {
+        let one = std::num::NonZeroU32::MIN;
+        let quota =
+            governor::Quota::per_second(std::num::NonZeroU32::new(limit.per_second).unwrap_or(one))
+                .allow_burst(std::num::NonZeroU32::new(limit.burst).unwrap_or(one));
+        Self {
+            limiter: governor::RateLimiter::keyed(quota),
+            clock: governor::clock::DefaultClock::default(),
+            key_header: limit.key_header.clone(),
+        }
+    }
+
+    /// `Ok` to proceed, or how long the caller must wait.
+    pub fn check(&self, headers: &http::HeaderMap) -> Result<(), Duration> {
+        use governor::clock::Clock;
+        let key = self
+            .key_header
+            .as_ref()
+            .and_then(|name| headers.get(name))
+            .map_or(&[][..], |v| v.as_bytes());
+        if self.limiter.len() > MAX_RATE_LIMIT_KEYS {
+            self.limiter.retain_recent();
+        }
+        self.limiter
+            .check_key(&key.to_vec())
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
 }
 
 /// Bounded concurrency for one route: load shedding without a queue.
@@ -167,6 +218,7 @@ impl RouteTable {
                 admission: route
                     .max_concurrency
                     .map(|limit| Arc::new(Admission::new(limit))),
+                rate_limit: route.rate_limit.as_ref().map(RouteLimiter::new),
                 attempts: route.retries.attempts.max(1),
                 retry_budget: RetryBudget::new(
                     route.retries.budget_percent,
