@@ -718,3 +718,132 @@ async fn endpoint_state_survives_a_reload() {
         "ejections were forgotten by the reload"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackhole_drill_fails_over_reports_and_fails_back() {
+    let regions = Regions::start().await;
+    let config = regions.config("1s").replacen(
+        r#"balancer = "p2c-ewma""#,
+        r#"balancer = "p2c-ewma"
+hold_down = "300ms"
+outlier = { base_ejection = "200ms" }"#,
+        1,
+    );
+    let gateway = GatewayProcess::start(&config).await;
+    let client = TestClient::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (log, tasks) = run_load(
+        &client,
+        gateway.url("/v2/models/fraud/infer"),
+        4,
+        stop.clone(),
+    );
+    let us_east: Vec<_> = regions.us_east.iter().map(|s| s.control.clone()).collect();
+    wait_until(|| us_east.iter().map(|c| c.requests()).sum::<u64>() >= 100).await;
+
+    let body = r#"{"region": "us-east", "fault": "blackhole", "duration_s": 1.0}"#;
+    let started = client
+        .send(Method::POST, &gateway.admin_url("/admin/drills"), &[], body)
+        .await;
+    assert_eq!(started.status, StatusCode::ACCEPTED, "{:?}", started.json());
+    let id = started.json()["id"].as_u64().unwrap();
+    let report = tokio::time::timeout(WAIT, async {
+        loop {
+            let report = client
+                .get(&gateway.admin_url(&format!("/admin/drills/{id}")), &[])
+                .await
+                .json();
+            if report["state"] == "completed" {
+                return report;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("drill completed");
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+
+    println!("drill report: {report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert!(report["requests"].as_u64().unwrap() > 0);
+    assert!(report["detect_ms"].as_u64().is_some(), "{report}");
+    assert!(report["failover_ms"].as_u64().unwrap() < 1000, "{report}");
+    assert!(report["failback_ms"].as_u64().is_some(), "{report}");
+    let failures = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.status != StatusCode::OK)
+        .count();
+    assert_eq!(failures, 0, "no client saw the drill");
+    let listed = client
+        .get(&gateway.admin_url("/admin/drills"), &[])
+        .await
+        .json();
+    assert_eq!(listed["drills"][0]["id"], id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drill_command_runs_a_drill_and_prints_the_report() {
+    let regions = Regions::start().await;
+    let gateway = GatewayProcess::start(&regions.config("1s")).await;
+    let client = TestClient::new();
+    // Traffic keeps flowing so the region serves again right after the revert.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (_log, tasks) = run_load(
+        &client,
+        gateway.url("/v2/models/fraud/infer"),
+        2,
+        stop.clone(),
+    );
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_cascadia"))
+        .args([
+            "drill",
+            "--region",
+            "us-east",
+            "--fault",
+            "latency",
+            "--latency-ms",
+            "5",
+            "--for",
+            "300ms",
+            "--admin",
+        ])
+        .arg(gateway.admin_url(""))
+        .output()
+        .await
+        .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+    assert_eq!(report["state"], "completed");
+    assert_eq!(report["fault"], "latency 5ms");
+    let bad = client
+        .send(
+            Method::POST,
+            &gateway.admin_url("/admin/drills"),
+            &[],
+            r#"{"region":"us-east","fault":"meteor","duration_s":1}"#,
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    let unknown = client
+        .send(
+            Method::POST,
+            &gateway.admin_url("/admin/drills"),
+            &[],
+            r#"{"region":"mars","fault":"blackhole","duration_s":1}"#,
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+}

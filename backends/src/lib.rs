@@ -34,5 +34,5 @@ pub use client::{UpstreamBody, UpstreamClient, UpstreamError, UpstreamErrorKind}
 pub use endpoint::{Endpoint, InFlight, Outcome};
 pub use failover::choose_pool;
 pub use latency::LatencyHistogram;
-pub use pool::{BackendPool, PoolSettings, RegionState};
+pub use pool::{BackendPool, Fault, PoolSettings, RegionState};
 pub use registry::Registry;

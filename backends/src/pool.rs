@@ -18,6 +18,22 @@ use crate::endpoint::{Endpoint, Outcome};
 pub struct RegionState {
     /// Set by `POST /admin/regions/{region}/drain`: no new attempts go here.
     drained: AtomicBool,
+    /// A drill's injected fault (see [`Fault`]); 0 when none.
+    fault_kind: std::sync::atomic::AtomicU8,
+    /// Added latency in ms, or error rate in parts per million.
+    fault_amount: std::sync::atomic::AtomicU32,
+}
+
+/// A fault a failover drill injects on the way to a region, so the drill
+/// exercises detection and failover without touching the backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Every attempt fails as if the region were unreachable.
+    Blackhole,
+    /// Every attempt waits this long before it is sent.
+    Latency(std::time::Duration),
+    /// This share of attempts (parts per million) fail as unreachable.
+    Errors { per_million: u32 },
 }
 
 impl RegionState {
@@ -29,6 +45,32 @@ impl RegionState {
     /// Drains (`true`) or restores (`false`) the region.
     pub fn set_drained(&self, drained: bool) {
         self.drained.store(drained, Ordering::Relaxed);
+    }
+
+    /// Injects `fault` (or clears it with `None`).
+    pub fn set_fault(&self, fault: Option<Fault>) {
+        let (kind, amount) = match fault {
+            None => (0, 0),
+            Some(Fault::Blackhole) => (1, 0),
+            Some(Fault::Latency(d)) => (2, d.as_millis().min(u128::from(u32::MAX)) as u32),
+            Some(Fault::Errors { per_million }) => (3, per_million),
+        };
+        self.fault_amount.store(amount, Ordering::Relaxed);
+        self.fault_kind.store(kind, Ordering::Release);
+    }
+
+    /// The injected fault, if a drill is running against the region.
+    pub fn fault(&self) -> Option<Fault> {
+        match self.fault_kind.load(Ordering::Acquire) {
+            1 => Some(Fault::Blackhole),
+            2 => Some(Fault::Latency(std::time::Duration::from_millis(u64::from(
+                self.fault_amount.load(Ordering::Relaxed),
+            )))),
+            3 => Some(Fault::Errors {
+                per_million: self.fault_amount.load(Ordering::Relaxed),
+            }),
+            _ => None,
+        }
     }
 }
 

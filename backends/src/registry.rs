@@ -117,6 +117,12 @@ impl Registry {
         pools
     }
 
+    /// The operator state of `region`, when some backend is in it.
+    pub fn region(&self, region: &str) -> Option<Arc<RegionState>> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.regions.get(region).cloned()
+    }
+
     /// Drains or restores a region; false when no backend has ever been in
     /// that region.
     pub fn set_region_drained(&self, region: &str, drained: bool) -> bool {

@@ -8,6 +8,8 @@
 //! | GET | `/metrics` | Prometheus text format (see [`crate::metrics`]) |
 //! | GET | `/admin/cascade` | per cascade route: stage-1 model, thresholds, row and audit counters |
 //! | GET | `/admin/backends` | pools, regions, endpoints: health, EWMA latency, in-flight, ejection |
+//! | POST | `/admin/drills` | starts a failover drill (see [`crate::drills`]); 202 with its id |
+//! | GET | `/admin/drills`, `/admin/drills/{id}` | drill reports |
 //! | POST | `/admin/regions/{region}/drain` | moves traffic away from a region (failover drill) |
 //! | POST | `/admin/regions/{region}/restore` | lets traffic back into a drained region |
 //!
@@ -23,7 +25,11 @@ use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use bytes::Bytes;
-use cascadia_backends::Registry;
+use cascadia_backends::{Fault, Registry};
+use http_body_util::BodyExt;
+use std::time::Duration;
+
+use crate::drills::{DrillSpec, Drills};
 use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -43,6 +49,7 @@ pub struct Admin {
     snapshot: SharedSnapshot,
     reload: ReloadHandle,
     registry: Arc<Registry>,
+    drills: Arc<Drills>,
 }
 
 impl Admin {
@@ -53,6 +60,7 @@ impl Admin {
             snapshot,
             reload,
             registry,
+            drills: Arc::default(),
         }
     }
 
@@ -113,6 +121,10 @@ impl Admin {
                 }
             }
             "/admin/backends" if method == Method::GET => self.backends(),
+            "/admin/drills" if method == Method::POST => self.start_drill(request).await,
+            "/admin/drills" if method == Method::GET => {
+                json_response(StatusCode::OK, json!({ "drills": self.drills.reports() }))
+            }
             "/admin/cascade" if method == Method::GET => self.cascade(),
             "/metrics" if method == Method::GET => {
                 let body = crate::metrics::render(&self.snapshot.load(), &self.reload.status());
@@ -125,6 +137,16 @@ impl Admin {
             }
             "/admin/config" | "/admin/backends" | "/admin/cascade" => method_not_allowed("GET"),
             "/admin/config/reload" => method_not_allowed("POST"),
+            path if path.starts_with("/admin/drills/") && method == Method::GET => {
+                match path["/admin/drills/".len()..]
+                    .parse::<u64>()
+                    .ok()
+                    .and_then(|id| self.drills.report(id))
+                {
+                    Some(report) => json_response(StatusCode::OK, json!(report)),
+                    None => json_response(StatusCode::NOT_FOUND, json!({"error": "no such drill"})),
+                }
+            }
             path => match region_action(path) {
                 Some((region, drained)) if method == Method::POST => {
                     self.set_region_drained(region, drained)
@@ -176,6 +198,35 @@ impl Admin {
             StatusCode::OK,
             json!({ "routes": routes.into_iter().map(|(_, v)| v).collect::<Vec<_>>() }),
         )
+    }
+
+    async fn start_drill(&self, request: Request<Incoming>) -> Response<ResponseBody> {
+        let body = match http_body_util::Limited::new(request.into_body(), 64 * 1024)
+            .collect()
+            .await
+        {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => {
+                return json_response(StatusCode::BAD_REQUEST, json!({"error": "unreadable body"}))
+            }
+        };
+        let spec = match drill_spec(&body) {
+            Ok(spec) => spec,
+            Err(message) => {
+                return json_response(StatusCode::BAD_REQUEST, json!({"error": message}))
+            }
+        };
+        let Some(region) = self.registry.region(&spec.region) else {
+            return json_response(StatusCode::NOT_FOUND, json!({"error": "unknown region"}));
+        };
+        let id = self.drills.start(spec, region, Arc::clone(&self.snapshot));
+        let mut response = json_response(StatusCode::ACCEPTED, json!({"id": id}));
+        if let Ok(location) = HeaderValue::from_str(&format!("/admin/drills/{id}")) {
+            response
+                .headers_mut()
+                .insert(http::header::LOCATION, location);
+        }
+        response
     }
 
     fn set_region_drained(&self, region: &str, drained: bool) -> Response<ResponseBody> {
@@ -245,6 +296,53 @@ pub async fn serve(listener: TcpListener, admin: Admin, mut shutdown: watch::Rec
                 .await;
         });
     }
+}
+
+/// Reads a drill request: `{"region", "fault", "duration_s", ...}`.
+fn drill_spec(body: &[u8]) -> Result<DrillSpec, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Raw {
+        region: String,
+        fault: String,
+        duration_s: f64,
+        latency_ms: Option<u64>,
+        error_rate: Option<f64>,
+        abort_error_rate: Option<f64>,
+    }
+    let raw: Raw = serde_json::from_slice(body).map_err(|e| format!("invalid drill: {e}"))?;
+    if !(raw.duration_s > 0.0 && raw.duration_s <= 3600.0) {
+        return Err("duration_s must be within (0, 3600]".to_owned());
+    }
+    let fault = match raw.fault.as_str() {
+        "blackhole" => Fault::Blackhole,
+        "latency" => Fault::Latency(Duration::from_millis(
+            raw.latency_ms
+                .ok_or("latency_ms is required for a latency fault")?,
+        )),
+        "errors" => {
+            let rate = raw
+                .error_rate
+                .ok_or("error_rate is required for an errors fault")?;
+            if !(0.0..=1.0).contains(&rate) {
+                return Err("error_rate must be within 0..=1".to_owned());
+            }
+            Fault::Errors {
+                per_million: (rate * 1_000_000.0) as u32,
+            }
+        }
+        other => {
+            return Err(format!(
+                "unknown fault {other:?} (blackhole, latency, errors)"
+            ))
+        }
+    };
+    Ok(DrillSpec {
+        region: raw.region,
+        fault,
+        duration: Duration::from_secs_f64(raw.duration_s),
+        abort_error_rate: raw.abort_error_rate.unwrap_or(0.5),
+    })
 }
 
 /// Parses `/admin/regions/{region}/drain|restore` into (region, drained).

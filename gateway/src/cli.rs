@@ -59,6 +59,31 @@ pub enum Command {
         #[arg(long)]
         no_watch: bool,
     },
+    /// Run a failover drill through a running gateway's admin API: inject a
+    /// fault on the way to a region, watch, revert, and print the report.
+    Drill {
+        /// The admin API's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:9901")]
+        admin: String,
+        /// The region to drill.
+        #[arg(long)]
+        region: String,
+        /// blackhole, latency or errors.
+        #[arg(long, default_value = "blackhole")]
+        fault: String,
+        /// Added latency for `--fault latency`.
+        #[arg(long)]
+        latency_ms: Option<u64>,
+        /// Share of failing attempts for `--fault errors` (0..=1).
+        #[arg(long)]
+        error_rate: Option<f64>,
+        /// How long the fault lasts, e.g. 30s.
+        #[arg(long = "for", default_value = "30s")]
+        duration: cascadia_config::Timeout,
+        /// File holding the admin token, when the gateway requires one.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
     /// Validate a config file: print every problem with its field path and
     /// exit 1, or print a summary and exit 0.
     Check {
@@ -109,6 +134,119 @@ pub async fn run(cli: Cli) -> ExitCode {
             admin_listen,
             sample_requests,
         } => crate::demo::run(listen, admin_listen, sample_requests).await,
+        Command::Drill {
+            admin,
+            region,
+            fault,
+            latency_ms,
+            error_rate,
+            duration,
+            token_file,
+        } => {
+            let token = match token_file.map(std::fs::read_to_string).transpose() {
+                Ok(token) => token.map(|t| t.trim().to_owned()),
+                Err(error) => {
+                    eprintln!("error: cannot read the token file: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let request = serde_json::json!({
+                "region": region,
+                "fault": fault,
+                "latency_ms": latency_ms,
+                "error_rate": error_rate,
+                "duration_s": duration.get().as_secs_f64(),
+            });
+            match drill(&admin, request, token.as_deref(), duration.get()).await {
+                Ok(report) => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&report).unwrap_or_default()
+                    );
+                    if report["state"] == "aborted" {
+                        ExitCode::FAILURE
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Starts a drill and polls its report until fail-back (or a minute past
+/// the fault) is recorded.
+async fn drill(
+    admin: &str,
+    request: serde_json::Value,
+    token: Option<&str>,
+    duration: std::time::Duration,
+) -> Result<serde_json::Value, String> {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let send = |method: http::Method, path: String, body: Bytes| {
+        let mut builder = http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", admin.trim_end_matches('/')))
+            .header("content-type", "application/json");
+        if let Some(token) = token {
+            builder = builder.header("authorization", format!("Bearer {token}"));
+        }
+        let request = builder.body(Full::new(body));
+        let client = client.clone();
+        async move {
+            let response = client
+                .request(request.map_err(|e| e.to_string())?)
+                .await
+                .map_err(|e| format!("admin API unreachable: {e}"))?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            if status.is_success() {
+                Ok(json)
+            } else {
+                Err(format!(
+                    "{status}: {}",
+                    json["error"].as_str().unwrap_or("request failed")
+                ))
+            }
+        }
+    };
+    let started = send(
+        http::Method::POST,
+        "/admin/drills".to_owned(),
+        Bytes::from(request.to_string()),
+    )
+    .await?;
+    let id = started["id"].as_u64().ok_or("no drill id in the answer")?;
+    eprintln!("drill {id} started; the fault lasts {duration:?}");
+    let deadline = tokio::time::Instant::now() + duration + std::time::Duration::from_secs(60);
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        let report = send(
+            http::Method::GET,
+            format!("/admin/drills/{id}"),
+            Bytes::new(),
+        )
+        .await?;
+        if report["state"] == "completed"
+            || report["state"] == "aborted"
+            || tokio::time::Instant::now() > deadline
+        {
+            return Ok(report);
+        }
     }
 }
 

@@ -23,7 +23,8 @@
 //! - [`snapshot`] and [`reload`]: the config snapshot behind one `ArcSwap`,
 //!   and the task that rebuilds and swaps it.
 //! - [`features`]: the feature cache (in-process, Redis, feature store).
-//! - [`admin`]: the admin API on its own port; [`metrics`]: its `/metrics`.
+//! - [`admin`]: the admin API on its own port; [`metrics`]: its `/metrics`;
+//!   [`drills`]: failover drills it runs.
 //! - [`errors`]: every failure mapped to an HTTP or gRPC status.
 //! - [`telemetry`]: logging setup.
 //!
@@ -34,6 +35,7 @@ pub mod admin;
 pub mod cascade;
 pub mod cli;
 pub mod demo;
+pub mod drills;
 pub mod errors;
 pub mod features;
 pub mod listener;

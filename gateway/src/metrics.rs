@@ -14,7 +14,7 @@ use crate::reload::ReloadStatus;
 use crate::snapshot::Snapshot;
 
 /// Upper bounds of the latency histogram, in seconds.
-const BUCKETS: [f64; 12] = [
+pub const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
@@ -42,6 +42,21 @@ impl RouteStats {
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_micros
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// (requests, 5xx responses) so far.
+    pub fn totals(&self) -> (u64, u64) {
+        let count = self
+            .by_class
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum();
+        (count, self.by_class[4].load(Ordering::Relaxed))
+    }
+
+    /// Histogram bucket counts so far (for deltas over a window).
+    pub fn bucket_counts(&self) -> [u64; BUCKETS.len()] {
+        std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed))
     }
 
     fn render(&self, route: &str, out: &mut String) {

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cascadia_backends::{
-    choose_pool, BackendPool, Endpoint, InFlight, Outcome, UpstreamBody, UpstreamErrorKind,
+    choose_pool, BackendPool, Endpoint, Fault, InFlight, Outcome, UpstreamBody, UpstreamErrorKind,
 };
 use cascadia_config::UpstreamProtocol;
 use cascadia_oip::path::{self as oip_path, OipKind};
@@ -568,7 +568,28 @@ async fn send_attempt<'t>(
     let pool = &target.pools[index];
     let in_flight = endpoint.start_attempt();
     let sent = Instant::now();
-    let result = pool.client().send(request, per_try).await;
+    // A failover drill's fault, injected on the way to the region.
+    let injected = match pool.region_state().fault() {
+        None => None,
+        Some(Fault::Blackhole) => Some(()),
+        Some(Fault::Errors { per_million }) => {
+            (fastrand::u32(..1_000_000) < per_million).then_some(())
+        }
+        Some(Fault::Latency(delay)) => {
+            tokio::time::sleep(delay.min(per_try)).await;
+            None
+        }
+    };
+    let result = match injected {
+        Some(()) => Err(cascadia_backends::UpstreamError::new(
+            UpstreamErrorKind::Connect,
+            None,
+        )),
+        None => {
+            let left = per_try.saturating_sub(sent.elapsed());
+            pool.client().send(request, left).await
+        }
+    };
     let outcome = match &result {
         Ok(response) if response.status().is_server_error() => Some(Outcome::Failure),
         Ok(_) => Some(Outcome::Success(sent.elapsed())),
