@@ -138,6 +138,23 @@ async fn entity_features_are_fetched_once_then_served_from_the_cache() {
         assert_eq!(response.header("x-cascadia-stage"), Some("escalated"));
     }
     assert_eq!(store.control.requests(), 2);
+
+    // A reload keeps the in-process tier: no new fetch for a cached entity.
+    let changed = gateway
+        .config_text()
+        .replace("accept_below = 0.2", "accept_below = 0.1");
+    gateway.write_config(&changed);
+    let (status, body) = gateway.reload(&client).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        infer(&client, &gateway, 10.0, "acme.com").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        store.control.requests(),
+        2,
+        "the reload did not empty the cache"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -315,4 +315,22 @@ async fn metrics_count_requests_by_route_and_status_class() {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
     assert!(!text.contains("127.0.0.1"), "no addresses in metric labels");
+
+    // A reload keeps the route's counters (and its other runtime state).
+    gateway.write_config(&fixture.config(0, 100));
+    let (status, body) = gateway.reload(&client).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        client
+            .infer(&gateway.url("/v2/models/fraud/infer"), &[])
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let text = String::from_utf8_lossy(&client.get(&gateway.admin_url("/metrics"), &[]).await.body)
+        .into_owned();
+    assert!(
+        text.contains(r#"cascadia_requests_total{route="fraud",status_class="2xx"} 6"#),
+        "{text}"
+    );
 }

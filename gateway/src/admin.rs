@@ -188,7 +188,7 @@ impl Admin {
                         "stage1_model": format!("{}/{}", model.name, model.version),
                         "accept_below": stage.settings.thresholds.accept_below(),
                         "reject_above": stage.settings.thresholds.reject_above(),
-                        "stats": &stage.stats,
+                        "stats": &*stage.stats,
                     }),
                 ))
             })

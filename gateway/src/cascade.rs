@@ -71,7 +71,8 @@ pub struct CascadeStage {
     pub settings: Cascade,
     /// Entity features through the feature cache, when configured.
     pub entity: Option<crate::features::EntityLookup>,
-    pub stats: CascadeStats,
+    /// Carried across reloads with the route.
+    pub stats: Arc<CascadeStats>,
 }
 
 /// How the client speaks: OIP REST JSON or OIP gRPC. The cascade works on

@@ -195,11 +195,12 @@ impl Reloader {
                 }
                 let registry = Arc::clone(&self.registry);
                 let redis = current.redis.clone();
+                let runtimes = Arc::clone(&current.runtimes);
                 let version = current.version + 1;
                 // Building resolves every route and pool before anything is
                 // published; the store below is the only thing readers see.
                 let next = tokio::task::spawn_blocking(move || {
-                    Snapshot::build(version, &loaded, &registry, redis)
+                    Snapshot::build(version, &loaded, &registry, redis, runtimes)
                 })
                 .await
                 .expect("snapshot build does not panic");

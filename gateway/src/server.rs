@@ -60,7 +60,11 @@ impl Gateway {
             }
         });
         let snapshot: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(
-            1, &loaded, &registry, redis,
+            1,
+            &loaded,
+            &registry,
+            redis,
+            Arc::default(),
         )));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let reload = reload::spawn(

@@ -10,7 +10,7 @@ use cascadia_backends::{BackendPool, Registry};
 use cascadia_config::{Config, LoadedConfig};
 
 use crate::features::RedisTier;
-use crate::routing::RouteTable;
+use crate::routing::{RouteRuntimes, RouteTable};
 
 /// Everything a request needs from config, immutable once published.
 ///
@@ -36,7 +36,9 @@ pub struct Snapshot {
     /// The admin API's bearer token; reloads with the config.
     pub admin_token: Option<cascadia_config::Secret>,
     /// Requests that matched no route, for `/metrics`.
-    pub unmatched: crate::metrics::RouteStats,
+    pub unmatched: Arc<crate::metrics::RouteStats>,
+    /// Per-route runtime state, handed from snapshot to snapshot.
+    pub runtimes: Arc<RouteRuntimes>,
 }
 
 impl Snapshot {
@@ -47,9 +49,10 @@ impl Snapshot {
         loaded: &LoadedConfig,
         registry: &Registry,
         redis: Option<Arc<RedisTier>>,
+        runtimes: Arc<RouteRuntimes>,
     ) -> Self {
         let pools = registry.build(&loaded.config);
-        let routes = RouteTable::build(&loaded.config, &pools, redis.as_ref());
+        let routes = RouteTable::build(&loaded.config, &pools, redis.as_ref(), &runtimes);
         Self {
             version,
             hash: loaded.hash.clone(),
@@ -59,7 +62,8 @@ impl Snapshot {
             pools,
             redis,
             admin_token: loaded.admin_token.clone(),
-            unmatched: Default::default(),
+            unmatched: Arc::clone(&runtimes.unmatched),
+            runtimes,
         }
     }
 }

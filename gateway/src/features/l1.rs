@@ -14,6 +14,7 @@ use super::Entry;
 const SHARDS: usize = 16;
 
 /// A bounded TTL map of entity entries.
+#[derive(Debug)]
 pub struct L1 {
     shards: Vec<RwLock<HashMap<String, (Instant, Entry)>>>,
     per_shard: usize,

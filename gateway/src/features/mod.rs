@@ -54,12 +54,12 @@ pub struct EntityLookup {
 struct Inner {
     settings: EntityFeatures,
     store: Arc<BackendPool>,
-    l1: L1,
+    l1: Arc<L1>,
     redis: Option<Arc<RedisTier>>,
     /// Fetches in progress, by key: later misses join them.
     flights: Mutex<HashMap<String, Flight>>,
     /// Counters for the admin API and tests.
-    stats: LookupStats,
+    stats: Arc<LookupStats>,
 }
 
 /// How lookups were answered.
@@ -87,19 +87,23 @@ impl std::fmt::Debug for EntityLookup {
 impl EntityLookup {
     /// A lookup for `settings`, fetching from `store`, with an optional
     /// shared Redis tier.
+    /// `l1` and `stats` come from the route's carried state, so a reload
+    /// keeps the cached entities and the counters.
     pub fn new(
         settings: EntityFeatures,
         store: Arc<BackendPool>,
         redis: Option<Arc<RedisTier>>,
+        l1: Arc<L1>,
+        stats: Arc<LookupStats>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                l1: L1::new(settings.l1_capacity),
+                l1,
                 settings: settings.clone(),
                 store,
                 redis,
                 flights: Mutex::default(),
-                stats: LookupStats::default(),
+                stats,
             }),
             settings,
         }

@@ -43,7 +43,7 @@ pub struct Route {
     /// Attempts per request, the first included.
     pub attempts: u32,
     /// Caps retries to a share of this route's requests.
-    pub retry_budget: RetryBudget,
+    pub retry_budget: Arc<RetryBudget>,
     /// Hedging of slow first attempts, when configured.
     pub hedge: Option<Hedge>,
     /// Regions whose p95 is above this count as degraded.
@@ -51,7 +51,85 @@ pub struct Route {
     /// Stage 1 of a cascade route.
     pub cascade: Option<crate::cascade::CascadeStage>,
     /// Request counters and latency, for `/metrics`.
-    pub stats: crate::metrics::RouteStats,
+    pub stats: Arc<crate::metrics::RouteStats>,
+}
+
+/// Runtime state of every route, kept across reloads by route name: a
+/// reload must not reset counters, free in-flight slots, refill budgets or
+/// empty the feature cache (that would stampede the feature store).
+#[derive(Debug, Default)]
+pub struct RouteRuntimes {
+    routes: std::sync::Mutex<HashMap<String, Arc<RouteRuntime>>>,
+    /// Requests that matched no route.
+    pub unmatched: Arc<crate::metrics::RouteStats>,
+}
+
+/// One route's carried state. Pieces whose settings changed are replaced.
+#[derive(Debug, Default)]
+pub struct RouteRuntime {
+    stats: Arc<crate::metrics::RouteStats>,
+    cascade_stats: Arc<crate::cascade::CascadeStats>,
+    lookup_stats: Arc<crate::features::LookupStats>,
+    admission: std::sync::Mutex<Option<Arc<Admission>>>,
+    retry_budget: std::sync::Mutex<Option<((u32, u32), Arc<RetryBudget>)>>,
+    hedge_budget: std::sync::Mutex<Option<(u32, Arc<RetryBudget>)>>,
+    l1: std::sync::Mutex<Option<(usize, Arc<crate::features::l1::L1>)>>,
+}
+
+impl RouteRuntime {
+    fn admission(&self, limit: usize) -> Arc<Admission> {
+        let mut slot = self.admission.lock().unwrap_or_else(|e| e.into_inner());
+        let admission = slot.get_or_insert_with(|| Arc::new(Admission::new(limit)));
+        admission
+            .limit
+            .store(limit, std::sync::atomic::Ordering::Relaxed);
+        Arc::clone(admission)
+    }
+
+    fn retry_budget(&self, percent: u32, min_per_second: u32) -> Arc<RetryBudget> {
+        let mut slot = self.retry_budget.lock().unwrap_or_else(|e| e.into_inner());
+        match &*slot {
+            Some((params, budget)) if *params == (percent, min_per_second) => Arc::clone(budget),
+            _ => {
+                let budget = Arc::new(RetryBudget::new(percent, min_per_second));
+                *slot = Some(((percent, min_per_second), Arc::clone(&budget)));
+                budget
+            }
+        }
+    }
+
+    fn hedge_budget(&self, percent: u32) -> Arc<RetryBudget> {
+        let mut slot = self.hedge_budget.lock().unwrap_or_else(|e| e.into_inner());
+        match &*slot {
+            Some((p, budget)) if *p == percent => Arc::clone(budget),
+            _ => {
+                // Hedges get no per-second floor: they are an optimisation,
+                // never needed for correctness.
+                let budget = Arc::new(RetryBudget::new(percent, 0));
+                *slot = Some((percent, Arc::clone(&budget)));
+                budget
+            }
+        }
+    }
+
+    fn feature_cache(
+        &self,
+        capacity: usize,
+    ) -> (
+        Arc<crate::features::l1::L1>,
+        Arc<crate::features::LookupStats>,
+    ) {
+        let mut slot = self.l1.lock().unwrap_or_else(|e| e.into_inner());
+        let l1 = match &*slot {
+            Some((c, l1)) if *c == capacity => Arc::clone(l1),
+            _ => {
+                let l1 = Arc::new(crate::features::l1::L1::new(capacity));
+                *slot = Some((capacity, Arc::clone(&l1)));
+                l1
+            }
+        };
+        (l1, Arc::clone(&self.lookup_stats))
+    }
 }
 
 /// A route's rate limit: GCRA per key (governor), with the key set bounded.
@@ -106,7 +184,8 @@ impl RouteLimiter {
 /// Bounded concurrency for one route: load shedding without a queue.
 #[derive(Debug)]
 pub struct Admission {
-    limit: usize,
+    /// Changes with reloads; the in-flight count carries over.
+    limit: std::sync::atomic::AtomicUsize,
     in_flight: std::sync::atomic::AtomicUsize,
 }
 
@@ -117,7 +196,7 @@ pub struct Admitted(Arc<Admission>);
 impl Admission {
     pub fn new(limit: usize) -> Self {
         Self {
-            limit,
+            limit: limit.into(),
             in_flight: Default::default(),
         }
     }
@@ -126,7 +205,7 @@ impl Admission {
     pub fn try_admit(self: &Arc<Self>) -> Option<Admitted> {
         use std::sync::atomic::Ordering;
         let previous = self.in_flight.fetch_add(1, Ordering::AcqRel);
-        if previous >= self.limit {
+        if previous >= self.limit.load(Ordering::Relaxed) {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
@@ -150,7 +229,7 @@ pub struct Hedge {
     pub floor: Duration,
     pub cap: Duration,
     /// Caps hedges to a share of the route's requests.
-    pub budget: RetryBudget,
+    pub budget: Arc<RetryBudget>,
 }
 
 impl Hedge {
@@ -181,9 +260,13 @@ impl RouteTable {
         config: &Config,
         pools: &HashMap<String, Arc<BackendPool>>,
         redis: Option<&Arc<crate::features::RedisTier>>,
+        runtimes: &RouteRuntimes,
     ) -> Self {
         let mut table = RouteTable::default();
+        let mut state = runtimes.routes.lock().unwrap_or_else(|e| e.into_inner());
+        state.retain(|name, _| config.routes.iter().any(|r| &r.name == name));
         for route in &config.routes {
+            let carried = Arc::clone(state.entry(route.name.clone()).or_default());
             let targets = route
                 .split
                 .targets()
@@ -215,38 +298,37 @@ impl RouteTable {
                 timeout: route.timeout.map(|t| t.get()),
                 split: Split::new(targets),
                 idempotent: route.idempotent,
-                admission: route
-                    .max_concurrency
-                    .map(|limit| Arc::new(Admission::new(limit))),
+                admission: route.max_concurrency.map(|limit| carried.admission(limit)),
                 rate_limit: route.rate_limit.as_ref().map(RouteLimiter::new),
                 attempts: route.retries.attempts.max(1),
-                retry_budget: RetryBudget::new(
-                    route.retries.budget_percent,
-                    route.retries.min_per_second,
-                ),
+                retry_budget: carried
+                    .retry_budget(route.retries.budget_percent, route.retries.min_per_second),
                 hedge: route.hedge.as_ref().map(|h| Hedge {
                     percentile: h.percentile,
                     floor: h.floor.get(),
                     cap: h.cap.get(),
                     // Hedges get no per-second floor: they are an
                     // optimisation, never needed for correctness.
-                    budget: RetryBudget::new(h.budget_percent, 0),
+                    budget: carried.hedge_budget(h.budget_percent),
                 }),
                 latency_slo: route.latency_slo.map(|t| t.get()),
-                stats: Default::default(),
+                stats: Arc::clone(&carried.stats),
                 cascade: route.cascade.clone().map(|settings| {
                     let entity = settings.entity.clone().and_then(|entity| {
                         let store = pools.get(&entity.store).cloned()?;
+                        let (l1, lookup_stats) = carried.feature_cache(entity.l1_capacity);
                         Some(crate::features::EntityLookup::new(
                             entity,
                             store,
                             redis.cloned(),
+                            l1,
+                            lookup_stats,
                         ))
                     });
                     crate::cascade::CascadeStage {
                         settings,
                         entity,
-                        stats: Default::default(),
+                        stats: Arc::clone(&carried.cascade_stats),
                     }
                 }),
             });
@@ -299,7 +381,12 @@ mod tests {
     fn table(toml: &str) -> RouteTable {
         let config = cascadia_config::parse(toml).expect("valid config");
         let registry = cascadia_backends::Registry::new();
-        RouteTable::build(&config, &registry.build(&config), None)
+        RouteTable::build(
+            &config,
+            &registry.build(&config),
+            None,
+            &RouteRuntimes::default(),
+        )
     }
 
     const CONFIG: &str = r#"
