@@ -71,10 +71,13 @@ pub struct RouteRuntime {
     cascade_stats: Arc<crate::cascade::CascadeStats>,
     lookup_stats: Arc<crate::features::LookupStats>,
     admission: std::sync::Mutex<Option<Arc<Admission>>>,
-    retry_budget: std::sync::Mutex<Option<((u32, u32), Arc<RetryBudget>)>>,
-    hedge_budget: std::sync::Mutex<Option<(u32, Arc<RetryBudget>)>>,
-    l1: std::sync::Mutex<Option<(usize, Arc<crate::features::l1::L1>)>>,
+    retry_budget: Carried<(u32, u32), RetryBudget>,
+    hedge_budget: Carried<u32, RetryBudget>,
+    l1: Carried<usize, crate::features::l1::L1>,
 }
+
+/// A carried piece of state with the settings it was built for.
+type Carried<S, T> = std::sync::Mutex<Option<(S, Arc<T>)>>;
 
 impl RouteRuntime {
     fn admission(&self, limit: usize) -> Arc<Admission> {
