@@ -15,6 +15,7 @@ max_body_bytes = 1024
 max_header_bytes = 2048
 max_headers = 20
 header_read_timeout = "300ms"
+body_read_timeout = "300ms"
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,4 +281,20 @@ async fn rate_limits_apply_per_api_key_with_retry_after() {
         3,
         "limited requests never reach the backend"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_body_gets_408_buffered_or_streamed() {
+    let fixture = CanaryFixture::start().await;
+    let gateway = GatewayProcess::start(&fixture.config_with(100, 0, LIMITS)).await;
+    // A model route buffers the body (to retry); a prefix route streams it.
+    for path in ["/v2/models/fraud/infer", "/echo/upload"] {
+        let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+        let head = format!("POST {path} HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"inputs\":");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        // ...and nothing more: the gateway must answer on its own.
+        let response = read_response(&mut stream).await;
+        assert!(response.starts_with("HTTP/1.1 408"), "{path}: {response}");
+        assert!(response.contains(r#""error":"#), "{path}: {response}");
+    }
 }

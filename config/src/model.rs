@@ -136,6 +136,9 @@ pub struct Limits {
     /// How long a client may take to send its headers; then 408 and the
     /// connection closes, so slow clients cannot hold connections. Default 10s.
     pub header_read_timeout: Timeout,
+    /// Longest wait for the next piece of a request body; then 408 (slow
+    /// bodies). Default 30s.
+    pub body_read_timeout: Timeout,
 }
 
 impl Default for Limits {
@@ -145,6 +148,7 @@ impl Default for Limits {
             max_header_bytes: 16 * 1024,
             max_headers: 100,
             header_read_timeout: Timeout::from_secs_unchecked(10),
+            body_read_timeout: Timeout::from_secs_unchecked(30),
         }
     }
 }

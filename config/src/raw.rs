@@ -46,6 +46,7 @@ pub(crate) struct RawLimits {
     pub max_header_bytes: Option<usize>,
     pub max_headers: Option<usize>,
     pub header_read_timeout: Option<String>,
+    pub body_read_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

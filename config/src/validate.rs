@@ -209,6 +209,13 @@ fn limits(raw: RawLimits, errors: &mut Collector) -> Limits {
     ) {
         limits.header_read_timeout = t;
     }
+    if let Some(t) = timeout(
+        raw.body_read_timeout.as_deref(),
+        "gateway.limits.body_read_timeout",
+        errors,
+    ) {
+        limits.body_read_timeout = t;
+    }
     limits
 }
 

@@ -140,7 +140,12 @@ pub async fn handle(
     }
     let limit = snapshot.config.gateway.limits.max_body_bytes;
     let (parts, incoming) = request.into_parts();
-    let body = crate::proxy::read_limited(incoming, limit).await?;
+    let body = crate::proxy::read_limited(
+        incoming,
+        limit,
+        snapshot.config.gateway.limits.body_read_timeout.get(),
+    )
+    .await?;
     handle_body(
         proxy, snapshot, route, stage, parts, body, model, request_id,
     )

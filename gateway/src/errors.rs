@@ -61,6 +61,8 @@ pub enum GatewayError {
     },
     #[error("request body failed while streaming")]
     RequestBody(#[source] UpstreamError),
+    #[error("the request body stalled")]
+    BodyTimeout,
 }
 
 /// How a failure is presented to a client.
@@ -84,6 +86,7 @@ impl GatewayError {
             | Self::MethodNotAllowed
             | Self::Unimplemented(_)
             | Self::RateLimited { .. }
+            | Self::BodyTimeout
             | Self::RequestBody(_) => Side::Downstream,
             Self::NoRoute | Self::Overloaded { .. } => Side::Gateway,
             Self::NoHealthyBackend { .. } | Self::DeadlineExceeded | Self::Upstream { .. } => {
@@ -107,6 +110,7 @@ impl GatewayError {
             Self::DeadlineExceeded => "deadline_exceeded",
             Self::Overloaded { .. } => "overloaded",
             Self::RateLimited { .. } => "rate_limited",
+            Self::BodyTimeout => "body_timeout",
             Self::Upstream { source, .. } => match source.kind() {
                 UpstreamErrorKind::Connect => "upstream_connect",
                 UpstreamErrorKind::Timeout => "upstream_timeout",
@@ -140,6 +144,7 @@ impl GatewayError {
             Self::DeadlineExceeded => (S::GATEWAY_TIMEOUT, 4, "deadline exceeded"),
             Self::Overloaded { .. } => (S::SERVICE_UNAVAILABLE, 8, "overloaded, retry later"),
             Self::RateLimited { .. } => (S::TOO_MANY_REQUESTS, 8, "rate limit exceeded"),
+            Self::BodyTimeout => (S::REQUEST_TIMEOUT, 4, "timed out reading the request body"),
             Self::Upstream { source, .. } => match source.kind() {
                 UpstreamErrorKind::Connect => (S::BAD_GATEWAY, 14, "backend unavailable"),
                 UpstreamErrorKind::Timeout => (S::GATEWAY_TIMEOUT, 4, "backend timed out"),

@@ -1,8 +1,10 @@
 //! Bodies on the data plane: the response body the gateway sends (streamed
 //! from upstream, or a small local answer), and the request-body size limit.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use cascadia_backends::InFlight;
@@ -142,8 +144,15 @@ pin_project! {
         inner: B,
         remaining: u64,
         limit: u64,
+        // Fails the body when no frame arrives for this long (slow bodies).
+        idle: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
     }
 }
+
+/// The client stopped sending its body mid-way.
+#[derive(Debug, thiserror::Error)]
+#[error("no request body data for {0:?}")]
+pub struct BodyReadTimeout(pub Duration);
 
 impl<B> LimitedBody<B> {
     /// Wraps `inner` with a limit of `limit` bytes.
@@ -152,7 +161,14 @@ impl<B> LimitedBody<B> {
             inner,
             remaining: limit,
             limit,
+            idle: None,
         }
+    }
+
+    /// Also fails the body when no data arrives for `timeout`.
+    pub fn with_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle = Some((timeout, Box::pin(tokio::time::sleep(timeout))));
+        self
     }
 }
 
@@ -169,7 +185,15 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
-        match ready!(this.inner.poll_frame(cx)) {
+        let polled = this.inner.poll_frame(cx);
+        if let Some((timeout, timer)) = this.idle.as_mut() {
+            if polled.is_ready() {
+                timer.as_mut().reset(tokio::time::Instant::now() + *timeout);
+            } else if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Some(Err(Box::new(BodyReadTimeout(*timeout)))));
+            }
+        }
+        match ready!(polled) {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;

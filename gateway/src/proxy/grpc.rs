@@ -68,7 +68,12 @@ pub async fn handle(
     // message, so the one message is buffered (within the body limit).
     let limit = snapshot.config.gateway.limits.max_body_bytes;
     let (parts, incoming) = request.into_parts();
-    let body = super::read_limited(incoming, limit).await?;
+    let body = super::read_limited(
+        incoming,
+        limit,
+        snapshot.config.gateway.limits.body_read_timeout.get(),
+    )
+    .await?;
     let (compressed, message) = oip_grpc::decode_frame(&body)
         .map_err(|_| GatewayError::BadRequest("malformed gRPC frame"))?;
     if compressed {

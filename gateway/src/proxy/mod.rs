@@ -181,9 +181,10 @@ impl Proxy {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
         let limit = snapshot.config.gateway.limits.max_body_bytes;
+        let body_timeout = snapshot.config.gateway.limits.body_read_timeout.get();
         let (preread, incoming) = match json_len {
             Some(json_len) if is_infer => {
-                let body = read_limited(incoming, limit).await?;
+                let body = read_limited(incoming, limit, body_timeout).await?;
                 let json = match cascadia_oip::json::binary_request_to_json(&body, json_len) {
                     Ok(json) => Bytes::from(json),
                     Err(message) => {
@@ -243,7 +244,7 @@ impl Proxy {
         let path_and_query = upstream_path(target, oip, &parts.uri)?;
         let body = match (preread, incoming) {
             (Some(body), _) => RequestBody::Buffered(body),
-            (None, Some(incoming)) => request_body(route, incoming, limit).await?,
+            (None, Some(incoming)) => request_body(route, incoming, limit, body_timeout).await?,
             (None, None) => unreachable!("the body is either read or not"),
         };
         let mut response = self
@@ -442,6 +443,9 @@ impl Proxy {
                 Err(source) => {
                     if source.kind() == UpstreamErrorKind::RequestBody {
                         // The client's body failed; the endpoint is fine.
+                        if source.find_body_error::<body::BodyReadTimeout>().is_some() {
+                            return Err(GatewayError::BodyTimeout);
+                        }
                         return Err(match source.find_body_error::<BodyLimitExceeded>() {
                             Some(exceeded) => GatewayError::BodyTooLarge {
                                 limit: exceeded.limit,
@@ -826,20 +830,25 @@ const INFERENCE_HEADER_CONTENT_LENGTH: http::HeaderName =
     http::HeaderName::from_static("inference-header-content-length");
 
 /// Reads a whole body, refusing more than `limit` bytes.
-pub(crate) async fn read_limited(incoming: Incoming, limit: u64) -> Result<Bytes, GatewayError> {
-    Ok(
-        http_body_util::Limited::new(incoming, usize::try_from(limit).unwrap_or(usize::MAX))
-            .collect()
-            .await
-            .map_err(|error| {
-                if error.is::<http_body_util::LengthLimitError>() {
-                    GatewayError::BodyTooLarge { limit }
-                } else {
-                    GatewayError::BadRequest("request body failed")
-                }
-            })?
-            .to_bytes(),
-    )
+pub(crate) async fn read_limited(
+    incoming: Incoming,
+    limit: u64,
+    timeout: Duration,
+) -> Result<Bytes, GatewayError> {
+    let body = LimitedBody::new(incoming, limit).with_idle_timeout(timeout);
+    Ok(body
+        .collect()
+        .await
+        .map_err(|error| {
+            if error.is::<BodyLimitExceeded>() {
+                GatewayError::BodyTooLarge { limit }
+            } else if error.is::<body::BodyReadTimeout>() {
+                GatewayError::BodyTimeout
+            } else {
+                GatewayError::BadRequest("request body failed")
+            }
+        })?
+        .to_bytes())
 }
 
 /// Bodies up to this size are kept in memory on retryable routes so a failed
@@ -852,6 +861,7 @@ async fn request_body(
     route: &Route,
     incoming: Incoming,
     limit: u64,
+    idle: Duration,
 ) -> Result<RequestBody, GatewayError> {
     if incoming.is_end_stream() {
         return Ok(RequestBody::Buffered(Bytes::new()));
@@ -859,21 +869,16 @@ async fn request_body(
     let declared = incoming.size_hint().exact();
     let retryable = route.idempotent && (route.attempts > 1 || route.hedge.is_some());
     match declared {
-        Some(length) if retryable && length <= REPLAY_LIMIT => {
-            let bytes = incoming
-                .collect()
-                .await
-                .map_err(|_| GatewayError::BadRequest("request body failed"))?
-                .to_bytes();
-            Ok(RequestBody::Buffered(bytes))
-        }
-        // A declared length was checked at admission and hyper enforces it,
-        // so only bodies of unknown length need the streaming limit.
-        Some(_) => Ok(RequestBody::Streaming(Some(
-            incoming.map_err(Into::into).boxed_unsync(),
-        ))),
-        None => Ok(RequestBody::Streaming(Some(
-            LimitedBody::new(incoming, limit).boxed_unsync(),
+        Some(length) if retryable && length <= REPLAY_LIMIT => Ok(RequestBody::Buffered(
+            read_limited(incoming, limit, idle).await?,
+        )),
+        // A declared length was checked at admission and hyper enforces it;
+        // the limit matters for bodies of unknown length. Every streamed
+        // body gets the idle timeout (slow bodies).
+        _ => Ok(RequestBody::Streaming(Some(
+            LimitedBody::new(incoming, limit)
+                .with_idle_timeout(idle)
+                .boxed_unsync(),
         ))),
     }
 }
