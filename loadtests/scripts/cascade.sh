@@ -57,9 +57,8 @@
 #
 # Needs: cargo, python3, curl, redis-server + redis-cli (for local-redis), taskset.
 set -euo pipefail
-
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$ROOT"
+BENCH=cascade
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 if [[ ${QUICK:-0} == 1 ]]; then
     BATCHES=${BATCHES:-1}
@@ -77,14 +76,7 @@ USER_IDS=${USER_IDS:-100000}
 MIXED_USER_IDS=${MIXED_USER_IDS:-1000}
 STAGE2_P50_MS=${STAGE2_P50_MS:-5}
 STAGE2_P99_MS=${STAGE2_P99_MS:-20}
-GATEWAY_CPU=${GATEWAY_CPU:-0}
-LOAD_CPU=${LOAD_CPU:-1}
-RESULTS=${RESULTS:-loadtests/results/cascade-$(date +%Y%m%d-%H%M%S).jsonl}
-TARGET_DIR=${CARGO_TARGET_DIR:-target}
-BIN=$TARGET_DIR/release
 read -r -a LEGS <<<"$VARIANTS"
-
-log() { echo "cascade: $*" >&2; }
 
 for v in "${LEGS[@]}"; do
     case $v in
@@ -95,80 +87,22 @@ done
 NEED_REDIS=0
 [[ " $VARIANTS " == *" local-redis "* ]] && NEED_REDIS=1
 
-# --- build -------------------------------------------------------------------------------
-if [[ ${SKIP_BUILD:-0} != 1 ]]; then
-    log "building release binaries into $BIN"
-    cargo build --release -p cascadia -p cascadia-sim -p cascadia-loadtests
-fi
-for bin in cascadia cascadia-sim cascadia-load; do
-    [[ -x $BIN/$bin ]] || { log "missing $BIN/$bin"; exit 1; }
-done
+build_binaries
 if ((NEED_REDIS)); then
     for bin in redis-server redis-cli; do
         command -v $bin >/dev/null || { log "local-redis needs $bin"; exit 1; }
     done
 fi
 
-# --- pinning -----------------------------------------------------------------------------
-# Command prefixes, not functions: `taskset` execs the command, so `$!` is the pinned
-# process itself (see passthrough.sh).
-if command -v taskset >/dev/null && (($(nproc) >= 2)); then
-    PIN_GATEWAY=(taskset -c "$GATEWAY_CPU")
-    PIN_LOAD=(taskset -c "$LOAD_CPU")
-else
-    log "WARNING: taskset missing or fewer than 2 CPUs: running unpinned"
-    PIN_GATEWAY=()
-    PIN_LOAD=()
-fi
-
-# --- processes and cleanup -----------------------------------------------------------------
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/cascadia-cascade.XXXXXX")
-CHILDREN=()
-cleanup() {
-    local pid
-    for pid in "${CHILDREN[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${CHILDREN[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# wait_for_address FILE PREFIX PID: polls FILE until a line starts with PREFIX, prints the
-# rest of that line. Fails if PID exits first or after 10 s.
-wait_for_address() {
-    local file=$1 prefix=$2 pid=$3 line
-    for _ in $(seq 1 200); do
-        if line=$(grep -m1 "^$prefix" "$file" 2>/dev/null); then
-            echo "${line#"$prefix"}"
-            return 0
-        fi
-        if ! kill -0 "$pid" 2>/dev/null; then
-            log "process $pid exited before announcing its address; its stderr:"
-            cat "$file.err" >&2 || true
-            return 1
-        fi
-        sleep 0.05
-    done
-    log "timed out waiting for '$prefix' in $file"
-    return 1
-}
+setup_pinning
+setup_workdir
 
 # Sims: stage 2 (heavy ensemble), the feature store, and the baseline (no latency).
 SIM_NAMES=(stage2 store baseline)
-declare -A SIM_ADDR SIM_PID
 for name in "${SIM_NAMES[@]}"; do
     extra=()
     if [[ $name == stage2 ]]; then extra=(--p50-ms "$STAGE2_P50_MS" --p99-ms "$STAGE2_P99_MS"); fi
-    "${PIN_LOAD[@]}" "$BIN/cascadia-sim" --listen 127.0.0.1:0 --model fraud --version 1 \
-        --region us-east --name "$name" --workers 1 "${extra[@]}" \
-        >"$WORK/sim-$name.out" 2>"$WORK/sim-$name.out.err" &
-    SIM_PID[$name]=$!
-    CHILDREN+=("$!")
-    SIM_ADDR[$name]=$(wait_for_address "$WORK/sim-$name.out" "cascadia-sim listening on http://" "${SIM_PID[$name]}")
+    start_sim "$name" "$WORK/sim-$name.out" --region us-east --name "$name" --workers 1 "${extra[@]}"
     log "sim $name pid ${SIM_PID[$name]} on ${SIM_ADDR[$name]} (CPU $LOAD_CPU)"
 done
 
@@ -277,53 +211,26 @@ TOML
     fi
 }
 
-declare -A GW_ADDR GW_ADMIN GW_PID
 for v in "${LEGS[@]}"; do
     gateway_config "$v" >"$WORK/gateway-$v.toml"
-    "${PIN_GATEWAY[@]}" "$BIN/cascadia" run --config "$WORK/gateway-$v.toml" --workers 1 \
-        >"$WORK/gateway-$v.out" 2>"$WORK/gateway-$v.out.err" &
-    GW_PID[$v]=$!
-    CHILDREN+=("$!")
-    GW_ADDR[$v]=$(wait_for_address "$WORK/gateway-$v.out" "cascadia gateway listening on http://" "${GW_PID[$v]}")
-    GW_ADMIN[$v]=$(wait_for_address "$WORK/gateway-$v.out" "cascadia admin listening on http://" "${GW_PID[$v]}")
+    start_gateway "$v"
     log "gateway $v pid ${GW_PID[$v]} on ${GW_ADDR[$v]}, admin ${GW_ADMIN[$v]} (CPU $GATEWAY_CPU)"
 done
 
 INFER_PATH=/v2/models/fraud/infer
 
 # --- the machine, first line of the results ------------------------------------------------
-mkdir -p "$(dirname "$RESULTS")"
-CPU_MODEL=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' || true)
-if [[ -z ${GIT_REV:-} ]]; then
-    GIT_REV=$(git rev-parse --short HEAD 2>/dev/null || echo "no-commit")
-    if [[ -n $(git status --porcelain 2>/dev/null | head -1) ]]; then GIT_REV="$GIT_REV+dirty"; fi
-fi
-NPROC=$(nproc) DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ) CPU_MODEL=$CPU_MODEL GIT_REV=$GIT_REV \
-    KERNEL=$(uname -r) BATCHES=$BATCHES RATE=$RATE CONNECTIONS=$CONNECTIONS WARMUP=$WARMUP \
-    DURATION=$DURATION VARIANTS=$VARIANTS USER_IDS=$USER_IDS MIXED_USER_IDS=$MIXED_USER_IDS \
-    STAGE2="lognormal p50 ${STAGE2_P50_MS} ms / p99 ${STAGE2_P99_MS} ms" \
-    GATEWAY_CPU=$GATEWAY_CPU LOAD_CPU=$LOAD_CPU QUICK=${QUICK:-0} BASELINE=$BASELINE \
-    python3 -c '
-import json, os
-keys = ["NPROC", "DATE", "CPU_MODEL", "GIT_REV", "KERNEL", "BATCHES", "RATE", "CONNECTIONS",
-        "WARMUP", "DURATION", "VARIANTS", "USER_IDS", "MIXED_USER_IDS", "STAGE2", "GATEWAY_CPU", "LOAD_CPU",
-        "QUICK", "BASELINE"]
-print(json.dumps({"kind": "meta", "bench": "cascade", **{k.lower(): os.environ[k] for k in keys}}))
-' >"$RESULTS"
-log "results: $RESULTS"
+write_meta --bench cascade --git-rev "${GIT_REV:-}" BATCHES RATE CONNECTIONS WARMUP DURATION \
+    VARIANTS USER_IDS MIXED_USER_IDS \
+    "STAGE2=lognormal p50 ${STAGE2_P50_MS} ms / p99 ${STAGE2_P99_MS} ms" GATEWAY_CPU LOAD_CPU \
+    "QUICK=${QUICK:-0}" BASELINE
 
 # counters LEG: one JSON object with every sim's /sim/stats requests, the gateway's
 # /admin/cascade counters (first cascade route) and redis-server's keyspace hits/misses.
 counters() {
-    local leg=$1 name sep="" out='{"sims": {'
-    for name in "${SIM_NAMES[@]}"; do
-        local n
-        n=$(curl -sf --max-time 2 "http://${SIM_ADDR[$name]}/sim/stats" |
-            python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])')
-        out+="$sep\"$name\": $n"
-        sep=", "
-    done
-    out+='}, "cascade": '
+    local leg=$1 out='{"sims": '
+    out+=$(sim_counts)
+    out+=', "cascade": '
     if [[ $leg != direct ]]; then
         out+=$(curl -sf --max-time 2 "http://${GW_ADMIN[$leg]}/admin/cascade" |
             python3 -c 'import json,sys; r=json.load(sys.stdin)["routes"]; print(json.dumps(r[0]["stats"] if r else {}))')
@@ -359,9 +266,7 @@ leg() {
     esac
     log "batch $batch/$BATCHES  $RATE rps × $CONNECTIONS conn  $leg"
     before=$(counters "$leg")
-    report=$("${PIN_LOAD[@]}" "$BIN/cascadia-load" --url "$url" --rate "$RATE" \
-        --connections "$CONNECTIONS" --warmup "$WARMUP" --duration "$DURATION" --oip-rows 1 \
-        --workers 1 --pid "$pid" --label "$leg/$batch" --json "${extra[@]}")
+    report=$(run_load "$url" "$RATE" "$CONNECTIONS" "$pid" "$leg/$batch" "${extra[@]}")
     after=$(counters "$leg")
     BEFORE=$before AFTER=$after REPORT=$report LEG=$leg BATCH=$batch python3 -c '
 import json, os
@@ -385,6 +290,4 @@ for batch in $(seq 1 "$BATCHES"); do
     done
 done
 
-SUMMARY=${RESULTS%.jsonl}.md
-python3 "$ROOT/loadtests/scripts/summarize_cascade.py" "$RESULTS" | tee "$SUMMARY"
-log "summary: $SUMMARY"
+summarize summarize_cascade.py

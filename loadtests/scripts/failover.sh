@@ -48,9 +48,8 @@
 #
 # Needs: cargo, python3, curl, taskset (util-linux) and at least 2 CPUs for pinning.
 set -euo pipefail
-
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$ROOT"
+BENCH=failover
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 if [[ ${QUICK:-0} == 1 ]]; then
     REPEATS=${REPEATS:-1}
@@ -78,93 +77,23 @@ ROUTE_TIMEOUT=${ROUTE_TIMEOUT:-1s}
 OUTLIER=${OUTLIER:-'{ consecutive_failures = 3, base_ejection = "1s", max_ejection = "30s", max_ejected_percent = 100 }'}
 HEALTH_CHECK=${HEALTH_CHECK:-}
 DRILLS=${DRILLS:-kill drain}
-GATEWAY_CPU=${GATEWAY_CPU:-0}
-LOAD_CPU=${LOAD_CPU:-1}
-RESULTS=${RESULTS:-loadtests/results/failover-$(date +%Y%m%d-%H%M%S).jsonl}
-TARGET_DIR=${CARGO_TARGET_DIR:-target}
-BIN=$TARGET_DIR/release
 
-log() { echo "failover: $*" >&2; }
-
-# --- build -------------------------------------------------------------------------------
-if [[ ${SKIP_BUILD:-0} != 1 ]]; then
-    log "building release binaries into $BIN"
-    cargo build --release -p cascadia -p cascadia-sim -p cascadia-loadtests
-fi
-for bin in cascadia cascadia-sim cascadia-load; do
-    [[ -x $BIN/$bin ]] || { log "missing $BIN/$bin"; exit 1; }
-done
-
-# --- pinning (command prefixes, see passthrough.sh) ----------------------------------------
-if command -v taskset >/dev/null && (($(nproc) >= 2)); then
-    PIN_GATEWAY=(taskset -c "$GATEWAY_CPU")
-    PIN_LOAD=(taskset -c "$LOAD_CPU")
-else
-    log "WARNING: taskset missing or fewer than 2 CPUs: running unpinned"
-    PIN_GATEWAY=()
-    PIN_LOAD=()
-fi
-
-# --- processes and cleanup -----------------------------------------------------------------
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/cascadia-failover.XXXXXX")
-CHILDREN=()
-cleanup() {
-    local pid
-    for pid in "${CHILDREN[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${CHILDREN[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# stop_children: ends every process started so far (between drills).
-stop_children() {
-    local pid
-    for pid in "${CHILDREN[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${CHILDREN[@]}"; do wait "$pid" 2>/dev/null || true; done
-    CHILDREN=()
-}
-
-wait_for_address() {
-    local file=$1 prefix=$2 pid=$3 line
-    for _ in $(seq 1 200); do
-        if line=$(grep -m1 "^$prefix" "$file" 2>/dev/null); then
-            echo "${line#"$prefix"}"
-            return 0
-        fi
-        if ! kill -0 "$pid" 2>/dev/null; then
-            log "process $pid exited before announcing its address; its stderr:"
-            cat "$file.err" >&2 || true
-            return 1
-        fi
-        sleep 0.05
-    done
-    log "timed out waiting for '$prefix' in $file"
-    return 1
-}
+build_binaries
+setup_pinning
+setup_workdir
 
 SIM_NAMES=(us-east-1 us-east-2 eu-west-1)
-declare -A SIM_ADDR SIM_PID
 
 # start_stack TAG: three sims and one gateway, fresh.
 start_stack() {
     local tag=$1 name region
     for name in "${SIM_NAMES[@]}"; do
         region=${name%-*}
-        "${PIN_LOAD[@]}" "$BIN/cascadia-sim" --listen 127.0.0.1:0 --model fraud --version 1 \
-            --region "$region" --name "$name" --workers 1 \
-            >"$WORK/$tag-sim-$name.out" 2>"$WORK/$tag-sim-$name.out.err" &
-        SIM_PID[$name]=$!
-        CHILDREN+=("$!")
-        SIM_ADDR[$name]=$(wait_for_address "$WORK/$tag-sim-$name.out" "cascadia-sim listening on http://" "${SIM_PID[$name]}")
+        start_sim "$name" "$WORK/$tag-sim-$name.out" --region "$region" --name "$name" --workers 1
     done
     local hc=""
     if [[ -n $HEALTH_CHECK ]]; then hc="health_check = $HEALTH_CHECK"; fi
-    cat >"$WORK/$tag-gateway.toml" <<TOML
+    cat >"$WORK/gateway-$tag.toml" <<TOML
 [gateway]
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
@@ -193,12 +122,8 @@ timeout = "$ROUTE_TIMEOUT"
 backends = ["fraud-us-east", "fraud-eu-west"]
 retries = { attempts = 3, budget_percent = 20, min_per_second = 10 }
 TOML
-    "${PIN_GATEWAY[@]}" "$BIN/cascadia" run --config "$WORK/$tag-gateway.toml" --workers 1 \
-        >"$WORK/$tag-gateway.out" 2>"$WORK/$tag-gateway.out.err" &
-    GATEWAY_PID=$!
-    CHILDREN+=("$!")
-    GATEWAY_ADDR=$(wait_for_address "$WORK/$tag-gateway.out" "cascadia gateway listening on http://" "$GATEWAY_PID")
-    ADMIN_ADDR=$(wait_for_address "$WORK/$tag-gateway.out" "cascadia admin listening on http://" "$GATEWAY_PID")
+    start_gateway "$tag"
+    GATEWAY_PID=${GW_PID[$tag]} GATEWAY_ADDR=${GW_ADDR[$tag]} ADMIN_ADDR=${GW_ADMIN[$tag]}
     log "$tag: gateway pid $GATEWAY_PID on $GATEWAY_ADDR (admin $ADMIN_ADDR); sims" \
         "us-east-1 ${SIM_ADDR[us-east-1]}, us-east-2 ${SIM_ADDR[us-east-2]}, eu-west-1 ${SIM_ADDR[eu-west-1]}"
 }
@@ -321,25 +246,9 @@ PY
 )
 
 # --- the machine, first line of the results ------------------------------------------------
-mkdir -p "$(dirname "$RESULTS")"
-CPU_MODEL=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' || true)
-GIT_REV=$(git rev-parse --short HEAD 2>/dev/null || echo "no-commit")
-if [[ -n $(git status --porcelain 2>/dev/null | head -1) ]]; then GIT_REV="$GIT_REV+dirty"; fi
-NPROC=$(nproc) DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ) CPU_MODEL=$CPU_MODEL GIT_REV=$GIT_REV \
-    KERNEL=$(uname -r) RATE=$RATE CONNECTIONS=$CONNECTIONS REPEATS=$REPEATS \
-    KILL_DURATION=$KILL_DURATION KILL_AT=$KILL_AT DRAIN_DURATION=$DRAIN_DURATION \
-    DRAIN_AT=$DRAIN_AT RESTORE_AT=$RESTORE_AT POLL_MS=$POLL_MS WINDOW_MS=$WINDOW_MS \
-    THRESHOLD=$THRESHOLD TIMEOUT=$TIMEOUT CONNECT_TIMEOUT=$CONNECT_TIMEOUT \
-    ROUTE_TIMEOUT=$ROUTE_TIMEOUT OUTLIER=$OUTLIER HEALTH_CHECK=$HEALTH_CHECK \
-    GATEWAY_CPU=$GATEWAY_CPU LOAD_CPU=$LOAD_CPU QUICK=${QUICK:-0} python3 -c '
-import json, os
-keys = ["NPROC", "DATE", "CPU_MODEL", "GIT_REV", "KERNEL", "RATE", "CONNECTIONS", "REPEATS",
-        "KILL_DURATION", "KILL_AT", "DRAIN_DURATION", "DRAIN_AT", "RESTORE_AT", "POLL_MS",
-        "WINDOW_MS", "THRESHOLD", "TIMEOUT", "CONNECT_TIMEOUT", "ROUTE_TIMEOUT", "OUTLIER",
-        "HEALTH_CHECK", "GATEWAY_CPU", "LOAD_CPU", "QUICK"]
-print(json.dumps({"kind": "meta", "bench": "failover", **{k.lower(): os.environ[k] for k in keys}}))
-' >"$RESULTS"
-log "results: $RESULTS"
+write_meta --bench failover RATE CONNECTIONS REPEATS KILL_DURATION KILL_AT DRAIN_DURATION \
+    DRAIN_AT RESTORE_AT POLL_MS WINDOW_MS THRESHOLD TIMEOUT CONNECT_TIMEOUT ROUTE_TIMEOUT \
+    OUTLIER HEALTH_CHECK GATEWAY_CPU LOAD_CPU "QUICK=${QUICK:-0}"
 
 # tag_json KIND DRILL REPEAT: adds kind/drill/repeat to each JSON line on stdin.
 tag_json() {
@@ -410,32 +319,25 @@ done
 
 # --- summary -------------------------------------------------------------------------------
 SUMMARY=${RESULTS%.jsonl}.md
-python3 - "$RESULTS" <<'PY' | tee "$SUMMARY"
-import json, statistics, sys
-meta, loads, events, admins = {}, {}, [], {}
-for line in open(sys.argv[1]):
-    rec = json.loads(line)
+python3 - "$RESULTS" "$ROOT/loadtests/scripts" <<'PY' | tee "$SUMMARY"
+import statistics, sys
+sys.path.insert(0, sys.argv[2])
+from summarize_common import errors_total as errs, fmt, load, machine_lines
+meta, records = load(sys.argv[1])
+meta = meta or {}
+loads, events, admins = {}, [], {}
+for rec in records:
     k = rec.get("kind")
-    if k == "meta":
-        meta = rec
-    elif k == "load":
+    if k == "load":
         loads[(rec["drill"], rec["repeat"])] = rec
     elif k == "event":
         events.append(rec)
     elif k == "admin":
         admins[(rec["drill"], rec["repeat"])] = rec
 
-def errs(r):
-    e = r["errors"]
-    return e["status"] + e["transport"] + e["timeout"] + e["unfinished"]
-
-def fmt(v, d=0):
-    return "n/a" if v is None else f"{v:.{d}f}"
-
 print("# Failover drills: us-east (2 sims) → eu-west (1 sim)")
 print()
-print(f"- machine: {meta.get('nproc')} CPUs, {meta.get('cpu_model')}, kernel {meta.get('kernel')}")
-print(f"- date {meta.get('date')}, revision {meta.get('git_rev')}")
+print("\n".join(machine_lines(meta)))
 print(f"- {meta.get('rate')} rps open-loop over {meta.get('connections')} connections; kill drill "
       f"{meta.get('kill_duration')} s with `kill -9` of both us-east sims at +{meta.get('kill_at')} s; "
       f"drain drill {meta.get('drain_duration')} s, drain at +{meta.get('drain_at')} s, restore at "

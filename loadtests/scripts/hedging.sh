@@ -33,9 +33,8 @@
 #
 # Needs: cargo, python3, curl, taskset (util-linux) and at least 2 CPUs for pinning.
 set -euo pipefail
-
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$ROOT"
+BENCH=hedging
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 if [[ ${QUICK:-0} == 1 ]]; then
     BATCHES=${BATCHES:-1}
@@ -52,88 +51,22 @@ SIM_P99_MS=${SIM_P99_MS:-40}
 HEDGE=${HEDGE:-'{ percentile = 90, floor = "3ms", cap = "50ms", budget_percent = 20 }'}
 TIMEOUT=${TIMEOUT:-2s}
 BASELINE=${BASELINE:-1}
-GATEWAY_CPU=${GATEWAY_CPU:-0}
-LOAD_CPU=${LOAD_CPU:-1}
-RESULTS=${RESULTS:-loadtests/results/hedging-$(date +%Y%m%d-%H%M%S).jsonl}
-TARGET_DIR=${CARGO_TARGET_DIR:-target}
-BIN=$TARGET_DIR/release
 GATEWAYS=(plain hedged)
 
-log() { echo "hedging: $*" >&2; }
-
-# --- build -------------------------------------------------------------------------------
-if [[ ${SKIP_BUILD:-0} != 1 ]]; then
-    log "building release binaries into $BIN"
-    cargo build --release -p cascadia -p cascadia-sim -p cascadia-loadtests
-fi
-for bin in cascadia cascadia-sim cascadia-load; do
-    [[ -x $BIN/$bin ]] || { log "missing $BIN/$bin"; exit 1; }
-done
-
-# --- pinning -----------------------------------------------------------------------------
-# Command prefixes, not functions: `taskset` execs the command, so `$!` is the pinned
-# process itself (see passthrough.sh).
-if command -v taskset >/dev/null && (($(nproc) >= 2)); then
-    PIN_GATEWAY=(taskset -c "$GATEWAY_CPU")
-    PIN_LOAD=(taskset -c "$LOAD_CPU")
-else
-    log "WARNING: taskset missing or fewer than 2 CPUs: running unpinned"
-    PIN_GATEWAY=()
-    PIN_LOAD=()
-fi
-
-# --- processes and cleanup -----------------------------------------------------------------
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/cascadia-hedging.XXXXXX")
-CHILDREN=()
-cleanup() {
-    local pid
-    for pid in "${CHILDREN[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${CHILDREN[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# wait_for_address FILE PREFIX PID: polls FILE until a line starts with PREFIX, prints the
-# rest of that line. Fails if PID exits first or after 10 s.
-wait_for_address() {
-    local file=$1 prefix=$2 pid=$3 line
-    for _ in $(seq 1 200); do
-        if line=$(grep -m1 "^$prefix" "$file" 2>/dev/null); then
-            echo "${line#"$prefix"}"
-            return 0
-        fi
-        if ! kill -0 "$pid" 2>/dev/null; then
-            log "process $pid exited before announcing its address; its stderr:"
-            cat "$file.err" >&2 || true
-            return 1
-        fi
-        sleep 0.05
-    done
-    log "timed out waiting for '$prefix' in $file"
-    return 1
-}
+build_binaries
+setup_pinning
+setup_workdir
 
 # The two sims: identical heavy-tailed latency, same region.
 SIM_NAMES=(sim-a sim-b)
-declare -A SIM_ADDR SIM_PID
 for name in "${SIM_NAMES[@]}"; do
-    "${PIN_LOAD[@]}" "$BIN/cascadia-sim" --listen 127.0.0.1:0 --model fraud --version 1 \
-        --region us-east --name "$name" --p50-ms "$SIM_P50_MS" --p99-ms "$SIM_P99_MS" --workers 1 \
-        >"$WORK/$name.out" 2>"$WORK/$name.out.err" &
-    SIM_PID[$name]=$!
-    CHILDREN+=("$!")
-    SIM_ADDR[$name]=$(wait_for_address "$WORK/$name.out" "cascadia-sim listening on http://" "${SIM_PID[$name]}")
+    start_sim "$name" "$WORK/$name.out" --region us-east --name "$name" \
+        --p50-ms "$SIM_P50_MS" --p99-ms "$SIM_P99_MS" --workers 1
     log "$name pid ${SIM_PID[$name]} on ${SIM_ADDR[$name]} (p50 ${SIM_P50_MS} ms, p99 ${SIM_P99_MS} ms, CPU $LOAD_CPU)"
 done
 
 # Two gateways, identical configs apart from the route's `hedge`, both on GATEWAY_CPU.
 # Only the one under load does any work; the other sits idle.
-declare -A GW_ADDR GW_ADMIN GW_PID
 for gw in "${GATEWAYS[@]}"; do
     if [[ $gw == hedged ]]; then hedge_line="hedge = $HEDGE"; else hedge_line=""; fi
     cat >"$WORK/gateway-$gw.toml" <<TOML
@@ -153,49 +86,16 @@ match = { model = "fraud" }
 backends = ["fraud-pool"]
 $hedge_line
 TOML
-    "${PIN_GATEWAY[@]}" "$BIN/cascadia" run --config "$WORK/gateway-$gw.toml" --workers 1 \
-        >"$WORK/gateway-$gw.out" 2>"$WORK/gateway-$gw.out.err" &
-    GW_PID[$gw]=$!
-    CHILDREN+=("$!")
-    GW_ADDR[$gw]=$(wait_for_address "$WORK/gateway-$gw.out" "cascadia gateway listening on http://" "${GW_PID[$gw]}")
-    GW_ADMIN[$gw]=$(wait_for_address "$WORK/gateway-$gw.out" "cascadia admin listening on http://" "${GW_PID[$gw]}")
+    start_gateway "$gw"
     log "gateway $gw pid ${GW_PID[$gw]} on ${GW_ADDR[$gw]}, admin ${GW_ADMIN[$gw]} (CPU $GATEWAY_CPU)"
 done
 
 INFER_PATH=/v2/models/fraud/infer
 
 # --- the machine, first line of the results ------------------------------------------------
-mkdir -p "$(dirname "$RESULTS")"
-CPU_MODEL=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' || true)
-GIT_REV=$(git rev-parse --short HEAD 2>/dev/null || echo "no-commit")
-if [[ -n $(git status --porcelain 2>/dev/null | head -1) ]]; then GIT_REV="$GIT_REV+dirty"; fi
-NPROC=$(nproc) DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ) CPU_MODEL=$CPU_MODEL GIT_REV=$GIT_REV \
-    KERNEL=$(uname -r) BATCHES=$BATCHES RATE=$RATE CONNECTIONS=$CONNECTIONS WARMUP=$WARMUP \
-    DURATION=$DURATION SIM="p50 ${SIM_P50_MS} ms / p99 ${SIM_P99_MS} ms" HEDGE=$HEDGE \
-    TIMEOUT=$TIMEOUT GATEWAY_CPU=$GATEWAY_CPU LOAD_CPU=$LOAD_CPU QUICK=${QUICK:-0} \
-    SIMS="sim-a=${SIM_ADDR[sim-a]} sim-b=${SIM_ADDR[sim-b]}" \
-    python3 -c '
-import json, os
-keys = ["NPROC", "DATE", "CPU_MODEL", "GIT_REV", "KERNEL", "BATCHES", "RATE", "CONNECTIONS",
-        "WARMUP", "DURATION", "SIM", "HEDGE", "TIMEOUT", "GATEWAY_CPU", "LOAD_CPU", "QUICK"]
-sims = dict(kv.split("=", 1) for kv in os.environ["SIMS"].split())
-print(json.dumps({"kind": "meta", "bench": "hedging", "sims": sims,
-                  **{k.lower(): os.environ[k] for k in keys}}))
-' >"$RESULTS"
-log "results: $RESULTS"
-
-# sim_counts: one JSON object {name: requests} from every sim's /sim/stats.
-sim_counts() {
-    local name sep="" out="{"
-    for name in "${SIM_NAMES[@]}"; do
-        local n
-        n=$(curl -sf --max-time 2 "http://${SIM_ADDR[$name]}/sim/stats" |
-            python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])')
-        out+="$sep\"$name\": $n"
-        sep=", "
-    done
-    echo "$out}"
-}
+write_meta --bench hedging --sims "sim-a=${SIM_ADDR[sim-a]} sim-b=${SIM_ADDR[sim-b]}" \
+    BATCHES RATE CONNECTIONS WARMUP DURATION "SIM=p50 ${SIM_P50_MS} ms / p99 ${SIM_P99_MS} ms" \
+    HEDGE TIMEOUT GATEWAY_CPU LOAD_CPU "QUICK=${QUICK:-0}"
 
 # leg LEG BATCH: one generator run, pinned with the sims; its report plus the sims' request
 # counts goes to RESULTS as one line.
@@ -208,9 +108,7 @@ leg() {
     fi
     log "batch $batch/$BATCHES  $RATE rps × $CONNECTIONS conn  $leg"
     before=$(sim_counts)
-    report=$("${PIN_LOAD[@]}" "$BIN/cascadia-load" --url "$url" --rate "$RATE" \
-        --connections "$CONNECTIONS" --warmup "$WARMUP" --duration "$DURATION" --oip-rows 1 \
-        --workers 1 --pid "$pid" --label "$leg/$batch" --json)
+    report=$(run_load "$url" "$RATE" "$CONNECTIONS" "$pid" "$leg/$batch")
     after=$(sim_counts)
     BEFORE=$before AFTER=$after REPORT=$report LEG=$leg BATCH=$batch python3 -c '
 import json, os
@@ -234,14 +132,6 @@ for batch in $(seq 1 "$BATCHES"); do
 done
 
 # The gateways' own view of the pool (EWMA, attempts, failures) at the end.
-for gw in "${GATEWAYS[@]}"; do
-    curl -sf --max-time 2 "http://${GW_ADMIN[$gw]}/admin/backends" |
-        GW=$gw python3 -c '
-import json, os, sys
-print(json.dumps({"kind": "admin", "leg": os.environ["GW"], **json.load(sys.stdin)}))
-' >>"$RESULTS" || log "could not read /admin/backends of $gw"
-done
+record_admin_backends "${GATEWAYS[@]}"
 
-SUMMARY=${RESULTS%.jsonl}.md
-python3 "$ROOT/loadtests/scripts/summarize_hedging.py" "$RESULTS" | tee "$SUMMARY"
-log "summary: $SUMMARY"
+summarize summarize_hedging.py

@@ -14,9 +14,8 @@
 #
 # Needs: cargo, python3, taskset (util-linux) and at least 2 CPUs for pinning.
 set -euo pipefail
-
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$ROOT"
+BENCH=passthrough
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 if [[ ${QUICK:-0} == 1 ]]; then
     BATCHES=${BATCHES:-1}
@@ -30,80 +29,15 @@ CONNECTIONS=${CONNECTIONS:-4}
 WARMUP=${WARMUP:-5s}
 DURATION=${DURATION:-20s}
 LATENCY_RATE=${LATENCY_RATE:-200}
-GATEWAY_CPU=${GATEWAY_CPU:-0}
-LOAD_CPU=${LOAD_CPU:-1}
-RESULTS=${RESULTS:-loadtests/results/passthrough-$(date +%Y%m%d-%H%M%S).jsonl}
-TARGET_DIR=${CARGO_TARGET_DIR:-target}
-BIN=$TARGET_DIR/release
 
-log() { echo "passthrough: $*" >&2; }
+build_binaries
+setup_pinning
+setup_workdir
 
-# --- build -------------------------------------------------------------------------------
-if [[ ${SKIP_BUILD:-0} != 1 ]]; then
-    log "building release binaries into $BIN"
-    cargo build --release -p cascadia -p cascadia-sim -p cascadia-loadtests
-fi
-for bin in cascadia cascadia-sim cascadia-load; do
-    [[ -x $BIN/$bin ]] || { log "missing $BIN/$bin"; exit 1; }
-done
+start_sim sim "$WORK/sim.out" --region us-east --workers 1
+log "cascadia-sim pid ${SIM_PID[sim]} on ${SIM_ADDR[sim]} (CPU $LOAD_CPU)"
 
-# --- pinning -----------------------------------------------------------------------------
-# Command prefixes, not functions: `taskset` execs the command, so `$!` after
-# `"${PIN_LOAD[@]}" cmd &` is the pinned process itself (a function would put a subshell in
-# between, and `--pid` and the cleanup would point at the subshell).
-if command -v taskset >/dev/null && (($(nproc) >= 2)); then
-    PIN_GATEWAY=(taskset -c "$GATEWAY_CPU")
-    PIN_LOAD=(taskset -c "$LOAD_CPU")
-else
-    log "WARNING: taskset missing or fewer than 2 CPUs: running unpinned"
-    PIN_GATEWAY=()
-    PIN_LOAD=()
-fi
-
-# --- processes and cleanup -----------------------------------------------------------------
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/cascadia-passthrough.XXXXXX")
-CHILDREN=()
-cleanup() {
-    local pid
-    for pid in "${CHILDREN[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${CHILDREN[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# wait_for_address FILE PREFIX PID: polls FILE until a line starts with PREFIX, prints the
-# rest of that line. Fails if PID exits first or after 10 s.
-wait_for_address() {
-    local file=$1 prefix=$2 pid=$3 line
-    for _ in $(seq 1 200); do
-        if line=$(grep -m1 "^$prefix" "$file" 2>/dev/null); then
-            echo "${line#"$prefix"}"
-            return 0
-        fi
-        if ! kill -0 "$pid" 2>/dev/null; then
-            log "process $pid exited before announcing its address; its stderr:"
-            cat "$file.err" >&2 || true
-            return 1
-        fi
-        sleep 0.05
-    done
-    log "timed out waiting for '$prefix' in $file"
-    return 1
-}
-
-"${PIN_LOAD[@]}" "$BIN/cascadia-sim" --listen 127.0.0.1:0 --model fraud --version 1 \
-    --region us-east --workers 1 >"$WORK/sim.out" 2>"$WORK/sim.out.err" &
-SIM_PID=$!
-CHILDREN+=("$SIM_PID")
-SIM_ADDR=$(wait_for_address "$WORK/sim.out" "cascadia-sim listening on http://" "$SIM_PID")
-log "cascadia-sim pid $SIM_PID on $SIM_ADDR (CPU $LOAD_CPU)"
-
-cat >"$WORK/gateway.toml" <<TOML
+cat >"$WORK/gateway-main.toml" <<TOML
 [gateway]
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
@@ -111,7 +45,7 @@ admin_listen = "127.0.0.1:0"
 [[backends]]
 name = "fraud-v1"
 region = "us-east"
-endpoints = ["$SIM_ADDR"]
+endpoints = ["${SIM_ADDR[sim]}"]
 
 [[routes]]
 name = "fraud"
@@ -119,41 +53,22 @@ match = { model = "fraud" }
 backends = ["fraud-v1"]
 TOML
 
-"${PIN_GATEWAY[@]}" "$BIN/cascadia" run --config "$WORK/gateway.toml" --workers 1 \
-    >"$WORK/gateway.out" 2>"$WORK/gateway.out.err" &
-GATEWAY_PID=$!
-CHILDREN+=("$GATEWAY_PID")
-GATEWAY_ADDR=$(wait_for_address "$WORK/gateway.out" "cascadia gateway listening on http://" "$GATEWAY_PID")
-log "cascadia gateway pid $GATEWAY_PID on $GATEWAY_ADDR (CPU $GATEWAY_CPU)"
+start_gateway main
+log "cascadia gateway pid ${GW_PID[main]} on ${GW_ADDR[main]} (CPU $GATEWAY_CPU)"
 
 INFER_PATH=/v2/models/fraud/infer
-DIRECT_URL=http://$SIM_ADDR$INFER_PATH
-CASCADIA_URL=http://$GATEWAY_ADDR$INFER_PATH
+DIRECT_URL=http://${SIM_ADDR[sim]}$INFER_PATH
+CASCADIA_URL=http://${GW_ADDR[main]}$INFER_PATH
 
 # --- the machine, first line of the results ------------------------------------------------
-mkdir -p "$(dirname "$RESULTS")"
-CPU_MODEL=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' || true)
-GIT_REV=$(git rev-parse --short HEAD 2>/dev/null || echo "no-commit")
-if [[ -n $(git status --porcelain 2>/dev/null | head -1) ]]; then GIT_REV="$GIT_REV+dirty"; fi
-NPROC=$(nproc) DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ) CPU_MODEL=$CPU_MODEL GIT_REV=$GIT_REV \
-    KERNEL=$(uname -r) BATCHES=$BATCHES RATES=$RATES CONNECTIONS=$CONNECTIONS WARMUP=$WARMUP \
-    DURATION=$DURATION LATENCY_RATE=$LATENCY_RATE GATEWAY_CPU=$GATEWAY_CPU LOAD_CPU=$LOAD_CPU \
-    python3 -c '
-import json, os
-keys = ["NPROC", "DATE", "CPU_MODEL", "GIT_REV", "KERNEL", "BATCHES", "RATES", "CONNECTIONS",
-        "WARMUP", "DURATION", "LATENCY_RATE", "GATEWAY_CPU", "LOAD_CPU"]
-print(json.dumps({"kind": "meta", **{k.lower(): os.environ[k] for k in keys}}))
-' >"$RESULTS"
-log "results: $RESULTS"
+write_meta BATCHES RATES CONNECTIONS WARMUP DURATION LATENCY_RATE GATEWAY_CPU LOAD_CPU
 
 # load LEG BATCH RATE CONNS: one generator run, pinned with the sim, appended to RESULTS.
 load() {
     local leg=$1 batch=$2 rate=$3 conns=$4 url pid
-    if [[ $leg == direct ]]; then url=$DIRECT_URL pid=$SIM_PID; else url=$CASCADIA_URL pid=$GATEWAY_PID; fi
+    if [[ $leg == direct ]]; then url=$DIRECT_URL pid=${SIM_PID[sim]}; else url=$CASCADIA_URL pid=${GW_PID[main]}; fi
     log "batch $batch/$BATCHES  $rate rps × $conns conn  $leg"
-    "${PIN_LOAD[@]}" "$BIN/cascadia-load" --url "$url" --rate "$rate" --connections "$conns" \
-        --warmup "$WARMUP" --duration "$DURATION" --oip-rows 1 --workers 1 \
-        --pid "$pid" --label "$leg/$batch" --json >>"$RESULTS"
+    run_load "$url" "$rate" "$conns" "$pid" "$leg/$batch" >>"$RESULTS"
 }
 
 for batch in $(seq 1 "$BATCHES"); do
@@ -165,6 +80,4 @@ for batch in $(seq 1 "$BATCHES"); do
     load cascadia "$batch" "$LATENCY_RATE" 1
 done
 
-SUMMARY=${RESULTS%.jsonl}.md
-python3 "$ROOT/loadtests/scripts/summarize.py" "$RESULTS" | tee "$SUMMARY"
-log "summary: $SUMMARY"
+summarize summarize.py

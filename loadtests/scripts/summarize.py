@@ -15,57 +15,14 @@ p99.9 and max are left out on purpose: on a shared 2-vCPU host they measure the 
 Standard library only.
 """
 
-import json
-import statistics
 import sys
 from collections import defaultdict
 
-DISCARD_FACTOR = 2.0
-
-
-def load(path):
-    meta, runs = None, []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                sys.exit(f"{path}:{n}: not JSON: {e}")
-            if rec.get("kind") == "meta":
-                meta = rec
-            else:
-                runs.append(rec)
-    return meta, runs
-
-
-def errors_total(run):
-    e = run["errors"]
-    return e["status"] + e["transport"] + e["timeout"] + e["unfinished"]
-
-
-def cpu_per_req(run):
-    procs = run.get("processes") or []
-    return procs[0].get("cpu_us_per_req") if procs else None
-
-
-def med(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
-
-
-def fmt(v, digits=0):
-    if v is None:
-        return "n/a"
-    return f"{v:.{digits}f}"
+from summarize_common import DISCARD_FACTOR, cpu_per_req, errors_total, fmt, load, med, usage_path
 
 
 def main(argv):
-    if len(argv) != 2:
-        sys.exit(__doc__.strip().splitlines()[2])
-    meta, runs = load(argv[1])
+    meta, runs = load(usage_path(argv, __doc__))
 
     # (connections, rate) -> batch -> leg -> run
     groups = defaultdict(lambda: defaultdict(dict))

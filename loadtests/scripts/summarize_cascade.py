@@ -22,11 +22,11 @@ Standard library only.
 """
 
 import json
-import statistics
 import sys
-from collections import defaultdict
 
-DISCARD_FACTOR = 2.0
+from summarize_common import (DISCARD_FACTOR, by_batch_and_leg, cpu_per_req, discard,
+                              errors_total, fmt, load, med, of_kind, usage_path)
+
 ORDER = ["direct", "passthrough", "local-inline", "local-l1", "local-redis", "local-miss",
          "mixed"]
 WHAT = {
@@ -40,68 +40,22 @@ WHAT = {
 }
 
 
-def load(path):
-    meta, runs = None, []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                sys.exit(f"{path}:{n}: not JSON: {e}")
-            if rec.get("kind") == "meta":
-                meta = rec
-            elif rec.get("kind") == "run":
-                runs.append(rec)
-    return meta, runs
-
-
-def errors_total(run):
-    e = run["errors"]
-    return e["status"] + e["transport"] + e["timeout"] + e["unfinished"]
-
-
-def cpu_per_req(run):
-    procs = run.get("processes") or []
-    return procs[0].get("cpu_us_per_req") if procs else None
-
-
-def med(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
-
-
-def fmt(v, digits=0, suffix=""):
-    if v is None:
-        return "n/a"
-    return f"{v:.{digits}f}{suffix}"
-
-
 def pct(num, den):
     return None if not den else 100.0 * num / den
 
 
 def main(argv):
-    if len(argv) != 2:
-        sys.exit(__doc__.strip().splitlines()[2])
-    meta, runs = load(argv[1])
+    path = usage_path(argv, __doc__)
+    meta, records = load(path)
+    runs = of_kind(records, "run")
     if not runs:
-        sys.exit(f"{argv[1]}: no run lines")
+        sys.exit(f"{path}: no run lines")
 
-    by_batch = defaultdict(dict)  # batch -> leg -> run
-    for run in runs:
-        by_batch[run["batch"]][run["leg"]] = run
+    by_batch = by_batch_and_leg(runs)  # batch -> leg -> run
     legs = [l for l in ORDER if any(l in b for b in by_batch.values())]
 
-    dropped = []
-    base = [b["direct"]["latency_us"]["p99"] for b in by_batch.values() if "direct" in b]
-    if base:
-        limit = DISCARD_FACTOR * statistics.median(base)
-        dropped = sorted(n for n, b in by_batch.items()
-                         if "direct" in b and b["direct"]["latency_us"]["p99"] > limit)
-    kept = {n: b for n, b in sorted(by_batch.items()) if n not in dropped}
+    kept, dropped = discard(by_batch, "direct")
+    kept = {n: by_batch[n] for n in kept}
 
     out = []
     if meta:

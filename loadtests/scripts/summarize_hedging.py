@@ -16,84 +16,26 @@ p99.9 and max are left out on purpose: on a shared 2-vCPU host they measure the 
 Standard library only.
 """
 
-import json
-import statistics
 import sys
-from collections import defaultdict
 
-DISCARD_FACTOR = 2.0
+from summarize_common import (DISCARD_FACTOR, by_batch_and_leg, cpu_per_req, discard,
+                              errors_total, fmt, load, machine_lines, med, ms, of_kind,
+                              sim_names, usage_path)
+
 LEGS = ["direct", "plain", "hedged"]
 
 
-def load(path):
-    meta, runs, admin = None, [], []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                sys.exit(f"{path}:{n}: not JSON: {e}")
-            kind = rec.get("kind")
-            if kind == "meta":
-                meta = rec
-            elif kind == "run":
-                runs.append(rec)
-            elif kind == "admin":
-                admin.append(rec)
-    return meta, runs, admin
-
-
-def errors_total(run):
-    e = run["errors"]
-    return e["status"] + e["transport"] + e["timeout"] + e["unfinished"]
-
-
-def cpu_per_req(run):
-    procs = run.get("processes") or []
-    return procs[0].get("cpu_us_per_req") if procs else None
-
-
-def med(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
-
-
-def fmt(v, digits=0, suffix=""):
-    if v is None:
-        return "n/a"
-    return f"{v:.{digits}f}{suffix}"
-
-
-def ms(v):
-    return fmt(v / 1000 if v is not None else None, 2)
-
-
 def main(argv):
-    if len(argv) != 2:
-        sys.exit(__doc__.strip().splitlines()[2])
-    meta, runs, admin = load(argv[1])
+    meta, records = load(usage_path(argv, __doc__))
+    runs, admin = of_kind(records, "run"), of_kind(records, "admin")
 
-    by_batch = defaultdict(dict)  # batch -> leg -> run
-    for run in runs:
-        by_batch[run["batch"]][run["leg"]] = run
-
-    base = {b: legs["direct"]["latency_us"]["p99"]
-            for b, legs in by_batch.items() if "direct" in legs}
-    dropped = []
-    if base:
-        m = statistics.median(base.values())
-        dropped = sorted(b for b, p99 in base.items() if p99 > DISCARD_FACTOR * m)
-    kept = sorted(b for b in by_batch if b not in dropped)
+    by_batch = by_batch_and_leg(runs)  # batch -> leg -> run
+    kept, dropped = discard(by_batch, "direct")
 
     print("# Hedging: one route with and without `hedge`, two heavy-tailed sims")
     print()
     if meta:
-        print(f"- machine: {meta.get('nproc')} CPUs, {meta.get('cpu_model')}, "
-              f"kernel {meta.get('kernel')}")
-        print(f"- date {meta.get('date')}, revision {meta.get('git_rev')}")
+        print("\n".join(machine_lines(meta)))
         print(f"- {meta.get('rate')} rps over {meta.get('connections')} connections, "
               f"warm-up {meta.get('warmup')}, window {meta.get('duration')}, "
               f"{meta.get('batches')} batch(es); gateways on CPU {meta.get('gateway_cpu')}, "
@@ -169,7 +111,7 @@ def main(argv):
         print()
         print("Gateway view at the end (`/admin/backends`: EWMA ms, attempts, failures):")
         print()
-        names = {addr: name for name, addr in ((meta or {}).get("sims") or {}).items()}
+        names = sim_names(meta)
         for rec in admin:
             for pool in rec.get("backends", []):
                 eps = "; ".join(
