@@ -206,6 +206,19 @@ fn expected(model: &str, i: usize, lr: &[f64], gbc: &[f64]) -> f64 {
     }
 }
 
+/// Two MLServer regions and a gateway in front of them, with the cascade's
+/// stage-1 model beside its config.
+async fn start_regions(env: &Env) -> (MlServer, MlServer, GatewayProcess) {
+    let (us_east, eu_west) = tokio::join!(MlServer::start(env), MlServer::start(env));
+    let stage1 = std::fs::read_to_string(env.models.join("stage1.json")).unwrap();
+    let gateway = GatewayProcess::start_with_files(
+        &gateway_config(&us_east, &eu_west),
+        &[("stage1.json", &stage1)],
+    )
+    .await;
+    (us_east, eu_west, gateway)
+}
+
 fn rows(env: &Env) -> Vec<Vec<f64>> {
     serde_json::from_str(&std::fs::read_to_string(env.models.join("rows.json")).unwrap()).unwrap()
 }
@@ -250,13 +263,7 @@ async fn post(client: &TestClient, url: &str, body: &str) -> crate::support::Tes
 #[ignore = "needs MLServer: run through scripts/test"]
 async fn mlserver_routing_cascade_and_metadata_through_the_gateway() {
     let env = env();
-    let (us_east, eu_west) = tokio::join!(MlServer::start(&env), MlServer::start(&env));
-    let stage1 = std::fs::read_to_string(env.models.join("stage1.json")).unwrap();
-    let gateway = GatewayProcess::start_with_files(
-        &gateway_config(&us_east, &eu_west),
-        &[("stage1.json", &stage1)],
-    )
-    .await;
+    let (us_east, _eu_west, gateway) = start_regions(&env).await;
     let client = TestClient::new();
     let rows = rows(&env);
     let body = infer_body(&rows);
@@ -349,13 +356,7 @@ async fn mlserver_routing_cascade_and_metadata_through_the_gateway() {
 #[ignore = "needs MLServer: run through scripts/test"]
 async fn mlserver_failover_drill_when_a_region_stops() {
     let env = env();
-    let (mut us_east, eu_west) = tokio::join!(MlServer::start(&env), MlServer::start(&env));
-    let stage1 = std::fs::read_to_string(env.models.join("stage1.json")).unwrap();
-    let gateway = GatewayProcess::start_with_files(
-        &gateway_config(&us_east, &eu_west),
-        &[("stage1.json", &stage1)],
-    )
-    .await;
+    let (mut us_east, _eu_west, gateway) = start_regions(&env).await;
     let client = TestClient::new();
     let body = infer_body(&rows(&env)[..4]);
     let url = gateway.url("/v2/models/cancer-lr/infer");
@@ -500,13 +501,7 @@ fn numbers(value: &Value) -> Vec<f64> {
 #[ignore = "needs MLServer: run through scripts/test"]
 async fn mlserver_triton_and_kserve_clients_with_default_settings_through_the_gateway() {
     let env = env();
-    let (us_east, eu_west) = tokio::join!(MlServer::start(&env), MlServer::start(&env));
-    let stage1 = std::fs::read_to_string(env.models.join("stage1.json")).unwrap();
-    let gateway = GatewayProcess::start_with_files(
-        &gateway_config(&us_east, &eu_west),
-        &[("stage1.json", &stage1)],
-    )
-    .await;
+    let (us_east, _eu_west, gateway) = start_regions(&env).await;
     let client = TestClient::new();
     let rows = rows(&env);
     let n = 40;
