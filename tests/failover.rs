@@ -847,3 +847,64 @@ async fn the_drill_command_runs_a_drill_and_prints_the_report() {
         .await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_drill_under_load_is_absorbed_by_retries_and_reported() {
+    let regions = Regions::start().await;
+    let config = regions.config("1s").replacen(
+        r#"balancer = "p2c-ewma""#,
+        r#"balancer = "p2c-ewma"
+hold_down = "200ms"
+outlier = { base_ejection = "100ms" }"#,
+        1,
+    );
+    let gateway = GatewayProcess::start(&config).await;
+    let client = TestClient::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (log, tasks) = run_load(
+        &client,
+        gateway.url("/v2/models/fraud/infer"),
+        4,
+        stop.clone(),
+    );
+    let us_east: Vec<_> = regions.us_east.iter().map(|s| s.control.clone()).collect();
+    wait_until(|| us_east.iter().map(|c| c.requests()).sum::<u64>() >= 50).await;
+
+    let body = r#"{"region": "us-east", "fault": "errors", "error_rate": 0.5, "duration_s": 0.5}"#;
+    let started = client
+        .send(Method::POST, &gateway.admin_url("/admin/drills"), &[], body)
+        .await;
+    assert_eq!(started.status, StatusCode::ACCEPTED);
+    let id = started.json()["id"].as_u64().unwrap();
+    let report = tokio::time::timeout(WAIT, async {
+        loop {
+            let report = client
+                .get(&gateway.admin_url(&format!("/admin/drills/{id}")), &[])
+                .await
+                .json();
+            if report["state"] != "running" && report["state"] != "reverted" {
+                return report;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("drill finished");
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(report["state"], "completed", "{report}");
+    assert_eq!(report["fault"], "errors 50.0%");
+    assert_eq!(
+        report["errors"], 0,
+        "retries absorbed the injected errors: {report}"
+    );
+    let failures = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.status != StatusCode::OK)
+        .count();
+    assert_eq!(failures, 0);
+}
