@@ -67,7 +67,8 @@ impl Proxy {
         let snapshot = self.snapshot.load_full();
         let is_grpc = grpc::is_grpc(&request);
         let method = request.method().clone();
-        let path = request.uri().path().to_owned();
+        // Kept for the error log; a `Uri` clone shares its bytes.
+        let uri = request.uri().clone();
         let started = Instant::now();
         let mut matched = None;
         let result = if is_grpc {
@@ -94,14 +95,14 @@ impl Proxy {
                 if status.is_server_error() {
                     tracing::warn!(
                         request_id = request_id.to_str().unwrap_or_default(),
-                        %method, path, side = %error.side(), error = error.label(),
+                        %method, path = uri.path(), side = %error.side(), error = error.label(),
                         detail = %ErrorChain(&error),
                         "request failed"
                     );
                 } else {
                     tracing::debug!(
                         request_id = request_id.to_str().unwrap_or_default(),
-                        %method, path, side = %error.side(), error = error.label(),
+                        %method, path = uri.path(), side = %error.side(), error = error.label(),
                         detail = %ErrorChain(&error),
                         "request refused"
                     );
@@ -126,11 +127,13 @@ impl Proxy {
         admit(snapshot, &request)?;
 
         // Phase: match.
-        let path = request.uri().path().to_owned();
-        if has_dot_segment(&path) {
+        // A `Uri` clone shares its bytes: the path outlives `request`.
+        let uri = request.uri().clone();
+        let path = uri.path();
+        if has_dot_segment(path) {
             return Err(GatewayError::BadRequest("path has dot segments"));
         }
-        let oip = oip_path::parse(&path);
+        let oip = oip_path::parse(path);
         let (route, oip) = match oip {
             Some(p) if matches!(p.kind, OipKind::ServerLive | OipKind::ServerReady) => {
                 return Ok(health_response(p.kind, request.method(), request_id));
@@ -138,18 +141,12 @@ impl Proxy {
             Some(p) => match p.model.and_then(|m| snapshot.routes.by_model(m)) {
                 Some(route) => (route, Some(p)),
                 None => (
-                    snapshot
-                        .routes
-                        .by_path(&path)
-                        .ok_or(GatewayError::NoRoute)?,
+                    snapshot.routes.by_path(path).ok_or(GatewayError::NoRoute)?,
                     None,
                 ),
             },
             None => (
-                snapshot
-                    .routes
-                    .by_path(&path)
-                    .ok_or(GatewayError::NoRoute)?,
+                snapshot.routes.by_path(path).ok_or(GatewayError::NoRoute)?,
                 None,
             ),
         };
