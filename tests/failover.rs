@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use cascadia_sim::{LatencyModel, SimHandle};
 use http::{Method, StatusCode};
+use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::support::{assert_json_error, sim, GatewayProcess, TestClient, WAIT};
@@ -719,14 +720,25 @@ async fn endpoint_state_survives_a_reload() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_blackhole_drill_fails_over_reports_and_fails_back() {
+/// A drill run against us-east while closed-loop load runs.
+struct DrillRun {
+    report: Value,
+    id: u64,
+    /// Client requests that did not get a 200.
+    failures: usize,
+    gateway: GatewayProcess,
+    client: TestClient,
+    _regions: Regions,
+}
+
+/// Starts the regions with short ejections and hold-down (so fail-back is
+/// quick), warms us-east with `warm` requests, runs the drill `body` and
+/// returns its finished report.
+async fn drill_under_load(hold_down: &str, base_ejection: &str, warm: u64, body: &str) -> DrillRun {
     let regions = Regions::start().await;
     let config = regions.config("1s").replacen(
         r#"balancer = "p2c-ewma""#,
-        r#"balancer = "p2c-ewma"
-hold_down = "300ms"
-outlier = { base_ejection = "200ms" }"#,
+        &format!("balancer = \"p2c-ewma\"\nhold_down = \"{hold_down}\"\noutlier = {{ base_ejection = \"{base_ejection}\" }}"),
         1,
     );
     let gateway = GatewayProcess::start(&config).await;
@@ -739,9 +751,8 @@ outlier = { base_ejection = "200ms" }"#,
         stop.clone(),
     );
     let us_east: Vec<_> = regions.us_east.iter().map(|s| s.control.clone()).collect();
-    wait_until(|| us_east.iter().map(|c| c.requests()).sum::<u64>() >= 100).await;
+    wait_until(|| us_east.iter().map(|c| c.requests()).sum::<u64>() >= warm).await;
 
-    let body = r#"{"region": "us-east", "fault": "blackhole", "duration_s": 1.0}"#;
     let started = client
         .send(Method::POST, &gateway.admin_url("/admin/drills"), &[], body)
         .await;
@@ -753,37 +764,58 @@ outlier = { base_ejection = "200ms" }"#,
                 .get(&gateway.admin_url(&format!("/admin/drills/{id}")), &[])
                 .await
                 .json();
-            if report["state"] == "completed" {
+            if report["state"] != "running" && report["state"] != "reverted" {
                 return report;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await
-    .expect("drill completed");
+    .expect("drill finished");
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await.unwrap();
     }
-
-    println!("drill report: {report}");
-    assert_eq!(report["errors"], 0, "{report}");
-    assert!(report["requests"].as_u64().unwrap() > 0);
-    assert!(report["detect_ms"].as_u64().is_some(), "{report}");
-    assert!(report["failover_ms"].as_u64().unwrap() < 1000, "{report}");
-    assert!(report["failback_ms"].as_u64().is_some(), "{report}");
     let failures = log
         .lock()
         .unwrap()
         .iter()
         .filter(|s| s.status != StatusCode::OK)
         .count();
-    assert_eq!(failures, 0, "no client saw the drill");
-    let listed = client
-        .get(&gateway.admin_url("/admin/drills"), &[])
+    DrillRun {
+        report,
+        id,
+        failures,
+        gateway,
+        client,
+        _regions: regions,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackhole_drill_fails_over_reports_and_fails_back() {
+    let run = drill_under_load(
+        "300ms",
+        "200ms",
+        100,
+        r#"{"region": "us-east", "fault": "blackhole", "duration_s": 1.0}"#,
+    )
+    .await;
+    let report = &run.report;
+    println!("drill report: {report}");
+    assert_eq!(report["state"], "completed", "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert!(report["requests"].as_u64().unwrap() > 0);
+    assert!(report["detect_ms"].as_u64().is_some(), "{report}");
+    assert!(report["failover_ms"].as_u64().unwrap() < 1000, "{report}");
+    assert!(report["failback_ms"].as_u64().is_some(), "{report}");
+    assert_eq!(run.failures, 0, "no client saw the drill");
+    let listed = run
+        .client
+        .get(&run.gateway.admin_url("/admin/drills"), &[])
         .await
         .json();
-    assert_eq!(listed["drills"][0]["id"], id);
+    assert_eq!(listed["drills"][0]["id"], run.id);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -850,61 +882,19 @@ async fn the_drill_command_runs_a_drill_and_prints_the_report() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_error_drill_under_load_is_absorbed_by_retries_and_reported() {
-    let regions = Regions::start().await;
-    let config = regions.config("1s").replacen(
-        r#"balancer = "p2c-ewma""#,
-        r#"balancer = "p2c-ewma"
-hold_down = "200ms"
-outlier = { base_ejection = "100ms" }"#,
-        1,
-    );
-    let gateway = GatewayProcess::start(&config).await;
-    let client = TestClient::new();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (log, tasks) = run_load(
-        &client,
-        gateway.url("/v2/models/fraud/infer"),
-        4,
-        stop.clone(),
-    );
-    let us_east: Vec<_> = regions.us_east.iter().map(|s| s.control.clone()).collect();
-    wait_until(|| us_east.iter().map(|c| c.requests()).sum::<u64>() >= 50).await;
-
-    let body = r#"{"region": "us-east", "fault": "errors", "error_rate": 0.5, "duration_s": 0.5}"#;
-    let started = client
-        .send(Method::POST, &gateway.admin_url("/admin/drills"), &[], body)
-        .await;
-    assert_eq!(started.status, StatusCode::ACCEPTED);
-    let id = started.json()["id"].as_u64().unwrap();
-    let report = tokio::time::timeout(WAIT, async {
-        loop {
-            let report = client
-                .get(&gateway.admin_url(&format!("/admin/drills/{id}")), &[])
-                .await
-                .json();
-            if report["state"] != "running" && report["state"] != "reverted" {
-                return report;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("drill finished");
-    stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        task.await.unwrap();
-    }
+    let run = drill_under_load(
+        "200ms",
+        "100ms",
+        50,
+        r#"{"region": "us-east", "fault": "errors", "error_rate": 0.5, "duration_s": 0.5}"#,
+    )
+    .await;
+    let report = &run.report;
     assert_eq!(report["state"], "completed", "{report}");
     assert_eq!(report["fault"], "errors 50.0%");
     assert_eq!(
         report["errors"], 0,
         "retries absorbed the injected errors: {report}"
     );
-    let failures = log
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|s| s.status != StatusCode::OK)
-        .count();
-    assert_eq!(failures, 0);
+    assert_eq!(run.failures, 0);
 }

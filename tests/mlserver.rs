@@ -488,6 +488,23 @@ fn check_answers(model: &str, what: &str, seen: &[f64], lr: &[f64], gbc: &[f64])
     }
 }
 
+/// Runs a client script from `tests/e2e/` and returns the JSON it prints.
+async fn run_client(python: &std::path::Path, script: &str, args: &[&str]) -> Value {
+    let path = format!("{}/../tests/e2e/{script}", env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new(python)
+        .arg(&path)
+        .args(args)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
+    assert!(
+        output.status.success(),
+        "{script} {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{script} prints JSON: {e}"))
+}
+
 fn numbers(value: &Value) -> Vec<f64> {
     value
         .as_array()
@@ -512,26 +529,18 @@ async fn mlserver_triton_and_kserve_clients_with_default_settings_through_the_ga
     let kserve_python = std::env::var_os("CASCADIA_KSERVE_PYTHON")
         .map(PathBuf::from)
         .expect("CASCADIA_KSERVE_PYTHON is set by scripts/test");
-    let scripts = env!("CARGO_MANIFEST_DIR").to_owned() + "/../tests/e2e/";
+    let addr = gateway.addr.to_string();
 
     for model in ["cancer-lr", "cancer", "cancer-canary"] {
         // tritonclient, HTTP (binary tensors) and gRPC.
-        let output = Command::new(env.python())
-            .arg(scripts.clone() + "clients.py")
-            .arg(gateway.addr.to_string())
-            .arg(gateway.addr.to_string())
-            .arg(model)
-            .arg(env.models.join("rows.json"))
-            .arg(n.to_string())
-            .output()
-            .await
-            .expect("run clients.py");
-        assert!(
-            output.status.success(),
-            "triton {model}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let seen: Value = serde_json::from_slice(&output.stdout).expect("clients.py prints JSON");
+        let rows_file = env.models.join("rows.json");
+        let rows_arg = rows_file.to_str().unwrap();
+        let seen = run_client(
+            &env.python(),
+            "clients.py",
+            &[&addr, &addr, model, rows_arg, &n.to_string()],
+        )
+        .await;
         for transport in ["http", "grpc"] {
             assert_eq!(
                 seen[format!("{transport}_live")],
@@ -565,22 +574,12 @@ async fn mlserver_triton_and_kserve_clients_with_default_settings_through_the_ga
 
         // The KServe clients, in their own venv (their pins clash with
         // MLServer's).
-        let output = Command::new(&kserve_python)
-            .arg(scripts.clone() + "kserve_client.py")
-            .arg(gateway.addr.to_string())
-            .arg(model)
-            .arg(env.models.join("rows.json"))
-            .arg(n.to_string())
-            .output()
-            .await
-            .expect("run kserve_client.py");
-        assert!(
-            output.status.success(),
-            "kserve {model}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let seen: Value =
-            serde_json::from_slice(&output.stdout).expect("kserve_client.py prints JSON");
+        let seen = run_client(
+            &kserve_python,
+            "kserve_client.py",
+            &[&addr, model, rows_arg, &n.to_string()],
+        )
+        .await;
         for transport in ["rest", "grpc"] {
             assert_eq!(
                 seen[format!("{transport}_live")],
