@@ -6,6 +6,7 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::support::redis::RedisServer;
 use crate::support::{
     assert_json_error, sim_with, single_backend_config, CanaryFixture, GatewayProcess, TestClient,
 };
@@ -297,4 +298,75 @@ async fn a_stalled_request_body_gets_408_buffered_or_streamed() {
         assert!(response.starts_with("HTTP/1.1 408"), "{path}: {response}");
         assert!(response.contains(r#""error":"#), "{path}: {response}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_rate_limit_holds_across_replicas_and_falls_back_without_redis() {
+    let mut redis = RedisServer::start().await;
+    let backend = crate::support::sim("b", "1", "us-east").await;
+    let limit =
+        r#"rate_limit = { per_second = 1, burst = 3, key_header = "x-api-key", shared = true }"#;
+    let config = single_backend_config("b", backend.addr, limit).replacen(
+        "[[backends]]",
+        &format!("[gateway.redis]\nurl = \"{}\"\n\n[[backends]]", redis.url()),
+        1,
+    );
+    // Two replicas behind an imaginary load balancer.
+    let a = GatewayProcess::start(&config).await;
+    let b = GatewayProcess::start(&config).await;
+    let client = TestClient::new();
+    let key = [("x-api-key", "shared-key")];
+    let mut ok = 0;
+    for i in 0..8 {
+        let gateway = if i % 2 == 0 { &a } else { &b };
+        let response = client
+            .infer(&gateway.url("/v2/models/fraud/infer"), &key)
+            .await;
+        match response.status {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => assert!(response.header("retry-after").is_some()),
+            other => panic!("unexpected {other}"),
+        }
+    }
+    // One budget for both: a burst of 3 (a 4th only if a second passed).
+    // Two local limiters would have let 6 through.
+    assert!(
+        (3..=4).contains(&ok),
+        "{ok} requests passed the shared limit"
+    );
+
+    // Redis gone: each replica limits locally instead of failing open or
+    // failing every request.
+    redis.kill().await;
+    let url = a.url("/v2/models/fraud/infer");
+    let other_key = [("x-api-key", "another-key")];
+    let statuses: Vec<StatusCode> = {
+        let mut out = Vec::new();
+        for _ in 0..5 {
+            out.push(client.infer(&url, &other_key).await.status);
+        }
+        out
+    };
+    assert_eq!(
+        statuses.iter().filter(|s| **s == StatusCode::OK).count(),
+        3,
+        "the local burst applies: {statuses:?}"
+    );
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+            .count(),
+        2,
+        "{statuses:?}"
+    );
+    let metrics = client.get(&a.admin_url("/metrics"), &[]).await;
+    let text = String::from_utf8_lossy(&metrics.body).to_string();
+    let fallbacks: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("cascadia_rate_limit_fallbacks_total{route=\"fraud\"} "))
+        .expect("fallback metric")
+        .parse()
+        .unwrap();
+    assert!(fallbacks >= 5, "{fallbacks}");
 }

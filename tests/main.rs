@@ -15,3 +15,4 @@ mod limits;
 mod mlserver;
 mod reload;
 mod routing;
+mod telemetry;

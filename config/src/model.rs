@@ -121,6 +121,21 @@ pub struct GatewaySettings {
     /// Where the admin API's bearer token comes from; `None` leaves admin
     /// mutations open (the admin listener is loopback by default).
     pub admin_token: Option<TokenSource>,
+    /// OpenTelemetry trace export; `None` (the default) turns tracing off.
+    pub tracing: Option<TracingSettings>,
+}
+
+/// OpenTelemetry traces, exported over OTLP/gRPC. Read at start-up: a
+/// change needs a restart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingSettings {
+    /// The collector's OTLP/gRPC endpoint, e.g. `http://127.0.0.1:4317`.
+    pub otlp_endpoint: String,
+    /// Share of new traces recorded, 0.0 to 1.0. A request that arrives
+    /// with a sampled `traceparent` is always recorded. Default 1.0.
+    pub sample_ratio: f64,
+    /// `service.name` of the exported spans. Default `cascadia`.
+    pub service_name: String,
 }
 
 /// Bounds on what one client request may cost the gateway before routing.
@@ -404,6 +419,10 @@ pub struct RateLimit {
     /// Header naming the client (an API key). Client identity never comes
     /// from `x-forwarded-for`, which any client can forge.
     pub key_header: Option<HeaderName>,
+    /// Share the limit between every gateway replica through Redis (GCRA
+    /// in one Lua call); while Redis is unreachable each replica enforces
+    /// it locally. Needs `gateway.redis`. Default false.
+    pub shared: bool,
 }
 
 /// Retries of failed attempts.

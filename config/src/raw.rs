@@ -30,6 +30,15 @@ pub(crate) struct RawGateway {
     pub limits: RawLimits,
     pub redis: Option<RawRedis>,
     pub admin: Option<RawAdmin>,
+    pub tracing: Option<RawTracing>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTracing {
+    pub otlp_endpoint: Option<String>,
+    pub sample_ratio: Option<f64>,
+    pub service_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,6 +101,7 @@ pub(crate) struct RawRateLimit {
     pub per_second: Option<u32>,
     pub burst: Option<u32>,
     pub key_header: Option<String>,
+    pub shared: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

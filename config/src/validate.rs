@@ -17,11 +17,12 @@ use crate::error::{Collector, ConfigError, ConfigErrors};
 use crate::model::{
     Backend, Cascade, Config, Endpoint, EntityFeatures, EntityKey, GatewaySettings, HealthCheck,
     HedgePolicy, Limits, OnUnavailable, OutlierDetection, RateLimit, RedisSettings, RetryPolicy,
-    Route, RouteMatch, Split, SplitTarget, TokenSource,
+    Route, RouteMatch, Split, SplitTarget, TokenSource, TracingSettings,
 };
 use crate::raw::{
     RawBackend, RawCascade, RawConfig, RawEndpoint, RawEntity, RawGateway, RawHealthCheck,
     RawHedge, RawLimits, RawMatch, RawOutlier, RawRedis, RawRetries, RawRoute, RawSplitTarget,
+    RawTracing,
 };
 use crate::value::{Timeout, Weight};
 
@@ -112,7 +113,8 @@ fn validate(raw: RawConfig, load_model: &mut ModelLoader<'_>) -> Result<Config, 
     let gateway = gateway(raw.gateway, &mut errors);
     let backends = backends(raw.backends, &mut errors);
     let known: HashSet<&str> = backends.iter().map(|b| b.name.as_str()).collect();
-    let routes = routes(raw.routes, &known, load_model, &mut errors);
+    let has_redis = gateway.redis.is_some();
+    let routes = routes(raw.routes, &known, has_redis, load_model, &mut errors);
     errors.finish(Config {
         gateway,
         backends,
@@ -148,6 +150,7 @@ fn gateway(raw: RawGateway, errors: &mut Collector) -> GatewaySettings {
         admin_listen: admin_listen.unwrap_or(placeholder),
         limits: limits(raw.limits, errors),
         redis: raw.redis.map(|r| redis(r, errors)),
+        tracing: raw.tracing.map(|t| tracing_settings(t, errors)),
         admin_token: raw
             .admin
             .and_then(|admin| match (admin.token_file, admin.token_env) {
@@ -419,6 +422,31 @@ fn hedge(raw: RawHedge, at: &str, errors: &mut Collector) -> HedgePolicy {
     policy
 }
 
+fn tracing_settings(raw: RawTracing, errors: &mut Collector) -> TracingSettings {
+    let otlp_endpoint = required(raw.otlp_endpoint, "gateway.tracing.otlp_endpoint", errors);
+    if !(otlp_endpoint.is_empty()
+        || otlp_endpoint.starts_with("http://")
+        || otlp_endpoint.starts_with("https://"))
+    {
+        errors.push(
+            "gateway.tracing.otlp_endpoint",
+            format!("{otlp_endpoint:?} must start with http:// or https://"),
+        );
+    }
+    let sample_ratio = raw.sample_ratio.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sample_ratio) {
+        errors.push(
+            "gateway.tracing.sample_ratio",
+            format!("{sample_ratio} must be between 0.0 and 1.0"),
+        );
+    }
+    TracingSettings {
+        otlp_endpoint,
+        sample_ratio,
+        service_name: raw.service_name.unwrap_or_else(|| "cascadia".to_owned()),
+    }
+}
+
 fn redis(raw: RawRedis, errors: &mut Collector) -> RedisSettings {
     let url = required(raw.url, "gateway.redis.url", errors);
     if !(url.is_empty() || url.starts_with("redis://") || url.starts_with("unix://")) {
@@ -666,6 +694,7 @@ fn authority(text: &str) -> Result<Authority, String> {
 fn routes(
     raw: Vec<RawRoute>,
     known: &HashSet<&str>,
+    has_redis: bool,
     load_model: &mut ModelLoader<'_>,
     errors: &mut Collector,
 ) -> Vec<Route> {
@@ -722,10 +751,18 @@ fn routes(
                     Some(h) => Some(header(h, &format!("{at}.key_header"), errors)?),
                     None => None,
                 };
+                let shared = limit.shared.unwrap_or(false);
+                if shared && !has_redis {
+                    errors.push(
+                        format!("{at}.shared"),
+                        "a shared limit needs gateway.redis to share it through",
+                    );
+                }
                 Some(RateLimit {
                     per_second,
                     burst,
                     key_header,
+                    shared,
                 })
             });
             let max_concurrency = r.max_concurrency;
@@ -1436,5 +1473,51 @@ connect_timeout = "250ms"
         assert!(
             parse("[gateway]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n").is_ok()
         );
+    }
+
+    #[test]
+    fn tracing_is_off_by_default_and_checked_when_set() {
+        assert!(parse("").unwrap().gateway.tracing.is_none());
+        let config =
+            parse("[gateway.tracing]\notlp_endpoint = \"http://127.0.0.1:4317\"\n").unwrap();
+        let tracing = config.gateway.tracing.unwrap();
+        assert_eq!(tracing.sample_ratio, 1.0);
+        assert_eq!(tracing.service_name, "cascadia");
+
+        let errs =
+            errors("[gateway.tracing]\notlp_endpoint = \"collector:4317\"\nsample_ratio = 1.5\n");
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(
+            errs[0].starts_with("gateway.tracing.otlp_endpoint"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].starts_with("gateway.tracing.sample_ratio"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn a_shared_rate_limit_needs_redis() {
+        let route = r#"
+[[routes]]
+name = "r"
+match = { model = "m" }
+backends = ["a"]
+rate_limit = { per_second = 10, shared = true }
+"#;
+        let errs = errors(&with_backends(route));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("routes[0].rate_limit.shared"),
+            "{errs:?}"
+        );
+
+        let with_redis = format!(
+            "[gateway.redis]\nurl = \"redis://127.0.0.1:6379\"\n{}",
+            with_backends(route)
+        );
+        let config = parse(&with_redis).unwrap();
+        assert!(config.routes[0].rate_limit.as_ref().unwrap().shared);
     }
 }

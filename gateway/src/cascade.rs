@@ -34,6 +34,7 @@ use crate::proxy::body::ResponseBody;
 use crate::proxy::{choose_target, deadline, headers, upstream_path, Proxy, RequestBody};
 use crate::routing::{Route, Target};
 use crate::snapshot::Snapshot;
+use crate::telemetry::trace;
 
 /// Who answered: `local`, `escalated` or `mixed`.
 pub const X_CASCADIA_STAGE: HeaderName = HeaderName::from_static("x-cascadia-stage");
@@ -220,6 +221,7 @@ async fn run(
 
     // 2. Score and decide. Rows whose entity features could not be found
     //    (and have no default) escalate: stage 2 has its own features.
+    let span = trace::child("cascadia.stage1");
     let mut scores: Vec<f64> = (0..features.rows)
         .map(|i| settings.model.score(features.row(i)))
         .collect();
@@ -237,6 +239,9 @@ async fn run(
     let escalate: Vec<usize> = (0..decisions.len())
         .filter(|&i| decisions[i] == Decision::Escalate)
         .collect();
+    span.set("cascadia.rows", features.rows as i64);
+    span.set("cascadia.rows_escalated", escalate.len() as i64);
+    drop(span);
     let stats = &stage.stats;
     bump(&stats.requests, 1);
     bump(

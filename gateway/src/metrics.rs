@@ -28,6 +28,8 @@ pub struct RouteStats {
     sum_micros: AtomicU64,
     /// Requests refused by load shedding.
     pub shed: AtomicU64,
+    /// Requests refused by a rate limit.
+    pub rate_limited: AtomicU64,
 }
 
 impl RouteStats {
@@ -97,6 +99,11 @@ impl RouteStats {
             "cascadia_shed_total{{route=\"{route}\"}} {}",
             self.shed.load(Ordering::Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "cascadia_rate_limited_total{{route=\"{route}\"}} {}",
+            self.rate_limited.load(Ordering::Relaxed)
+        );
     }
 }
 
@@ -121,12 +128,39 @@ pub fn render(snapshot: &Snapshot, reloads: &ReloadStatus) -> String {
     let _ = writeln!(out, "# TYPE cascadia_requests_total counter");
     let _ = writeln!(out, "# TYPE cascadia_request_duration_seconds histogram");
     let _ = writeln!(out, "# TYPE cascadia_shed_total counter");
+    let _ = writeln!(out, "# TYPE cascadia_rate_limited_total counter");
     let mut routes: Vec<_> = snapshot.routes.iter().collect();
     routes.sort_by(|a, b| a.name.cmp(&b.name));
     for route in &routes {
         route.stats.render(&route.name, &mut out);
     }
     snapshot.unmatched.render("none", &mut out);
+    let _ = writeln!(out, "# TYPE cascadia_rate_limit_fallbacks_total counter");
+    for route in &routes {
+        if let Some(limiter) = route.rate_limit.as_ref().filter(|l| l.is_shared()) {
+            let _ = writeln!(
+                out,
+                "cascadia_rate_limit_fallbacks_total{{route=\"{}\"}} {}",
+                route.name,
+                limiter.fallbacks()
+            );
+        }
+    }
+    if let Some(redis) = &snapshot.redis {
+        let _ = writeln!(out, "# TYPE cascadia_redis_calls_total counter");
+        for (outcome, counter) in [
+            ("sent", &redis.stats.calls),
+            ("error", &redis.stats.errors),
+            ("skipped_breaker_open", &redis.stats.skipped_open),
+            ("skipped_drill", &redis.stats.skipped_drill),
+        ] {
+            let _ = writeln!(
+                out,
+                "cascadia_redis_calls_total{{outcome=\"{outcome}\"}} {}",
+                counter.load(Ordering::Relaxed)
+            );
+        }
+    }
 
     let _ = writeln!(out, "# TYPE cascadia_upstream_attempts_total counter");
     let _ = writeln!(out, "# TYPE cascadia_upstream_failures_total counter");

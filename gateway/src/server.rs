@@ -51,6 +51,14 @@ impl Gateway {
         let listener = bind(listen, "listen").await?;
         let admin_listener = bind(admin_listen, "admin_listen").await?;
 
+        if let Some(tracing) = &settings.tracing {
+            match crate::telemetry::trace::install(tracing) {
+                Ok(()) => {
+                    tracing::info!(endpoint = %tracing.otlp_endpoint, ratio = tracing.sample_ratio, "exporting traces over OTLP")
+                }
+                Err(error) => tracing::error!(%error, "tracing is off"),
+            }
+        }
         let registry = Arc::new(Registry::new());
         let redis = settings.redis.clone().and_then(|redis| match RedisTier::new(redis) {
             Ok(tier) => Some(Arc::new(tier)),
@@ -113,6 +121,10 @@ impl Gateway {
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
+        // The last spans go out after the last requests; the flush blocks.
+        if crate::telemetry::trace::enabled() {
+            let _ = tokio::task::spawn_blocking(crate::telemetry::trace::shutdown).await;
+        }
     }
 }
 

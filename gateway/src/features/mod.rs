@@ -28,6 +28,7 @@ use cascadia_config::EntityFeatures;
 use futures_util::future::{FutureExt, Shared};
 
 pub use self::redis::RedisTier;
+use crate::telemetry::trace;
 use l1::L1;
 
 /// An entity's features in the configured order, or `None` for an entity
@@ -120,6 +121,8 @@ impl EntityLookup {
         let this = &self.inner;
         let mut found = HashMap::with_capacity(keys.len());
         let mut missing = Vec::new();
+        let span = trace::child("cascadia.features.l1");
+        span.set("cascadia.keys", keys.len() as i64);
         for key in keys {
             match this.l1.get(key) {
                 Some(entry) => {
@@ -129,13 +132,22 @@ impl EntityLookup {
                 None => missing.push(key.clone()),
             }
         }
+        span.set("cascadia.hits", (keys.len() - missing.len()) as i64);
+        drop(span);
         if missing.is_empty() {
             return found;
         }
 
         if let Some(redis) = &this.redis {
             let width = this.settings.features.len();
-            if let Some(values) = redis.mget(&missing, width).await {
+            let span = trace::child("cascadia.features.redis");
+            span.set("cascadia.keys", missing.len() as i64);
+            let values = redis.mget(&missing, width).await;
+            if values.is_none() {
+                span.fail("redis unavailable");
+            }
+            if let Some(values) = values {
+                let asked = missing.len();
                 let mut still = Vec::new();
                 for (key, value) in missing.into_iter().zip(values) {
                     match value {
@@ -147,9 +159,15 @@ impl EntityLookup {
                         None => still.push(key),
                     }
                 }
+                span.set("cascadia.hits", (asked - still.len()) as i64);
                 missing = still;
             }
         }
+        if missing.is_empty() {
+            return found;
+        }
+        let span = trace::child("cascadia.features.store");
+        span.set("cascadia.keys", missing.len() as i64);
 
         // At most FETCH_CONCURRENCY store fetches per request: a request
         // with a thousand new keys must not open a thousand connections.
@@ -160,6 +178,9 @@ impl EntityLookup {
             .collect()
             .await;
         for (key, result) in missing.into_iter().zip(results) {
+            if result.is_err() {
+                span.fail("feature store fetch failed");
+            }
             found.insert(key, result);
         }
         found

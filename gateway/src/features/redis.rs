@@ -1,5 +1,6 @@
 //! The Redis tier: one `MGET` per lookup and background `SET EX` writes,
 //! every call bounded by the response timeout, behind a circuit breaker.
+//! The same connection carries the shared rate limits' GCRA script.
 //!
 //! Redis never fails a request. A call that errors or times out counts
 //! against the breaker and the lookup carries on to the feature store; after
@@ -26,6 +27,9 @@ pub struct RedisTier {
     connection: ConnectionManager,
     settings: RedisSettings,
     breaker: Breaker,
+    /// Set by a "Redis unavailable" drill: every call is skipped, as if
+    /// the breaker were open.
+    drill_down: AtomicBool,
     pub stats: RedisStats,
 }
 
@@ -35,6 +39,8 @@ pub struct RedisStats {
     pub calls: AtomicU64,
     pub errors: AtomicU64,
     pub skipped_open: AtomicU64,
+    /// Calls skipped because a drill has taken Redis out.
+    pub skipped_drill: AtomicU64,
 }
 
 impl std::fmt::Debug for RedisTier {
@@ -61,6 +67,7 @@ impl RedisTier {
             connection,
             settings,
             breaker: Breaker::default(),
+            drill_down: AtomicBool::new(false),
             stats: RedisStats::default(),
         })
     }
@@ -72,8 +79,7 @@ impl RedisTier {
     /// Looks up `keys`; `None` when Redis could not answer in time (the
     /// caller goes to the store). Each value is `Some(entry)` on a hit.
     pub async fn mget(&self, keys: &[String], width: usize) -> Option<Vec<Option<Entry>>> {
-        if !self.breaker.allow() {
-            self.stats.skipped_open.fetch_add(1, Ordering::Relaxed);
+        if !self.may_call() {
             return None;
         }
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
@@ -103,7 +109,7 @@ impl RedisTier {
     /// not expire together), without delaying anyone. A failed write (Redis
     /// down or out of memory) is a future miss, not an error.
     pub fn set_in_background(self: &Arc<Self>, key: &str, entry: &Entry, ttl: Duration) {
-        if !self.breaker.allow_write() {
+        if self.is_drill_down() || !self.breaker.allow_write() {
             return;
         }
         let tier = Arc::clone(self);
@@ -126,13 +132,92 @@ impl RedisTier {
         });
     }
 
+    /// Runs the shared rate limit's GCRA step for `key` (one round trip):
+    /// `Some(Ok(()))` to proceed, `Some(Err(wait))` when limited, `None`
+    /// when Redis could not answer in time (the caller limits locally).
+    pub async fn rate_limit(
+        &self,
+        key: &str,
+        per_second: u32,
+        burst: u32,
+    ) -> Option<Result<(), Duration>> {
+        if !self.may_call() {
+            return None;
+        }
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let interval_us = 1_000_000 / u64::from(per_second.max(1));
+        let mut connection = self.connection.clone();
+        let mut invocation = GCRA.key(key);
+        invocation.arg(interval_us.max(1)).arg(burst.max(1));
+        let call = invocation.invoke_async::<u64>(&mut connection);
+        match tokio::time::timeout(self.settings.response_timeout.get(), call).await {
+            Ok(Ok(wait_us)) => {
+                self.breaker.success();
+                Some(if wait_us == 0 {
+                    Ok(())
+                } else {
+                    Err(Duration::from_micros(wait_us))
+                })
+            }
+            Ok(Err(_)) | Err(_) => {
+                self.failed();
+                None
+            }
+        }
+    }
+
+    /// Takes Redis out of (or back into) every request path, for a drill.
+    pub fn set_drill_down(&self, down: bool) {
+        self.drill_down.store(down, Ordering::Relaxed);
+    }
+
+    /// Whether a drill has taken Redis out.
+    pub fn is_drill_down(&self) -> bool {
+        self.drill_down.load(Ordering::Relaxed)
+    }
+
+    fn may_call(&self) -> bool {
+        if self.drill_down.load(Ordering::Relaxed) {
+            self.stats.skipped_drill.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        if !self.breaker.allow() {
+            self.stats.skipped_open.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
     fn failed(&self) {
         self.stats.errors.fetch_add(1, Ordering::Relaxed);
         if self.breaker.failure() {
-            tracing::warn!(url = %self.settings.url, "Redis failing: feature cache bypasses it for {OPEN_FOR:?}");
+            tracing::warn!(url = %self.settings.url, "Redis failing: feature cache and shared rate limits bypass it for {OPEN_FOR:?}");
         }
     }
 }
+
+/// GCRA, one step, atomically in Redis. KEYS[1] holds the theoretical
+/// arrival time (µs, Redis's clock, so replicas need not agree on time);
+/// ARGV is the emission interval in µs and the burst. Returns 0 when the
+/// request may go, else the µs until it could. The key expires once idle.
+static GCRA: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = interval * (tonumber(ARGV[2]) - 1)
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+if now < tat - tolerance then
+  return tat - tolerance - now
+end
+tat = tat + interval
+redis.call('SET', KEYS[1], tat, 'PX', math.floor((tat - now) / 1000) + 1)
+return 0
+",
+    )
+});
 
 /// Entries are stored as JSON: an array of numbers, or `null` for an
 /// unknown entity.

@@ -90,19 +90,7 @@ pub async fn handle(
         .ok_or(GatewayError::NoRoute)?;
 
     *matched = Some(std::sync::Arc::clone(route));
-    if let Some(limiter) = &route.rate_limit {
-        limiter.check(&parts.headers).map_err(super::rate_limited)?;
-    }
-    let admitted = match &route.admission {
-        Some(admission) => Some(
-            admission
-                .try_admit()
-                .ok_or_else(|| GatewayError::Overloaded {
-                    route: route.name.to_string(),
-                })?,
-        ),
-        None => None,
-    };
+    let admitted = super::admit_to_route(route, &parts.headers).await?;
 
     // Phase: stage 1, for cascade routes' inference calls.
     if let Some(stage) = &route.cascade {

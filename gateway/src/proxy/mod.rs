@@ -43,6 +43,7 @@ use tokio::time::Instant;
 use crate::errors::GatewayError;
 use crate::routing::{Route, SplitError, Target};
 use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::telemetry::trace;
 use body::{BodyLimitExceeded, LimitedBody, ResponseBody};
 
 /// The proxy service for one downstream connection.
@@ -71,22 +72,46 @@ impl Proxy {
         let uri = request.uri().clone();
         let started = Instant::now();
         let mut matched = None;
+        let span = trace::request_span(request.headers(), &method, uri.path());
         let result = if is_grpc {
-            grpc::handle(&self, &snapshot, request, &request_id, &mut matched).await
+            span.scope(grpc::handle(
+                &self,
+                &snapshot,
+                request,
+                &request_id,
+                &mut matched,
+            ))
+            .await
         } else {
-            self.handle_http(&snapshot, request, &request_id, &mut matched)
+            span.scope(self.handle_http(&snapshot, request, &request_id, &mut matched))
                 .await
         };
         let status = match &result {
             Ok(response) => response.status().as_u16(),
             Err(error) => error.status().as_u16(),
         };
+        span.set("http.response.status_code", i64::from(status));
+        if let Some(route) = &matched {
+            span.set("cascadia.route", route.name.to_string());
+        }
+        if let Err(error) = &result {
+            span.fail(error.label());
+        }
+        drop(span);
         let stats = matched.as_ref().map_or(&snapshot.unmatched, |r| &r.stats);
         stats.record(status, started.elapsed());
-        if matches!(result, Err(GatewayError::Overloaded { .. })) {
-            stats
-                .shed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match &result {
+            Err(GatewayError::Overloaded { .. }) => {
+                stats
+                    .shed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(GatewayError::RateLimited { .. }) => {
+                stats
+                    .rate_limited
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            _ => {}
         }
         match result {
             Ok(response) => response,
@@ -152,22 +177,7 @@ impl Proxy {
         };
         *matched = Some(Arc::clone(route));
         let is_infer = oip.is_some_and(|p| p.kind == OipKind::ModelInfer);
-        if let Some(limiter) = &route.rate_limit {
-            limiter.check(request.headers()).map_err(rate_limited)?;
-        }
-        // Load shedding: a full route answers at once instead of queueing.
-        let admitted = match &route.admission {
-            Some(admission) => {
-                Some(
-                    admission
-                        .try_admit()
-                        .ok_or_else(|| GatewayError::Overloaded {
-                            route: route.name.to_string(),
-                        })?,
-                )
-            }
-            None => None,
-        };
+        let admitted = admit_to_route(route, request.headers()).await?;
         let (mut parts, incoming) = request.into_parts();
 
         // Triton's binary tensor extension (tritonclient's default) becomes
@@ -563,10 +573,15 @@ async fn send_attempt<'t>(
     target: &'t Target,
     index: usize,
     endpoint: &'t Arc<Endpoint>,
-    request: Request<UpstreamBody>,
+    mut request: Request<UpstreamBody>,
     per_try: Duration,
 ) -> Attempt<'t> {
     let pool = &target.pools[index];
+    let span = trace::upstream_span();
+    span.set("cascadia.backend", pool.name().to_owned());
+    span.set("cascadia.region", pool.region().to_owned());
+    span.set("server.address", endpoint.authority().to_string());
+    span.inject(request.headers_mut());
     let in_flight = endpoint.start_attempt();
     let sent = Instant::now();
     // A failover drill's fault, injected on the way to the region.
@@ -600,6 +615,22 @@ async fn send_attempt<'t>(
     };
     if let Some(outcome) = outcome {
         pool.record(endpoint, outcome, Instant::now());
+    }
+    match &result {
+        Ok(response) => {
+            span.set(
+                "http.response.status_code",
+                i64::from(response.status().as_u16()),
+            );
+            if response.status().is_server_error() {
+                span.fail("upstream error status");
+            }
+        }
+        Err(_) => span.fail(if injected.is_some() {
+            "drill fault"
+        } else {
+            "upstream failed"
+        }),
     }
     Attempt {
         index,
@@ -816,6 +847,34 @@ pub(crate) fn admit<B>(snapshot: &Snapshot, request: &Request<B>) -> Result<(), 
 
 /// The error for a rate-limited request, rounding the wait up to whole
 /// seconds for `Retry-After`.
+/// Phase admit, per route: the rate limits, then load shedding (a full
+/// route answers at once instead of queueing). The slot, if any, is held
+/// until the response body ends.
+pub(crate) async fn admit_to_route(
+    route: &Route,
+    headers: &http::HeaderMap,
+) -> Result<Option<crate::routing::Admitted>, GatewayError> {
+    let span = trace::child("cascadia.admission");
+    if let Some(limiter) = &route.rate_limit {
+        if let Err(wait) = limiter.check(headers).await {
+            span.fail("rate limited");
+            return Err(rate_limited(wait));
+        }
+    }
+    match &route.admission {
+        Some(admission) => match admission.try_admit() {
+            Some(admitted) => Ok(Some(admitted)),
+            None => {
+                span.fail("shed");
+                Err(GatewayError::Overloaded {
+                    route: route.name.to_string(),
+                })
+            }
+        },
+        None => Ok(None),
+    }
+}
+
 pub(crate) fn rate_limited(wait: Duration) -> GatewayError {
     GatewayError::RateLimited {
         retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),

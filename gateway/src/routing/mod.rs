@@ -17,6 +17,8 @@ use cascadia_backends::{BackendPool, RetryBudget};
 use cascadia_config::{Config, RouteMatch};
 use http::HeaderName;
 
+use crate::features::RedisTier;
+
 pub use split::{Split, SplitError, Target};
 
 /// One route, resolved against the snapshot's pools.
@@ -135,11 +137,27 @@ impl RouteRuntime {
     }
 }
 
-/// A route's rate limit: GCRA per key (governor), with the key set bounded.
+/// A route's rate limit: GCRA per key, with the key set bounded. Local
+/// (governor) by default; a shared limit runs the same GCRA in Redis so
+/// every replica draws on one budget, and falls back to the local limiter
+/// while Redis cannot answer.
 pub struct RouteLimiter {
     limiter: governor::DefaultKeyedRateLimiter<Vec<u8>>,
     clock: governor::clock::DefaultClock,
     key_header: Option<HeaderName>,
+    shared: Option<SharedLimit>,
+}
+
+/// The Redis side of a shared limit.
+struct SharedLimit {
+    redis: Arc<RedisTier>,
+    /// `cascadia:ratelimit:{route}:`; the client key is appended hashed,
+    /// so API keys are never written to Redis.
+    prefix: String,
+    per_second: u32,
+    burst: u32,
+    /// Checks decided locally because Redis could not answer.
+    fallbacks: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for RouteLimiter {
@@ -155,7 +173,11 @@ impl std::fmt::Debug for RouteLimiter {
 const MAX_RATE_LIMIT_KEYS: usize = 100_000;
 
 impl RouteLimiter {
-    fn new(limit: &cascadia_config::RateLimit) -> Self {
+    fn new(
+        limit: &cascadia_config::RateLimit,
+        route: &str,
+        redis: Option<&Arc<RedisTier>>,
+    ) -> Self {
         let one = std::num::NonZeroU32::MIN;
         let quota =
             governor::Quota::per_second(std::num::NonZeroU32::new(limit.per_second).unwrap_or(one))
@@ -164,17 +186,55 @@ impl RouteLimiter {
             limiter: governor::RateLimiter::keyed(quota),
             clock: governor::clock::DefaultClock::default(),
             key_header: limit.key_header.clone(),
+            shared: match (limit.shared, redis) {
+                (true, Some(redis)) => Some(SharedLimit {
+                    redis: Arc::clone(redis),
+                    prefix: format!("cascadia:ratelimit:{route}:"),
+                    per_second: limit.per_second,
+                    burst: limit.burst,
+                    fallbacks: Default::default(),
+                }),
+                _ => None,
+            },
         }
     }
 
+    /// Checks decided locally because Redis could not answer (0 for a
+    /// local limit).
+    pub fn fallbacks(&self) -> u64 {
+        self.shared.as_ref().map_or(0, |s| {
+            s.fallbacks.load(std::sync::atomic::Ordering::Relaxed)
+        })
+    }
+
+    /// Whether the limit is shared through Redis.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
     /// `Ok` to proceed, or how long the caller must wait.
-    pub fn check(&self, headers: &http::HeaderMap) -> Result<(), Duration> {
+    pub async fn check(&self, headers: &http::HeaderMap) -> Result<(), Duration> {
         use governor::clock::Clock;
         let key = self
             .key_header
             .as_ref()
             .and_then(|name| headers.get(name))
             .map_or(&[][..], |v| v.as_bytes());
+        if let Some(shared) = &self.shared {
+            let redis_key = format!("{}{:016x}", shared.prefix, fnv1a(key));
+            match shared
+                .redis
+                .rate_limit(&redis_key, shared.per_second, shared.burst)
+                .await
+            {
+                Some(verdict) => return verdict,
+                None => {
+                    shared
+                        .fallbacks
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
         if self.limiter.len() > MAX_RATE_LIMIT_KEYS {
             self.limiter.retain_recent();
         }
@@ -182,6 +242,13 @@ impl RouteLimiter {
             .check_key(&key.to_vec())
             .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
+}
+
+/// FNV-1a: a hash every replica computes the same way, for Redis keys.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
+        (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Bounded concurrency for one route: load shedding without a queue.
@@ -302,7 +369,10 @@ impl RouteTable {
                 split: Split::new(targets),
                 idempotent: route.idempotent,
                 admission: route.max_concurrency.map(|limit| carried.admission(limit)),
-                rate_limit: route.rate_limit.as_ref().map(RouteLimiter::new),
+                rate_limit: route
+                    .rate_limit
+                    .as_ref()
+                    .map(|limit| RouteLimiter::new(limit, &route.name, redis)),
                 attempts: route.retries.attempts.max(1),
                 retry_budget: carried
                     .retry_budget(route.retries.budget_percent, route.retries.min_per_second),

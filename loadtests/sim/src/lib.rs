@@ -7,7 +7,8 @@
 //!
 //! Every response carries `x-sim-name`, `x-sim-version` and `x-sim-region`, plus what the
 //! simulator *saw* — `x-sim-saw-path`, `x-sim-saw-model`, `x-sim-saw-version`,
-//! `x-sim-saw-xff`, `x-sim-saw-forwarded`, `x-sim-saw-deadline-ms` — and echoes `x-request-id`, so gateway tests can
+//! `x-sim-saw-xff`, `x-sim-saw-forwarded`, `x-sim-saw-deadline-ms`, `x-sim-saw-traceparent` —
+//! and echoes `x-request-id`, so gateway tests can
 //! check routing, rewriting and forwarding headers from the response alone.
 //!
 //! # Layout

@@ -37,6 +37,9 @@ pub(crate) const X_SIM_SAW_XFF: HeaderName = HeaderName::from_static("x-sim-saw-
 pub(crate) const X_SIM_SAW_FORWARDED: HeaderName = HeaderName::from_static("x-sim-saw-forwarded");
 /// The deadline the gateway propagated (`x-request-timeout-ms`).
 pub(crate) const X_SIM_SAW_DEADLINE: HeaderName = HeaderName::from_static("x-sim-saw-deadline-ms");
+pub(crate) const X_SIM_SAW_TRACEPARENT: HeaderName =
+    HeaderName::from_static("x-sim-saw-traceparent");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const X_REQUEST_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-request-timeout-ms");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -87,11 +90,12 @@ impl Shared {
 pub(crate) async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<SimBody> {
     let path = req.uri().path().to_owned();
     let echo = |name: &HeaderName| req.headers().get(name).cloned();
-    let (request_id, xff, forwarded, deadline) = (
+    let (request_id, xff, forwarded, deadline, traceparent) = (
         echo(&X_REQUEST_ID),
         echo(&X_FORWARDED_FOR),
         echo(&FORWARDED),
         echo(&X_REQUEST_TIMEOUT_MS),
+        echo(&TRACEPARENT),
     );
 
     let is_control = path.starts_with("/sim/");
@@ -122,6 +126,7 @@ pub(crate) async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<
         (X_SIM_SAW_XFF, xff),
         (X_SIM_SAW_FORWARDED, forwarded),
         (X_SIM_SAW_DEADLINE, deadline),
+        (X_SIM_SAW_TRACEPARENT, traceparent),
     ] {
         if let Some(value) = value {
             headers.insert(name, value);

@@ -1,5 +1,7 @@
-//! Logging setup. The binary calls [`init`] once; library code only emits
-//! `tracing` events.
+//! Logs and traces: logging setup (the binary calls [`init`] once; library
+//! code only emits `tracing` events) and OpenTelemetry export in [`trace`].
+
+pub mod trace;
 
 use tracing_subscriber::EnvFilter;
 
