@@ -809,7 +809,28 @@ async fn a_blackhole_drill_fails_over_reports_and_fails_back() {
     assert!(report["detect_ms"].as_u64().is_some(), "{report}");
     assert!(report["failover_ms"].as_u64().unwrap() < 1000, "{report}");
     assert!(report["failback_ms"].as_u64().is_some(), "{report}");
+    // Fail-back sticks: the region keeps its traffic and settles.
+    assert_eq!(report["flaps"], 0, "{report}");
+    let steady = report["steady_ms"].as_u64().expect("steady state reached");
+    assert!(
+        steady >= report["failback_ms"].as_u64().unwrap(),
+        "{report}"
+    );
+    assert_eq!(report["region"], "us-east");
     assert_eq!(run.failures, 0, "no client saw the drill");
+    let regions = run
+        .client
+        .get(&run.gateway.admin_url("/admin/regions"), &[])
+        .await
+        .json();
+    let us_east = regions["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["region"] == "us-east")
+        .expect("us-east listed");
+    assert!(us_east["drill_fault"].is_null(), "the fault was reverted");
+    assert!(us_east["attempts"].as_u64().unwrap() > 0);
     let listed = run
         .client
         .get(&run.gateway.admin_url("/admin/drills"), &[])
@@ -897,4 +918,21 @@ async fn an_error_drill_under_load_is_absorbed_by_retries_and_reported() {
         "retries absorbed the injected errors: {report}"
     );
     assert_eq!(run.failures, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drill_whose_p99_passes_the_limit_is_aborted_early() {
+    let run = drill_under_load(
+        "200ms",
+        "100ms",
+        50,
+        r#"{"region": "us-east", "fault": "latency", "latency_ms": 300, "duration_s": 10, "abort_p99_ms": 50}"#,
+    )
+    .await;
+    let report = &run.report;
+    assert_eq!(report["state"], "aborted", "{report}");
+    let reason = report["abort_reason"].as_str().unwrap();
+    assert!(reason.starts_with("p99"), "{report}");
+    // Aborted well before the 10 s the drill asked for.
+    assert!(report["requests"].as_u64().unwrap() >= 20, "{report}");
 }

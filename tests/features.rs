@@ -296,3 +296,92 @@ async fn redis_killed_paused_or_full_never_fails_a_request() {
     .await
     .expect("the gateway wrote to Redis again after it came back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_drill_under_load_runs_on_the_fallback_and_reports() {
+    let redis = RedisServer::start().await;
+    let ensemble = sim("ensemble", "1", "us-east").await;
+    let store = sim("store", "1", "us-east").await;
+    let gateway = start(&ensemble, &store, Some(&redis), "").await;
+    let client = TestClient::new();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+
+    // Every request names a new entity, so every one asks Redis.
+    let load = async {
+        let (mut sent, mut failed) = (0u64, 0u64);
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let response = infer(&client, &gateway, 10.0, &format!("e{sent}.com")).await;
+            if response.status != StatusCode::OK {
+                failed += 1;
+            }
+            sent += 1;
+        }
+        (sent, failed)
+    };
+    let drill = async {
+        let started = client
+            .send(
+                Method::POST,
+                &gateway.admin_url("/admin/drills"),
+                &[],
+                r#"{"fault": "redis", "duration_s": 0.5}"#,
+            )
+            .await;
+        assert_eq!(started.status, StatusCode::ACCEPTED, "{:?}", started.json());
+        let id = started.json()["id"].as_u64().unwrap();
+        let report = tokio::time::timeout(WAIT, async {
+            loop {
+                let report = client
+                    .get(&gateway.admin_url(&format!("/admin/drills/{id}")), &[])
+                    .await
+                    .json();
+                if report["state"] == "completed" || report["state"] == "aborted" {
+                    return report;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("drill finished");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        report
+    };
+    let ((sent, failed), report) = tokio::join!(load, drill);
+    println!("redis drill report: {report}");
+    assert_eq!(report["state"], "completed", "{report}");
+    assert_eq!(report["fault"], "redis unavailable");
+    assert!(report["region"].is_null());
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed");
+    assert!(report["detect_ms"].as_u64().is_some(), "{report}");
+    assert!(report["failover_ms"].as_u64().is_some(), "{report}");
+    assert!(report["failback_ms"].as_u64().is_some(), "{report}");
+    assert!(report["steady_ms"].as_u64().is_some(), "{report}");
+    assert_eq!(report["flaps"], 0, "{report}");
+
+    let metrics = client.get(&gateway.admin_url("/metrics"), &[]).await;
+    let text = String::from_utf8_lossy(&metrics.body).to_string();
+    let skipped: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("cascadia_redis_calls_total{outcome=\"skipped_drill\"} "))
+        .expect("redis metrics")
+        .parse()
+        .unwrap();
+    assert!(skipped > 0, "requests went around Redis during the drill");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_drill_needs_a_configured_redis() {
+    let ensemble = sim("ensemble", "1", "us-east").await;
+    let store = sim("store", "1", "us-east").await;
+    let gateway = start(&ensemble, &store, None, "").await;
+    let response = TestClient::new()
+        .send(
+            Method::POST,
+            &gateway.admin_url("/admin/drills"),
+            &[],
+            r#"{"fault": "redis", "duration_s": 1}"#,
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::CONFLICT);
+}

@@ -10,6 +10,7 @@
 //! | GET | `/admin/backends` | pools, regions, endpoints: health, EWMA latency, in-flight, ejection |
 //! | POST | `/admin/drills` | starts a failover drill (see [`crate::drills`]); 202 with its id |
 //! | GET | `/admin/drills`, `/admin/drills/{id}` | drill reports |
+//! | GET | `/admin/regions` | per region: drained, drill fault, available endpoints, attempts |
 //! | POST | `/admin/regions/{region}/drain` | moves traffic away from a region (failover drill) |
 //! | POST | `/admin/regions/{region}/restore` | lets traffic back into a drained region |
 //!
@@ -29,7 +30,7 @@ use cascadia_backends::{Fault, Registry};
 use http_body_util::BodyExt;
 use std::time::Duration;
 
-use crate::drills::{DrillSpec, Drills};
+use crate::drills::{DrillFault, DrillSpec, DrillTarget, Drills};
 use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -121,6 +122,7 @@ impl Admin {
                 }
             }
             "/admin/backends" if method == Method::GET => self.backends(),
+            "/admin/regions" if method == Method::GET => self.regions(),
             "/admin/drills" if method == Method::POST => self.start_drill(request).await,
             "/admin/drills" if method == Method::GET => {
                 json_response(StatusCode::OK, json!({ "drills": self.drills.reports() }))
@@ -135,7 +137,9 @@ impl Admin {
                 );
                 response
             }
-            "/admin/config" | "/admin/backends" | "/admin/cascade" => method_not_allowed("GET"),
+            "/admin/config" | "/admin/backends" | "/admin/regions" | "/admin/cascade" => {
+                method_not_allowed("GET")
+            }
             "/admin/config/reload" => method_not_allowed("POST"),
             path if path.starts_with("/admin/drills/") && method == Method::GET => {
                 match path["/admin/drills/".len()..]
@@ -216,10 +220,27 @@ impl Admin {
                 return json_response(StatusCode::BAD_REQUEST, json!({"error": message}))
             }
         };
-        let Some(region) = self.registry.region(&spec.region) else {
-            return json_response(StatusCode::NOT_FOUND, json!({"error": "unknown region"}));
+        let target = match &spec.fault {
+            DrillFault::Region { region, .. } => match self.registry.region(region) {
+                Some(state) => DrillTarget::Region {
+                    name: region.clone(),
+                    state,
+                },
+                None => {
+                    return json_response(StatusCode::NOT_FOUND, json!({"error": "unknown region"}))
+                }
+            },
+            DrillFault::RedisUnavailable => match &self.snapshot.load().redis {
+                Some(redis) => DrillTarget::Redis(Arc::clone(redis)),
+                None => {
+                    return json_response(
+                        StatusCode::CONFLICT,
+                        json!({"error": "no Redis is configured (gateway.redis)"}),
+                    )
+                }
+            },
         };
-        let id = self.drills.start(spec, region, Arc::clone(&self.snapshot));
+        let id = self.drills.start(spec, target, Arc::clone(&self.snapshot));
         let mut response = json_response(StatusCode::ACCEPTED, json!({"id": id}));
         if let Ok(location) = HeaderValue::from_str(&format!("/admin/drills/{id}")) {
             response
@@ -270,6 +291,43 @@ impl Admin {
             .collect();
         json_response(StatusCode::OK, json!({ "backends": pools }))
     }
+
+    /// One entry per region: its pools, whether it is drained or under a
+    /// drill's fault, and how much of it can take traffic now.
+    fn regions(&self) -> Response<ResponseBody> {
+        let now = tokio::time::Instant::now();
+        let snapshot = self.snapshot.load();
+        let mut regions: std::collections::BTreeMap<&str, Vec<&cascadia_backends::BackendPool>> =
+            Default::default();
+        for pool in snapshot.pools.values() {
+            regions.entry(pool.region()).or_default().push(pool);
+        }
+        let regions: Vec<Value> = regions
+            .into_iter()
+            .map(|(region, pools)| {
+                let state = pools[0].region_state();
+                let endpoints: usize = pools.iter().map(|p| p.endpoints().len()).sum();
+                let available: usize = pools
+                    .iter()
+                    .flat_map(|p| p.endpoints())
+                    .filter(|e| e.is_available(now))
+                    .count();
+                let mut backends: Vec<&str> = pools.iter().map(|p| p.name()).collect();
+                backends.sort_unstable();
+                json!({
+                    "region": region,
+                    "drained": state.is_drained(),
+                    "drill_fault": state.fault().map(|f| format!("{f:?}")),
+                    "backends": backends,
+                    "endpoints": endpoints,
+                    "available_endpoints": available,
+                    "attempts": pools.iter().flat_map(|p| p.endpoints()).map(|e| e.attempts()).sum::<u64>(),
+                    "failures": pools.iter().flat_map(|p| p.endpoints()).map(|e| e.failures()).sum::<u64>(),
+                })
+            })
+            .collect();
+        json_response(StatusCode::OK, json!({ "regions": regions }))
+    }
 }
 
 /// Serves the admin API on `listener` until `shutdown` turns true.
@@ -303,17 +361,36 @@ fn drill_spec(body: &[u8]) -> Result<DrillSpec, String> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Raw {
-        region: String,
+        region: Option<String>,
         fault: String,
         duration_s: f64,
         latency_ms: Option<u64>,
         error_rate: Option<f64>,
         abort_error_rate: Option<f64>,
+        abort_p99_ms: Option<f64>,
     }
     let raw: Raw = serde_json::from_slice(body).map_err(|e| format!("invalid drill: {e}"))?;
     if !(raw.duration_s > 0.0 && raw.duration_s <= 3600.0) {
         return Err("duration_s must be within (0, 3600]".to_owned());
     }
+    if let Some(p99) = raw.abort_p99_ms {
+        if !(p99 > 0.0 && p99.is_finite()) {
+            return Err("abort_p99_ms must be positive".to_owned());
+        }
+    }
+    if raw.fault == "redis" {
+        return Ok(DrillSpec {
+            fault: DrillFault::RedisUnavailable,
+            duration: Duration::from_secs_f64(raw.duration_s),
+            abort_error_rate: raw.abort_error_rate.unwrap_or(0.5),
+            abort_p99: raw
+                .abort_p99_ms
+                .map(|ms| Duration::from_secs_f64(ms / 1000.0)),
+        });
+    }
+    let region = raw
+        .region
+        .ok_or_else(|| format!("region is required for a {:?} fault", raw.fault))?;
     let fault = match raw.fault.as_str() {
         "blackhole" => Fault::Blackhole,
         "latency" => Fault::Latency(Duration::from_millis(
@@ -333,15 +410,17 @@ fn drill_spec(body: &[u8]) -> Result<DrillSpec, String> {
         }
         other => {
             return Err(format!(
-                "unknown fault {other:?} (blackhole, latency, errors)"
+                "unknown fault {other:?} (blackhole, latency, errors, redis)"
             ))
         }
     };
     Ok(DrillSpec {
-        region: raw.region,
-        fault,
+        fault: DrillFault::Region { region, fault },
         duration: Duration::from_secs_f64(raw.duration_s),
         abort_error_rate: raw.abort_error_rate.unwrap_or(0.5),
+        abort_p99: raw
+            .abort_p99_ms
+            .map(|ms| Duration::from_secs_f64(ms / 1000.0)),
     })
 }
 

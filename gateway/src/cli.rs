@@ -65,10 +65,10 @@ pub enum Command {
         /// The admin API's base URL.
         #[arg(long, default_value = "http://127.0.0.1:9901")]
         admin: String,
-        /// The region to drill.
+        /// The region to drill (not needed for `--fault redis`).
         #[arg(long)]
-        region: String,
-        /// blackhole, latency or errors.
+        region: Option<String>,
+        /// blackhole, latency, errors, or redis (Redis unavailable).
         #[arg(long, default_value = "blackhole")]
         fault: String,
         /// Added latency for `--fault latency`.
@@ -80,6 +80,12 @@ pub enum Command {
         /// How long the fault lasts, e.g. 30s.
         #[arg(long = "for", default_value = "30s")]
         duration: cascadia_config::Timeout,
+        /// End the drill early when more than this share of requests fail.
+        #[arg(long)]
+        abort_error_rate: Option<f64>,
+        /// End the drill early when its p99 passes this many milliseconds.
+        #[arg(long)]
+        abort_p99_ms: Option<f64>,
         /// File holding the admin token, when the gateway requires one.
         #[arg(long)]
         token_file: Option<PathBuf>,
@@ -141,6 +147,8 @@ pub async fn run(cli: Cli) -> ExitCode {
             latency_ms,
             error_rate,
             duration,
+            abort_error_rate,
+            abort_p99_ms,
             token_file,
         } => {
             let token = match token_file.map(std::fs::read_to_string).transpose() {
@@ -156,6 +164,8 @@ pub async fn run(cli: Cli) -> ExitCode {
                 "latency_ms": latency_ms,
                 "error_rate": error_rate,
                 "duration_s": duration.get().as_secs_f64(),
+                "abort_error_rate": abort_error_rate,
+                "abort_p99_ms": abort_p99_ms,
             });
             match drill(&admin, request, token.as_deref(), duration.get()).await {
                 Ok(report) => {
