@@ -143,6 +143,18 @@ async fn confident_requests_never_leave_the_gateway() {
     let all_uncertain = infer(&client, &gateway, &[[0.0, 0.0]], &[]).await;
     assert_eq!(all_uncertain.header("x-cascadia-stage"), Some("escalated"));
     assert!(close(probabilities(&all_uncertain)[0], stage2(0.0, 0.0)));
+
+    // Metrics tell the two apart: one answer local, one from upstream.
+    let metrics = client.get(&gateway.admin_url("/metrics"), &[]).await;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(
+        text.contains(r#"cascadia_local_answers_total{route="fraud",status_class="2xx"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"cascadia_requests_total{route="fraud",status_class="2xx"} 2"#),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

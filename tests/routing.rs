@@ -311,6 +311,9 @@ async fn metrics_count_requests_by_route_and_status_class() {
         r#"cascadia_request_duration_seconds_count{route="fraud"} 5"#,
         r#"cascadia_upstream_attempts_total{backend="fraud-v1",region="us-east"} 5"#,
         r#"cascadia_endpoints{backend="fraud-v1",region="us-east",state="available"} 1"#,
+        r#"cascadia_upstream_responses_total{route="fraud",version="stable",backend="fraud-v1",region="us-east",status_class="2xx"} 5"#,
+        r#"cascadia_retries_total{route="fraud"} 0"#,
+        r#"cascadia_failovers_total{route="fraud"} 0"#,
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
@@ -333,4 +336,11 @@ async fn metrics_count_requests_by_route_and_status_class() {
         text.contains(r#"cascadia_requests_total{route="fraud",status_class="2xx"} 6"#),
         "{text}"
     );
+    // Per-version counters carry over too, and the canary's start counting.
+    for line in [
+        r#"cascadia_upstream_responses_total{route="fraud",version="stable",backend="fraud-v1",region="us-east",status_class="2xx"} 5"#,
+        r#"cascadia_upstream_responses_total{route="fraud",version="canary",backend="fraud-v2",region="us-east",status_class="2xx"} 1"#,
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
 }

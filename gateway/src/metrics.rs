@@ -30,6 +30,40 @@ pub struct RouteStats {
     pub shed: AtomicU64,
     /// Requests refused by a rate limit.
     pub rate_limited: AtomicU64,
+    /// Attempts after the first, hedges not included.
+    pub retries: AtomicU64,
+    /// Hedged second attempts started.
+    pub hedges: AtomicU64,
+    /// Answers served by a backend other than the version's first choice.
+    pub failovers: AtomicU64,
+    /// Answers from the gateway itself (the cascade's stage 1), by class.
+    local_by_class: [AtomicU64; 5],
+}
+
+/// Responses by status class, for one (route, version, backend).
+#[derive(Debug, Default)]
+pub struct ClassCounters([AtomicU64; 5]);
+
+impl ClassCounters {
+    /// Counts one response.
+    pub fn record(&self, status: u16) {
+        if let Some(counter) = self.0.get(usize::from(status / 100).wrapping_sub(1)) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn render(&self, labels: &str, out: &mut String) {
+        for (i, counter) in self.0.iter().enumerate() {
+            let n = counter.load(Ordering::Relaxed);
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "cascadia_upstream_responses_total{{{labels},status_class=\"{}xx\"}} {n}",
+                    i + 1
+                );
+            }
+        }
+    }
 }
 
 impl RouteStats {
@@ -104,6 +138,37 @@ impl RouteStats {
             "cascadia_rate_limited_total{{route=\"{route}\"}} {}",
             self.rate_limited.load(Ordering::Relaxed)
         );
+        for (name, counter) in [
+            ("cascadia_retries_total", &self.retries),
+            ("cascadia_hedges_total", &self.hedges),
+            ("cascadia_failovers_total", &self.failovers),
+        ] {
+            let _ = writeln!(
+                out,
+                "{name}{{route=\"{route}\"}} {}",
+                counter.load(Ordering::Relaxed)
+            );
+        }
+        for (i, counter) in self.local_by_class.iter().enumerate() {
+            let n = counter.load(Ordering::Relaxed);
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "cascadia_local_answers_total{{route=\"{route}\",status_class=\"{}xx\"}} {n}",
+                    i + 1
+                );
+            }
+        }
+    }
+
+    /// Counts an answer the gateway gave itself (stage 1).
+    pub fn record_local(&self, status: u16) {
+        if let Some(counter) = self
+            .local_by_class
+            .get(usize::from(status / 100).wrapping_sub(1))
+        {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -129,12 +194,31 @@ pub fn render(snapshot: &Snapshot, reloads: &ReloadStatus) -> String {
     let _ = writeln!(out, "# TYPE cascadia_request_duration_seconds histogram");
     let _ = writeln!(out, "# TYPE cascadia_shed_total counter");
     let _ = writeln!(out, "# TYPE cascadia_rate_limited_total counter");
+    let _ = writeln!(out, "# TYPE cascadia_retries_total counter");
+    let _ = writeln!(out, "# TYPE cascadia_hedges_total counter");
+    let _ = writeln!(out, "# TYPE cascadia_failovers_total counter");
+    let _ = writeln!(out, "# TYPE cascadia_local_answers_total counter");
     let mut routes: Vec<_> = snapshot.routes.iter().collect();
     routes.sort_by(|a, b| a.name.cmp(&b.name));
     for route in &routes {
         route.stats.render(&route.name, &mut out);
     }
     snapshot.unmatched.render("none", &mut out);
+    let _ = writeln!(out, "# TYPE cascadia_upstream_responses_total counter");
+    for route in &routes {
+        for target in route.split.targets() {
+            for (pool, served) in target.pools.iter().zip(&target.served) {
+                let labels = format!(
+                    "route=\"{}\",version=\"{}\",backend=\"{}\",region=\"{}\"",
+                    route.name,
+                    target.version,
+                    pool.name(),
+                    pool.region()
+                );
+                served.render(&labels, &mut out);
+            }
+        }
+    }
     let _ = writeln!(out, "# TYPE cascadia_rate_limit_fallbacks_total counter");
     for route in &routes {
         if let Some(limiter) = route.rate_limit.as_ref().filter(|l| l.is_shared()) {

@@ -100,6 +100,12 @@ impl Proxy {
         drop(span);
         let stats = matched.as_ref().map_or(&snapshot.unmatched, |r| &r.stats);
         stats.record(status, started.elapsed());
+        if let Ok(response) = &result {
+            let stage = response.headers().get(crate::cascade::X_CASCADIA_STAGE);
+            if stage.is_some_and(|v| v == "local") {
+                stats.record_local(status);
+            }
+        }
         match &result {
             Err(GatewayError::Overloaded { .. }) => {
                 stats
@@ -354,6 +360,9 @@ impl Proxy {
             )?;
             let per_try = per_try_timeout(&target.pools[index], remaining);
             attempts_made += 1;
+            if attempt > 0 {
+                bump(&route.stats.retries);
+            }
             let primary = send_attempt(target, index, endpoint, request, per_try);
             let finished = match hedge {
                 None => primary.await,
@@ -372,6 +381,7 @@ impl Proxy {
                                 Some((index, endpoint)) => {
                                     tried.record(index, endpoint);
                                     attempts_made += 1;
+                                    bump(&route.stats.hedges);
                                     let remaining = deadline.map(|d| d.saturating_duration_since(now));
                                     let upstream = UpstreamHead { parts: &mut parts, path_and_query: &path_and_query, grpc };
                                     let request = upstream.build(&mut body, target, index, endpoint, remaining, false)?;
@@ -417,6 +427,7 @@ impl Proxy {
                         let per_try = per_try_timeout(&target.pools[index], remaining);
                         match tokio::time::timeout(per_try, incoming.collect()).await {
                             Ok(Ok(collected)) => {
+                                count_failover(route, index);
                                 let mut buffered =
                                     respond_head(head, request_id, target, index, attempts_made);
                                 *buffered.body_mut() = ResponseBody::full(collected.to_bytes());
@@ -438,6 +449,7 @@ impl Proxy {
                         }
                     }
                     // Phase: respond.
+                    count_failover(route, index);
                     return Ok(respond(
                         response,
                         in_flight,
@@ -485,6 +497,7 @@ impl Proxy {
             }
         }
         if let Some((response, in_flight, index)) = last_response {
+            count_failover(route, index);
             return Ok(respond(
                 response,
                 in_flight,
@@ -497,6 +510,18 @@ impl Proxy {
         Err(last_error.unwrap_or(GatewayError::NoHealthyBackend {
             version: target.version.to_string(),
         }))
+    }
+}
+
+fn bump(counter: &std::sync::atomic::AtomicU64) {
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// An answer from a backend other than the version's first choice is a
+/// failover (a retry elsewhere, or priority failover to another region).
+fn count_failover(route: &Route, pool_index: usize) {
+    if pool_index > 0 {
+        bump(&route.stats.failovers);
     }
 }
 
@@ -695,6 +720,9 @@ fn respond_head(
     pool_index: usize,
     attempts: usize,
 ) -> Response<ResponseBody> {
+    if let Some(served) = target.served.get(pool_index) {
+        served.record(parts.status.as_u16());
+    }
     headers::strip_hop_by_hop(&mut parts.headers, false);
     parts
         .headers

@@ -76,6 +76,8 @@ pub struct RouteRuntime {
     retry_budget: Carried<(u32, u32), RetryBudget>,
     hedge_budget: Carried<u32, RetryBudget>,
     l1: Carried<usize, crate::features::l1::L1>,
+    /// Response counters by (version, backend).
+    served: std::sync::Mutex<HashMap<(String, String), Arc<crate::metrics::ClassCounters>>>,
 }
 
 /// A carried piece of state with the settings it was built for.
@@ -89,6 +91,15 @@ impl RouteRuntime {
             .limit
             .store(limit, std::sync::atomic::Ordering::Relaxed);
         Arc::clone(admission)
+    }
+
+    fn served(&self, version: &str, backend: &str) -> Arc<crate::metrics::ClassCounters> {
+        let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(
+            served
+                .entry((version.to_owned(), backend.to_owned()))
+                .or_default(),
+        )
     }
 
     fn retry_budget(&self, percent: u32, min_per_second: u32) -> Arc<RetryBudget> {
@@ -342,18 +353,24 @@ impl RouteTable {
                 .targets()
                 .iter()
                 .map(|target| {
-                    let pools = target
+                    let pools: Vec<_> = target
                         .backends
                         .iter()
                         .filter_map(|name| pools.get(name).cloned())
                         .collect();
-                    Target::new(
+                    let served = pools
+                        .iter()
+                        .map(|pool| carried.served(&target.version, pool.name()))
+                        .collect();
+                    let mut compiled = Target::new(
                         &target.version,
                         target.weight.get(),
                         pools,
                         target.upstream_model.as_deref(),
                         target.upstream_version.as_deref(),
-                    )
+                    );
+                    compiled.served = served;
+                    compiled
                 })
                 .collect();
             let model = match &route.matcher {

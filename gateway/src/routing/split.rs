@@ -41,6 +41,9 @@ pub struct Target {
     pub upstream_model: Option<Arc<str>>,
     /// Model version to ask the upstream for.
     pub upstream_version: Option<Arc<str>>,
+    /// Responses served by each of `pools`, carried across reloads; empty
+    /// until the route table fills it in.
+    pub served: Vec<Arc<crate::metrics::ClassCounters>>,
 }
 
 impl Target {
@@ -71,6 +74,7 @@ impl Target {
             pools,
             upstream_model: upstream_model.map(Into::into),
             upstream_version: upstream_version.map(Into::into),
+            served: Vec::new(),
         }
     }
 }
