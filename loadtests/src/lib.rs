@@ -4,10 +4,15 @@
 //! takes a typed [`run::Config`] and returns a [`report::Report`].
 //!
 //! # Layout
-//! - [`rate`]: the arrival schedule (request `i` is due at `start + i / rate`) and the pacer
-//!   that waits for each due time precisely.
+//! - [`rate`]: the arrival schedule (request `i` is due at `start + i / rate`, step after
+//!   step for `--rate-steps`) and the pacer that waits for each due time precisely.
 //! - [`run`]: connections, round-robin dispatch and the measured window.
 //! - [`payload`]: request bodies (OIP V2 infer JSON, raw bytes) and Zipf-distributed user ids.
+//! - [`grpc`]: `--grpc`, the OIP gRPC `ModelInfer` message and how a response is judged.
+//! - [`timeline`]: latency, ok and errors per time bucket, by due time.
+//! - [`scenario`]: `--scenario` files: timed kills, reloads, drills, sim changes, commands.
+//! - [`progress`]: the once-a-second progress line on stderr.
+//! - [`plot`]: `--plot`, the SVG of the timeline with the scenario's events.
 //! - [`cpu`]: CPU time and RSS of a process, from `/proc`.
 //! - [`report`]: merging per-connection results and rendering them as text or JSON.
 //! - [`duration`]: `10s` / `500ms` / `1m` parsing for the command line.
@@ -23,7 +28,12 @@
 
 pub mod cpu;
 pub mod duration;
+pub mod grpc;
 pub mod payload;
+pub mod plot;
+pub mod progress;
 pub mod rate;
 pub mod report;
 pub mod run;
+pub mod scenario;
+pub mod timeline;

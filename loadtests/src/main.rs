@@ -1,10 +1,13 @@
 //! `cascadia-load`: open-loop HTTP load at a constant arrival rate, corrected for coordinated
-//! omission. Parses the command line, runs [`cascadia_loadtests::run::run`], prints the report.
+//! omission. Parses the command line, reads the scenario file, runs
+//! [`cascadia_loadtests::run::run`], prints the report(s) and writes the plot.
 //!
-//! Exit status: 0 when the run completed (even if requests failed: they are in the report),
-//! 1 when it could not run (unresolvable host, refused connection, unreadable `--pid`),
-//! 2 on bad arguments.
+//! Exit status: 0 when the run completed (even if requests or scenario actions failed: they
+//! are in the report), 1 when it could not run (unresolvable host, refused connection,
+//! unreadable `--pid`) or the plot could not be written, 2 on bad arguments.
 
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -14,9 +17,13 @@ use http::header::{HeaderName, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method};
 
 use cascadia_loadtests::duration::parse_duration;
+use cascadia_loadtests::grpc::model_infer_body;
 use cascadia_loadtests::payload::{oip_infer_body, raw_body, Zipf};
-use cascadia_loadtests::rate::Rate;
-use cascadia_loadtests::run::{run, Config, Target};
+use cascadia_loadtests::plot::{self, Mark, MarkKind};
+use cascadia_loadtests::progress::Printer;
+use cascadia_loadtests::rate::{Rate, Step};
+use cascadia_loadtests::run::{run, Config, RunOutput, Target};
+use cascadia_loadtests::scenario::{expand_vars, Scenario};
 
 /// Open-loop HTTP load generator, corrected for coordinated omission.
 ///
@@ -31,12 +38,25 @@ struct Args {
     url: String,
 
     /// Arrival rate, requests per second (fractions allowed).
-    #[arg(long)]
-    rate: f64,
+    #[arg(
+        long,
+        required_unless_present = "rate_steps",
+        conflicts_with = "rate_steps"
+    )]
+    rate: Option<f64>,
 
     /// Measured window (units: us, ms, s, m, h; e.g. 30s, 500ms, 1m).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     duration: Duration,
+
+    /// Run these rates in turn, e.g. "500,1000,2000", each for --step-duration, after one
+    /// warm-up at the first rate; one report per step.
+    #[arg(long, value_name = "RPS,RPS,...")]
+    rate_steps: Option<String>,
+
+    /// Measured time of each step of --rate-steps [default: --duration].
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    step_duration: Option<Duration>,
 
     /// Warm-up before the window; sent, then discarded.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -49,6 +69,15 @@ struct Args {
     /// Use h2c (HTTP/2 with prior knowledge); requests multiplex on each connection.
     #[arg(long)]
     http2: bool,
+
+    /// Send OIP gRPC ModelInfer over h2c instead of REST, with the --oip-rows features
+    /// (default 1 row). Success is grpc-status 0. The URL's path only names the model.
+    #[arg(long, conflicts_with_all = ["body_bytes", "method"])]
+    grpc: bool,
+
+    /// Model name for --grpc [default: NAME from a /v2/models/NAME/... URL].
+    #[arg(long, requires = "grpc")]
+    model: Option<String>,
 
     /// HTTP method [default: POST when a body is set, else GET].
     #[arg(long)]
@@ -98,47 +127,182 @@ struct Args {
     /// Seed for the user-id sequence and the OIP body values.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+
+    /// Width of the latency-over-time buckets in the JSON report and the plot.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    bucket: Duration,
+
+    /// TOML file of timed actions (kill, stop, cont, reload, drill, http, sim_latency, exec)
+    /// from the start of the measured window; ${NAME} expands environment variables.
+    #[arg(long, value_name = "FILE")]
+    scenario: Option<PathBuf>,
+
+    /// Write an SVG plot of p50/p99 and errors over time, with the scenario's events.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+
+    /// Print a progress line on stderr every second [default: when stderr is a terminal].
+    #[arg(long, conflicts_with = "quiet")]
+    progress: bool,
+
+    /// No progress line.
+    #[arg(long, short = 'q')]
+    quiet: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let json = args.json;
     let workers = args.workers;
-    let config = match build_config(args) {
+    let plot_path = args.plot.clone();
+    let stderr_tty = std::io::stderr().is_terminal();
+    let progress = (args.progress || (stderr_tty && !args.quiet)).then(|| Printer::new(stderr_tty));
+    let scenario = match read_scenario(args.scenario.as_deref()) {
+        Ok(s) => s,
+        Err(message) => Args::command()
+            .error(ErrorKind::ValueValidation, message)
+            .exit(),
+    };
+    let config = match build_config(args, scenario, progress) {
         Ok(config) => config,
         Err((kind, message)) => Args::command().error(kind, message).exit(),
     };
+    let title = plot_title(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
         .build()
         .expect("cannot start the tokio runtime");
-    match runtime.block_on(run(config)) {
-        Ok(report) => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&report).expect("the report serializes")
-                );
-            } else {
-                print!("{report}");
-            }
-            ExitCode::SUCCESS
-        }
+    let output = match runtime.block_on(run(config)) {
+        Ok(output) => output,
         Err(e) => {
             eprintln!("cascadia-load: {e}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
+        }
+    };
+    let steps = output.reports.len();
+    for (k, report) in output.reports.iter().enumerate() {
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string(report).expect("the report serializes")
+            );
+        } else {
+            if k > 0 {
+                println!();
+            }
+            print!("{report}");
         }
     }
+    if let Some(path) = plot_path {
+        let marks = plot_marks(&output, steps);
+        let svg = plot::render(
+            &title,
+            &output.timeline.buckets,
+            output.timeline.bucket_s,
+            output.reports.iter().map(|r| r.duration_s).sum(),
+            &marks,
+        );
+        if let Err(e) = std::fs::write(&path, svg) {
+            eprintln!("cascadia-load: cannot write {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Reads and validates `--scenario`, expanding `${NAME}` from the environment.
+fn read_scenario(path: Option<&std::path::Path>) -> Result<Scenario, String> {
+    let Some(path) = path else {
+        return Ok(Scenario::default());
+    };
+    let fail = |e: &dyn std::fmt::Display| format!("--scenario {}: {e}", path.display());
+    let text = std::fs::read_to_string(path).map_err(|e| fail(&e))?;
+    let text = expand_vars(&text, |name| std::env::var(name).ok()).map_err(|e| fail(&e))?;
+    Scenario::parse(&text).map_err(|e| fail(&e))
+}
+
+/// Step starts (for stepped runs) and every scenario event, at the time it really started.
+fn plot_marks(output: &RunOutput, steps: usize) -> Vec<Mark> {
+    let step_marks = output.reports.iter().filter(|_| steps > 1).map(|r| Mark {
+        t_s: r.step.map_or(0.0, |s| s.start_s),
+        label: format!("{} rps", r.target_rps),
+        kind: MarkKind::Step,
+    });
+    let event_marks = output.events.iter().map(|e| Mark {
+        t_s: e.started_s,
+        label: format!("{:.1}s {}", e.started_s, e.label),
+        kind: MarkKind::Event { ok: e.ok },
+    });
+    step_marks.chain(event_marks).collect()
+}
+
+fn plot_title(config: &Config) -> String {
+    let rates: Vec<String> = config
+        .steps
+        .iter()
+        .map(|s| format!("{}", s.rate.per_second()))
+        .collect();
+    let what = if config.grpc { "gRPC" } else { "REST" };
+    let name = config.label.as_deref().unwrap_or("cascadia-load");
+    format!(
+        "{name}: {what} at {} rps, {} connections",
+        rates.join("→"),
+        config.connections
+    )
+}
+
+/// Parses `--rate-steps`: comma-separated positive rates.
+fn parse_rate_steps(list: &str) -> Result<Vec<Rate>, String> {
+    list.split(',')
+        .map(|s| {
+            let s = s.trim();
+            let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+            Rate::new(v).map_err(|e| e.to_string())
+        })
+        .collect()
 }
 
 /// Validates the arguments into a [`Config`]; errors carry clap's kind so they exit with 2.
-fn build_config(args: Args) -> Result<Config, (ErrorKind, String)> {
+fn build_config(
+    args: Args,
+    scenario: Scenario,
+    progress: Option<Printer>,
+) -> Result<Config, (ErrorKind, String)> {
     let invalid = |message: String| (ErrorKind::ValueValidation, message);
     let target = Target::parse(&args.url).map_err(|e| invalid(format!("--url: {e}")))?;
-    let rate = Rate::new(args.rate).map_err(|e| invalid(format!("--rate: {e}")))?;
     if args.duration.is_zero() {
         return Err(invalid("--duration must be greater than 0".into()));
+    }
+    if args.step_duration.is_some() && args.rate_steps.is_none() {
+        return Err(invalid("--step-duration needs --rate-steps".into()));
+    }
+    let steps: Vec<Step> = match (args.rate, &args.rate_steps) {
+        (Some(rate), _) => vec![Step {
+            rate: Rate::new(rate).map_err(|e| invalid(format!("--rate: {e}")))?,
+            duration: args.duration,
+        }],
+        (None, Some(list)) => {
+            let duration = args.step_duration.unwrap_or(args.duration);
+            if duration.is_zero() {
+                return Err(invalid("--step-duration must be greater than 0".into()));
+            }
+            parse_rate_steps(list)
+                .map_err(|e| invalid(format!("--rate-steps: {e}")))?
+                .into_iter()
+                .map(|rate| Step { rate, duration })
+                .collect()
+        }
+        (None, None) => return Err(invalid("give --rate or --rate-steps".into())),
+    };
+    let measured: Duration = steps.iter().map(|s| s.duration).sum();
+    if let Some(last) = scenario.last_at().filter(|&at| at > measured) {
+        return Err(invalid(format!(
+            "--scenario: an event at {last:?} is after the end of the {measured:?} measured window"
+        )));
+    }
+    if args.bucket.is_zero() {
+        return Err(invalid("--bucket must be greater than 0".into()));
     }
     if args.connections == 0 {
         return Err(invalid("--connections must be at least 1".into()));
@@ -153,6 +317,18 @@ fn build_config(args: Args) -> Result<Config, (ErrorKind, String)> {
     let mut headers = HeaderMap::new();
     let body = match (args.oip_rows, args.body_bytes) {
         (Some(0), _) => return Err(invalid("--oip-rows must be at least 1".into())),
+        (rows, _) if args.grpc => {
+            let model = match &args.model {
+                Some(m) => m.clone(),
+                None => cascadia_oip::path::parse(target.path())
+                    .and_then(|p| p.model)
+                    .ok_or_else(|| {
+                        invalid("--grpc: give --model, or a URL path /v2/models/NAME/...".into())
+                    })?
+                    .to_owned(),
+            };
+            Some(model_infer_body(&model, rows.unwrap_or(1), args.seed))
+        }
         (Some(rows), _) => {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             Some(oip_infer_body(rows, args.seed))
@@ -184,11 +360,11 @@ fn build_config(args: Args) -> Result<Config, (ErrorKind, String)> {
 
     Ok(Config {
         target,
-        rate,
         warmup: args.warmup,
-        duration: args.duration,
+        steps,
         connections: args.connections,
-        http2: args.http2,
+        http2: args.http2 || args.grpc,
+        grpc: args.grpc,
         method: args.method.unwrap_or(if body.is_some() {
             Method::POST
         } else {
@@ -202,6 +378,9 @@ fn build_config(args: Args) -> Result<Config, (ErrorKind, String)> {
         timer_spin: args.timer_spin,
         seed: args.seed,
         label: args.label,
+        bucket: args.bucket,
+        scenario,
+        progress,
     })
 }
 
@@ -218,7 +397,86 @@ mod tests {
             "10",
         ];
         argv.extend_from_slice(extra);
-        build_config(Args::try_parse_from(argv).expect("clap accepts"))
+        build_config(
+            Args::try_parse_from(argv).expect("clap accepts"),
+            Scenario::default(),
+            None,
+        )
+    }
+
+    fn parse_without_rate(extra: &[&str]) -> Result<Config, (ErrorKind, String)> {
+        let mut argv = vec![
+            "cascadia-load",
+            "--url",
+            "http://127.0.0.1:1/v2/models/fraud/infer",
+        ];
+        argv.extend_from_slice(extra);
+        let args = Args::try_parse_from(argv).map_err(|e| (e.kind(), e.to_string()))?;
+        build_config(args, Scenario::default(), None)
+    }
+
+    #[test]
+    fn rate_steps() {
+        let c = parse_without_rate(&["--rate-steps", "500, 1000,2000.5", "--step-duration", "5s"])
+            .unwrap();
+        let rates: Vec<f64> = c.steps.iter().map(|s| s.rate.per_second()).collect();
+        assert_eq!(rates, [500.0, 1000.0, 2000.5]);
+        assert!(c.steps.iter().all(|s| s.duration == Duration::from_secs(5)));
+        // Without --step-duration each step lasts --duration.
+        let c = parse_without_rate(&["--rate-steps", "1,2", "--duration", "7s"]).unwrap();
+        assert!(c.steps.iter().all(|s| s.duration == Duration::from_secs(7)));
+        for bad in [
+            &["--rate-steps", "1,,2"][..],
+            &["--rate-steps", "1,0"],
+            &["--rate-steps", "fast"],
+            &["--rate-steps", "1", "--rate", "1"],
+            &["--step-duration", "1s", "--rate", "1"],
+            &[],
+        ] {
+            assert!(parse_without_rate(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse(&[]).unwrap().steps.len(), 1);
+    }
+
+    #[test]
+    fn grpc_body_and_model() {
+        use cascadia_oip::grpc::{decode_frame, ModelInferRequest};
+        use prost::Message;
+        let c = parse_without_rate(&["--rate", "1", "--grpc", "--oip-rows", "3"]).unwrap();
+        assert!(c.grpc && c.http2);
+        let (_, msg) = decode_frame(&c.body).unwrap();
+        let req = ModelInferRequest::decode(msg).unwrap();
+        assert_eq!(req.model_name, "fraud");
+        assert_eq!(req.inputs[0].shape, [3, 32]);
+        let c = parse(&["--grpc", "--model", "other"]).unwrap();
+        let req = ModelInferRequest::decode(decode_frame(&c.body).unwrap().1).unwrap();
+        assert_eq!(req.model_name, "other");
+        assert_eq!(req.inputs[0].shape, [1, 32]);
+        // No model in the URL and none given.
+        assert!(parse(&["--grpc"]).is_err());
+        assert!(parse_without_rate(&["--rate", "1", "--grpc", "--body-bytes", "3"]).is_err());
+    }
+
+    #[test]
+    fn scenario_must_fit_the_window() {
+        let argv = [
+            "cascadia-load",
+            "--url",
+            "http://x/",
+            "--rate",
+            "1",
+            "--duration",
+            "10s",
+        ];
+        let late =
+            Scenario::parse("[[event]]\nat = \"11s\"\naction = \"exec\"\ncommand = \"true\"\n")
+                .unwrap();
+        let err = build_config(Args::try_parse_from(argv).unwrap(), late, None).unwrap_err();
+        assert!(err.1.contains("after the end"), "{}", err.1);
+        let on_time =
+            Scenario::parse("[[event]]\nat = \"10s\"\naction = \"exec\"\ncommand = \"true\"\n")
+                .unwrap();
+        assert!(build_config(Args::try_parse_from(argv).unwrap(), on_time, None).is_ok());
     }
 
     #[test]
@@ -255,6 +513,7 @@ mod tests {
             &["--user-ids", "0"],
             &["--oip-rows", "0"],
             &["--duration", "0s"],
+            &["--bucket", "0s"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }

@@ -21,10 +21,7 @@ pub fn oip_infer_body(rows: usize, seed: u64) -> Bytes {
         datatype: &'static str,
         data: Vec<f32>,
     }
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let data = (0..rows * OIP_FEATURES)
-        .map(|_| rng.f32() * 2.0 - 1.0)
-        .collect();
+    let data = oip_features(rows, seed);
     let body = Body {
         inputs: [Input {
             name: "features",
@@ -36,6 +33,15 @@ pub fn oip_infer_body(rows: usize, seed: u64) -> Bytes {
     serde_json::to_vec(&body)
         .expect("serializing plain structs cannot fail")
         .into()
+}
+
+/// The `rows × 32` feature values of the OIP bodies (REST and gRPC): pseudo-random in
+/// [-1, 1), the same for the same `seed`.
+pub fn oip_features(rows: usize, seed: u64) -> Vec<f32> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..rows * OIP_FEATURES)
+        .map(|_| rng.f32() * 2.0 - 1.0)
+        .collect()
 }
 
 /// A raw body of `len` bytes (`x` repeated).

@@ -6,6 +6,9 @@ use std::time::Instant;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::scenario::EventRecord;
+use crate::timeline::TimelineReport;
+
 /// Histogram range: 1 µs to 60 s, 3 significant figures. Longer values are clamped to 60 s.
 const HIST_LOW_US: u64 = 1;
 const HIST_HIGH_US: u64 = 60_000_000;
@@ -78,7 +81,8 @@ impl Tally {
     }
 }
 
-/// Everything `cascadia-load` reports about one run. Serialized as one JSON object per run.
+/// Everything `cascadia-load` reports about one run, or one step of a stepped run.
+/// Serialized as one JSON object (one line) per run or step.
 #[derive(Debug, Serialize)]
 pub struct Report {
     /// `--label`, copied through so result files can be grouped.
@@ -86,11 +90,19 @@ pub struct Report {
     pub url: String,
     pub method: String,
     pub http2: bool,
+    /// OIP gRPC `ModelInfer` (`--grpc`); success means `grpc-status: 0`.
+    pub grpc: bool,
     pub connections: usize,
     pub body_bytes: usize,
+    /// This step's rate.
     pub target_rps: f64,
+    /// The run's warm-up, before the first step.
     pub warmup_s: f64,
+    /// This step's measured time.
     pub duration_s: f64,
+    /// Set only for `--rate-steps` runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<StepInfo>,
     /// Completed responses (any status) per second of the measured window. The window runs
     /// from the end of warm-up until the later of its nominal end and the last response.
     pub achieved_rps: f64,
@@ -112,6 +124,22 @@ pub struct Report {
     pub generator: ProcessUsage,
     /// Clock ticks per second used to convert `/proc` CPU times.
     pub clock_ticks_per_second: u64,
+    /// Latency over time, by due time. A step's report holds the buckets that start in it
+    /// (the last step also any after the window).
+    pub timeline: TimelineReport,
+    /// Scenario events that fell in this run or step; omitted without a scenario.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<EventRecord>,
+}
+
+/// Where a step sits in a stepped run.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct StepInfo {
+    /// 1-based.
+    pub index: usize,
+    pub count: usize,
+    /// Start of the step, in seconds from the start of the measured window.
+    pub start_s: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -194,6 +222,13 @@ pub struct ProcessUsage {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(step) = &self.step {
+            writeln!(
+                f,
+                "step:         {}/{} from +{:.1}s",
+                step.index, step.count, step.start_s
+            )?;
+        }
         if let Some(label) = &self.label {
             writeln!(f, "label:        {label}")?;
         }
@@ -202,7 +237,13 @@ impl fmt::Display for Report {
             "target:       {} {} ({}, {} connection{}, body {} B)",
             self.method,
             self.url,
-            if self.http2 { "h2" } else { "http/1.1" },
+            if self.grpc {
+                "gRPC ModelInfer, h2"
+            } else if self.http2 {
+                "h2"
+            } else {
+                "http/1.1"
+            },
             self.connections,
             if self.connections == 1 { "" } else { "s" },
             self.body_bytes,
@@ -241,7 +282,20 @@ impl fmt::Display for Report {
         for p in &self.processes {
             write_process(f, &format!("pid {}", p.pid), p)?;
         }
-        write_process(f, "generator", &self.generator)
+        write_process(f, "generator", &self.generator)?;
+        for e in &self.events {
+            writeln!(
+                f,
+                "event:        +{:.2}s {} {:?}: {} ({:.1} ms): {}",
+                e.started_s,
+                e.action,
+                e.label,
+                if e.ok { "ok" } else { "FAILED" },
+                e.took_ms,
+                e.outcome
+            )?;
+        }
+        Ok(())
     }
 }
 

@@ -9,8 +9,14 @@
 //! 3. Each connection task sends its queue in order. Over HTTP/1.1 that is one request at a
 //!    time, so a busy connection delays the next request, and that delay counts. Over h2
 //!    requests are multiplexed. A broken connection is reopened for the next request.
-//! 4. At the end of warm-up we sample `/proc` for each `--pid` and for ourselves; once every
-//!    measured request has finished we sample again.
+//! 4. At the end of warm-up, and at the start of every later step, we sample `/proc` for each
+//!    `--pid` and for ourselves; once every measured request has finished we sample again.
+//! 5. Alongside: the scenario's events fire at their times ([`crate::scenario`]), and a
+//!    progress line is printed once a second ([`crate::progress`]).
+//!
+//! Each connection tallies the measured requests per step (by due time) and into its own
+//! [`Timeline`]; they are merged at the end, so nothing is shared on the request path except
+//! the progress counters, and only when progress is on.
 //!
 //! Nothing waits forever: each request has `timeout` from the moment it is sent, and every
 //! request still queued or in flight at `end of window + timeout` is counted as unfinished.
@@ -23,8 +29,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http::header::{HeaderName, HOST};
-use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
@@ -32,12 +39,19 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::cpu;
+use crate::grpc;
 use crate::payload::Zipf;
-use crate::rate::{wait_until, Rate, Schedule};
-use crate::report::{new_histogram, record_us, Errors, Lag, Latency, ProcessUsage, Report, Tally};
+use crate::progress::{format_line, Live, Printer};
+use crate::rate::{wait_until, Schedule, Step};
+use crate::report::{
+    new_histogram, record_us, Errors, Lag, Latency, ProcessUsage, Report, StepInfo, Tally,
+};
+use crate::scenario::{self, EventRecord, Scenario};
+use crate::timeline::{Timeline, TimelineReport};
 
 type Body = Full<Bytes>;
-type BoxError = Box<dyn StdError + Send + Sync>;
+/// Any error, boxed, as hyper and tonic return them.
+pub type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// The header that carries the Zipf-distributed user id.
 pub const USER_ID_HEADER: HeaderName = HeaderName::from_static("x-user-id");
@@ -113,21 +127,36 @@ impl Target {
             absolute,
         })
     }
+
+    /// The URL with its path replaced, e.g. by the gRPC method path.
+    pub fn with_path(&self, path: &str) -> Uri {
+        let mut parts = self.absolute.clone().into_parts();
+        parts.path_and_query = Some(path.parse().expect("a method path is a valid path"));
+        Uri::from_parts(parts).expect("replacing the path keeps the URI valid")
+    }
+
+    /// The URL's path, without the query.
+    pub fn path(&self) -> &str {
+        self.absolute.path()
+    }
 }
 
 /// A validated run configuration; `main.rs` builds it from the command line.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub target: Target,
-    pub rate: Rate,
-    /// Sent but not measured. Default 10 s.
+    /// Sent but not measured, at the first step's rate. Default 10 s.
     pub warmup: Duration,
-    /// The measured window. Default 30 s.
-    pub duration: Duration,
+    /// The measured window: one step (`--rate`, `--duration`) or several (`--rate-steps`),
+    /// run in turn without a gap. Never empty.
+    pub steps: Vec<Step>,
     /// Connections, at least 1. Default 4.
     pub connections: usize,
     /// h2c with prior knowledge instead of HTTP/1.1.
     pub http2: bool,
+    /// OIP gRPC `ModelInfer`: `body` is a framed message, it goes to the method path over
+    /// h2c, and success is `grpc-status: 0`. Implies `http2`.
+    pub grpc: bool,
     pub method: Method,
     /// Sent with every request, after `content-type`/`host` defaults, so they can override.
     pub headers: HeaderMap,
@@ -146,6 +175,24 @@ pub struct Config {
     pub seed: u64,
     /// Copied into the report.
     pub label: Option<String>,
+    /// Width of the timeline's buckets. Default 1 s.
+    pub bucket: Duration,
+    /// Timed actions from the start of the measured window; may be empty.
+    pub scenario: Scenario,
+    /// Where to print the progress line once a second, if anywhere.
+    pub progress: Option<Printer>,
+}
+
+/// Everything one run produced.
+#[derive(Debug)]
+pub struct RunOutput {
+    /// One report per step; a plain run has exactly one. Each carries its part of the
+    /// timeline and the events that fell in it.
+    pub reports: Vec<Report>,
+    /// The whole timeline, for plotting.
+    pub timeline: TimelineReport,
+    /// Every scenario event, in time order.
+    pub events: Vec<EventRecord>,
 }
 
 /// Why a run could not start or finish.
@@ -166,6 +213,7 @@ pub enum RunError {
 struct Shared {
     addr: SocketAddr,
     http2: bool,
+    grpc: bool,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -173,9 +221,24 @@ struct Shared {
     timeout: Duration,
     /// `end of window + timeout`: requests not done by then are unfinished.
     hard_deadline: Instant,
+    /// Start of the measured window: timeline bucket 0.
+    measure_start: Instant,
+    bucket: Duration,
+    steps: usize,
+    live: Option<Arc<Live>>,
 }
 
 impl Shared {
+    /// Reads the response to the end; `Ok(true)` for success (2xx, or `grpc-status: 0`).
+    async fn read_response(&self, response: Response<Incoming>) -> Result<bool, BoxError> {
+        if self.grpc {
+            return grpc::read_response(response).await;
+        }
+        let status = response.status();
+        response.into_body().collect().await?;
+        Ok(status.is_success())
+    }
+
     fn request(&self, job: &Job) -> Request<Body> {
         let mut req = Request::new(Full::new(self.body.clone()));
         *req.method_mut() = self.method.clone();
@@ -197,21 +260,43 @@ impl Shared {
 struct Job {
     /// Latency is measured from here.
     due: Instant,
-    /// False during warm-up.
-    measured: bool,
+    /// The step that measures it; `None` during warm-up.
+    step: Option<usize>,
     user_id: Option<u32>,
 }
 
 /// How one request ended.
 enum Outcome {
-    Response(StatusCode),
+    /// A response of any status; `ok` for 2xx (or `grpc-status: 0`).
+    Response {
+        ok: bool,
+    },
     Transport(BoxError),
     Timeout,
 }
 
+/// `/proc` readings for every `--pid` and the generator, at one moment.
+struct Sample {
+    at: Instant,
+    /// CPU ticks, or why they could not be read.
+    ticks: Vec<Result<u64, String>>,
+    rss_kib: Vec<Option<u64>>,
+}
+
+fn sample(pids: &[u32]) -> Sample {
+    Sample {
+        at: Instant::now(),
+        ticks: pids
+            .iter()
+            .map(|&pid| cpu::cpu_ticks(pid).map_err(|e| e.to_string()))
+            .collect(),
+        rss_kib: pids.iter().map(|&pid| cpu::rss_kib(pid).ok()).collect(),
+    }
+}
+
 /// Runs the load described by `config`. Must be called inside a multi-threaded tokio runtime
 /// (the pacer runs on the blocking pool).
-pub async fn run(config: Config) -> Result<Report, RunError> {
+pub async fn run(mut config: Config) -> Result<RunOutput, RunError> {
     let addr = tokio::net::lookup_host(&config.target.connect_to)
         .await
         .and_then(|mut addrs| {
@@ -227,9 +312,14 @@ pub async fn run(config: Config) -> Result<Report, RunError> {
         cpu::cpu_ticks(pid).map_err(|source| RunError::Proc { pid, source })?;
     }
     let ticks_per_second = cpu::clock_ticks_per_second();
+    let http2 = config.http2 || config.grpc;
 
-    let mut headers = HeaderMap::new();
-    if !config.http2 {
+    let mut headers = if config.grpc {
+        grpc::default_headers()
+    } else {
+        HeaderMap::new()
+    };
+    if !http2 {
         headers.insert(HOST, config.target.host.clone());
     }
     for (name, value) in &config.headers {
@@ -239,7 +329,7 @@ pub async fn run(config: Config) -> Result<Report, RunError> {
     // Connect first, so connection set-up is not part of any request's latency.
     let mut conns = Vec::with_capacity(config.connections);
     for _ in 0..config.connections {
-        let conn = tokio::time::timeout(config.timeout, connect(addr, config.http2))
+        let conn = tokio::time::timeout(config.timeout, connect(addr, http2))
             .await
             .unwrap_or_else(|_| Err("connect timed out".into()))
             .map_err(|e| RunError::Connect {
@@ -250,12 +340,21 @@ pub async fn run(config: Config) -> Result<Report, RunError> {
     }
 
     let start = Instant::now() + Duration::from_millis(10);
-    let schedule = Schedule::new(start, config.rate, config.warmup, config.duration);
+    let schedule = Schedule::stepped(start, config.warmup, &config.steps);
+    let steps = schedule.steps();
+    let live = config.progress.is_some().then(|| Arc::new(Live::default()));
     let shared = Arc::new(Shared {
         addr,
-        http2: config.http2,
-        method: config.method.clone(),
-        uri: if config.http2 {
+        http2,
+        grpc: config.grpc,
+        method: if config.grpc {
+            Method::POST
+        } else {
+            config.method.clone()
+        },
+        uri: if config.grpc {
+            config.target.with_path(grpc::path())
+        } else if http2 {
             config.target.absolute.clone()
         } else {
             config.target.origin_form.clone()
@@ -264,6 +363,10 @@ pub async fn run(config: Config) -> Result<Report, RunError> {
         body: config.body.clone(),
         timeout: config.timeout,
         hard_deadline: schedule.measure_end() + config.timeout,
+        measure_start: schedule.measure_start(),
+        bucket: config.bucket,
+        steps,
+        live: live.clone(),
     });
 
     let mut senders = Vec::with_capacity(conns.len());
@@ -281,137 +384,317 @@ pub async fn run(config: Config) -> Result<Report, RunError> {
         let schedule = schedule.clone();
         let user_ids = config.user_ids.clone();
         let (seed, spin) = (config.seed, config.timer_spin);
+        let live = live.clone();
         tokio::task::spawn_blocking(move || {
-            pace(&schedule, &senders, user_ids.as_ref(), seed, spin)
+            pace(
+                &schedule,
+                &senders,
+                user_ids.as_ref(),
+                seed,
+                spin,
+                live.as_deref(),
+            )
         })
     };
 
-    tokio::time::sleep_until(schedule.measure_start().into()).await;
-    let me = std::process::id();
-    let before_at = Instant::now();
-    let before: Vec<_> = config
-        .pids
-        .iter()
-        .chain([&me])
-        .map(|&pid| cpu::cpu_ticks(pid))
-        .collect();
+    let scenario = {
+        let events = std::mem::take(&mut config.scenario.events);
+        let origin = tokio::time::Instant::from(schedule.measure_start());
+        tokio::spawn(scenario::run_events(origin, events, scenario::execute))
+    };
 
-    let lag = pacer.await.expect("pacer thread panicked");
-    let mut tally = Tally::default();
-    for task in tasks {
-        tally.merge(task.await.expect("connection task panicked"));
+    let (stop_progress, stopped) = tokio::sync::oneshot::channel();
+    let progress = match (config.progress.take(), live) {
+        (Some(printer), Some(live)) => Some(tokio::spawn(show_progress(
+            printer,
+            live,
+            schedule.clone(),
+            stopped,
+        ))),
+        _ => None,
+    };
+
+    // One `/proc` sample at the start of every step, and one when everything is done.
+    let me = std::process::id();
+    let pids: Vec<u32> = config.pids.iter().copied().chain([me]).collect();
+    let mut samples = Vec::with_capacity(steps + 1);
+    for k in 0..steps {
+        tokio::time::sleep_until(schedule.step_start(k).into()).await;
+        samples.push(sample(&pids));
     }
 
-    let after_at = Instant::now();
-    let sampled = after_at.duration_since(before_at).as_secs_f64();
-    let completed = tally.completed;
-    let mut usage: Vec<ProcessUsage> = config
-        .pids
-        .iter()
-        .chain([&me])
-        .zip(before)
-        .map(|(&pid, before)| process_usage(pid, before, completed, sampled, ticks_per_second))
-        .collect();
-    let generator = usage.pop().expect("own pid is always sampled");
+    let lags = pacer.await.expect("pacer thread panicked");
+    let mut stats = Stats::new(&shared);
+    for task in tasks {
+        stats.merge(task.await.expect("connection task panicked"));
+    }
+    samples.push(sample(&pids));
+    let events = scenario.await.expect("scenario task panicked");
+    if let Some(progress) = progress {
+        let _ = stop_progress.send(());
+        let _ = progress.await;
+    }
 
-    let window_end = tally
-        .last_done
-        .map_or(schedule.measure_end(), |t| t.max(schedule.measure_end()));
-    let window = window_end
+    let total_s = schedule
+        .measure_end()
         .duration_since(schedule.measure_start())
         .as_secs_f64();
+    let timeline = TimelineReport {
+        bucket_s: config.bucket.as_secs_f64(),
+        buckets: stats
+            .timeline
+            .finish(schedule.measure_end() - schedule.measure_start()),
+    };
 
-    Ok(Report {
-        label: config.label,
-        url: config.target.url,
-        method: config.method.to_string(),
-        http2: config.http2,
-        connections: config.connections,
-        body_bytes: config.body.len(),
-        target_rps: config.rate.per_second(),
-        warmup_s: config.warmup.as_secs_f64(),
-        duration_s: config.duration.as_secs_f64(),
-        achieved_rps: completed as f64 / window,
-        sent: schedule.measured_requests(),
-        completed,
-        ok: tally.latency.len(),
-        errors: Errors {
-            status: tally.status_errors,
-            transport: tally.transport_errors,
-            timeout: tally.timeouts,
-            unfinished: tally.unfinished,
-            first_transport_error: tally.first_error.take(),
-        },
-        latency_us: Latency::from_histogram(&tally.latency),
-        dispatch_lag_us: Lag::from_histogram(&lag),
-        processes: usage,
-        generator,
-        clock_ticks_per_second: ticks_per_second,
+    let mut reports = Vec::with_capacity(steps);
+    for (k, (mut tally, lag)) in stats.steps.into_iter().zip(lags).enumerate() {
+        let step_start = schedule.step_start(k);
+        let step_end = schedule.step_end(k);
+        let last = k + 1 == steps;
+        let window_end = tally.last_done.map_or(step_end, |t| t.max(step_end));
+        let window = window_end.duration_since(step_start).as_secs_f64();
+        let completed = tally.completed;
+        let (before, after) = (&samples[k], &samples[k + 1]);
+        let sampled = after.at.duration_since(before.at).as_secs_f64();
+        let mut usage: Vec<ProcessUsage> = pids
+            .iter()
+            .enumerate()
+            .map(|(p, &pid)| {
+                process_usage(pid, before, after, p, completed, sampled, ticks_per_second)
+            })
+            .collect();
+        let generator = usage.pop().expect("own pid is always sampled");
+        let from_s = step_start
+            .duration_since(schedule.measure_start())
+            .as_secs_f64();
+        let to_s = if last {
+            f64::INFINITY
+        } else {
+            step_end
+                .duration_since(schedule.measure_start())
+                .as_secs_f64()
+        };
+        let step_events: Vec<EventRecord> = events
+            .iter()
+            .filter(|e| e.at_s >= from_s && (e.at_s < to_s || (last && e.at_s <= total_s)))
+            .cloned()
+            .collect();
+        reports.push(Report {
+            label: config.label.clone(),
+            url: config.target.url.clone(),
+            method: shared.method.to_string(),
+            http2,
+            grpc: config.grpc,
+            connections: config.connections,
+            body_bytes: config.body.len(),
+            target_rps: schedule.step_rate(k).per_second(),
+            warmup_s: config.warmup.as_secs_f64(),
+            duration_s: schedule.step_duration(k).as_secs_f64(),
+            step: (steps > 1).then_some(StepInfo {
+                index: k + 1,
+                count: steps,
+                start_s: from_s,
+            }),
+            achieved_rps: completed as f64 / window,
+            sent: schedule.step_requests(k),
+            completed,
+            ok: tally.latency.len(),
+            errors: Errors {
+                status: tally.status_errors,
+                transport: tally.transport_errors,
+                timeout: tally.timeouts,
+                unfinished: tally.unfinished,
+                first_transport_error: tally.first_error.take(),
+            },
+            latency_us: Latency::from_histogram(&tally.latency),
+            dispatch_lag_us: Lag::from_histogram(&lag),
+            processes: usage,
+            generator,
+            clock_ticks_per_second: ticks_per_second,
+            timeline: timeline.slice(from_s, to_s),
+            events: step_events,
+        });
+    }
+
+    Ok(RunOutput {
+        reports,
+        timeline,
+        events,
     })
+}
+
+/// Prints the progress line every second until `stop` fires, then once more.
+async fn show_progress(
+    mut printer: Printer,
+    live: Arc<Live>,
+    schedule: Schedule,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let start = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let line = |live: &Live, phase: &str| format_line(start.elapsed(), phase, &live.snapshot());
+    loop {
+        tokio::select! {
+            _ = tick.tick() => printer.print(&line(&live, &phase(&schedule, Instant::now()))),
+            _ = &mut stop => break,
+        }
+    }
+    printer.print(&line(&live, "done"));
+    printer.finish();
+}
+
+/// Which part of the schedule `now` is in, for the progress line.
+fn phase(schedule: &Schedule, now: Instant) -> String {
+    if now < schedule.measure_start() {
+        return "warm-up".to_owned();
+    }
+    if now >= schedule.measure_end() {
+        return "draining".to_owned();
+    }
+    let steps = schedule.steps();
+    let k = (0..steps)
+        .find(|&k| now < schedule.step_end(k))
+        .unwrap_or(steps - 1);
+    let rate = schedule.step_rate(k).per_second();
+    if steps == 1 {
+        format!("measuring {rate} rps")
+    } else {
+        format!("step {}/{steps} {rate} rps", k + 1)
+    }
 }
 
 fn process_usage(
     pid: u32,
-    before: std::io::Result<u64>,
+    before: &Sample,
+    after: &Sample,
+    p: usize,
     completed: u64,
     sampled_secs: f64,
     ticks_per_second: u64,
 ) -> ProcessUsage {
-    let cpu_ms = before.and_then(|b| Ok(cpu::cpu_ticks(pid)?.saturating_sub(b)));
-    let rss_kib = cpu::rss_kib(pid);
-    match cpu_ms {
-        Ok(ticks) => {
-            let cpu_ms = ticks as f64 * 1000.0 / ticks_per_second as f64;
+    match (&before.ticks[p], &after.ticks[p]) {
+        (Ok(b), Ok(a)) => {
+            let cpu_ms = a.saturating_sub(*b) as f64 * 1000.0 / ticks_per_second as f64;
             ProcessUsage {
                 pid,
                 cpu_ms,
                 cpu_us_per_req: (completed > 0).then(|| cpu_ms * 1000.0 / completed as f64),
                 cpu_percent: cpu_ms / 10.0 / sampled_secs,
-                rss_kib: rss_kib.ok(),
+                rss_kib: after.rss_kib[p],
                 error: None,
             }
         }
-        Err(e) => ProcessUsage {
+        (Err(e), _) | (_, Err(e)) => ProcessUsage {
             pid,
             cpu_ms: 0.0,
             cpu_us_per_req: None,
             cpu_percent: 0.0,
             rss_kib: None,
-            error: Some(e.to_string()),
+            error: Some(e.clone()),
         },
     }
 }
 
-/// The pacer: hands each request to its connection at its due time. Returns how late each
-/// measured hand-off was, in µs.
+/// The pacer: hands each request to its connection at its due time. Returns, per step, how
+/// late each measured hand-off was, in µs.
 fn pace(
     schedule: &Schedule,
     senders: &[mpsc::UnboundedSender<Job>],
     user_ids: Option<&Zipf>,
     seed: u64,
     spin: Duration,
-) -> Histogram<u64> {
+    live: Option<&Live>,
+) -> Vec<Histogram<u64>> {
     let mut rng = fastrand::Rng::with_seed(seed);
-    let mut lag = new_histogram();
-    for i in 0..schedule.total_requests() {
-        let due = schedule.due(i);
-        let measured = schedule.is_measured(i);
+    let mut lags: Vec<_> = (0..schedule.steps()).map(|_| new_histogram()).collect();
+    for (i, due, step) in schedule.requests() {
         let user_id = user_ids.map(|z| z.sample(&mut rng));
         wait_until(due, spin);
-        if measured {
+        if let Some(k) = step {
             record_us(
-                &mut lag,
+                &mut lags[k],
                 micros(Instant::now().saturating_duration_since(due)),
             );
         }
+        if let Some(live) = live {
+            live.sent();
+        }
         // A send fails only if the connection task is gone; it reports its own failure.
-        let _ = senders[(i % senders.len() as u64) as usize].send(Job {
-            due,
-            measured,
-            user_id,
-        });
+        let _ = senders[(i % senders.len() as u64) as usize].send(Job { due, step, user_id });
     }
-    lag
+    lags
+}
+
+/// What one connection saw: a tally per step and its part of the timeline.
+struct Stats {
+    steps: Vec<Tally>,
+    timeline: Timeline,
+    live: Option<Arc<Live>>,
+}
+
+impl Stats {
+    fn new(shared: &Shared) -> Self {
+        Stats {
+            steps: (0..shared.steps).map(|_| Tally::default()).collect(),
+            timeline: Timeline::new(shared.measure_start, shared.bucket),
+            live: shared.live.clone(),
+        }
+    }
+
+    fn merge(&mut self, other: Stats) {
+        for (mine, theirs) in self.steps.iter_mut().zip(other.steps) {
+            mine.merge(theirs);
+        }
+        self.timeline.merge(other.timeline);
+    }
+
+    /// A request still queued at the hard deadline.
+    fn unfinished(&mut self, job: &Job) {
+        if let Some(k) = job.step {
+            self.steps[k].unfinished += 1;
+            self.timeline.error(job.due);
+        }
+    }
+
+    fn record(&mut self, job: &Job, outcome: Outcome) {
+        let done = Instant::now();
+        let latency = micros(done.saturating_duration_since(job.due));
+        if let Some(live) = &self.live {
+            match outcome {
+                Outcome::Response { ok: true } => live.ok(latency),
+                _ => live.error(),
+            }
+        }
+        let Some(k) = job.step else {
+            return;
+        };
+        let tally = &mut self.steps[k];
+        tally.last_done = tally.last_done.max(Some(done));
+        match outcome {
+            Outcome::Response { ok } => {
+                tally.completed += 1;
+                if ok {
+                    record_us(&mut tally.latency, latency);
+                    self.timeline.ok(job.due, latency);
+                } else {
+                    tally.status_errors += 1;
+                    self.timeline.error(job.due);
+                }
+            }
+            Outcome::Transport(e) => {
+                tally.transport_errors += 1;
+                self.timeline.error(job.due);
+                if tally.first_error.is_none() {
+                    tally.first_error = Some(error_chain(&*e));
+                }
+            }
+            Outcome::Timeout => {
+                tally.timeouts += 1;
+                self.timeline.error(job.due);
+            }
+        }
+    }
 }
 
 enum Conn {
@@ -455,45 +738,43 @@ async fn drive_h1(
     shared: Arc<Shared>,
     sender: http1::SendRequest<Body>,
     mut rx: mpsc::UnboundedReceiver<Job>,
-) -> Tally {
-    let mut tally = Tally::default();
+) -> Stats {
+    let mut stats = Stats::new(&shared);
     let mut sender = Some(sender);
     while let Some(job) = rx.recv().await {
         let now = Instant::now();
         if now >= shared.hard_deadline {
-            tally.unfinished += u64::from(job.measured);
+            stats.unfinished(&job);
             continue;
         }
         let deadline = (now + shared.timeout).min(shared.hard_deadline);
         let exchange = exchange_h1(&shared, &mut sender, &job);
         let outcome = match tokio::time::timeout_at(deadline.into(), exchange).await {
-            Ok(Ok(status)) => Outcome::Response(status),
+            Ok(Ok(ok)) => Outcome::Response { ok },
             Ok(Err(e)) => Outcome::Transport(e),
             Err(_) => Outcome::Timeout,
         };
-        if !matches!(outcome, Outcome::Response(_)) {
+        if !matches!(outcome, Outcome::Response { .. }) {
             // The connection may be mid-response: never reuse it.
             sender = None;
         }
-        record(&mut tally, &job, outcome);
+        stats.record(&job, outcome);
     }
-    tally
+    stats
 }
 
 async fn exchange_h1(
     shared: &Shared,
     sender: &mut Option<http1::SendRequest<Body>>,
     job: &Job,
-) -> Result<StatusCode, BoxError> {
+) -> Result<bool, BoxError> {
     if sender.as_ref().is_none_or(|s| s.is_closed()) {
         *sender = Some(connect_h1(shared.addr).await?);
     }
     let sender = sender.as_mut().expect("connected above");
     sender.ready().await?;
     let response = sender.send_request(shared.request(job)).await?;
-    let status = response.status();
-    response.into_body().collect().await?;
-    Ok(status)
+    shared.read_response(response).await
 }
 
 /// h2: requests are multiplexed, each in its own task, on one connection.
@@ -501,8 +782,8 @@ async fn drive_h2(
     shared: Arc<Shared>,
     sender: http2::SendRequest<Body>,
     mut rx: mpsc::UnboundedReceiver<Job>,
-) -> Tally {
-    let mut tally = Tally::default();
+) -> Stats {
+    let mut stats = Stats::new(&shared);
     let mut sender = Some(sender);
     let mut in_flight = JoinSet::new();
     let mut open = true;
@@ -515,7 +796,7 @@ async fn drive_h2(
                 };
                 let now = Instant::now();
                 if now >= shared.hard_deadline {
-                    tally.unfinished += u64::from(job.measured);
+                    stats.unfinished(&job);
                     continue;
                 }
                 let deadline = tokio::time::Instant::from((now + shared.timeout).min(shared.hard_deadline));
@@ -523,27 +804,26 @@ async fn drive_h2(
                     match tokio::time::timeout_at(deadline, connect_h2(shared.addr)).await {
                         Ok(Ok(s)) => sender = Some(s),
                         Ok(Err(e)) => {
-                            record(&mut tally, &job, Outcome::Transport(e));
+                            stats.record(&job, Outcome::Transport(e));
                             continue;
                         }
                         Err(_) => {
-                            record(&mut tally, &job, Outcome::Timeout);
+                            stats.record(&job, Outcome::Timeout);
                             continue;
                         }
                     }
                 }
                 let mut s = sender.clone().expect("connected above");
                 let request = shared.request(&job);
+                let shared = shared.clone();
                 in_flight.spawn(async move {
                     let exchange = async {
                         s.ready().await?;
                         let response = s.send_request(request).await?;
-                        let status = response.status();
-                        response.into_body().collect().await?;
-                        Ok::<_, BoxError>(status)
+                        shared.read_response(response).await
                     };
                     let outcome = match tokio::time::timeout_at(deadline, exchange).await {
-                        Ok(Ok(status)) => Outcome::Response(status),
+                        Ok(Ok(ok)) => Outcome::Response { ok },
                         Ok(Err(e)) => Outcome::Transport(e),
                         Err(_) => Outcome::Timeout,
                     };
@@ -552,40 +832,12 @@ async fn drive_h2(
             }
             Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
                 let (job, outcome) = done.expect("request task panicked");
-                record(&mut tally, &job, outcome);
+                stats.record(&job, outcome);
             }
             else => break,
         }
     }
-    tally
-}
-
-fn record(tally: &mut Tally, job: &Job, outcome: Outcome) {
-    if !job.measured {
-        return;
-    }
-    let done = Instant::now();
-    tally.last_done = tally.last_done.max(Some(done));
-    match outcome {
-        Outcome::Response(status) => {
-            tally.completed += 1;
-            if status.is_success() {
-                record_us(
-                    &mut tally.latency,
-                    micros(done.saturating_duration_since(job.due)),
-                );
-            } else {
-                tally.status_errors += 1;
-            }
-        }
-        Outcome::Transport(e) => {
-            tally.transport_errors += 1;
-            if tally.first_error.is_none() {
-                tally.first_error = Some(error_chain(&*e));
-            }
-        }
-        Outcome::Timeout => tally.timeouts += 1,
-    }
+    stats
 }
 
 fn micros(d: Duration) -> u64 {
