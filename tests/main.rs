@@ -15,4 +15,5 @@ mod limits;
 mod mlserver;
 mod reload;
 mod routing;
+mod shadow;
 mod telemetry;

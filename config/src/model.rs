@@ -490,6 +490,29 @@ pub struct Route {
     /// Makes the route a two-stage cascade: stage 1 in the gateway, the
     /// route's split as stage 2.
     pub cascade: Option<Cascade>,
+    /// Mirrors a share of the route's inference calls to a candidate and
+    /// compares the answers; model routes only.
+    pub shadow: Option<Shadow>,
+}
+
+/// Shadow traffic: a candidate version that sees a copy of some requests
+/// and whose answers are compared with what the client got, never sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shadow {
+    /// The candidate's name in reports and metrics. Default `shadow`.
+    pub version: String,
+    /// Backend names, in preference order.
+    pub backends: Vec<String>,
+    /// Share of requests mirrored, in (0, 1].
+    pub fraction: f64,
+    /// Most mirrors in flight at once; past it, mirrors are dropped. Also,
+    /// no mirror starts while the route is over half its `max_concurrency`.
+    /// Default 32.
+    pub max_in_flight: usize,
+    pub upstream_model: Option<String>,
+    pub upstream_version: Option<String>,
+    /// Bound on one mirror, answer included. Default 1s.
+    pub timeout: Timeout,
 }
 
 /// What a route matches on.

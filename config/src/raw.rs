@@ -178,6 +178,19 @@ pub(crate) struct RawRoute {
     pub hedge: Option<RawHedge>,
     pub latency_slo: Option<String>,
     pub cascade: Option<RawCascade>,
+    pub shadow: Option<RawShadow>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawShadow {
+    pub version: Option<String>,
+    pub backends: Option<Vec<String>>,
+    pub fraction: Option<f64>,
+    pub max_in_flight: Option<usize>,
+    pub upstream_model: Option<String>,
+    pub upstream_version: Option<String>,
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -17,12 +17,12 @@ use crate::error::{Collector, ConfigError, ConfigErrors};
 use crate::model::{
     Backend, Cascade, Config, Endpoint, EntityFeatures, EntityKey, GatewaySettings, HealthCheck,
     HedgePolicy, Limits, OnUnavailable, OutlierDetection, RateLimit, RedisSettings, RetryPolicy,
-    Route, RouteMatch, Split, SplitTarget, TokenSource, TracingSettings,
+    Route, RouteMatch, Shadow, Split, SplitTarget, TokenSource, TracingSettings,
 };
 use crate::raw::{
     RawBackend, RawCascade, RawConfig, RawEndpoint, RawEntity, RawGateway, RawHealthCheck,
-    RawHedge, RawLimits, RawMatch, RawOutlier, RawRedis, RawRetries, RawRoute, RawSplitTarget,
-    RawTracing,
+    RawHedge, RawLimits, RawMatch, RawOutlier, RawRedis, RawRetries, RawRoute, RawShadow,
+    RawSplitTarget, RawTracing,
 };
 use crate::value::{Timeout, Weight};
 
@@ -422,6 +422,58 @@ fn hedge(raw: RawHedge, at: &str, errors: &mut Collector) -> HedgePolicy {
     policy
 }
 
+fn shadow(
+    raw: RawShadow,
+    at: &str,
+    known: &HashSet<&str>,
+    errors: &mut Collector,
+) -> Option<Shadow> {
+    let backends = raw.backends.unwrap_or_default();
+    if backends.is_empty() {
+        errors.push(format!("{at}.backends"), "must name at least one backend");
+    }
+    for (i, name) in backends.iter().enumerate() {
+        if !known.contains(name.as_str()) {
+            errors.push(
+                format!("{at}.backends[{i}]"),
+                format!("unknown backend {name:?}"),
+            );
+        }
+    }
+    let fraction = raw.fraction.unwrap_or(0.0);
+    if !(fraction > 0.0 && fraction <= 1.0) {
+        errors.push(
+            format!("{at}.fraction"),
+            format!("{fraction} must be in (0, 1]"),
+        );
+    }
+    let max_in_flight = raw.max_in_flight.unwrap_or(32);
+    if max_in_flight == 0 {
+        errors.push(format!("{at}.max_in_flight"), "must be at least 1");
+    }
+    let version = raw.version.unwrap_or_else(|| "shadow".to_owned());
+    for (field, value) in [
+        ("version", Some(&version)),
+        ("upstream_model", raw.upstream_model.as_ref()),
+        ("upstream_version", raw.upstream_version.as_ref()),
+    ] {
+        if let Some(value) = value {
+            path_segment(value, &format!("{at}.{field}"), errors);
+        }
+    }
+    let timeout = timeout(raw.timeout.as_deref(), &format!("{at}.timeout"), errors)
+        .unwrap_or(Timeout::from_millis_unchecked(1000));
+    Some(Shadow {
+        version,
+        backends,
+        fraction,
+        max_in_flight,
+        upstream_model: raw.upstream_model,
+        upstream_version: raw.upstream_version,
+        timeout,
+    })
+}
+
 fn tracing_settings(raw: RawTracing, errors: &mut Collector) -> TracingSettings {
     let otlp_endpoint = required(raw.otlp_endpoint, "gateway.tracing.otlp_endpoint", errors);
     if !(otlp_endpoint.is_empty()
@@ -795,6 +847,15 @@ fn routes(
                 &format!("{at}.latency_slo"),
                 errors,
             );
+            let shadow = r.shadow.take().and_then(|s| {
+                if !matches!(matcher, Some(RouteMatch::Model(_))) {
+                    errors.push(
+                        format!("{at}.shadow"),
+                        "shadow traffic needs a model route (match = { model = ... })",
+                    );
+                }
+                shadow(s, &format!("{at}.shadow"), known, errors)
+            });
             let split = split(r, &at, known, errors);
             Some(Route {
                 name,
@@ -810,6 +871,7 @@ fn routes(
                 hedge,
                 latency_slo,
                 cascade,
+                shadow,
             })
         })
         .collect()
@@ -1519,5 +1581,32 @@ rate_limit = { per_second = 10, shared = true }
         );
         let config = parse(&with_redis).unwrap();
         assert!(config.routes[0].rate_limit.as_ref().unwrap().shared);
+    }
+
+    #[test]
+    fn a_shadow_names_its_problems_by_path() {
+        let text = with_backends(
+            r#"
+[[routes]]
+name = "r"
+match = { model = "m" }
+backends = ["a"]
+shadow = { backends = ["ghost"], fraction = 0.0 }
+
+[[routes]]
+name = "p"
+match = { path_prefix = "/p" }
+backends = ["a"]
+shadow = { backends = ["b"], fraction = 0.1 }
+"#,
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                r#"routes[0].shadow.backends[0]: unknown backend "ghost""#,
+                "routes[0].shadow.fraction: 0 must be in (0, 1]",
+                "routes[1].shadow: shadow traffic needs a model route (match = { model = ... })",
+            ]
+        );
     }
 }

@@ -10,6 +10,7 @@
 //! | GET | `/admin/backends` | pools, regions, endpoints: health, EWMA latency, in-flight, ejection |
 //! | POST | `/admin/drills` | starts a failover drill (see [`crate::drills`]); 202 with its id |
 //! | GET | `/admin/drills`, `/admin/drills/{id}` | drill reports |
+//! | GET | `/admin/shadow` | shadow traffic: class agreement, score difference, latency per version pair |
 //! | GET | `/admin/regions` | per region: drained, drill fault, available endpoints, attempts |
 //! | POST | `/admin/regions/{region}/drain` | moves traffic away from a region (failover drill) |
 //! | POST | `/admin/regions/{region}/restore` | lets traffic back into a drained region |
@@ -128,6 +129,7 @@ impl Admin {
                 json_response(StatusCode::OK, json!({ "drills": self.drills.reports() }))
             }
             "/admin/cascade" if method == Method::GET => self.cascade(),
+            "/admin/shadow" if method == Method::GET => self.shadow(),
             "/metrics" if method == Method::GET => {
                 let body = crate::metrics::render(&self.snapshot.load(), &self.reload.status());
                 let mut response = Response::new(ResponseBody::full(Bytes::from(body)));
@@ -137,9 +139,8 @@ impl Admin {
                 );
                 response
             }
-            "/admin/config" | "/admin/backends" | "/admin/regions" | "/admin/cascade" => {
-                method_not_allowed("GET")
-            }
+            "/admin/config" | "/admin/backends" | "/admin/regions" | "/admin/cascade"
+            | "/admin/shadow" => method_not_allowed("GET"),
             "/admin/config/reload" => method_not_allowed("POST"),
             path if path.starts_with("/admin/drills/") && method == Method::GET => {
                 match path["/admin/drills/".len()..]
@@ -193,6 +194,40 @@ impl Admin {
                         "accept_below": stage.settings.thresholds.accept_below(),
                         "reject_above": stage.settings.thresholds.reject_above(),
                         "stats": &*stage.stats,
+                    }),
+                ))
+            })
+            .collect();
+        routes.sort_by(|a, b| a.0.cmp(&b.0));
+        json_response(
+            StatusCode::OK,
+            json!({ "routes": routes.into_iter().map(|(_, v)| v).collect::<Vec<_>>() }),
+        )
+    }
+
+    /// Shadow comparisons: per route with a shadow, per primary version.
+    fn shadow(&self) -> Response<ResponseBody> {
+        let snapshot = self.snapshot.load();
+        let mut routes: Vec<(String, Value)> = snapshot
+            .routes
+            .iter()
+            .filter_map(|route| {
+                let shadow = route.shadow.as_ref()?;
+                let stats = &shadow.stats;
+                Some((
+                    route.name.to_string(),
+                    json!({
+                        "route": &*route.name,
+                        "candidate": shadow.settings.version,
+                        "fraction": shadow.settings.fraction,
+                        "in_flight": stats.in_flight(),
+                        "dropped_budget": stats.dropped_budget.load(std::sync::atomic::Ordering::Relaxed),
+                        "dropped_load": stats.dropped_load.load(std::sync::atomic::Ordering::Relaxed),
+                        "pairs": stats.pairs().into_iter().map(|(primary, pair)| {
+                            let mut report = pair.report();
+                            report["primary"] = json!(&*primary);
+                            report
+                        }).collect::<Vec<_>>(),
                     }),
                 ))
             })

@@ -26,7 +26,8 @@
 //! - [`admin`]: the admin API on its own port; [`metrics`]: its `/metrics`;
 //!   [`drills`]: failover drills it runs.
 //! - [`errors`]: every failure mapped to an HTTP or gRPC status.
-//! - [`telemetry`]: logging setup.
+//! - [`shadow`]: shadow traffic to a candidate version, compared online.
+//! - [`telemetry`]: logs, and OpenTelemetry traces over OTLP.
 //!
 //! Config parsing lives in `cascadia-config`, upstream pools and the HTTP
 //! client in `cascadia-backends`, and the OIP wire types in `cascadia-oip`.
@@ -44,5 +45,6 @@ pub mod proxy;
 pub mod reload;
 pub mod routing;
 pub mod server;
+pub mod shadow;
 pub mod snapshot;
 pub mod telemetry;

@@ -230,6 +230,67 @@ pub fn render(snapshot: &Snapshot, reloads: &ReloadStatus) -> String {
             );
         }
     }
+    let _ = writeln!(out, "# TYPE cascadia_shadow_mirrors_total counter");
+    let _ = writeln!(out, "# TYPE cascadia_shadow_rows_total counter");
+    let _ = writeln!(out, "# TYPE cascadia_shadow_score_diff histogram");
+    for route in &routes {
+        let Some(shadow) = &route.shadow else {
+            continue;
+        };
+        let candidate = &shadow.settings.version;
+        for (reason, counter) in [
+            ("budget", &shadow.stats.dropped_budget),
+            ("load", &shadow.stats.dropped_load),
+        ] {
+            let _ = writeln!(
+                out,
+                "cascadia_shadow_mirrors_total{{route=\"{}\",shadow=\"{candidate}\",outcome=\"dropped_{reason}\"}} {}",
+                route.name,
+                counter.load(Ordering::Relaxed)
+            );
+        }
+        for (primary, pair) in shadow.stats.pairs() {
+            let labels = format!(
+                "route=\"{}\",primary=\"{primary}\",shadow=\"{candidate}\"",
+                route.name
+            );
+            for (outcome, counter) in [
+                ("compared", &pair.compared),
+                ("failed", &pair.failed),
+                ("uncomparable", &pair.uncomparable),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "cascadia_shadow_mirrors_total{{{labels},outcome=\"{outcome}\"}} {}",
+                    counter.load(Ordering::Relaxed)
+                );
+            }
+            let rows = pair.rows.load(Ordering::Relaxed);
+            let agree = pair.rows_agree.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "cascadia_shadow_rows_total{{{labels},class=\"agree\"}} {agree}"
+            );
+            let _ = writeln!(
+                out,
+                "cascadia_shadow_rows_total{{{labels},class=\"disagree\"}} {}",
+                rows - agree
+            );
+            let mut cumulative = 0;
+            for (bound, n) in pair.diff_histogram() {
+                cumulative += n;
+                let _ = writeln!(
+                    out,
+                    "cascadia_shadow_score_diff_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "cascadia_shadow_score_diff_bucket{{{labels},le=\"+Inf\"}} {rows}"
+            );
+            let _ = writeln!(out, "cascadia_shadow_score_diff_count{{{labels}}} {rows}");
+        }
+    }
     if let Some(redis) = &snapshot.redis {
         let _ = writeln!(out, "# TYPE cascadia_redis_calls_total counter");
         for (outcome, counter) in [

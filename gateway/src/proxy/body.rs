@@ -32,6 +32,8 @@ pin_project! {
             in_flight: Option<InFlight>,
             // The route's concurrency slot, held until the body ends.
             admitted: Option<crate::routing::Admitted>,
+            // A copy of the body for shadow comparison, if one was asked for.
+            capture: Option<Box<Capture>>,
         },
         /// A complete body produced by the gateway (errors, health, admin),
         /// with trailers for the gRPC answers it gives itself.
@@ -79,6 +81,55 @@ impl ResponseBody {
             body,
             in_flight: Some(in_flight),
             admitted: None,
+            capture: None,
+        }
+    }
+
+    /// A copy of the body as the client receives it, delivered once the
+    /// body ends; nothing if it is longer than `limit`, fails, or the client
+    /// leaves before the end. Never slows the body down.
+    pub fn capture(&mut self, limit: usize) -> tokio::sync::oneshot::Receiver<Bytes> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        match self {
+            Self::Upstream { capture, .. } => {
+                *capture = Some(Box::new(Capture {
+                    buffer: bytes::BytesMut::new(),
+                    limit,
+                    done: Some(tx),
+                }));
+            }
+            Self::Full { data, .. } => {
+                let data = data.clone().unwrap_or_default();
+                if data.len() <= limit {
+                    let _ = tx.send(data);
+                }
+            }
+        }
+        rx
+    }
+}
+
+/// The copy [`ResponseBody::capture`] makes.
+#[derive(Debug)]
+pub struct Capture {
+    buffer: bytes::BytesMut,
+    limit: usize,
+    done: Option<tokio::sync::oneshot::Sender<Bytes>>,
+}
+
+impl Capture {
+    fn data(&mut self, data: &Bytes) {
+        if self.done.is_some() && self.buffer.len() + data.len() <= self.limit {
+            self.buffer.extend_from_slice(data);
+        } else {
+            // Too long to compare: give up (the receiver sees a drop).
+            self.done = None;
+        }
+    }
+
+    fn end(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(std::mem::take(&mut self.buffer).freeze());
         }
     }
 }
@@ -96,8 +147,20 @@ impl Body for ResponseBody {
                 body,
                 in_flight,
                 admitted,
+                capture,
             } => {
                 let frame = ready!(body.poll_frame(cx));
+                if let Some(capture) = capture {
+                    match &frame {
+                        Some(Ok(frame)) => {
+                            if let Some(data) = frame.data_ref() {
+                                capture.data(data);
+                            }
+                        }
+                        Some(Err(_)) => capture.done = None,
+                        None => capture.end(),
+                    }
+                }
                 if frame.is_none() {
                     in_flight.take();
                     admitted.take();

@@ -42,6 +42,7 @@ use tokio::time::Instant;
 
 use crate::errors::GatewayError;
 use crate::routing::{Route, SplitError, Target};
+use crate::shadow::Mirror;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::telemetry::trace;
 use body::{BodyLimitExceeded, LimitedBody, ResponseBody};
@@ -255,14 +256,39 @@ impl Proxy {
         // Phase: forward. The path changes only when the target serves the
         // model under another name or version.
         let path_and_query = upstream_path(target, oip, &parts.uri)?;
+        let shadow = route.shadow.as_ref().filter(|_| is_infer);
         let body = match (preread, incoming) {
             (Some(body), _) => RequestBody::Buffered(body),
-            (None, Some(incoming)) => request_body(route, incoming, limit, body_timeout).await?,
+            (None, Some(incoming)) => {
+                request_body(route, incoming, limit, body_timeout, shadow.is_some()).await?
+            }
             (None, None) => unreachable!("the body is either read or not"),
         };
+        // Shadow traffic: decided now (the body is still here), sent once
+        // the primary has answered.
+        let mirror = match (shadow, &body) {
+            (Some(shadow), RequestBody::Buffered(bytes)) => {
+                let load = route.admission.as_ref().map(|a| a.load());
+                Mirror::prepare(shadow, load, &parts.headers, bytes)
+                    .zip(upstream_path(&shadow.target, oip, &parts.uri).ok())
+            }
+            _ => None,
+        };
+        let started = Instant::now();
         let mut response = self
             .forward(route, target, parts, path_and_query, body, request_id)
             .await?;
+        if let Some((mirror, path)) = mirror {
+            if response.status().is_success() {
+                let primary = response.body_mut().capture(crate::shadow::COMPARE_LIMIT);
+                mirror.send(
+                    path,
+                    Arc::clone(&target.version),
+                    started.elapsed(),
+                    primary,
+                );
+            }
+        }
         response.body_mut().hold(admitted);
         Ok(response)
     }
@@ -665,6 +691,26 @@ async fn send_attempt<'t>(
     }
 }
 
+/// One endpoint of `target` for a single attempt (a shadow mirror).
+pub(crate) fn select_one(target: &Target, now: Instant) -> Option<(usize, &Arc<Endpoint>)> {
+    Tried::default().select(target, now, false, None)
+}
+
+/// Sends a single attempt (a shadow mirror), recorded like any other for
+/// the endpoint's health; the response on any answer, `None` on failure.
+pub(crate) async fn send_one(
+    target: &Target,
+    index: usize,
+    endpoint: &Arc<Endpoint>,
+    request: Request<UpstreamBody>,
+    per_try: Duration,
+) -> Option<Response<Incoming>> {
+    send_attempt(target, index, endpoint, request, per_try)
+        .await
+        .result
+        .ok()
+}
+
 /// Races a hedged pair: the first good answer wins and the other attempt is
 /// dropped (cancelled); when both fail, the first failure is kept.
 async fn first_good<'t>(
@@ -941,11 +987,14 @@ const REPLAY_LIMIT: u64 = 64 * 1024;
 
 /// Prepares a REST request body: buffered when small and the route may
 /// retry, streamed (with the size limit enforced while streaming) otherwise.
+/// The request body: in memory when it may be sent more than once (a
+/// retry, a hedge, or a shadow mirror: `mirrored`), streamed otherwise.
 async fn request_body(
     route: &Route,
     incoming: Incoming,
     limit: u64,
     idle: Duration,
+    mirrored: bool,
 ) -> Result<RequestBody, GatewayError> {
     if incoming.is_end_stream() {
         return Ok(RequestBody::Buffered(Bytes::new()));
@@ -953,9 +1002,9 @@ async fn request_body(
     let declared = incoming.size_hint().exact();
     let retryable = route.idempotent && (route.attempts > 1 || route.hedge.is_some());
     match declared {
-        Some(length) if retryable && length <= REPLAY_LIMIT => Ok(RequestBody::Buffered(
-            read_limited(incoming, limit, idle).await?,
-        )),
+        Some(length) if (retryable || mirrored) && length <= REPLAY_LIMIT => Ok(
+            RequestBody::Buffered(read_limited(incoming, limit, idle).await?),
+        ),
         // A declared length was checked at admission and hyper enforces it;
         // the limit matters for bodies of unknown length. Every streamed
         // body gets the idle timeout (slow bodies).

@@ -52,6 +52,8 @@ pub struct Route {
     pub latency_slo: Option<Duration>,
     /// Stage 1 of a cascade route.
     pub cascade: Option<crate::cascade::CascadeStage>,
+    /// Mirrors some inference calls to a candidate and compares answers.
+    pub shadow: Option<Arc<crate::shadow::Shadow>>,
     /// Request counters and latency, for `/metrics`.
     pub stats: Arc<crate::metrics::RouteStats>,
 }
@@ -76,6 +78,8 @@ pub struct RouteRuntime {
     retry_budget: Carried<(u32, u32), RetryBudget>,
     hedge_budget: Carried<u32, RetryBudget>,
     l1: Carried<usize, crate::features::l1::L1>,
+    /// Shadow comparisons, by candidate version.
+    shadow_stats: Carried<String, crate::shadow::ShadowStats>,
     /// Response counters by (version, backend).
     served: std::sync::Mutex<HashMap<(String, String), Arc<crate::metrics::ClassCounters>>>,
 }
@@ -91,6 +95,18 @@ impl RouteRuntime {
             .limit
             .store(limit, std::sync::atomic::Ordering::Relaxed);
         Arc::clone(admission)
+    }
+
+    fn shadow_stats(&self, version: &str) -> Arc<crate::shadow::ShadowStats> {
+        let mut slot = self.shadow_stats.lock().unwrap_or_else(|e| e.into_inner());
+        match &*slot {
+            Some((v, stats)) if v == version => Arc::clone(stats),
+            _ => {
+                let stats = Arc::new(crate::shadow::ShadowStats::default());
+                *slot = Some((version.to_owned(), Arc::clone(&stats)));
+                stats
+            }
+        }
     }
 
     fn served(&self, version: &str, backend: &str) -> Arc<crate::metrics::ClassCounters> {
@@ -282,6 +298,15 @@ impl Admission {
         }
     }
 
+    /// (in flight, limit) now.
+    pub fn load(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering;
+        (
+            self.in_flight.load(Ordering::Relaxed),
+            self.limit.load(Ordering::Relaxed),
+        )
+    }
+
     /// A slot, or `None` when the route is full.
     pub fn try_admit(self: &Arc<Self>) -> Option<Admitted> {
         use std::sync::atomic::Ordering;
@@ -420,6 +445,26 @@ impl RouteTable {
                         entity,
                         stats: Arc::clone(&carried.cascade_stats),
                     }
+                }),
+                shadow: route.shadow.clone().map(|settings| {
+                    let pools = settings
+                        .backends
+                        .iter()
+                        .filter_map(|name| pools.get(name).cloned())
+                        .collect();
+                    let target = Target::new(
+                        &settings.version,
+                        0,
+                        pools,
+                        settings.upstream_model.as_deref(),
+                        settings.upstream_version.as_deref(),
+                    );
+                    let stats = carried.shadow_stats(&settings.version);
+                    Arc::new(crate::shadow::Shadow {
+                        settings,
+                        target,
+                        stats,
+                    })
                 }),
             });
             match &route.matcher {

@@ -31,6 +31,9 @@ pub struct SimControl {
     infer: AtomicU64,
     /// Responses replaced by an injected failure.
     errors_injected: AtomicU64,
+    /// Added to every logit (f32 bits), so one sim can disagree with
+    /// another: a stand-in for a different model version.
+    bias: std::sync::atomic::AtomicU32,
 }
 
 impl SimControl {
@@ -43,7 +46,28 @@ impl SimControl {
             requests: AtomicU64::new(0),
             infer: AtomicU64::new(0),
             errors_injected: AtomicU64::new(0),
+            bias: std::sync::atomic::AtomicU32::new(0f32.to_bits()),
         }
+    }
+
+    /// Shifts every answer's logit by `bias` (0 restores the plain model).
+    pub fn set_bias(&self, bias: f32) {
+        self.bias.store(bias.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Applies the bias to scored probabilities.
+    pub(crate) fn biased(&self, probabilities: Vec<f32>) -> Vec<f32> {
+        let bias = f32::from_bits(self.bias.load(Ordering::Relaxed));
+        if bias == 0.0 {
+            return probabilities;
+        }
+        probabilities
+            .into_iter()
+            .map(|p| {
+                let logit = (p / (1.0 - p)).ln() + bias;
+                1.0 / (1.0 + (-logit).exp())
+            })
+            .collect()
     }
 
     /// Replaces the latency model for requests that start from now on.

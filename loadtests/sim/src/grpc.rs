@@ -137,7 +137,7 @@ async fn call(
             if shared.data_plane().await {
                 return Err(Failure(status::INTERNAL, "injected failure"));
             }
-            let probs = infer(&req)?;
+            let probs = shared.control.biased(infer(&req)?);
             Ok(ok(&ModelInferResponse {
                 model_name: cfg.model.clone(),
                 model_version: cfg.version.clone(),

@@ -263,7 +263,7 @@ async fn infer_rest(shared: &Shared, req: Request<Incoming>) -> Response<SimBody
         );
     };
     let probs = match model::score(&input.shape, &values) {
-        Ok(p) => p,
+        Ok(p) => shared.control.biased(p),
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let cfg = &shared.config;
