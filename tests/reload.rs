@@ -135,7 +135,7 @@ async fn an_invalid_reload_keeps_serving_and_reports_the_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_file_is_picked_up_by_the_watch() {
     let fixture = CanaryFixture::start().await;
-    let gateway = GatewayProcess::start(&fixture.config(100, 0)).await;
+    let gateway = GatewayProcess::start_watching(&fixture.config(100, 0)).await;
     let client = TestClient::new();
 
     gateway.write_config(&fixture.config(0, 100));

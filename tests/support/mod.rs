@@ -180,6 +180,13 @@ impl GatewayProcess {
     }
 
     /// Like [`Self::start`], with extra `cascadia run` arguments.
+    /// Starts a gateway that also reloads when its config file changes.
+    /// The others reload only when asked (admin API, SIGHUP), so a test
+    /// that writes a file and then asks for a reload never races the watch.
+    pub async fn start_watching(config: &str) -> Self {
+        Self::start_full(config, &["--watch"], &[]).await
+    }
+
     pub async fn start_with(config: &str, extra_args: &[&str]) -> Self {
         Self::start_full(config, extra_args, &[]).await
     }
@@ -197,10 +204,19 @@ impl GatewayProcess {
         }
         let config_path = dir.path().join("cascadia.toml");
         std::fs::write(&config_path, config).expect("write config");
+        // `--watch` is the harness's own marker: watching is the binary's
+        // default, so it is dropped; without it the harness adds --no-watch.
+        let watch = extra_args.contains(&"--watch");
+        let extra_args: Vec<&str> = extra_args
+            .iter()
+            .copied()
+            .filter(|a| *a != "--watch" && *a != "--no-watch")
+            .collect();
         let mut child = Command::new(env!("CARGO_BIN_EXE_cascadia"))
             .args(["run", "--workers", "2", "--log", "warn", "--config"])
             .arg(&config_path)
-            .args(extra_args)
+            .args(&extra_args)
+            .args((!watch).then_some("--no-watch"))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
