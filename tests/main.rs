@@ -14,6 +14,7 @@ mod lifecycle;
 mod limits;
 mod mlserver;
 mod reload;
+mod rollout;
 mod routing;
 mod shadow;
 mod telemetry;

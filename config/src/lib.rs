@@ -30,7 +30,7 @@ pub use load::{hash_bytes, load_file, LoadError, LoadedConfig};
 pub use model::{
     Backend, Balancer, Cascade, Config, Endpoint, EntityFeatures, EntityKey, GatewaySettings,
     HealthCheck, HedgePolicy, Limits, OnUnavailable, OutlierDetection, RateLimit, RedisSettings,
-    RetryPolicy, Route, RouteMatch, Secret, Shadow, Split, SplitTarget, TokenSource,
+    RetryPolicy, Rollout, Route, RouteMatch, Secret, Shadow, Split, SplitTarget, TokenSource,
     TracingSettings, UpstreamProtocol,
 };
 pub use validate::{parse, parse_with_models, ModelLoader};

@@ -493,6 +493,44 @@ pub struct Route {
     /// Mirrors a share of the route's inference calls to a candidate and
     /// compares the answers; model routes only.
     pub shadow: Option<Shadow>,
+    /// Automated canary analysis for a two-version split.
+    pub rollout: Option<Rollout>,
+}
+
+/// A rollout plan: the canary's weight goes through `steps`, each held
+/// for `min_dwell` and `min_requests`, judged against stable over the same
+/// window; promoted when every check passes, rolled back (weight 0) when
+/// one fails.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollout {
+    /// The canary's version name; the split's other version is stable.
+    pub canary: String,
+    /// Canary weights in percent, rising, ending at 100. Default
+    /// `[1, 5, 25, 50, 100]`.
+    pub steps: Vec<u32>,
+    /// Least time on a step before it is judged. Default 60s.
+    pub min_dwell: Timeout,
+    /// Least canary answers on a step before it is judged. Default 100.
+    pub min_requests: u64,
+    /// How often the plan is evaluated. Default 1s.
+    pub interval: Timeout,
+    /// Canary 5xx share may exceed stable's by at most this. Default 0.01.
+    pub max_error_rate_increase: f64,
+    /// Canary p95 / p99 may be at most this multiple of stable's (plus
+    /// `latency_slack`). Defaults 1.5 and 2.0.
+    pub max_p95_ratio: f64,
+    pub max_p99_ratio: f64,
+    /// Absolute latency allowance on top of the ratios, so microsecond
+    /// noise on a fast stable cannot fail a canary. Default 5ms.
+    pub latency_slack: Timeout,
+    /// Most class disagreement between canary and stable, read from the
+    /// route's shadow comparison (pair primary = canary). Default 0.05;
+    /// judged only when the route has a `[routes.shadow]`.
+    pub max_disagreement: f64,
+    /// Where the plan's state survives restarts when no Redis is
+    /// configured; relative to the config file. Default
+    /// `.cascadia-rollout-{route}.json` beside it.
+    pub state_file: Option<String>,
 }
 
 /// Shadow traffic: a candidate version that sees a copy of some requests

@@ -179,6 +179,23 @@ pub(crate) struct RawRoute {
     pub latency_slo: Option<String>,
     pub cascade: Option<RawCascade>,
     pub shadow: Option<RawShadow>,
+    pub rollout: Option<RawRollout>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRollout {
+    pub canary: Option<String>,
+    pub steps: Option<Vec<u32>>,
+    pub min_dwell: Option<String>,
+    pub min_requests: Option<u64>,
+    pub interval: Option<String>,
+    pub max_error_rate_increase: Option<f64>,
+    pub max_p95_ratio: Option<f64>,
+    pub max_p99_ratio: Option<f64>,
+    pub latency_slack: Option<String>,
+    pub max_disagreement: Option<f64>,
+    pub state_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -17,12 +17,12 @@ use crate::error::{Collector, ConfigError, ConfigErrors};
 use crate::model::{
     Backend, Cascade, Config, Endpoint, EntityFeatures, EntityKey, GatewaySettings, HealthCheck,
     HedgePolicy, Limits, OnUnavailable, OutlierDetection, RateLimit, RedisSettings, RetryPolicy,
-    Route, RouteMatch, Shadow, Split, SplitTarget, TokenSource, TracingSettings,
+    Rollout, Route, RouteMatch, Shadow, Split, SplitTarget, TokenSource, TracingSettings,
 };
 use crate::raw::{
     RawBackend, RawCascade, RawConfig, RawEndpoint, RawEntity, RawGateway, RawHealthCheck,
-    RawHedge, RawLimits, RawMatch, RawOutlier, RawRedis, RawRetries, RawRoute, RawShadow,
-    RawSplitTarget, RawTracing,
+    RawHedge, RawLimits, RawMatch, RawOutlier, RawRedis, RawRetries, RawRollout, RawRoute,
+    RawShadow, RawSplitTarget, RawTracing,
 };
 use crate::value::{Timeout, Weight};
 
@@ -420,6 +420,66 @@ fn hedge(raw: RawHedge, at: &str, errors: &mut Collector) -> HedgePolicy {
         );
     }
     policy
+}
+
+fn rollout(raw: RawRollout, at: &str, errors: &mut Collector) -> Rollout {
+    let canary = required(raw.canary, &format!("{at}.canary"), errors);
+    let steps = raw.steps.unwrap_or_else(|| vec![1, 5, 25, 50, 100]);
+    if steps.is_empty()
+        || steps.last() != Some(&100)
+        || steps.windows(2).any(|w| w[0] >= w[1])
+        || steps.contains(&0)
+    {
+        errors.push(
+            format!("{at}.steps"),
+            format!("{steps:?} must rise from above 0 and end at 100"),
+        );
+    }
+    let ratio = |value: Option<f64>, default: f64, field: &str, errors: &mut Collector| {
+        let value = value.unwrap_or(default);
+        if !(value.is_finite() && value >= 1.0) {
+            errors.push(
+                format!("{at}.{field}"),
+                format!("{value} must be at least 1.0"),
+            );
+        }
+        value
+    };
+    let share = |value: Option<f64>, default: f64, field: &str, errors: &mut Collector| {
+        let value = value.unwrap_or(default);
+        if !(0.0..=1.0).contains(&value) {
+            errors.push(
+                format!("{at}.{field}"),
+                format!("{value} must be within 0..=1"),
+            );
+        }
+        value
+    };
+    Rollout {
+        canary,
+        steps,
+        min_dwell: timeout(raw.min_dwell.as_deref(), &format!("{at}.min_dwell"), errors)
+            .unwrap_or(Timeout::from_millis_unchecked(60_000)),
+        min_requests: raw.min_requests.unwrap_or(100),
+        interval: timeout(raw.interval.as_deref(), &format!("{at}.interval"), errors)
+            .unwrap_or(Timeout::from_millis_unchecked(1_000)),
+        max_error_rate_increase: share(
+            raw.max_error_rate_increase,
+            0.01,
+            "max_error_rate_increase",
+            errors,
+        ),
+        max_p95_ratio: ratio(raw.max_p95_ratio, 1.5, "max_p95_ratio", errors),
+        max_p99_ratio: ratio(raw.max_p99_ratio, 2.0, "max_p99_ratio", errors),
+        latency_slack: timeout(
+            raw.latency_slack.as_deref(),
+            &format!("{at}.latency_slack"),
+            errors,
+        )
+        .unwrap_or(Timeout::from_millis_unchecked(5)),
+        max_disagreement: share(raw.max_disagreement, 0.05, "max_disagreement", errors),
+        state_file: raw.state_file,
+    }
 }
 
 fn shadow(
@@ -856,7 +916,24 @@ fn routes(
                 }
                 shadow(s, &format!("{at}.shadow"), known, errors)
             });
+            let rollout = r
+                .rollout
+                .take()
+                .map(|raw| rollout(raw, &format!("{at}.rollout"), errors));
             let split = split(r, &at, known, errors);
+            if let (Some(plan), Some(split)) = (&rollout, &split) {
+                let versions: Vec<&str> =
+                    split.targets().iter().map(|t| t.version.as_str()).collect();
+                if versions.len() != 2 || !versions.contains(&plan.canary.as_str()) {
+                    errors.push(
+                        format!("{at}.rollout.canary"),
+                        format!(
+                            "{:?} must be one of a two-version split (versions: {versions:?})",
+                            plan.canary
+                        ),
+                    );
+                }
+            }
             Some(Route {
                 name,
                 matcher: matcher?,
@@ -872,6 +949,7 @@ fn routes(
                 latency_slo,
                 cascade,
                 shadow,
+                rollout,
             })
         })
         .collect()

@@ -10,6 +10,8 @@
 //! | GET | `/admin/backends` | pools, regions, endpoints: health, EWMA latency, in-flight, ejection |
 //! | POST | `/admin/drills` | starts a failover drill (see [`crate::drills`]); 202 with its id |
 //! | GET | `/admin/drills`, `/admin/drills/{id}` | drill reports |
+//! | GET | `/admin/rollouts` | rollout plans: step, weight, status, the open window's numbers, decisions |
+//! | POST | `/admin/rollouts/{route}/{pause,resume,promote,abort}` | steers a rollout |
 //! | GET | `/admin/shadow` | shadow traffic: class agreement, score difference, latency per version pair |
 //! | GET | `/admin/regions` | per region: drained, drill fault, available endpoints, attempts |
 //! | POST | `/admin/regions/{region}/drain` | moves traffic away from a region (failover drill) |
@@ -32,6 +34,7 @@ use http_body_util::BodyExt;
 use std::time::Duration;
 
 use crate::drills::{DrillFault, DrillSpec, DrillTarget, Drills};
+use crate::rollout::{Action, Rollouts};
 use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -52,17 +55,24 @@ pub struct Admin {
     reload: ReloadHandle,
     registry: Arc<Registry>,
     drills: Arc<Drills>,
+    rollouts: Arc<Rollouts>,
 }
 
 impl Admin {
     /// An admin API over the serving snapshot, its reloader and the
     /// registry of backend state.
-    pub fn new(snapshot: SharedSnapshot, reload: ReloadHandle, registry: Arc<Registry>) -> Self {
+    pub fn new(
+        snapshot: SharedSnapshot,
+        reload: ReloadHandle,
+        registry: Arc<Registry>,
+        rollouts: Arc<Rollouts>,
+    ) -> Self {
         Self {
             snapshot,
             reload,
             registry,
             drills: Arc::default(),
+            rollouts,
         }
     }
 
@@ -130,8 +140,13 @@ impl Admin {
             }
             "/admin/cascade" if method == Method::GET => self.cascade(),
             "/admin/shadow" if method == Method::GET => self.shadow(),
+            "/admin/rollouts" if method == Method::GET => json_response(
+                StatusCode::OK,
+                json!({ "rollouts": self.rollouts.status() }),
+            ),
             "/metrics" if method == Method::GET => {
-                let body = crate::metrics::render(&self.snapshot.load(), &self.reload.status());
+                let mut body = crate::metrics::render(&self.snapshot.load(), &self.reload.status());
+                self.rollout_metrics(&mut body);
                 let mut response = Response::new(ResponseBody::full(Bytes::from(body)));
                 response.headers_mut().insert(
                     CONTENT_TYPE,
@@ -140,7 +155,7 @@ impl Admin {
                 response
             }
             "/admin/config" | "/admin/backends" | "/admin/regions" | "/admin/cascade"
-            | "/admin/shadow" => method_not_allowed("GET"),
+            | "/admin/shadow" | "/admin/rollouts" => method_not_allowed("GET"),
             "/admin/config/reload" => method_not_allowed("POST"),
             path if path.starts_with("/admin/drills/") && method == Method::GET => {
                 match path["/admin/drills/".len()..]
@@ -150,6 +165,24 @@ impl Admin {
                 {
                     Some(report) => json_response(StatusCode::OK, json!(report)),
                     None => json_response(StatusCode::NOT_FOUND, json!({"error": "no such drill"})),
+                }
+            }
+            path if path.starts_with("/admin/rollouts/") => {
+                let rest = &path["/admin/rollouts/".len()..];
+                let parsed = rest
+                    .rsplit_once('/')
+                    .and_then(|(route, action)| Some((route, Action::parse(action)?)));
+                match parsed {
+                    Some((route, action)) if method == Method::POST => {
+                        match self.rollouts.act(route, action, &self.snapshot).await {
+                            Ok(state) => json_response(StatusCode::OK, state),
+                            Err(message) => {
+                                json_response(StatusCode::CONFLICT, json!({"error": message}))
+                            }
+                        }
+                    }
+                    Some(_) => method_not_allowed("POST"),
+                    None => json_response(StatusCode::NOT_FOUND, json!({"error": "not found"})),
                 }
             }
             path => match region_action(path) {
@@ -203,6 +236,46 @@ impl Admin {
             StatusCode::OK,
             json!({ "routes": routes.into_iter().map(|(_, v)| v).collect::<Vec<_>>() }),
         )
+    }
+
+    fn rollout_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let gauges = self.rollouts.gauges();
+        if gauges.is_empty() {
+            return;
+        }
+        let _ = writeln!(out, "# TYPE cascadia_rollout_canary_weight gauge");
+        let _ = writeln!(out, "# TYPE cascadia_rollout_step gauge");
+        let _ = writeln!(out, "# TYPE cascadia_rollout_state gauge");
+        for (route, weight, step, status) in gauges {
+            let _ = writeln!(
+                out,
+                "cascadia_rollout_canary_weight{{route=\"{route}\"}} {weight}"
+            );
+            let _ = writeln!(out, "cascadia_rollout_step{{route=\"{route}\"}} {step}");
+            let status = serde_json::to_value(status).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "cascadia_rollout_state{{route=\"{route}\",state=\"{}\"}} 1",
+                status.as_str().unwrap_or("unknown")
+            );
+        }
+        let _ = writeln!(out, "# TYPE cascadia_rollout_decisions_total counter");
+        let _ = writeln!(
+            out,
+            "cascadia_rollout_decisions_total {}",
+            self.rollouts
+                .decisions
+                .load(std::sync::atomic::Ordering::Relaxed)
+        );
+        let _ = writeln!(out, "# TYPE cascadia_rollout_rollbacks_total counter");
+        let _ = writeln!(
+            out,
+            "cascadia_rollout_rollbacks_total {}",
+            self.rollouts
+                .rollbacks
+                .load(std::sync::atomic::Ordering::Relaxed)
+        );
     }
 
     /// Shadow comparisons: per route with a shadow, per primary version.

@@ -90,6 +90,21 @@ pub enum Command {
         #[arg(long)]
         token_file: Option<PathBuf>,
     },
+    /// Show or steer canary rollouts through a running gateway's admin API:
+    /// `status`, or `pause`, `resume`, `promote`, `abort` with `--route`.
+    Rollout {
+        /// status, pause, resume, promote or abort.
+        action: String,
+        /// The route whose rollout to steer (every route for `status`).
+        #[arg(long)]
+        route: Option<String>,
+        /// The admin API's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:9901")]
+        admin: String,
+        /// File holding the admin token, when the gateway requires one.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
     /// Validate a config file: print every problem with its field path and
     /// exit 1, or print a summary and exit 0.
     Check {
@@ -103,6 +118,56 @@ pub enum Command {
 pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::Rollout {
+            action,
+            route,
+            admin,
+            token_file,
+        } => {
+            let token = match read_token(token_file) {
+                Ok(token) => token,
+                Err(code) => return code,
+            };
+            let (method, path) = match (action.as_str(), &route) {
+                ("status", None) => (http::Method::GET, "/admin/rollouts".to_owned()),
+                ("status", Some(_)) => (http::Method::GET, "/admin/rollouts".to_owned()),
+                ("pause" | "resume" | "promote" | "abort", Some(route)) => (
+                    http::Method::POST,
+                    format!("/admin/rollouts/{route}/{action}"),
+                ),
+                ("pause" | "resume" | "promote" | "abort", None) => {
+                    eprintln!("error: {action} needs --route");
+                    return ExitCode::from(2);
+                }
+                _ => {
+                    eprintln!(
+                        "error: unknown action {action:?} (status, pause, resume, promote, abort)"
+                    );
+                    return ExitCode::from(2);
+                }
+            };
+            match admin_request(&admin, method, path, bytes::Bytes::new(), token.as_deref()).await {
+                Ok(mut answer) => {
+                    if let (Some(route), Some(all)) = (&route, answer["rollouts"].as_array()) {
+                        let one: Vec<_> = all
+                            .iter()
+                            .filter(|r| r["route"] == route.as_str())
+                            .cloned()
+                            .collect();
+                        answer["rollouts"] = serde_json::json!(one);
+                    }
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&answer).unwrap_or_default()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run {
             config,
             listen,
@@ -151,12 +216,9 @@ pub async fn run(cli: Cli) -> ExitCode {
             abort_p99_ms,
             token_file,
         } => {
-            let token = match token_file.map(std::fs::read_to_string).transpose() {
-                Ok(token) => token.map(|t| t.trim().to_owned()),
-                Err(error) => {
-                    eprintln!("error: cannot read the token file: {error}");
-                    return ExitCode::FAILURE;
-                }
+            let token = match read_token(token_file) {
+                Ok(token) => token,
+                Err(code) => return code,
             };
             let request = serde_json::json!({
                 "region": region,
@@ -197,42 +259,8 @@ async fn drill(
     duration: std::time::Duration,
 ) -> Result<serde_json::Value, String> {
     use bytes::Bytes;
-    use http_body_util::{BodyExt, Full};
-    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
     let send = |method: http::Method, path: String, body: Bytes| {
-        let mut builder = http::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", admin.trim_end_matches('/')))
-            .header("content-type", "application/json");
-        if let Some(token) = token {
-            builder = builder.header("authorization", format!("Bearer {token}"));
-        }
-        let request = builder.body(Full::new(body));
-        let client = client.clone();
-        async move {
-            let response = client
-                .request(request.map_err(|e| e.to_string())?)
-                .await
-                .map_err(|e| format!("admin API unreachable: {e}"))?;
-            let status = response.status();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            if status.is_success() {
-                Ok(json)
-            } else {
-                Err(format!(
-                    "{status}: {}",
-                    json["error"].as_str().unwrap_or("request failed")
-                ))
-            }
-        }
+        admin_request(admin, method, path, body, token)
     };
     let started = send(
         http::Method::POST,
@@ -257,6 +285,58 @@ async fn drill(
         {
             return Ok(report);
         }
+    }
+}
+
+fn read_token(file: Option<PathBuf>) -> Result<Option<String>, ExitCode> {
+    match file.map(std::fs::read_to_string).transpose() {
+        Ok(token) => Ok(token.map(|t| t.trim().to_owned())),
+        Err(error) => {
+            eprintln!("error: cannot read the token file: {error}");
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// One admin API call: the JSON answer on success, the error otherwise.
+async fn admin_request(
+    admin: &str,
+    method: http::Method,
+    path: String,
+    body: bytes::Bytes,
+    token: Option<&str>,
+) -> Result<serde_json::Value, String> {
+    use http_body_util::{BodyExt, Full};
+    let client: hyper_util::client::legacy::Client<_, Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let mut builder = http::Request::builder()
+        .method(method)
+        .uri(format!("{}{path}", admin.trim_end_matches('/')))
+        .header("content-type", "application/json");
+    if let Some(token) = token {
+        builder = builder.header("authorization", format!("Bearer {token}"));
+    }
+    let request = builder.body(Full::new(body)).map_err(|e| e.to_string())?;
+    let response = client
+        .request(request)
+        .await
+        .map_err(|e| format!("admin API unreachable: {e}"))?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    if status.is_success() {
+        Ok(json)
+    } else {
+        Err(format!(
+            "{status}: {}",
+            json["error"].as_str().unwrap_or("request failed")
+        ))
     }
 }
 

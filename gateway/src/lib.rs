@@ -26,6 +26,7 @@
 //! - [`admin`]: the admin API on its own port; [`metrics`]: its `/metrics`;
 //!   [`drills`]: failover drills it runs.
 //! - [`errors`]: every failure mapped to an HTTP or gRPC status.
+//! - [`rollout`]: automated canary analysis, promotion and rollback.
 //! - [`shadow`]: shadow traffic to a candidate version, compared online.
 //! - [`telemetry`]: logs, and OpenTelemetry traces over OTLP.
 //!
@@ -43,6 +44,7 @@ pub mod listener;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
+pub mod rollout;
 pub mod routing;
 pub mod server;
 pub mod shadow;

@@ -40,6 +40,84 @@ pub struct RouteStats {
     local_by_class: [AtomicU64; 5],
 }
 
+/// One version's answers (by status class) and latency, for canary
+/// analysis: the rollout compares two of these over the same window.
+#[derive(Debug, Default)]
+pub struct VersionStats {
+    by_class: [AtomicU64; 5],
+    buckets: [AtomicU64; BUCKETS.len()],
+}
+
+/// A point-in-time copy of [`VersionStats`]; windows are differences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VersionCounts {
+    pub by_class: [u64; 5],
+    pub buckets: [u64; BUCKETS.len()],
+}
+
+impl VersionStats {
+    /// Counts one answer (an error the gateway gave counts by its status).
+    pub fn record(&self, status: u16, latency: std::time::Duration) {
+        if let Some(counter) = self.by_class.get(usize::from(status / 100).wrapping_sub(1)) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        let seconds = latency.as_secs_f64();
+        let bucket = BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(BUCKETS.len() - 1);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn counts(&self) -> VersionCounts {
+        VersionCounts {
+            by_class: std::array::from_fn(|i| self.by_class[i].load(Ordering::Relaxed)),
+            buckets: std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed)),
+        }
+    }
+}
+
+impl VersionCounts {
+    /// What happened between `earlier` and `self`.
+    pub fn since(&self, earlier: &VersionCounts) -> VersionCounts {
+        VersionCounts {
+            by_class: std::array::from_fn(|i| self.by_class[i].saturating_sub(earlier.by_class[i])),
+            buckets: std::array::from_fn(|i| self.buckets[i].saturating_sub(earlier.buckets[i])),
+        }
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.by_class.iter().sum()
+    }
+
+    /// Share of 5xx answers.
+    pub fn error_rate(&self) -> f64 {
+        let requests = self.requests();
+        if requests == 0 {
+            0.0
+        } else {
+            self.by_class[4] as f64 / requests as f64
+        }
+    }
+
+    /// Upper bound (ms) of the bucket holding quantile `q`.
+    pub fn percentile_ms(&self, q: f64) -> Option<f64> {
+        let total: u64 = self.buckets.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let wanted = (total as f64 * q).ceil() as u64;
+        let mut seen = 0;
+        for (bound, n) in BUCKETS.iter().zip(self.buckets) {
+            seen += n;
+            if seen >= wanted {
+                return Some(bound * 1000.0);
+            }
+        }
+        None
+    }
+}
+
 /// Responses by status class, for one (route, version, backend).
 #[derive(Debug, Default)]
 pub struct ClassCounters([AtomicU64; 5]);

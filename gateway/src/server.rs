@@ -91,9 +91,19 @@ impl Gateway {
             Arc::clone(&snapshot),
             shutdown_rx.clone(),
         ));
+        let config_dir = loaded
+            .source
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        let rollouts = Arc::new(crate::rollout::Rollouts::new(
+            snapshot.load().redis.clone(),
+            &config_dir,
+        ));
+        tasks.spawn(Arc::clone(&rollouts).run(Arc::clone(&snapshot), shutdown_rx.clone()));
         tasks.spawn(admin::serve(
             admin_listener,
-            Admin::new(Arc::clone(&snapshot), reload.clone(), registry),
+            Admin::new(Arc::clone(&snapshot), reload.clone(), registry, rollouts),
             shutdown_rx,
         ));
         Ok(Self {

@@ -166,6 +166,51 @@ impl RedisTier {
         }
     }
 
+    /// `GET key`: `Some(None)` when absent, `None` when Redis could not
+    /// answer. Off the request path (rollout state).
+    pub async fn get_raw(&self, key: &str) -> Option<Option<Vec<u8>>> {
+        if !self.may_call() {
+            return None;
+        }
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let mut connection = self.connection.clone();
+        let mut command = redis::cmd("GET");
+        command.arg(key);
+        let call = command.query_async::<Option<Vec<u8>>>(&mut connection);
+        match tokio::time::timeout(self.settings.response_timeout.get() * 10, call).await {
+            Ok(Ok(value)) => {
+                self.breaker.success();
+                Some(value)
+            }
+            _ => {
+                self.failed();
+                None
+            }
+        }
+    }
+
+    /// `SET key value` (no expiry); whether it was stored.
+    pub async fn set_raw(&self, key: &str, value: Vec<u8>) -> bool {
+        if !self.may_call() {
+            return false;
+        }
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let mut connection = self.connection.clone();
+        let mut command = redis::cmd("SET");
+        command.arg(key).arg(value);
+        let call = command.query_async::<()>(&mut connection);
+        match tokio::time::timeout(self.settings.response_timeout.get() * 10, call).await {
+            Ok(Ok(())) => {
+                self.breaker.success();
+                true
+            }
+            _ => {
+                self.failed();
+                false
+            }
+        }
+    }
+
     /// Takes Redis out of (or back into) every request path, for a drill.
     pub fn set_drill_down(&self, down: bool) {
         self.drill_down.store(down, Ordering::Relaxed);

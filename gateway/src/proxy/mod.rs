@@ -302,6 +302,28 @@ impl Proxy {
         &self,
         route: &Route,
         target: &Target,
+        parts: http::request::Parts,
+        path_and_query: PathAndQuery,
+        body: RequestBody,
+        request_id: &HeaderValue,
+    ) -> Result<Response<ResponseBody>, GatewayError> {
+        let started = Instant::now();
+        let result = self
+            .forward_attempts(route, target, parts, path_and_query, body, request_id)
+            .await;
+        // Per version, for canary analysis: the time to the answer's head.
+        let status = match &result {
+            Ok(response) => response.status().as_u16(),
+            Err(error) => error.status().as_u16(),
+        };
+        target.stats.record(status, started.elapsed());
+        result
+    }
+
+    async fn forward_attempts(
+        &self,
+        route: &Route,
+        target: &Target,
         mut parts: http::request::Parts,
         path_and_query: PathAndQuery,
         mut body: RequestBody,

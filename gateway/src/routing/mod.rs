@@ -54,6 +54,8 @@ pub struct Route {
     pub cascade: Option<crate::cascade::CascadeStage>,
     /// Mirrors some inference calls to a candidate and compares answers.
     pub shadow: Option<Arc<crate::shadow::Shadow>>,
+    /// The route's rollout plan, run by [`crate::rollout::Rollouts`].
+    pub rollout: Option<cascadia_config::Rollout>,
     /// Request counters and latency, for `/metrics`.
     pub stats: Arc<crate::metrics::RouteStats>,
 }
@@ -80,6 +82,8 @@ pub struct RouteRuntime {
     l1: Carried<usize, crate::features::l1::L1>,
     /// Shadow comparisons, by candidate version.
     shadow_stats: Carried<String, crate::shadow::ShadowStats>,
+    /// Answers and latency by version, for canary analysis.
+    version_stats: std::sync::Mutex<HashMap<String, Arc<crate::metrics::VersionStats>>>,
     /// Response counters by (version, backend).
     served: std::sync::Mutex<HashMap<(String, String), Arc<crate::metrics::ClassCounters>>>,
 }
@@ -107,6 +111,11 @@ impl RouteRuntime {
                 stats
             }
         }
+    }
+
+    fn version_stats(&self, version: &str) -> Arc<crate::metrics::VersionStats> {
+        let mut stats = self.version_stats.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(stats.entry(version.to_owned()).or_default())
     }
 
     fn served(&self, version: &str, backend: &str) -> Arc<crate::metrics::ClassCounters> {
@@ -395,6 +404,7 @@ impl RouteTable {
                         target.upstream_version.as_deref(),
                     );
                     compiled.served = served;
+                    compiled.stats = carried.version_stats(&target.version);
                     compiled
                 })
                 .collect();
@@ -446,6 +456,7 @@ impl RouteTable {
                         stats: Arc::clone(&carried.cascade_stats),
                     }
                 }),
+                rollout: route.rollout.clone(),
                 shadow: route.shadow.clone().map(|settings| {
                     let pools = settings
                         .backends

@@ -25,8 +25,8 @@ pub struct Target {
     pub version: Arc<str>,
     /// Precomputed header value for `x-cascadia-version`.
     pub version_header: HeaderValue,
-    /// Share of traffic in percent.
-    pub weight: u32,
+    /// Share of traffic in percent; a rollout changes it live.
+    weight: std::sync::atomic::AtomicU32,
     /// Hash seed derived from the version name, so a version's scores do not
     /// depend on its position in the list.
     seed: u64,
@@ -44,9 +44,24 @@ pub struct Target {
     /// Responses served by each of `pools`, carried across reloads; empty
     /// until the route table fills it in.
     pub served: Vec<Arc<crate::metrics::ClassCounters>>,
+    /// This version's answers and latency, for canary analysis; carried
+    /// across reloads.
+    pub stats: Arc<crate::metrics::VersionStats>,
 }
 
 impl Target {
+    /// Share of traffic in percent, now.
+    pub fn weight(&self) -> u32 {
+        self.weight.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Changes the share (a rollout step); the split's other weights are
+    /// the caller's to keep summing to 100.
+    pub fn set_weight(&self, weight: u32) {
+        self.weight
+            .store(weight, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Builds a target.
     pub fn new(
         version: &str,
@@ -59,7 +74,7 @@ impl Target {
             version: version.into(),
             version_header: HeaderValue::from_str(version)
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
-            weight,
+            weight: weight.into(),
             seed: hash64(0x5eed_cafe, version.as_bytes()),
             pool_headers: pools
                 .iter()
@@ -75,6 +90,7 @@ impl Target {
             upstream_model: upstream_model.map(Into::into),
             upstream_version: upstream_version.map(Into::into),
             served: Vec::new(),
+            stats: Arc::default(),
         }
     }
 }
@@ -83,7 +99,6 @@ impl Target {
 #[derive(Debug)]
 pub struct Split {
     targets: Vec<Target>,
-    total_weight: u32,
 }
 
 /// Why the split could not choose.
@@ -96,11 +111,12 @@ pub enum SplitError {
 impl Split {
     /// A split over `targets`. Validation guarantees weights sum to 100.
     pub fn new(targets: Vec<Target>) -> Self {
-        let total_weight = targets.iter().map(|t| t.weight).sum();
-        Self {
-            targets,
-            total_weight,
-        }
+        Self { targets }
+    }
+
+    /// The version named `version`.
+    pub fn target(&self, version: &str) -> Option<&Target> {
+        self.targets.iter().find(|t| &*t.version == version)
     }
 
     /// Every version.
@@ -122,7 +138,10 @@ impl Split {
         }
         match key {
             Some(key) => Ok(self.sticky(key)),
-            None => Ok(self.random(fastrand::u32(0..self.total_weight.max(1)))),
+            None => {
+                let total: u32 = self.targets.iter().map(Target::weight).sum();
+                Ok(self.random(fastrand::u32(0..total.max(1))))
+            }
         }
     }
 
@@ -130,10 +149,11 @@ impl Split {
         let mut best = &self.targets[0];
         let mut best_score = f64::NEG_INFINITY;
         for target in &self.targets {
-            if target.weight == 0 {
+            let weight = target.weight();
+            if weight == 0 {
                 continue;
             }
-            let score = f64::from(target.weight) / -unit_interval(hash64(target.seed, key)).ln();
+            let score = f64::from(weight) / -unit_interval(hash64(target.seed, key)).ln();
             if score > best_score {
                 best_score = score;
                 best = target;
@@ -144,10 +164,11 @@ impl Split {
 
     fn random(&self, mut ticket: u32) -> &Target {
         for target in &self.targets {
-            if ticket < target.weight {
+            let weight = target.weight();
+            if ticket < weight {
                 return target;
             }
-            ticket -= target.weight;
+            ticket -= weight;
         }
         &self.targets[self.targets.len() - 1]
     }

@@ -1,0 +1,690 @@
+//! Automated canary analysis: a route's canary weight climbs a plan of
+//! steps, and at each step the canary is judged against stable over the
+//! same window. It is promoted when every check passes and rolled back at
+//! once (weight 0) when one fails, with the reason recorded.
+//!
+//! # Checks, per window (since the step began or the last evaluation)
+//! - 5xx share: canary's may exceed stable's by `max_error_rate_increase`;
+//! - p95 and p99: canary's may be `max_p95_ratio` / `max_p99_ratio` times
+//!   stable's, plus `latency_slack`;
+//! - class disagreement with stable, from the route's shadow comparison
+//!   (pair primary = canary), when the route has one.
+//!
+//! A failing check rolls back as soon as the canary has `min_requests`
+//! answers in the window; promotion also needs `min_dwell`. When stable gets
+//! too little traffic to compare with (the last step), the canary is judged
+//! against stable's numbers from the last window that had them.
+//!
+//! # State
+//! The plan's state (step, status, decisions) is persisted after every
+//! change, in Redis when `gateway.redis` is set (`cascadia:rollout:{route}`),
+//! otherwise in a JSON file beside the config, and read back at start-up:
+//! a restart or a reload resumes the plan where it was. Every decision goes
+//! to the audit log and to `cascadia_rollout_*` metrics.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cascadia_config::Rollout as Plan;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::features::RedisTier;
+use crate::metrics::VersionCounts;
+use crate::routing::Route;
+use crate::snapshot::SharedSnapshot;
+
+/// Decisions kept in a plan's history.
+const KEEP_DECISIONS: usize = 20;
+
+/// Where a plan stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Running,
+    Paused,
+    Promoted,
+    RolledBack,
+    Aborted,
+}
+
+/// One decision, as the audit log and `rollout status` show it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Decision {
+    pub at_unix_ms: u64,
+    /// `promote`, `rollback`, `pause`, `resume`, `abort` or `start`.
+    pub action: String,
+    pub reason: String,
+    /// The canary weight after the decision.
+    pub weight: u32,
+}
+
+/// A plan's persisted state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RolloutState {
+    pub route: String,
+    pub canary: String,
+    pub stable: String,
+    pub steps: Vec<u32>,
+    /// Index into `steps` of the current step.
+    pub step: usize,
+    pub status: Status,
+    /// The canary's weight now.
+    pub weight: u32,
+    pub history: Vec<Decision>,
+}
+
+/// A window's numbers, shown with the state.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Window {
+    pub seconds: f64,
+    pub canary_requests: u64,
+    pub stable_requests: u64,
+    pub canary_error_rate: f64,
+    pub stable_error_rate: f64,
+    pub canary_p95_ms: Option<f64>,
+    pub stable_p95_ms: Option<f64>,
+    pub canary_p99_ms: Option<f64>,
+    pub stable_p99_ms: Option<f64>,
+    pub disagreement: Option<f64>,
+}
+
+/// Every plan this gateway runs.
+pub struct Rollouts {
+    plans: Mutex<HashMap<String, Arc<Mutex<Live>>>>,
+    store: Store,
+    pub decisions: AtomicU64,
+    pub rollbacks: AtomicU64,
+}
+
+/// A plan's state plus what is not persisted: the open window.
+struct Live {
+    state: RolloutState,
+    window: Baseline,
+    /// Stable's numbers from the last window that had enough of them.
+    stable_reference: Option<VersionCounts>,
+    last_window: Window,
+}
+
+struct Baseline {
+    at: Instant,
+    canary: VersionCounts,
+    stable: VersionCounts,
+    shadow_rows: (u64, u64),
+}
+
+/// Where state is persisted.
+enum Store {
+    Redis(Arc<RedisTier>),
+    Files(PathBuf),
+}
+
+/// An operator's action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Pause,
+    Resume,
+    Promote,
+    Abort,
+}
+
+impl Action {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "pause" => Some(Self::Pause),
+            "resume" => Some(Self::Resume),
+            "promote" => Some(Self::Promote),
+            "abort" => Some(Self::Abort),
+            _ => None,
+        }
+    }
+}
+
+impl Rollouts {
+    /// Plans persist in Redis when there is one, else in files in
+    /// `config_dir`.
+    pub fn new(redis: Option<Arc<RedisTier>>, config_dir: &Path) -> Self {
+        Self {
+            plans: Mutex::default(),
+            store: match redis {
+                Some(redis) => Store::Redis(redis),
+                None => Store::Files(config_dir.to_owned()),
+            },
+            decisions: AtomicU64::new(0),
+            rollbacks: AtomicU64::new(0),
+        }
+    }
+
+    /// Evaluates every plan every `tick` until `shutdown`.
+    pub async fn run(
+        self: Arc<Self>,
+        snapshot: SharedSnapshot,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.evaluate(&snapshot).await,
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Every plan's state and current window, sorted by route.
+    pub fn status(&self) -> Vec<serde_json::Value> {
+        let plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<_> = plans
+            .values()
+            .map(|live| {
+                let live = live.lock().unwrap_or_else(|e| e.into_inner());
+                let mut value = serde_json::json!(live.state);
+                value["window"] = serde_json::json!(live.last_window);
+                value["last_decision"] = serde_json::json!(live.state.history.last());
+                value
+            })
+            .collect();
+        out.sort_by(|a, b| a["route"].as_str().cmp(&b["route"].as_str()));
+        out
+    }
+
+    /// Applies an operator's action; the new state, or why not.
+    pub async fn act(
+        &self,
+        route: &str,
+        action: Action,
+        snapshot: &SharedSnapshot,
+    ) -> Result<serde_json::Value, String> {
+        let live = self
+            .plans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(route)
+            .cloned()
+            .ok_or_else(|| format!("no rollout on route {route:?}"))?;
+        let state = {
+            let mut live = live.lock().unwrap_or_else(|e| e.into_inner());
+            let current = snapshot.load();
+            let route_now = current
+                .routes
+                .iter()
+                .find(|r| &*r.name == route)
+                .cloned()
+                .ok_or("the route is gone")?;
+            let finished = matches!(
+                live.state.status,
+                Status::Promoted | Status::RolledBack | Status::Aborted
+            );
+            match action {
+                Action::Pause if live.state.status == Status::Running => {
+                    live.state.status = Status::Paused;
+                    self.decide(&mut live, "pause", "paused by an operator".into());
+                }
+                Action::Resume if live.state.status == Status::Paused => {
+                    live.state.status = Status::Running;
+                    live.window = Baseline::now(&route_now, &live.state);
+                    self.decide(&mut live, "resume", "resumed by an operator".into());
+                }
+                Action::Promote if !finished => {
+                    live.state.status = Status::Running;
+                    self.advance(&mut live, &route_now, "promoted by an operator".into());
+                }
+                Action::Abort if !finished => {
+                    self.roll_back(&mut live, Status::Aborted, "aborted by an operator".into());
+                }
+                _ => {
+                    return Err(format!(
+                        "cannot {action:?} a rollout that is {:?}",
+                        live.state.status
+                    ))
+                }
+            }
+            apply_weights(&route_now, &live.state);
+            live.state.clone()
+        };
+        self.save(&state).await;
+        Ok(serde_json::json!(state))
+    }
+
+    async fn evaluate(&self, snapshot: &SharedSnapshot) {
+        let current = snapshot.load_full();
+        let mut changed = Vec::new();
+        for route in current.routes.iter() {
+            let Some(plan) = &route.rollout else { continue };
+            let live = match self.live(route, plan).await {
+                Some(live) => live,
+                None => continue,
+            };
+            let mut live = live.lock().unwrap_or_else(|e| e.into_inner());
+            if live.window.at.elapsed() < plan.interval.get()
+                && live.state.status == Status::Running
+            {
+                apply_weights(route, &live.state);
+                continue;
+            }
+            let before = (live.state.step, live.state.status);
+            if live.state.status == Status::Running {
+                self.judge(&mut live, route, plan);
+            }
+            apply_weights(route, &live.state);
+            if (live.state.step, live.state.status) != before {
+                changed.push(live.state.clone());
+            }
+        }
+        for state in changed {
+            self.save(&state).await;
+        }
+    }
+
+    /// The live plan for `route`: loaded from the store the first time, and
+    /// restarted when the plan in config changed.
+    async fn live(&self, route: &Route, plan: &Plan) -> Option<Arc<Mutex<Live>>> {
+        let existing = self
+            .plans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&*route.name)
+            .cloned();
+        if let Some(live) = existing {
+            let same = {
+                let live = live.lock().unwrap_or_else(|e| e.into_inner());
+                live.state.canary == plan.canary && live.state.steps == plan.steps
+            };
+            if same {
+                return Some(live);
+            }
+        }
+        let stable = route
+            .split
+            .targets()
+            .iter()
+            .find(|t| *t.version != *plan.canary)?
+            .version
+            .to_string();
+        let stored = self
+            .load(&route.name)
+            .await
+            .filter(|s| s.canary == plan.canary && s.steps == plan.steps && s.stable == stable);
+        let resumed = stored.is_some();
+        let state = stored.unwrap_or_else(|| RolloutState {
+            route: route.name.to_string(),
+            canary: plan.canary.clone(),
+            stable,
+            steps: plan.steps.clone(),
+            step: 0,
+            status: Status::Running,
+            weight: plan.steps[0],
+            history: Vec::new(),
+        });
+        let mut live = Live {
+            window: Baseline::now(route, &state),
+            state,
+            stable_reference: None,
+            last_window: Window::default(),
+        };
+        if !resumed {
+            let first = live.state.weight;
+            self.decide(&mut live, "start", format!("plan started at {first}%"));
+        } else {
+            tracing::info!(route = %route.name, step = live.state.step, status = ?live.state.status, "rollout resumed from its saved state");
+        }
+        apply_weights(route, &live.state);
+        let state = live.state.clone();
+        let live = Arc::new(Mutex::new(live));
+        self.plans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(route.name.to_string(), Arc::clone(&live));
+        if !resumed {
+            self.save(&state).await;
+        }
+        Some(live)
+    }
+
+    /// Judges the open window: roll back on any failed check, promote when
+    /// every check passes and the step has dwelt long enough.
+    fn judge(&self, live: &mut Live, route: &Route, plan: &Plan) {
+        let (Some(canary), Some(stable)) = (
+            route.split.target(&live.state.canary),
+            route.split.target(&live.state.stable),
+        ) else {
+            return;
+        };
+        let now = Instant::now();
+        let canary_window = canary.stats.counts().since(&live.window.canary);
+        let mut stable_window = stable.stats.counts().since(&live.window.stable);
+        let floor = (plan.min_requests / 10).max(1);
+        if stable_window.requests() >= floor {
+            live.stable_reference = Some(stable_window);
+        } else if let Some(reference) = live.stable_reference {
+            stable_window = reference;
+        }
+        let disagreement = route.shadow.as_ref().and_then(|shadow| {
+            let pair = shadow
+                .stats
+                .pairs()
+                .into_iter()
+                .find(|(primary, _)| **primary == *live.state.canary)?
+                .1;
+            let rows = pair.rows.load(Ordering::Relaxed) - live.window.shadow_rows.0;
+            let agree = pair.rows_agree.load(Ordering::Relaxed) - live.window.shadow_rows.1;
+            (rows > 0).then(|| 1.0 - agree as f64 / rows as f64)
+        });
+        let window = Window {
+            seconds: (now - live.window.at).as_secs_f64(),
+            canary_requests: canary_window.requests(),
+            stable_requests: stable_window.requests(),
+            canary_error_rate: canary_window.error_rate(),
+            stable_error_rate: stable_window.error_rate(),
+            canary_p95_ms: canary_window.percentile_ms(0.95),
+            stable_p95_ms: stable_window.percentile_ms(0.95),
+            canary_p99_ms: canary_window.percentile_ms(0.99),
+            stable_p99_ms: stable_window.percentile_ms(0.99),
+            disagreement,
+        };
+        live.last_window = window.clone();
+        if window.canary_requests < plan.min_requests {
+            return;
+        }
+        if let Some(reason) = failed_check(&window, plan) {
+            self.roll_back(live, Status::RolledBack, reason);
+            return;
+        }
+        if now - live.window.at >= plan.min_dwell.get() {
+            let reason = format!(
+                "every check passed over {:.1}s: canary {} answers, errors {:.2}% vs {:.2}%, p99 {:?} vs {:?} ms",
+                window.seconds,
+                window.canary_requests,
+                100.0 * window.canary_error_rate,
+                100.0 * window.stable_error_rate,
+                window.canary_p99_ms,
+                window.stable_p99_ms,
+            );
+            self.advance(live, route, reason);
+        }
+    }
+
+    /// To the next step, or promoted after the last.
+    fn advance(&self, live: &mut Live, route: &Route, reason: String) {
+        if live.state.step + 1 < live.state.steps.len() {
+            live.state.step += 1;
+            live.state.weight = live.state.steps[live.state.step];
+        } else {
+            live.state.status = Status::Promoted;
+            live.state.weight = 100;
+        }
+        live.window = Baseline::now(route, &live.state);
+        self.decide(live, "promote", reason);
+    }
+
+    fn roll_back(&self, live: &mut Live, status: Status, reason: String) {
+        live.state.status = status;
+        live.state.weight = 0;
+        self.rollbacks.fetch_add(1, Ordering::Relaxed);
+        let action = if status == Status::Aborted {
+            "abort"
+        } else {
+            "rollback"
+        };
+        self.decide(live, action, reason);
+    }
+
+    fn decide(&self, live: &mut Live, action: &str, reason: String) {
+        self.decisions.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            target: "cascadia::audit",
+            route = %live.state.route,
+            action,
+            weight = live.state.weight,
+            step = live.state.step,
+            reason = %reason,
+            "rollout decision"
+        );
+        live.state.history.push(Decision {
+            at_unix_ms: unix_ms(),
+            action: action.to_owned(),
+            reason,
+            weight: live.state.weight,
+        });
+        if live.state.history.len() > KEEP_DECISIONS {
+            live.state.history.remove(0);
+        }
+    }
+
+    async fn load(&self, route: &str) -> Option<RolloutState> {
+        let bytes = match &self.store {
+            Store::Redis(redis) => redis.get_raw(&redis_key(route)).await.flatten()?,
+            Store::Files(dir) => std::fs::read(state_path(dir, route)).ok()?,
+        };
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    async fn save(&self, state: &RolloutState) {
+        let Ok(bytes) = serde_json::to_vec(state) else {
+            return;
+        };
+        match &self.store {
+            Store::Redis(redis) => {
+                if !redis.set_raw(&redis_key(&state.route), bytes).await {
+                    tracing::warn!(route = %state.route, "cannot save the rollout state to Redis");
+                }
+            }
+            Store::Files(dir) => {
+                // Write-then-rename: a crash never leaves half a file.
+                let path = state_path(dir, &state.route);
+                let tmp = path.with_extension("tmp");
+                let written =
+                    std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &path));
+                if let Err(error) = written {
+                    tracing::warn!(route = %state.route, %error, "cannot save the rollout state");
+                }
+            }
+        }
+    }
+
+    /// Current canary weight and step per route, for `/metrics`.
+    pub fn gauges(&self) -> Vec<(String, u32, usize, Status)> {
+        let plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        plans
+            .values()
+            .map(|live| {
+                let live = live.lock().unwrap_or_else(|e| e.into_inner());
+                (
+                    live.state.route.clone(),
+                    live.state.weight,
+                    live.state.step,
+                    live.state.status,
+                )
+            })
+            .collect()
+    }
+}
+
+/// The first failed check, as a reason; `None` when all pass.
+fn failed_check(window: &Window, plan: &Plan) -> Option<String> {
+    let increase = window.canary_error_rate - window.stable_error_rate;
+    if increase > plan.max_error_rate_increase {
+        return Some(format!(
+            "error rate {:.2}% vs stable {:.2}% (tolerance +{:.2}%)",
+            100.0 * window.canary_error_rate,
+            100.0 * window.stable_error_rate,
+            100.0 * plan.max_error_rate_increase
+        ));
+    }
+    let slack = plan.latency_slack.get().as_secs_f64() * 1000.0;
+    for (name, canary, stable, ratio) in [
+        (
+            "p95",
+            window.canary_p95_ms,
+            window.stable_p95_ms,
+            plan.max_p95_ratio,
+        ),
+        (
+            "p99",
+            window.canary_p99_ms,
+            window.stable_p99_ms,
+            plan.max_p99_ratio,
+        ),
+    ] {
+        if let (Some(canary), Some(stable)) = (canary, stable) {
+            if canary > stable * ratio + slack {
+                return Some(format!(
+                    "{name} {canary} ms vs stable {stable} ms (tolerance {ratio}x + {slack} ms)"
+                ));
+            }
+        }
+    }
+    if let Some(disagreement) = window.disagreement {
+        if disagreement > plan.max_disagreement {
+            return Some(format!(
+                "disagrees with stable on {:.1}% of rows (tolerance {:.1}%)",
+                100.0 * disagreement,
+                100.0 * plan.max_disagreement
+            ));
+        }
+    }
+    None
+}
+
+/// Sets the split's weights to the plan's: the canary's, and the rest to
+/// stable. Idempotent; run every tick so a reload cannot undo it.
+fn apply_weights(route: &Route, state: &RolloutState) {
+    if let (Some(canary), Some(stable)) = (
+        route.split.target(&state.canary),
+        route.split.target(&state.stable),
+    ) {
+        canary.set_weight(state.weight);
+        stable.set_weight(100 - state.weight.min(100));
+    }
+}
+
+impl Baseline {
+    fn now(route: &Route, state: &RolloutState) -> Self {
+        let counts = |version: &str| {
+            route
+                .split
+                .target(version)
+                .map(|t| t.stats.counts())
+                .unwrap_or_default()
+        };
+        let shadow_rows = route
+            .shadow
+            .as_ref()
+            .and_then(|shadow| {
+                let (_, pair) = shadow
+                    .stats
+                    .pairs()
+                    .into_iter()
+                    .find(|(primary, _)| **primary == *state.canary)?;
+                Some((
+                    pair.rows.load(Ordering::Relaxed),
+                    pair.rows_agree.load(Ordering::Relaxed),
+                ))
+            })
+            .unwrap_or((0, 0));
+        Self {
+            at: Instant::now(),
+            canary: counts(&state.canary),
+            stable: counts(&state.stable),
+            shadow_rows,
+        }
+    }
+}
+
+fn redis_key(route: &str) -> String {
+    format!("cascadia:rollout:{route}")
+}
+
+fn state_path(dir: &Path, route: &str) -> PathBuf {
+    dir.join(format!(".cascadia-rollout-{route}.json"))
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> Plan {
+        cascadia_config::parse(
+            r#"
+[[backends]]
+name = "a"
+region = "r"
+endpoints = ["127.0.0.1:1"]
+
+[[routes]]
+name = "m"
+match = { model = "m" }
+[[routes.split]]
+version = "stable"
+weight = 100
+backends = ["a"]
+[[routes.split]]
+version = "canary"
+weight = 0
+backends = ["a"]
+[routes.rollout]
+canary = "canary"
+"#,
+        )
+        .unwrap()
+        .routes[0]
+            .rollout
+            .clone()
+            .unwrap()
+    }
+
+    fn window() -> Window {
+        Window {
+            canary_requests: 200,
+            stable_requests: 2000,
+            canary_error_rate: 0.0,
+            stable_error_rate: 0.0,
+            canary_p95_ms: Some(10.0),
+            stable_p95_ms: Some(10.0),
+            canary_p99_ms: Some(25.0),
+            stable_p99_ms: Some(25.0),
+            ..Window::default()
+        }
+    }
+
+    #[test]
+    fn each_check_fails_past_its_tolerance_only() {
+        let plan = plan();
+        assert_eq!(failed_check(&window(), &plan), None);
+        let errors = Window {
+            canary_error_rate: 0.02,
+            ..window()
+        };
+        assert!(failed_check(&errors, &plan)
+            .unwrap()
+            .starts_with("error rate"));
+        let slow = Window {
+            canary_p99_ms: Some(100.0),
+            ..window()
+        };
+        assert!(failed_check(&slow, &plan).unwrap().starts_with("p99"));
+        // Within ratio plus slack: 25 × 2 + 5 = 55 ms.
+        let a_bit_slower = Window {
+            canary_p99_ms: Some(50.0),
+            ..window()
+        };
+        assert_eq!(failed_check(&a_bit_slower, &plan), None);
+        let disagreeing = Window {
+            disagreement: Some(0.2),
+            ..window()
+        };
+        assert!(failed_check(&disagreeing, &plan)
+            .unwrap()
+            .starts_with("disagrees"));
+    }
+}

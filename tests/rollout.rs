@@ -1,0 +1,303 @@
+//! Automated canary analysis: a healthy canary climbs every step; a slow,
+//! failing or disagreeing one is rolled back within one window; the plan
+//! survives a restart and obeys the operator.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cascadia_sim::LatencyModel;
+use http::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::support::redis::RedisServer;
+use crate::support::{CanaryFixture, GatewayProcess, TestClient, WAIT};
+
+/// The canary fixture's config plus a rollout plan (and `extra` route
+/// lines, such as a shadow).
+fn config(fixture: &CanaryFixture, plan: &str, extra: &str) -> String {
+    let base = fixture.config(100, 0);
+    // The fixture's second route starts here; the plan belongs to `fraud`.
+    let (fraud, rest) = base.split_once("[[routes]]\nname = \"echo\"").unwrap();
+    format!(
+        "{fraud}\n[routes.rollout]\ncanary = \"canary\"\n{plan}\n{extra}\n[[routes]]\nname = \"echo\"{rest}"
+    )
+}
+
+/// Short steps for tests; the latency slack is wide because a loaded test
+/// machine adds tail latency to both versions, and these tests are not
+/// about latency.
+const FAST_PLAN: &str = r#"steps = [10, 50, 100]
+min_dwell = "200ms"
+min_requests = 20
+interval = "100ms"
+latency_slack = "40ms""#;
+
+/// Closed-loop load on `fraud` from `workers` tasks until `stop`; counts
+/// answers that were not 200.
+fn load(
+    client: &TestClient,
+    url: String,
+    workers: usize,
+    stop: Arc<AtomicBool>,
+) -> (Arc<AtomicU64>, Vec<tokio::task::JoinHandle<()>>) {
+    let failures = Arc::new(AtomicU64::new(0));
+    let tasks = (0..workers)
+        .map(|_| {
+            let (client, url, stop, failures) =
+                (client.clone(), url.clone(), stop.clone(), failures.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    if client.infer(&url, &[]).await.status != StatusCode::OK {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    (failures, tasks)
+}
+
+/// The `fraud` rollout once `done` holds for it.
+async fn wait_for_rollout(
+    client: &TestClient,
+    gateway: &GatewayProcess,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let last = std::sync::Mutex::new(Value::Null);
+    let reached = tokio::time::timeout(WAIT, async {
+        loop {
+            let status = client
+                .get(&gateway.admin_url("/admin/rollouts"), &[])
+                .await
+                .json();
+            if let Some(plan) = status["rollouts"]
+                .as_array()
+                .and_then(|all| all.iter().find(|r| r["route"] == "fraud"))
+            {
+                if done(plan) {
+                    return plan.clone();
+                }
+                *last.lock().unwrap() = plan.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    reached.unwrap_or_else(|_| panic!("the rollout did not get there: {}", last.lock().unwrap()))
+}
+
+async fn stop_load(stop: Arc<AtomicBool>, tasks: Vec<tokio::task::JoinHandle<()>>) {
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_canary_is_promoted_through_every_step() {
+    let fixture = CanaryFixture::start().await;
+    let gateway = GatewayProcess::start(&config(&fixture, FAST_PLAN, "")).await;
+    let client = TestClient::new();
+    let url = gateway.url("/v2/models/fraud/infer");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (failures, tasks) = load(&client, url.clone(), 4, stop.clone());
+    let plan = wait_for_rollout(&client, &gateway, |p| p["status"] == "promoted").await;
+    stop_load(stop, tasks).await;
+
+    println!("promoted: {plan}");
+    assert_eq!(plan["weight"], 100);
+    let actions: Vec<&str> = plan["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["start", "promote", "promote", "promote"]);
+    assert_eq!(failures.load(Ordering::Relaxed), 0);
+    // Everything goes to the canary now.
+    for _ in 0..10 {
+        let response = client.infer(&url, &[]).await;
+        assert_eq!(response.header("x-cascadia-version"), Some("canary"));
+    }
+    let metrics = client.get(&gateway.admin_url("/metrics"), &[]).await;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(
+        text.contains(r#"cascadia_rollout_canary_weight{route="fraud"} 100"#),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_canary_is_rolled_back_without_failing_a_request() {
+    let fixture = CanaryFixture::start().await;
+    fixture
+        .canary
+        .control
+        .set_latency(LatencyModel::Fixed(Duration::from_millis(60)));
+    let plan = r#"steps = [30, 100]
+min_dwell = "10s"
+min_requests = 10
+interval = "100ms""#;
+    let gateway = GatewayProcess::start(&config(&fixture, plan, "")).await;
+    let client = TestClient::new();
+    let url = gateway.url("/v2/models/fraud/infer");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (failures, tasks) = load(&client, url.clone(), 4, stop.clone());
+    let plan = wait_for_rollout(&client, &gateway, |p| p["status"] == "rolled_back").await;
+    stop_load(stop, tasks).await;
+
+    let last = &plan["last_decision"];
+    assert_eq!(last["action"], "rollback");
+    assert!(
+        last["reason"].as_str().unwrap().starts_with("p95"),
+        "{plan}"
+    );
+    assert_eq!(plan["weight"], 0);
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "the rollback failed no request"
+    );
+    for _ in 0..10 {
+        let response = client.infer(&url, &[]).await;
+        assert_eq!(response.header("x-cascadia-version"), Some("stable"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_canary_is_rolled_back_with_the_reason() {
+    let fixture = CanaryFixture::start().await;
+    fixture.canary.control.set_error_rate(0.5);
+    let gateway = GatewayProcess::start(&config(&fixture, FAST_PLAN, "")).await;
+    let client = TestClient::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (_failures, tasks) = load(
+        &client,
+        gateway.url("/v2/models/fraud/infer"),
+        4,
+        stop.clone(),
+    );
+    let plan = wait_for_rollout(&client, &gateway, |p| p["status"] == "rolled_back").await;
+    stop_load(stop, tasks).await;
+    let reason = plan["last_decision"]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("error rate"), "{plan}");
+    // Judged at the first step: the canary never got more than 10%.
+    assert_eq!(plan["step"], 0, "{plan}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_that_disagrees_with_stable_is_rolled_back() {
+    let fixture = CanaryFixture::start().await;
+    fixture.canary.control.set_bias(4.0);
+    // Every answer is compared with stable's: shadow to stable's backend.
+    let shadow = "[routes.shadow]\nversion = \"stable-check\"\nbackends = [\"fraud-v1\"]\nfraction = 1.0\nupstream_version = \"1\"";
+    let gateway = GatewayProcess::start(&config(&fixture, FAST_PLAN, shadow)).await;
+    let client = TestClient::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (failures, tasks) = load(
+        &client,
+        gateway.url("/v2/models/fraud/infer"),
+        4,
+        stop.clone(),
+    );
+    let plan = wait_for_rollout(&client, &gateway, |p| p["status"] == "rolled_back").await;
+    stop_load(stop, tasks).await;
+    let reason = plan["last_decision"]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("disagrees"), "{plan}");
+    assert_eq!(failures.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plan_survives_a_restart_and_obeys_the_operator() {
+    let redis = RedisServer::start().await;
+    let fixture = CanaryFixture::start().await;
+    let plan = r#"steps = [10, 50, 100]
+min_dwell = "1h"
+min_requests = 1000000
+interval = "100ms""#;
+    let text = config(&fixture, plan, "").replacen(
+        "[gateway.limits]",
+        &format!(
+            "[gateway.redis]\nurl = \"{}\"\n\n[gateway.limits]",
+            redis.url()
+        ),
+        1,
+    );
+    let client = TestClient::new();
+    {
+        let gateway = GatewayProcess::start(&text).await;
+        wait_for_rollout(&client, &gateway, |p| p["status"] == "running").await;
+        let promoted = client
+            .send(
+                Method::POST,
+                &gateway.admin_url("/admin/rollouts/fraud/promote"),
+                &[],
+                "",
+            )
+            .await;
+        assert_eq!(promoted.status, StatusCode::OK, "{:?}", promoted.json());
+        assert_eq!(promoted.json()["weight"], 50);
+        // Through the CLI: pause.
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_cascadia"))
+            .args(["rollout", "pause", "--route", "fraud", "--admin"])
+            .arg(gateway.admin_url(""))
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let paused: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(paused["status"], "paused");
+        let again = client
+            .send(
+                Method::POST,
+                &gateway.admin_url("/admin/rollouts/fraud/pause"),
+                &[],
+                "",
+            )
+            .await;
+        assert_eq!(
+            again.status,
+            StatusCode::CONFLICT,
+            "pausing twice is refused"
+        );
+    }
+    // A new gateway process picks the plan up where it was.
+    let gateway = GatewayProcess::start(&text).await;
+    let plan = wait_for_rollout(&client, &gateway, |p| p["status"] == "paused").await;
+    assert_eq!(plan["step"], 1);
+    assert_eq!(plan["weight"], 50);
+    let actions: Vec<&str> = plan["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["start", "promote", "pause"]);
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_cascadia"))
+        .args(["rollout", "status", "--admin"])
+        .arg(gateway.admin_url(""))
+        .output()
+        .await
+        .unwrap();
+    let status: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(status["rollouts"][0]["last_decision"]["action"], "pause");
+    // Aborting sends everything back to stable.
+    let aborted = client
+        .send(
+            Method::POST,
+            &gateway.admin_url("/admin/rollouts/fraud/abort"),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(aborted.json()["weight"], 0);
+    let response = client
+        .infer(&gateway.url("/v2/models/fraud/infer"), &[])
+        .await;
+    assert_eq!(response.header("x-cascadia-version"), Some("stable"));
+}
