@@ -230,6 +230,9 @@ async fn a_full_route_sheds_load_with_a_fast_503_and_recovers() {
         let shed = client.infer(&url, &[]).await;
         assert_json_error(&shed, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(shed.header("retry-after"), Some("1"));
+        // Its body was never read, so the connection cannot be reused:
+        // the refusal says so, and the client reconnects cleanly.
+        assert_eq!(shed.header("connection"), Some("close"));
     }
     for request in admitted {
         assert_eq!(request.await.unwrap().status, StatusCode::OK);

@@ -73,6 +73,12 @@ impl Proxy {
         let uri = request.uri().clone();
         let started = Instant::now();
         let mut matched = None;
+        // An HTTP/1 request refused before its body was read leaves that
+        // body on the connection; hyper then closes it rather than reading
+        // it, so the refusal must say so or the client's next request on
+        // the connection fails (a broken pipe).
+        let unread_body_closes =
+            request.version() < Version::HTTP_2 && !request.body().is_end_stream();
         let span = trace::request_span(request.headers(), &method, uri.path());
         let result = if is_grpc {
             span.scope(grpc::handle(
@@ -142,7 +148,13 @@ impl Proxy {
                 if is_grpc {
                     error.to_grpc(&request_id)
                 } else {
-                    error.to_http(&request_id)
+                    let mut response = error.to_http(&request_id);
+                    if unread_body_closes {
+                        response
+                            .headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    response
                 }
             }
         }
