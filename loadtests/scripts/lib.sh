@@ -216,3 +216,33 @@ summarize() {
     python3 "$ROOT/loadtests/scripts/$1" "$RESULTS" | tee "$SUMMARY"
     log "summary: $SUMMARY"
 }
+
+# --- scenario scripts (overload, reload, redis-outage, failover-drill, canary) ---------------
+
+# start_metrics_poller ADMIN PID OUT: samples the gateway's /metrics and PID's RSS and CPU
+# every POLL_MS [100] ms on LOAD_CPU (summarize_scenarios.py poll), JSON lines to OUT; sets
+# POLLER_PID and adds it to CHILDREN.
+start_metrics_poller() {
+    "${PIN_LOAD[@]}" python3 "$ROOT/loadtests/scripts/summarize_scenarios.py" poll "$1" \
+        "${POLL_MS:-100}" "$2" >"$3" &
+    POLLER_PID=$!
+    CHILDREN+=("$POLLER_PID")
+}
+
+# run_steps URL RATES CONNS PID LABEL [ARG...]: one cascadia-load --rate-steps RATES run
+# (STEP_DURATION each, after WARMUP) on LOAD_CPU, measuring PID, with BUCKET buckets and
+# the plot ${RESULTS%.jsonl}.svg; appends every step report to RESULTS as "kind": "step".
+run_steps() {
+    local url=$1 rates=$2 conns=$3 pid=$4 label=$5
+    shift 5
+    "${PIN_LOAD[@]}" "$BIN/cascadia-load" --url "$url" --rate-steps "$rates" \
+        --step-duration "$STEP_DURATION" --connections "$conns" --warmup "$WARMUP" \
+        --oip-rows 1 --workers 1 --pid "$pid" --label "$label" --bucket "${BUCKET:-100ms}" \
+        --plot "${RESULTS%.jsonl}.svg" --quiet --json "$@" |
+        python3 -c '
+import json, sys
+for line in sys.stdin:
+    if line.strip():
+        print(json.dumps({"kind": "step", **json.loads(line)}))
+' >>"$RESULTS"
+}
