@@ -755,25 +755,7 @@ async fn drill_under_load(hold_down: &str, base_ejection: &str, warm: u64, body:
     let us_east: Vec<_> = regions.us_east.iter().map(|s| s.control.clone()).collect();
     wait_until(|| us_east.iter().map(|c| c.requests()).sum::<u64>() >= warm).await;
 
-    let started = client
-        .send(Method::POST, &gateway.admin_url("/admin/drills"), &[], body)
-        .await;
-    assert_eq!(started.status, StatusCode::ACCEPTED, "{:?}", started.json());
-    let id = started.json()["id"].as_u64().unwrap();
-    let report = tokio::time::timeout(WAIT, async {
-        loop {
-            let report = client
-                .get(&gateway.admin_url(&format!("/admin/drills/{id}")), &[])
-                .await
-                .json();
-            if report["state"] != "running" && report["state"] != "reverted" {
-                return report;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("drill finished");
+    let report = gateway.run_drill(&client, body).await;
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await.unwrap();
@@ -785,8 +767,8 @@ async fn drill_under_load(hold_down: &str, base_ejection: &str, warm: u64, body:
         .filter(|s| s.status != StatusCode::OK)
         .count();
     DrillRun {
+        id: report["id"].as_u64().expect("drill id"),
         report,
-        id,
         failures,
         gateway,
         client,

@@ -319,30 +319,9 @@ async fn a_redis_drill_under_load_runs_on_the_fallback_and_reports() {
         (sent, failed)
     };
     let drill = async {
-        let started = client
-            .send(
-                Method::POST,
-                &gateway.admin_url("/admin/drills"),
-                &[],
-                r#"{"fault": "redis", "duration_s": 0.5}"#,
-            )
+        let report = gateway
+            .run_drill(&client, r#"{"fault": "redis", "duration_s": 0.5}"#)
             .await;
-        assert_eq!(started.status, StatusCode::ACCEPTED, "{:?}", started.json());
-        let id = started.json()["id"].as_u64().unwrap();
-        let report = tokio::time::timeout(WAIT, async {
-            loop {
-                let report = client
-                    .get(&gateway.admin_url(&format!("/admin/drills/{id}")), &[])
-                    .await
-                    .json();
-                if report["state"] == "completed" || report["state"] == "aborted" {
-                    return report;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await
-        .expect("drill finished");
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         report
     };

@@ -94,6 +94,30 @@ async fn stop_load(stop: Arc<AtomicBool>, tasks: Vec<tokio::task::JoinHandle<()>
     }
 }
 
+/// Runs `fraud` under load with `plan` (and `extra` route lines) until the
+/// rollout is rolled back; the plan and the count of failed requests.
+async fn until_rolled_back(fixture: &CanaryFixture, plan: &str, extra: &str) -> (Value, u64) {
+    let gateway = GatewayProcess::start(&config(fixture, plan, extra)).await;
+    let client = TestClient::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (failures, tasks) = load(
+        &client,
+        gateway.url("/v2/models/fraud/infer"),
+        4,
+        stop.clone(),
+    );
+    let plan = wait_for_rollout(&client, &gateway, |p| p["status"] == "rolled_back").await;
+    stop_load(stop, tasks).await;
+    // After the rollback everything goes to stable.
+    for _ in 0..10 {
+        let response = client
+            .infer(&gateway.url("/v2/models/fraud/infer"), &[])
+            .await;
+        assert_eq!(response.header("x-cascadia-version"), Some("stable"));
+    }
+    (plan, failures.load(Ordering::Relaxed))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_canary_is_promoted_through_every_step() {
     let fixture = CanaryFixture::start().await;
@@ -139,14 +163,7 @@ async fn a_slow_canary_is_rolled_back_without_failing_a_request() {
 min_dwell = "10s"
 min_requests = 10
 interval = "100ms""#;
-    let gateway = GatewayProcess::start(&config(&fixture, plan, "")).await;
-    let client = TestClient::new();
-    let url = gateway.url("/v2/models/fraud/infer");
-    let stop = Arc::new(AtomicBool::new(false));
-    let (failures, tasks) = load(&client, url.clone(), 4, stop.clone());
-    let plan = wait_for_rollout(&client, &gateway, |p| p["status"] == "rolled_back").await;
-    stop_load(stop, tasks).await;
-
+    let (plan, failures) = until_rolled_back(&fixture, plan, "").await;
     let last = &plan["last_decision"];
     assert_eq!(last["action"], "rollback");
     assert!(
@@ -154,32 +171,14 @@ interval = "100ms""#;
         "{plan}"
     );
     assert_eq!(plan["weight"], 0);
-    assert_eq!(
-        failures.load(Ordering::Relaxed),
-        0,
-        "the rollback failed no request"
-    );
-    for _ in 0..10 {
-        let response = client.infer(&url, &[]).await;
-        assert_eq!(response.header("x-cascadia-version"), Some("stable"));
-    }
+    assert_eq!(failures, 0, "the rollback failed no request");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_canary_is_rolled_back_with_the_reason() {
     let fixture = CanaryFixture::start().await;
     fixture.canary.control.set_error_rate(0.5);
-    let gateway = GatewayProcess::start(&config(&fixture, FAST_PLAN, "")).await;
-    let client = TestClient::new();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (_failures, tasks) = load(
-        &client,
-        gateway.url("/v2/models/fraud/infer"),
-        4,
-        stop.clone(),
-    );
-    let plan = wait_for_rollout(&client, &gateway, |p| p["status"] == "rolled_back").await;
-    stop_load(stop, tasks).await;
+    let (plan, _failures) = until_rolled_back(&fixture, FAST_PLAN, "").await;
     let reason = plan["last_decision"]["reason"].as_str().unwrap();
     assert!(reason.starts_with("error rate"), "{plan}");
     // Judged at the first step: the canary never got more than 10%.
@@ -192,20 +191,10 @@ async fn a_canary_that_disagrees_with_stable_is_rolled_back() {
     fixture.canary.control.set_bias(4.0);
     // Every answer is compared with stable's: shadow to stable's backend.
     let shadow = "[routes.shadow]\nversion = \"stable-check\"\nbackends = [\"fraud-v1\"]\nfraction = 1.0\nupstream_version = \"1\"";
-    let gateway = GatewayProcess::start(&config(&fixture, FAST_PLAN, shadow)).await;
-    let client = TestClient::new();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (failures, tasks) = load(
-        &client,
-        gateway.url("/v2/models/fraud/infer"),
-        4,
-        stop.clone(),
-    );
-    let plan = wait_for_rollout(&client, &gateway, |p| p["status"] == "rolled_back").await;
-    stop_load(stop, tasks).await;
+    let (plan, failures) = until_rolled_back(&fixture, FAST_PLAN, shadow).await;
     let reason = plan["last_decision"]["reason"].as_str().unwrap();
     assert!(reason.starts_with("disagrees"), "{plan}");
-    assert_eq!(failures.load(Ordering::Relaxed), 0);
+    assert_eq!(failures, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

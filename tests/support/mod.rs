@@ -269,6 +269,30 @@ impl GatewayProcess {
         std::fs::rename(&tmp, &self.config_path).expect("replace config");
     }
 
+    /// Starts a drill (`body` is `POST /admin/drills` JSON) and returns its
+    /// report once it has completed or aborted.
+    pub async fn run_drill(&self, client: &TestClient, body: &str) -> serde_json::Value {
+        let started = client
+            .send(Method::POST, &self.admin_url("/admin/drills"), &[], body)
+            .await;
+        assert_eq!(started.status, StatusCode::ACCEPTED, "{:?}", started.json());
+        let id = started.json()["id"].as_u64().expect("drill id");
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let report = client
+                    .get(&self.admin_url(&format!("/admin/drills/{id}")), &[])
+                    .await
+                    .json();
+                if report["state"] == "completed" || report["state"] == "aborted" {
+                    return report;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the drill finished")
+    }
+
     /// Asks the admin API to reload; returns the status and JSON body.
     pub async fn reload(&self, client: &TestClient) -> (StatusCode, serde_json::Value) {
         let response = client
