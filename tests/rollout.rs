@@ -16,7 +16,17 @@ use crate::support::{CanaryFixture, GatewayProcess, TestClient, WAIT};
 /// The canary fixture's config plus a rollout plan (and `extra` route
 /// lines, such as a shadow).
 fn config(fixture: &CanaryFixture, plan: &str, extra: &str) -> String {
-    let base = fixture.config(100, 0);
+    config_weighted(fixture, (100, 0), plan, extra)
+}
+
+/// [`config`] with the file's own (stable, canary) weights.
+fn config_weighted(
+    fixture: &CanaryFixture,
+    (stable, canary): (u32, u32),
+    plan: &str,
+    extra: &str,
+) -> String {
+    let base = fixture.config(stable, canary);
     // The fixture's second route starts here; the plan belongs to `fraud`.
     let (fraud, rest) = base.split_once("[[routes]]\nname = \"echo\"").unwrap();
     format!(
@@ -201,11 +211,11 @@ async fn a_canary_that_disagrees_with_stable_is_rolled_back() {
 async fn the_plan_survives_a_restart_and_obeys_the_operator() {
     let redis = RedisServer::start().await;
     let fixture = CanaryFixture::start().await;
-    let plan = r#"steps = [10, 50, 100]
+    let plan_text = r#"steps = [10, 50, 100]
 min_dwell = "1h"
 min_requests = 1000000
 interval = "100ms""#;
-    let text = config(&fixture, plan, "").replacen(
+    let text = config(&fixture, plan_text, "").replacen(
         "[gateway.limits]",
         &format!(
             "[gateway.redis]\nurl = \"{}\"\n\n[gateway.limits]",
@@ -289,4 +299,25 @@ interval = "100ms""#;
         .infer(&gateway.url("/v2/models/fraud/infer"), &[])
         .await;
     assert_eq!(response.header("x-cascadia-version"), Some("stable"));
+
+    // A reload whose file gives the canary everything does not undo the
+    // plan, not even for the first request after it.
+    let reloaded = config_weighted(&fixture, (0, 100), plan_text, "").replacen(
+        "[gateway.limits]",
+        &format!(
+            "[gateway.redis]\nurl = \"{}\"\n\n[gateway.limits]",
+            redis.url()
+        ),
+        1,
+    );
+    gateway.write_config(&reloaded);
+    let (status, body) = gateway.reload(&client).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "applied", "{body}");
+    for _ in 0..20 {
+        let response = client
+            .infer(&gateway.url("/v2/models/fraud/infer"), &[])
+            .await;
+        assert_eq!(response.header("x-cascadia-version"), Some("stable"));
+    }
 }

@@ -553,13 +553,21 @@ fn failed_check(window: &Window, plan: &Plan) -> Option<String> {
 /// Sets the split's weights to the plan's: the canary's, and the rest to
 /// stable. Idempotent; run every tick so a reload cannot undo it.
 fn apply_weights(route: &Route, state: &RolloutState) {
+    let canary_weight = state.weight.min(100);
     if let (Some(canary), Some(stable)) = (
         route.split.target(&state.canary),
         route.split.target(&state.stable),
     ) {
-        canary.set_weight(state.weight);
-        stable.set_weight(100 - state.weight.min(100));
+        canary.set_weight(canary_weight);
+        stable.set_weight(100 - canary_weight);
     }
+    *route
+        .weight_override
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some(vec![
+        (state.canary.clone(), canary_weight),
+        (state.stable.clone(), 100 - canary_weight),
+    ]);
 }
 
 impl Baseline {

@@ -56,6 +56,9 @@ pub struct Route {
     pub shadow: Option<Arc<crate::shadow::Shadow>>,
     /// The route's rollout plan, run by [`crate::rollout::Rollouts`].
     pub rollout: Option<cascadia_config::Rollout>,
+    /// Weights a running rollout set, by version; carried across reloads
+    /// so a rebuilt table starts with them rather than the file's.
+    pub weight_override: Arc<std::sync::Mutex<Option<Vec<(String, u32)>>>>,
     /// Request counters and latency, for `/metrics`.
     pub stats: Arc<crate::metrics::RouteStats>,
 }
@@ -82,6 +85,8 @@ pub struct RouteRuntime {
     l1: Carried<usize, crate::features::l1::L1>,
     /// Shadow comparisons, by candidate version.
     shadow_stats: Carried<String, crate::shadow::ShadowStats>,
+    /// Weights set by a running rollout.
+    weight_override: Arc<std::sync::Mutex<Option<Vec<(String, u32)>>>>,
     /// Answers and latency by version, for canary analysis.
     version_stats: std::sync::Mutex<HashMap<String, Arc<crate::metrics::VersionStats>>>,
     /// Response counters by (version, backend).
@@ -382,7 +387,7 @@ impl RouteTable {
         state.retain(|name, _| config.routes.iter().any(|r| &r.name == name));
         for route in &config.routes {
             let carried = Arc::clone(state.entry(route.name.clone()).or_default());
-            let targets = route
+            let targets: Vec<Target> = route
                 .split
                 .targets()
                 .iter()
@@ -408,6 +413,24 @@ impl RouteTable {
                     compiled
                 })
                 .collect();
+            // A rollout in progress owns the weights; the file's apply
+            // again once the route has no plan.
+            let overridden = if route.rollout.is_some() {
+                carried
+                    .weight_override
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+            } else {
+                None
+            };
+            if let Some(weights) = overridden {
+                for (version, weight) in weights {
+                    if let Some(target) = targets.iter().find(|t| *t.version == *version) {
+                        target.set_weight(weight);
+                    }
+                }
+            }
             let model = match &route.matcher {
                 RouteMatch::Model(model) => Some(Arc::from(model.as_str())),
                 RouteMatch::PathPrefix(_) => None,
@@ -457,6 +480,7 @@ impl RouteTable {
                     }
                 }),
                 rollout: route.rollout.clone(),
+                weight_override: Arc::clone(&carried.weight_override),
                 shadow: route.shadow.clone().map(|settings| {
                     let pools = settings
                         .backends
