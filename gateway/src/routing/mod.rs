@@ -58,7 +58,7 @@ pub struct Route {
     pub rollout: Option<cascadia_config::Rollout>,
     /// Weights a running rollout set, by version; carried across reloads
     /// so a rebuilt table starts with them rather than the file's.
-    pub weight_override: Arc<std::sync::Mutex<Option<Vec<(String, u32)>>>>,
+    pub weight_override: WeightOverride,
     /// Request counters and latency, for `/metrics`.
     pub stats: Arc<crate::metrics::RouteStats>,
 }
@@ -86,12 +86,15 @@ pub struct RouteRuntime {
     /// Shadow comparisons, by candidate version.
     shadow_stats: Carried<String, crate::shadow::ShadowStats>,
     /// Weights set by a running rollout.
-    weight_override: Arc<std::sync::Mutex<Option<Vec<(String, u32)>>>>,
+    weight_override: WeightOverride,
     /// Answers and latency by version, for canary analysis.
     version_stats: std::sync::Mutex<HashMap<String, Arc<crate::metrics::VersionStats>>>,
     /// Response counters by (version, backend).
     served: std::sync::Mutex<HashMap<(String, String), Arc<crate::metrics::ClassCounters>>>,
 }
+
+/// (version, weight) pairs a running rollout set on a route's split.
+pub type WeightOverride = Arc<std::sync::Mutex<Option<Vec<(String, u32)>>>>;
 
 /// A carried piece of state with the settings it was built for.
 type Carried<S, T> = std::sync::Mutex<Option<(S, Arc<T>)>>;
