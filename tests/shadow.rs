@@ -10,6 +10,16 @@ use serde_json::Value;
 use crate::support::{sim, sim_with, GatewayProcess, TestClient, TestResponse, WAIT};
 
 fn config(stable: std::net::SocketAddr, candidate: std::net::SocketAddr, shadow: &str) -> String {
+    config_over(stable, candidate, shadow, "http1")
+}
+
+/// [`config`] with both backends reached over `protocol`.
+fn config_over(
+    stable: std::net::SocketAddr,
+    candidate: std::net::SocketAddr,
+    shadow: &str,
+    protocol: &str,
+) -> String {
     format!(
         r#"
 [gateway]
@@ -19,11 +29,13 @@ admin_listen = "127.0.0.1:0"
 [[backends]]
 name = "fraud-v1"
 region = "us-east"
+protocol = "{protocol}"
 endpoints = ["{stable}"]
 
 [[backends]]
 name = "fraud-v3"
 region = "us-east"
+protocol = "{protocol}"
 endpoints = ["{candidate}"]
 
 [[routes]]
@@ -170,4 +182,55 @@ async fn mirrors_are_shed_first_and_a_slow_candidate_never_delays_the_client() {
     let route = &report["routes"][0];
     assert_eq!(route["dropped_budget"], 9, "{report}");
     assert_eq!(route["in_flight"], 1, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_are_mirrored_and_compared_too() {
+    use cascadia_oip::grpc::client::InferenceClient;
+    use cascadia_oip::grpc::{model_infer_request, InferTensorContents, ModelInferRequest};
+
+    let stable = sim("stable", "1", "us-east").await;
+    let candidate = sim("candidate", "3", "us-east").await;
+    candidate.control.set_bias(4.0);
+    let gateway = GatewayProcess::start(&config_over(
+        stable.addr,
+        candidate.addr,
+        "fraction = 1.0",
+        "h2c",
+    ))
+    .await;
+    let mut client = InferenceClient::connect(gateway.url(""))
+        .await
+        .expect("connect");
+    let request = ModelInferRequest {
+        model_name: "fraud".to_owned(),
+        inputs: vec![model_infer_request::InferInputTensor {
+            name: "features".to_owned(),
+            datatype: "FP32".to_owned(),
+            shape: vec![2, 4],
+            contents: Some(InferTensorContents {
+                // Row 1 is near 0.5 (the biased candidate flips it), row 2
+                // is confidently positive for both.
+                fp32_contents: vec![0.5, 1.0, -0.5, 2.0, -9.0, -9.0, 0.0, 0.0],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    for _ in 0..4 {
+        let reply = client
+            .model_infer(request.clone())
+            .await
+            .expect("ModelInfer succeeds")
+            .into_inner();
+        assert_eq!(reply.model_version, "1", "the client gets stable's answer");
+    }
+    let client = TestClient::new();
+    let report = shadow_report(&client, &gateway, 4).await;
+    let pair = &report["pairs"][0];
+    assert_eq!(pair["compared"], 4, "{report}");
+    assert_eq!(pair["rows"], 8, "{report}");
+    assert_eq!(pair["class_agreement"], 0.5, "{report}");
+    assert_eq!(candidate.control.infer_requests(), 4);
 }

@@ -9,7 +9,8 @@
 //! are the first thing dropped under load, and every drop is counted.
 //!
 //! # What is compared, per (primary version, candidate) pair
-//! The first output tensor of both OIP answers, row by row: whether the
+//! The first output tensor of both OIP answers (a gRPC answer is decoded
+//! to the same form first), row by row: whether the
 //! predicted class agrees (argmax of a `[N, k]` output, or `p >= 0.5` of a
 //! `[N]` / `[N, 1]` one), a histogram of the score difference, and the
 //! time to the response head on each side.
@@ -111,6 +112,8 @@ pub struct Mirror {
     slot: Slot,
     headers: HeaderMap,
     body: Bytes,
+    /// A gRPC call: sent over h2c, answers compared after decoding.
+    grpc: bool,
 }
 
 impl Mirror {
@@ -133,7 +136,21 @@ impl Mirror {
             slot,
             headers,
             body: body.clone(),
+            grpc: false,
         })
+    }
+
+    /// [`Mirror::prepare`] for a gRPC `ModelInfer` call; `body` is the
+    /// framed message for the candidate.
+    pub fn prepare_grpc(
+        shadow: &Arc<Shadow>,
+        route_load: Option<(usize, usize)>,
+        headers: &HeaderMap,
+        body: &Bytes,
+    ) -> Option<Self> {
+        let mut mirror = Self::prepare(shadow, route_load, headers, body)?;
+        mirror.grpc = true;
+        Some(mirror)
     }
 
     /// Sends the mirror in the background and compares its answer with the
@@ -151,7 +168,8 @@ impl Mirror {
             let pair = shadow.stats.pair(&primary_version);
             let started = Instant::now();
             let deadline = started + shadow.settings.timeout.get();
-            let answer = mirror(&shadow, path, self.headers, self.body, deadline).await;
+            let grpc = self.grpc;
+            let answer = mirror(&shadow, path, self.headers, self.body, grpc, deadline).await;
             let Some((latency, body)) = answer else {
                 bump(&pair.failed);
                 return;
@@ -163,7 +181,14 @@ impl Mirror {
                     return;
                 }
             };
-            match (scores(&primary), scores(&body)) {
+            let read = |body: &[u8]| {
+                if grpc {
+                    scores(&grpc_answer_as_json(body)?)
+                } else {
+                    scores(body)
+                }
+            };
+            match (read(&primary), read(&body)) {
                 (Some(a), Some(b)) if a.len() == b.len() => {
                     pair.record(&a, &b, primary_latency, latency)
                 }
@@ -179,10 +204,11 @@ async fn mirror(
     path: http::uri::PathAndQuery,
     headers: HeaderMap,
     body: Bytes,
+    grpc: bool,
     deadline: Instant,
 ) -> Option<(Duration, Bytes)> {
     let now = Instant::now();
-    let (index, endpoint) = crate::proxy::select_one(&shadow.target, now)?;
+    let (index, endpoint) = crate::proxy::select_one(&shadow.target, now, grpc)?;
     let uri = http::Uri::builder()
         .scheme("http")
         .authority(endpoint.authority().clone())
@@ -197,6 +223,10 @@ async fn mirror(
     *request.method_mut() = Method::POST;
     *request.uri_mut() = uri;
     *request.headers_mut() = headers;
+    *request.version_mut() = match shadow.target.pools[index].client().protocol() {
+        cascadia_config::UpstreamProtocol::Http1 => http::Version::HTTP_11,
+        cascadia_config::UpstreamProtocol::H2c => http::Version::HTTP_2,
+    };
     let per_try = deadline.saturating_duration_since(now);
     let attempt = crate::proxy::send_one(&shadow.target, index, endpoint, request, per_try).await?;
     let latency = now.elapsed();
@@ -209,6 +239,19 @@ async fn mirror(
         .ok()?;
     let bytes = collected.to_bytes();
     (bytes.len() <= COMPARE_LIMIT).then_some((latency, bytes))
+}
+
+/// A unary gRPC answer (one frame) as OIP JSON, so one comparison serves
+/// both protocols.
+fn grpc_answer_as_json(body: &[u8]) -> Option<Vec<u8>> {
+    use prost::Message as _;
+    let (compressed, message) = cascadia_oip::grpc::decode_frame(body).ok()?;
+    if compressed {
+        return None;
+    }
+    let answer = cascadia_oip::grpc::ModelInferResponse::decode(message).ok()?;
+    let json = cascadia_cascade::grpc::to_json_response(&answer).ok()?;
+    serde_json::to_vec(&json).ok()
 }
 
 /// Per row: (predicted class, score) from the first output of an OIP

@@ -144,17 +144,22 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.project() {
             ResponseBodyProj::Upstream {
-                body,
+                mut body,
                 in_flight,
                 admitted,
                 capture,
             } => {
-                let frame = ready!(body.poll_frame(cx));
+                let frame = ready!(body.as_mut().poll_frame(cx));
                 if let Some(capture) = capture {
                     match &frame {
                         Some(Ok(frame)) => {
                             if let Some(data) = frame.data_ref() {
                                 capture.data(data);
+                            }
+                            // hyper stops polling once the body says it has
+                            // ended (after trailers, say): end here too.
+                            if frame.is_trailers() || body.is_end_stream() {
+                                capture.end();
                             }
                         }
                         Some(Err(_)) => capture.done = None,

@@ -106,6 +106,30 @@ pub async fn handle(
     // Phase: split.
     let target = choose_target(route, &parts.headers)?;
 
+    // Shadow traffic: the candidate gets the message under its own model
+    // name and version, once the primary has answered.
+    let mirror = match &route.shadow {
+        Some(shadow) if method == "ModelInfer" => {
+            let shadow_body = if shadow.target.upstream_model.is_some()
+                || shadow.target.upstream_version.is_some()
+            {
+                oip_grpc::rewrite_model(
+                    message,
+                    shadow.target.upstream_model.as_deref(),
+                    shadow.target.upstream_version.as_deref(),
+                )
+                .ok()
+                .map(|m| oip_grpc::encode_frame(&m))
+            } else {
+                Some(body.clone())
+            };
+            let load = route.admission.as_ref().map(|a| a.load());
+            shadow_body
+                .and_then(|b| crate::shadow::Mirror::prepare_grpc(shadow, load, &parts.headers, &b))
+        }
+        _ => None,
+    };
+
     // Rewrite the message only when the target names the model differently.
     let body = if target.upstream_model.is_some() || target.upstream_version.is_some() {
         let rewritten = oip_grpc::rewrite_model(
@@ -126,16 +150,30 @@ pub async fn handle(
     let mut parts = parts;
     // The buffered body may have changed size.
     parts.headers.remove(header::CONTENT_LENGTH);
+    let started = tokio::time::Instant::now();
     let mut response = proxy
         .forward(
             route,
             target,
             parts,
-            path_and_query,
+            path_and_query.clone(),
             super::RequestBody::Buffered(body),
             request_id,
         )
         .await?;
+    if let Some(mirror) = mirror {
+        // A failed call can still be HTTP 200 (its status is in the
+        // trailers); the comparison then finds no answer to compare.
+        if response.status().is_success() {
+            let primary = response.body_mut().capture(crate::shadow::COMPARE_LIMIT);
+            mirror.send(
+                path_and_query,
+                std::sync::Arc::clone(&target.version),
+                started.elapsed(),
+                primary,
+            );
+        }
+    }
     response.body_mut().hold(admitted);
     Ok(response)
 }

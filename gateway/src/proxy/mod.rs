@@ -726,8 +726,12 @@ async fn send_attempt<'t>(
 }
 
 /// One endpoint of `target` for a single attempt (a shadow mirror).
-pub(crate) fn select_one(target: &Target, now: Instant) -> Option<(usize, &Arc<Endpoint>)> {
-    Tried::default().select(target, now, false, None)
+pub(crate) fn select_one(
+    target: &Target,
+    now: Instant,
+    grpc: bool,
+) -> Option<(usize, &Arc<Endpoint>)> {
+    Tried::default().select(target, now, grpc, None)
 }
 
 /// Sends a single attempt (a shadow mirror), recorded like any other for
