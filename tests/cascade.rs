@@ -484,3 +484,39 @@ mod grpc {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_compares_the_cascades_answers_with_a_candidates() {
+    let ensemble = sim("ensemble", "4", "us-east").await;
+    let shadow =
+        "\n[routes.shadow]\nversion = \"ensemble-v5\"\nbackends = [\"ensemble\"]\nfraction = 1.0";
+    let gateway = start(&ensemble, shadow).await;
+    let client = TestClient::new();
+    // Answered locally: the candidate still sees a copy, and the client
+    // gets stage 1's answer.
+    let response = infer(&client, &gateway, &[[-4.0, 9.0]], &[]).await;
+    assert_eq!(response.header("x-cascadia-stage"), Some("local"));
+    assert!(close(probabilities(&response)[0], sigmoid(-4.0)));
+    let report = tokio::time::timeout(crate::support::WAIT, async {
+        loop {
+            let report = client
+                .get(&gateway.admin_url("/admin/shadow"), &[])
+                .await
+                .json();
+            if report["routes"][0]["pairs"][0]["compared"] == 1 {
+                return report;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the mirror was compared");
+    let pair = &report["routes"][0]["pairs"][0];
+    assert_eq!(pair["primary"], "cascade", "{report}");
+    assert_eq!(pair["rows"], 1, "{report}");
+    assert_eq!(
+        ensemble.control.infer_requests(),
+        1,
+        "only the mirror reached it"
+    );
+}

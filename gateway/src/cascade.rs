@@ -193,10 +193,52 @@ pub async fn handle_body(
     .await
 }
 
-/// Stage 1 and the escalation, on a parsed request. `body` is the client's
-/// REST body, reused as-is when every row escalates.
+/// Stage 1 and the escalation, on a parsed request, plus the route's
+/// shadow: a REST request may be mirrored to a candidate, whose answer is
+/// compared with the cascade's (label `cascade`).
 #[allow(clippy::too_many_arguments)]
 async fn run(
+    proxy: &Proxy,
+    snapshot: &Arc<Snapshot>,
+    route: &Arc<Route>,
+    stage: &CascadeStage,
+    parts: http::request::Parts,
+    infer: InferRequest,
+    body: Option<Bytes>,
+    wire: Wire,
+    model: (String, Option<String>),
+    request_id: &HeaderValue,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    let mirror = match (&route.shadow, &body) {
+        (Some(shadow), Some(bytes)) => {
+            let oip = cascadia_oip::path::parse(parts.uri.path());
+            let path = crate::proxy::upstream_path(&shadow.target, oip, &parts.uri).ok();
+            let load = route.admission.as_ref().map(|a| a.load());
+            path.and_then(|path| {
+                crate::shadow::Mirror::prepare(shadow, load, &parts.headers, bytes)
+                    .map(|m| (m, path))
+            })
+        }
+        _ => None,
+    };
+    let started = tokio::time::Instant::now();
+    let mut response = run_stages(
+        proxy, snapshot, route, stage, parts, infer, body, wire, model, request_id,
+    )
+    .await?;
+    if let Some((mirror, path)) = mirror {
+        if response.status().is_success() {
+            let primary = response.body_mut().capture(crate::shadow::COMPARE_LIMIT);
+            mirror.send(path, Arc::from("cascade"), started.elapsed(), primary);
+        }
+    }
+    Ok(response)
+}
+
+/// Stage 1 and the escalation. `body` is the client's REST body, reused
+/// as-is when every row escalates.
+#[allow(clippy::too_many_arguments)]
+async fn run_stages(
     proxy: &Proxy,
     snapshot: &Arc<Snapshot>,
     route: &Arc<Route>,
