@@ -321,3 +321,61 @@ interval = "100ms""#;
         assert_eq!(response.header("x-cascadia-version"), Some("stable"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_the_plan_is_kept_in_a_file_beside_the_config() {
+    let fixture = CanaryFixture::start().await;
+    let plan = r#"steps = [10, 50, 100]
+min_dwell = "1h"
+min_requests = 1000000
+interval = "100ms""#;
+    let gateway = GatewayProcess::start(&config(&fixture, plan, "")).await;
+    let client = TestClient::new();
+    wait_for_rollout(&client, &gateway, |p| p["status"] == "running").await;
+    let promoted = client
+        .send(
+            Method::POST,
+            &gateway.admin_url("/admin/rollouts/fraud/promote"),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(promoted.status, StatusCode::OK);
+    let saved = gateway
+        .config_path
+        .with_file_name(".cascadia-rollout-fraud.json");
+    let state: Value = serde_json::from_slice(&std::fs::read(&saved).expect("state file")).unwrap();
+    assert_eq!(state["step"], 1);
+
+    // Killed, not drained: the file is all the new process has.
+    let gateway = gateway.restart().await;
+    let plan = wait_for_rollout(&client, &gateway, |p| p["step"] == 1).await;
+    assert_eq!(plan["weight"], 50);
+    assert_eq!(plan["status"], "running");
+
+    // Taking the plan out of the config hands the weights back to the file
+    // (all stable here) and drops the plan from the status.
+    gateway.write_config(&fixture.config(100, 0));
+    let (status, body) = gateway.reload(&client).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for _ in 0..20 {
+        let response = client
+            .infer(&gateway.url("/v2/models/fraud/infer"), &[])
+            .await;
+        assert_eq!(response.header("x-cascadia-version"), Some("stable"));
+    }
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let status = client
+                .get(&gateway.admin_url("/admin/rollouts"), &[])
+                .await
+                .json();
+            if status["rollouts"].as_array().is_some_and(|a| a.is_empty()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the plan is no longer listed");
+}

@@ -252,6 +252,17 @@ impl Rollouts {
 
     async fn evaluate(&self, snapshot: &SharedSnapshot) {
         let current = snapshot.load_full();
+        // A plan whose route (or whose rollout table) left the config is
+        // forgotten here; its saved state stays for a later config.
+        self.plans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|name, _| {
+                current
+                    .routes
+                    .iter()
+                    .any(|r| &*r.name == name && r.rollout.is_some())
+            });
         let mut changed = Vec::new();
         for route in current.routes.iter() {
             let Some(plan) = &route.rollout else { continue };

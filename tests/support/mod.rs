@@ -179,7 +179,6 @@ impl GatewayProcess {
         Self::start_with(config, &[]).await
     }
 
-    /// Like [`Self::start`], with extra `cascadia run` arguments.
     /// Starts a gateway that also reloads when its config file changes.
     /// The others reload only when asked (admin API, SIGHUP), so a test
     /// that writes a file and then asks for a reload never races the watch.
@@ -187,6 +186,7 @@ impl GatewayProcess {
         Self::start_full(config, &["--watch"], &[]).await
     }
 
+    /// Like [`Self::start`], with extra `cascadia run` arguments.
     pub async fn start_with(config: &str, extra_args: &[&str]) -> Self {
         Self::start_full(config, extra_args, &[]).await
     }
@@ -204,6 +204,17 @@ impl GatewayProcess {
         }
         let config_path = dir.path().join("cascadia.toml");
         std::fs::write(&config_path, config).expect("write config");
+        Self::launch(dir, config_path, extra_args).await
+    }
+
+    /// Kills the gateway (SIGKILL) and starts a new process on the same
+    /// config folder, so whatever it saved there is found again.
+    pub async fn restart(mut self) -> Self {
+        self.child.kill().await.expect("kill gateway");
+        Self::launch(self._dir, self.config_path, &[]).await
+    }
+
+    async fn launch(dir: tempfile::TempDir, config_path: PathBuf, extra_args: &[&str]) -> Self {
         // `--watch` is the harness's own marker: watching is the binary's
         // default, so it is dropped; without it the harness adds --no-watch.
         let watch = extra_args.contains(&"--watch");
