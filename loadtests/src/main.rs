@@ -95,9 +95,15 @@ struct Args {
     #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
     headers: Vec<String>,
 
-    /// Set x-user-id to a Zipf(1.0)-distributed id in 1..=N on each request.
+    /// Set a Zipf(1.0)-distributed id in 1..=N on each request, in the
+    /// header named by --key-header.
     #[arg(long, value_name = "N")]
     user_ids: Option<u32>,
+
+    /// The header that carries --user-ids: x-user-id for sticky canaries,
+    /// or a cascade's entity key header (e.g. x-entity).
+    #[arg(long, value_name = "NAME", default_value = "x-user-id")]
+    key_header: HeaderName,
 
     /// Report CPU µs per request and RSS of this process over the window; repeatable.
     #[arg(long = "pid", value_name = "PID")]
@@ -373,6 +379,7 @@ fn build_config(
         headers,
         body: body.unwrap_or_default(),
         user_ids,
+        key_header: args.key_header,
         pids: args.pids,
         timeout: args.timeout,
         timer_spin: args.timer_spin,
@@ -436,6 +443,24 @@ mod tests {
             assert!(parse_without_rate(bad).is_err(), "{bad:?}");
         }
         assert_eq!(parse(&[]).unwrap().steps.len(), 1);
+    }
+
+    #[test]
+    fn the_zipf_key_goes_in_the_chosen_header() {
+        let c = parse(&["--user-ids", "100"]).unwrap();
+        assert_eq!(c.key_header, "x-user-id");
+        let c = parse(&["--user-ids", "100", "--key-header", "x-entity"]).unwrap();
+        assert_eq!(c.key_header, "x-entity");
+        let bad = [
+            "cascadia-load",
+            "--url",
+            "http://x/",
+            "--rate",
+            "1",
+            "--key-header",
+            "a b",
+        ];
+        assert!(Args::try_parse_from(bad).is_err(), "not a header name");
     }
 
     #[test]

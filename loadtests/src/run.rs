@@ -53,9 +53,6 @@ type Body = Full<Bytes>;
 /// Any error, boxed, as hyper and tonic return them.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
-/// The header that carries the Zipf-distributed user id.
-pub const USER_ID_HEADER: HeaderName = HeaderName::from_static("x-user-id");
-
 /// Where to send requests: a parsed `http://` URL.
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -162,8 +159,11 @@ pub struct Config {
     pub headers: HeaderMap,
     /// The same body for every request; may be empty.
     pub body: Bytes,
-    /// Zipf-distributed `x-user-id` per request, if set.
+    /// Zipf-distributed key per request, if set, in `key_header`.
     pub user_ids: Option<Zipf>,
+    /// The header carrying the Zipf key: `x-user-id` for sticky canaries,
+    /// or a cascade's entity header. Default `x-user-id`.
+    pub key_header: HeaderName,
     /// Processes whose CPU time and RSS to report.
     pub pids: Vec<u32>,
     /// Per request, from sending to the end of the response body. Default 10 s.
@@ -218,6 +218,7 @@ struct Shared {
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
+    key_header: HeaderName,
     timeout: Duration,
     /// `end of window + timeout`: requests not done by then are unfinished.
     hard_deadline: Instant,
@@ -249,7 +250,7 @@ impl Shared {
         }
         if let Some(id) = job.user_id {
             req.headers_mut()
-                .insert(USER_ID_HEADER, HeaderValue::from(id));
+                .insert(self.key_header.clone(), HeaderValue::from(id));
         }
         req
     }
@@ -359,6 +360,7 @@ pub async fn run(mut config: Config) -> Result<RunOutput, RunError> {
         } else {
             config.target.origin_form.clone()
         },
+        key_header: config.key_header.clone(),
         headers,
         body: config.body.clone(),
         timeout: config.timeout,
