@@ -97,9 +97,11 @@ impl Proxy {
             Ok(response) => response.status().as_u16(),
             Err(error) => error.status().as_u16(),
         };
-        span.set("http.response.status_code", i64::from(status));
-        if let Some(route) = &matched {
-            span.set("cascadia.route", route.name.to_string());
+        if span.is_active() {
+            span.set("http.response.status_code", i64::from(status));
+            if let Some(route) = &matched {
+                span.set("cascadia.route", route.name.to_string());
+            }
         }
         if let Err(error) = &result {
             span.fail(error.label());
@@ -107,7 +109,9 @@ impl Proxy {
         drop(span);
         let stats = matched.as_ref().map_or(&snapshot.unmatched, |r| &r.stats);
         stats.record(status, started.elapsed());
-        if let Ok(response) = &result {
+        // Only a cascade route answers from the gateway itself.
+        if let (Ok(response), Some(true)) = (&result, matched.as_ref().map(|r| r.cascade.is_some()))
+        {
             let stage = response.headers().get(crate::cascade::X_CASCADIA_STAGE);
             if stage.is_some_and(|v| v == "local") {
                 stats.record_local(status);
@@ -663,10 +667,12 @@ async fn send_attempt<'t>(
 ) -> Attempt<'t> {
     let pool = &target.pools[index];
     let span = trace::upstream_span();
-    span.set("cascadia.backend", pool.name().to_owned());
-    span.set("cascadia.region", pool.region().to_owned());
-    span.set("server.address", endpoint.authority().to_string());
-    span.inject(request.headers_mut());
+    if span.is_active() {
+        span.set("cascadia.backend", pool.name().to_owned());
+        span.set("cascadia.region", pool.region().to_owned());
+        span.set("server.address", endpoint.authority().to_string());
+        span.inject(request.headers_mut());
+    }
     let in_flight = endpoint.start_attempt();
     let sent = Instant::now();
     // A failover drill's fault, injected on the way to the region.

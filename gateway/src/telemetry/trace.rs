@@ -129,6 +129,12 @@ pub fn enabled() -> bool {
 pub struct SpanGuard(Option<Context>);
 
 impl SpanGuard {
+    /// Whether there is a span: callers check it before building an
+    /// attribute value that allocates, so tracing off costs nothing.
+    pub fn is_active(&self) -> bool {
+        self.0.is_some()
+    }
+
     /// Records an attribute.
     pub fn set(&self, key: &'static str, value: impl Into<Value>) {
         if let Some(cx) = &self.0 {
