@@ -155,6 +155,13 @@ async fn run_inner(
             }
             Err(error) => println!("cascade sample requests failed: {error}"),
         }
+        match shadow_summary(gateway.admin_addr).await {
+            Ok(line) => {
+                println!();
+                println!("{line}");
+            }
+            Err(error) => println!("shadow summary unavailable: {error}"),
+        }
     }
     println!();
     println!("Press Ctrl-C to stop.");
@@ -175,6 +182,48 @@ fn write_demo_config(text: &str) -> Result<PathBuf, String> {
     std::fs::write(&model, DEMO_MODEL.1)
         .map_err(|e| format!("cannot write {}: {e}", model.display()))?;
     Ok(path)
+}
+
+/// One line on the fraud route's shadow comparison, read from the admin API
+/// once the mirrors in flight have finished (or after two seconds).
+async fn shadow_summary(admin: std::net::SocketAddr) -> Result<String, String> {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let response = client
+            .get(
+                format!("http://{admin}/admin/shadow")
+                    .parse()
+                    .map_err(|_| "bad address")?,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        let report: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        let route = &report["routes"][0];
+        if route["in_flight"] == 0 || tokio::time::Instant::now() > deadline {
+            let pairs = route["pairs"].as_array().cloned().unwrap_or_default();
+            let compared: u64 = pairs.iter().filter_map(|p| p["compared"].as_u64()).sum();
+            let agreement = pairs
+                .iter()
+                .filter_map(|p| p["class_agreement"].as_f64())
+                .fold(None, |acc: Option<f64>, a| {
+                    Some(acc.map_or(a, |b| b.min(a)))
+                });
+            return Ok(format!(
+                "Shadow: {compared} of the fraud requests were mirrored to {} and compared; \
+                 class agreement {} (GET /admin/shadow has the rest).",
+                route["candidate"].as_str().unwrap_or("the candidate"),
+                agreement.map_or("n/a".to_owned(), |a| format!("{:.1}%", 100.0 * a)),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// Sends `count` single-row requests with random features to the cascade
