@@ -7,6 +7,7 @@ mod support;
 
 mod cascade;
 mod check;
+mod demo;
 mod failover;
 mod features;
 mod grpc;

@@ -1,0 +1,80 @@
+//! `cascadia demo`, the README's first command: it starts, routes the
+//! canary split, runs the cascade and the shadow, and stops cleanly.
+
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use crate::support::WAIT;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_serves_its_samples_and_stops_on_sigterm() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cascadia"))
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn cascadia demo");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut output = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            let done = line.starts_with("Press Ctrl-C");
+            output.push(line);
+            if done {
+                return;
+            }
+        }
+        panic!("the demo exited early:\n{}", output.join("\n"));
+    })
+    .await
+    .expect("the demo finished its samples");
+    let text = output.join("\n");
+    // The split: about 10% canary, every sample answered.
+    let count = |prefix: &str| -> u32 {
+        output
+            .iter()
+            .find(|l| l.trim_start().starts_with(prefix))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} line in:\n{text}"))
+    };
+    let (canary, stable) = (count("canary"), count("stable"));
+    assert_eq!(canary + stable, 1000, "{text}");
+    assert!((50..=150).contains(&canary), "{text}");
+    // The cascade answered some rows itself and escalated others.
+    let stage = |prefix: &str| -> u32 {
+        output
+            .iter()
+            .find(|l| l.trim_start().starts_with(prefix))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} line in:\n{text}"))
+    };
+    assert_eq!(stage("local") + stage("escalated"), 1000, "{text}");
+    assert!(stage("local") > 0 && stage("escalated") > 0, "{text}");
+    assert!(
+        text.contains("class agreement 100.0%"),
+        "the shadow compared identical models:\n{text}"
+    );
+
+    let pid = child.id().expect("running").to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("the demo stops on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
