@@ -227,7 +227,20 @@ fn numeric(input: &InferInputTensor) -> Result<(usize, usize, Vec<f64>), Payload
             input: input.name.clone(),
         });
     }
-    let expected: usize = input.shape.iter().map(|d| *d as usize).product();
+    // Checked: a client's shape can multiply past usize (found by the
+    // oip_json and oip_grpc fuzz targets), which panicked in debug builds
+    // and wrapped around to a wrong count in release builds.
+    let expected = input.shape.iter().try_fold(1usize, |product, dim| {
+        usize::try_from(*dim)
+            .ok()
+            .and_then(|dim| product.checked_mul(dim))
+    });
+    let Some(expected) = expected else {
+        return Err(PayloadError::BadShape {
+            input: input.name.clone(),
+            shape: input.shape.clone(),
+        });
+    };
     if expected != data.len() {
         return Err(PayloadError::ShapeMismatch {
             input: input.name.clone(),
@@ -369,6 +382,33 @@ mod tests {
         default: None,
     };
 
+    #[test]
+    fn a_shape_whose_size_overflows_is_a_bad_shape_not_a_panic() {
+        // From the fuzz targets' reproducers: 2^32 × 2^32 overflows a
+        // 64-bit count; 2 × (2^63 + 1) would wrap to 2 in a release build.
+        for shape in [
+            json!([4294967296u64, 4294967296u64]),
+            json!([2, 9223372036854775807i64]),
+        ] {
+            let request = request(
+                json!({"inputs":[{"name":"x","shape":shape,"datatype":"FP32","data":[1.0,2.0]}]}),
+            );
+            let layout = Layout {
+                matrix_input: Some("x"),
+                max_batch: 64,
+                default: None,
+            };
+            let error = features_named(&request, &["a".to_owned(), "b".to_owned()], layout)
+                .expect_err("rejected");
+            assert!(
+                matches!(
+                    error,
+                    PayloadError::BadShape { .. } | PayloadError::ShapeMismatch { .. }
+                ),
+                "{error}"
+            );
+        }
+    }
     #[test]
     fn reads_a_matrix_input_row_major() {
         let req = request(
