@@ -8,14 +8,14 @@
 #   QUICK=1 scripts/bench.sh         # a smoke run of each (a few minutes after the build)
 #
 # Names: micro passthrough peers balancing failover hedging cascade overload reload
-#        redis-outage failover-drill canary shadow
+#        redis-outage failover-drill canary shadow soak
 # Environment: CARGO_TARGET_DIR [target], QUICK, and each script's own settings (see its
 # header). The peers need nginx, HAProxy and cmake: loadtests/peers/install.sh installs them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 all=(micro passthrough peers balancing failover hedging cascade overload reload
-    redis-outage failover-drill canary shadow)
+    redis-outage failover-drill canary shadow soak)
 names=("$@")
 [[ ${#names[@]} -eq 0 ]] && names=("${all[@]}")
 
