@@ -97,6 +97,28 @@ async fn wait_for_rollout(
     reached.unwrap_or_else(|_| panic!("the rollout did not get there: {}", last.lock().unwrap()))
 }
 
+/// `POST /admin/rollouts/fraud/{action}`.
+async fn act(
+    client: &TestClient,
+    gateway: &GatewayProcess,
+    action: &str,
+) -> crate::support::TestResponse {
+    client
+        .send(
+            Method::POST,
+            &gateway.admin_url(&format!("/admin/rollouts/fraud/{action}")),
+            &[],
+            "",
+        )
+        .await
+}
+
+/// A plan that never moves on its own: only an operator moves it.
+const HELD_PLAN: &str = r#"steps = [10, 50, 100]
+min_dwell = "1h"
+min_requests = 1000000
+interval = "100ms""#;
+
 async fn stop_load(stop: Arc<AtomicBool>, tasks: Vec<tokio::task::JoinHandle<()>>) {
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
@@ -211,10 +233,7 @@ async fn a_canary_that_disagrees_with_stable_is_rolled_back() {
 async fn the_plan_survives_a_restart_and_obeys_the_operator() {
     let redis = RedisServer::start().await;
     let fixture = CanaryFixture::start().await;
-    let plan_text = r#"steps = [10, 50, 100]
-min_dwell = "1h"
-min_requests = 1000000
-interval = "100ms""#;
+    let plan_text = HELD_PLAN;
     let text = config(&fixture, plan_text, "").replacen(
         "[gateway.limits]",
         &format!(
@@ -227,14 +246,7 @@ interval = "100ms""#;
     {
         let gateway = GatewayProcess::start(&text).await;
         wait_for_rollout(&client, &gateway, |p| p["status"] == "running").await;
-        let promoted = client
-            .send(
-                Method::POST,
-                &gateway.admin_url("/admin/rollouts/fraud/promote"),
-                &[],
-                "",
-            )
-            .await;
+        let promoted = act(&client, &gateway, "promote").await;
         assert_eq!(promoted.status, StatusCode::OK, "{:?}", promoted.json());
         assert_eq!(promoted.json()["weight"], 50);
         // Through the CLI: pause.
@@ -251,14 +263,7 @@ interval = "100ms""#;
         );
         let paused: Value = serde_json::from_slice(&output.stdout).unwrap();
         assert_eq!(paused["status"], "paused");
-        let again = client
-            .send(
-                Method::POST,
-                &gateway.admin_url("/admin/rollouts/fraud/pause"),
-                &[],
-                "",
-            )
-            .await;
+        let again = act(&client, &gateway, "pause").await;
         assert_eq!(
             again.status,
             StatusCode::CONFLICT,
@@ -286,14 +291,7 @@ interval = "100ms""#;
     let status: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(status["rollouts"][0]["last_decision"]["action"], "pause");
     // Aborting sends everything back to stable.
-    let aborted = client
-        .send(
-            Method::POST,
-            &gateway.admin_url("/admin/rollouts/fraud/abort"),
-            &[],
-            "",
-        )
-        .await;
+    let aborted = act(&client, &gateway, "abort").await;
     assert_eq!(aborted.json()["weight"], 0);
     let response = client
         .infer(&gateway.url("/v2/models/fraud/infer"), &[])
@@ -325,21 +323,10 @@ interval = "100ms""#;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_redis_the_plan_is_kept_in_a_file_beside_the_config() {
     let fixture = CanaryFixture::start().await;
-    let plan = r#"steps = [10, 50, 100]
-min_dwell = "1h"
-min_requests = 1000000
-interval = "100ms""#;
-    let gateway = GatewayProcess::start(&config(&fixture, plan, "")).await;
+    let gateway = GatewayProcess::start(&config(&fixture, HELD_PLAN, "")).await;
     let client = TestClient::new();
     wait_for_rollout(&client, &gateway, |p| p["status"] == "running").await;
-    let promoted = client
-        .send(
-            Method::POST,
-            &gateway.admin_url("/admin/rollouts/fraud/promote"),
-            &[],
-            "",
-        )
-        .await;
+    let promoted = act(&client, &gateway, "promote").await;
     assert_eq!(promoted.status, StatusCode::OK);
     let saved = gateway
         .config_path
