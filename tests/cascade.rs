@@ -418,6 +418,49 @@ mod grpc {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shadow_compares_grpc_answers_of_the_cascade_too() {
+        let ensemble = sim("ensemble", "4", "us-east").await;
+        let shadow = "\n[routes.shadow]\nversion = \"ensemble-v5\"\nbackends = [\"ensemble\"]\nfraction = 1.0";
+        let gateway = GatewayProcess::start_with_files(
+            &config_with(&ensemble, "h2c", shadow),
+            &[("screen.json", MODEL)],
+        )
+        .await;
+        let mut client = InferenceClient::connect(gateway.url("")).await.unwrap();
+        let response = client
+            .model_infer(request(&[[-4.0, 9.0], [5.0, -1.0]]))
+            .await
+            .expect("ModelInfer");
+        assert_eq!(
+            response.metadata().get("x-cascadia-stage").unwrap(),
+            "local"
+        );
+        let http = TestClient::new();
+        let report = tokio::time::timeout(crate::support::WAIT, async {
+            loop {
+                let report = http
+                    .get(&gateway.admin_url("/admin/shadow"), &[])
+                    .await
+                    .json();
+                if report["routes"][0]["pairs"][0]["compared"] == 1 {
+                    return report;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the gRPC mirror was compared");
+        let pair = &report["routes"][0]["pairs"][0];
+        assert_eq!(pair["primary"], "cascade", "{report}");
+        assert_eq!(pair["rows"], 2, "{report}");
+        assert_eq!(
+            ensemble.control.infer_requests(),
+            1,
+            "only the mirror reached it"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn grpc_batches_split_and_merge_like_rest() {
         let ensemble = sim("ensemble", "4", "us-east").await;
         let gateway = GatewayProcess::start_with_files(

@@ -111,6 +111,20 @@ pub async fn handle_grpc(
         Err(error) => return Ok(payload_error(Wire::Grpc, &error.to_string(), request_id)),
     };
     let model_version = (!request.model_version.is_empty()).then(|| request.model_version.clone());
+    // The shadow's copy: the message under the candidate's model name.
+    let mirror_body = route.shadow.as_ref().and_then(|shadow| {
+        let target = &shadow.target;
+        if target.upstream_model.is_none() && target.upstream_version.is_none() {
+            return Some(cascadia_oip::grpc::encode_frame(message));
+        }
+        cascadia_oip::grpc::rewrite_model(
+            message,
+            target.upstream_model.as_deref(),
+            target.upstream_version.as_deref(),
+        )
+        .ok()
+        .map(|m| cascadia_oip::grpc::encode_frame(&m))
+    });
     run(
         proxy,
         snapshot,
@@ -119,6 +133,7 @@ pub async fn handle_grpc(
         parts,
         infer,
         None,
+        mirror_body,
         Wire::Grpc,
         (request.model_name.clone(), model_version),
         request_id,
@@ -185,6 +200,7 @@ pub async fn handle_body(
         stage,
         parts,
         infer,
+        Some(body.clone()),
         Some(body),
         Wire::Rest,
         model,
@@ -194,8 +210,9 @@ pub async fn handle_body(
 }
 
 /// Stage 1 and the escalation, on a parsed request, plus the route's
-/// shadow: a REST request may be mirrored to a candidate, whose answer is
-/// compared with the cascade's (label `cascade`).
+/// shadow: the request (`mirror_body`, what the candidate is sent) may be
+/// mirrored to a candidate, whose answer is compared with the cascade's
+/// (label `cascade`).
 #[allow(clippy::too_many_arguments)]
 async fn run(
     proxy: &Proxy,
@@ -205,19 +222,29 @@ async fn run(
     parts: http::request::Parts,
     infer: InferRequest,
     body: Option<Bytes>,
+    mirror_body: Option<Bytes>,
     wire: Wire,
     model: (String, Option<String>),
     request_id: &HeaderValue,
 ) -> Result<Response<ResponseBody>, GatewayError> {
-    let mirror = match (&route.shadow, &body) {
+    let mirror = match (&route.shadow, &mirror_body) {
         (Some(shadow), Some(bytes)) => {
-            let oip = cascadia_oip::path::parse(parts.uri.path());
-            let path = crate::proxy::upstream_path(&shadow.target, oip, &parts.uri).ok();
             let load = route.admission.as_ref().map(|a| a.load());
-            path.and_then(|path| {
-                crate::shadow::Mirror::prepare(shadow, load, &parts.headers, bytes)
-                    .map(|m| (m, path))
-            })
+            match wire {
+                Wire::Rest => {
+                    let oip = cascadia_oip::path::parse(parts.uri.path());
+                    crate::proxy::upstream_path(&shadow.target, oip, &parts.uri)
+                        .ok()
+                        .and_then(|path| {
+                            crate::shadow::Mirror::prepare(shadow, load, &parts.headers, bytes)
+                                .map(|m| (m, path))
+                        })
+                }
+                Wire::Grpc => parts.uri.path_and_query().cloned().and_then(|path| {
+                    crate::shadow::Mirror::prepare_grpc(shadow, load, &parts.headers, bytes)
+                        .map(|m| (m, path))
+                }),
+            }
         }
         _ => None,
     };
