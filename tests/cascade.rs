@@ -436,21 +436,9 @@ mod grpc {
             "local"
         );
         let http = TestClient::new();
-        let report = tokio::time::timeout(crate::support::WAIT, async {
-            loop {
-                let report = http
-                    .get(&gateway.admin_url("/admin/shadow"), &[])
-                    .await
-                    .json();
-                if report["routes"][0]["pairs"][0]["compared"] == 1 {
-                    return report;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .expect("the gRPC mirror was compared");
-        let pair = &report["routes"][0]["pairs"][0];
+        let report = gateway.shadow_report(&http, 1).await;
+        let pair = &report["pairs"][0];
+        assert_eq!(pair["compared"], 1, "{report}");
         assert_eq!(pair["primary"], "cascade", "{report}");
         assert_eq!(pair["rows"], 2, "{report}");
         assert_eq!(
@@ -540,21 +528,9 @@ async fn a_shadow_compares_the_cascades_answers_with_a_candidates() {
     let response = infer(&client, &gateway, &[[-4.0, 9.0]], &[]).await;
     assert_eq!(response.header("x-cascadia-stage"), Some("local"));
     assert!(close(probabilities(&response)[0], sigmoid(-4.0)));
-    let report = tokio::time::timeout(crate::support::WAIT, async {
-        loop {
-            let report = client
-                .get(&gateway.admin_url("/admin/shadow"), &[])
-                .await
-                .json();
-            if report["routes"][0]["pairs"][0]["compared"] == 1 {
-                return report;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the mirror was compared");
-    let pair = &report["routes"][0]["pairs"][0];
+    let report = gateway.shadow_report(&client, 1).await;
+    let pair = &report["pairs"][0];
+    assert_eq!(pair["compared"], 1, "{report}");
     assert_eq!(pair["primary"], "cascade", "{report}");
     assert_eq!(pair["rows"], 1, "{report}");
     assert_eq!(

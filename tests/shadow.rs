@@ -7,7 +7,7 @@ use cascadia_sim::LatencyModel;
 use http::StatusCode;
 use serde_json::Value;
 
-use crate::support::{sim, sim_with, GatewayProcess, TestClient, TestResponse, WAIT};
+use crate::support::{sim, sim_with, GatewayProcess, TestClient, TestResponse};
 
 fn config(stable: std::net::SocketAddr, candidate: std::net::SocketAddr, shadow: &str) -> String {
     config_over(stable, candidate, shadow, "http1")
@@ -56,31 +56,6 @@ backends = ["fraud-v3"]
     )
 }
 
-/// The shadow report for route `fraud` once `compared + failed +
-/// uncomparable` reaches `mirrors`.
-async fn shadow_report(client: &TestClient, gateway: &GatewayProcess, mirrors: u64) -> Value {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let report = client
-                .get(&gateway.admin_url("/admin/shadow"), &[])
-                .await
-                .json();
-            let route = report["routes"][0].clone();
-            let pair = &route["pairs"][0];
-            let done = ["compared", "failed", "uncomparable"]
-                .iter()
-                .map(|k| pair[k].as_u64().unwrap_or(0))
-                .sum::<u64>();
-            if done >= mirrors {
-                return route;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("every mirror is accounted for")
-}
-
 fn answer(response: &TestResponse) -> (StatusCode, Option<String>, Value) {
     (
         response.status,
@@ -105,7 +80,7 @@ async fn mirrors_are_compared_and_never_change_the_answer() {
     for _ in 0..9 {
         assert_eq!(answer(&client.infer(&url, &[]).await), reference);
     }
-    let agreeing = shadow_report(&client, &gateway, 10).await;
+    let agreeing = gateway.shadow_report(&client, 10).await;
     let pair = &agreeing["pairs"][0];
     assert_eq!(pair["primary"], "stable");
     assert_eq!(pair["compared"], 10, "{agreeing}");
@@ -117,7 +92,7 @@ async fn mirrors_are_compared_and_never_change_the_answer() {
     for _ in 0..10 {
         assert_eq!(answer(&client.infer(&url, &[]).await), reference);
     }
-    let disagreeing = shadow_report(&client, &gateway, 20).await;
+    let disagreeing = gateway.shadow_report(&client, 20).await;
     let pair = &disagreeing["pairs"][0];
     assert_eq!(pair["compared"], 20, "{disagreeing}");
     assert_eq!(pair["class_agreement"], 0.5, "{disagreeing}");
@@ -131,7 +106,7 @@ async fn mirrors_are_compared_and_never_change_the_answer() {
     for _ in 0..5 {
         assert_eq!(answer(&client.infer(&url, &[]).await), reference);
     }
-    let failing = shadow_report(&client, &gateway, 25).await;
+    let failing = gateway.shadow_report(&client, 25).await;
     assert_eq!(failing["pairs"][0]["failed"], 5, "{failing}");
 
     let metrics = client.get(&gateway.admin_url("/metrics"), &[]).await;
@@ -227,7 +202,7 @@ async fn grpc_calls_are_mirrored_and_compared_too() {
         assert_eq!(reply.model_version, "1", "the client gets stable's answer");
     }
     let client = TestClient::new();
-    let report = shadow_report(&client, &gateway, 4).await;
+    let report = gateway.shadow_report(&client, 4).await;
     let pair = &report["pairs"][0];
     assert_eq!(pair["compared"], 4, "{report}");
     assert_eq!(pair["rows"], 8, "{report}");

@@ -304,6 +304,32 @@ impl GatewayProcess {
         .expect("the drill finished")
     }
 
+    /// The first shadowed route of `GET /admin/shadow`, once `mirrors`
+    /// mirrors of its first version pair are accounted for (compared,
+    /// failed or uncomparable).
+    pub async fn shadow_report(&self, client: &TestClient, mirrors: u64) -> serde_json::Value {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let report = client
+                    .get(&self.admin_url("/admin/shadow"), &[])
+                    .await
+                    .json();
+                let route = report["routes"][0].clone();
+                let pair = &route["pairs"][0];
+                let done = ["compared", "failed", "uncomparable"]
+                    .iter()
+                    .map(|k| pair[k].as_u64().unwrap_or(0))
+                    .sum::<u64>();
+                if done >= mirrors {
+                    return route;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("every mirror is accounted for")
+    }
+
     /// Asks the admin API to reload; returns the status and JSON body.
     pub async fn reload(&self, client: &TestClient) -> (StatusCode, serde_json::Value) {
         let response = client
