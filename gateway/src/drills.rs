@@ -434,19 +434,7 @@ impl Counters {
             .zip(before.buckets)
             .map(|(a, b)| a.saturating_sub(b))
             .collect();
-        let total: u64 = deltas.iter().sum();
-        if total == 0 {
-            return None;
-        }
-        let wanted = (total as f64 * 0.99).ceil() as u64;
-        let mut seen = 0;
-        for (bound, n) in BUCKETS.iter().zip(deltas) {
-            seen += n;
-            if seen >= wanted {
-                return Some(bound * 1000.0);
-            }
-        }
-        None
+        crate::metrics::bucket_quantile_ms(&deltas, 0.99)
     }
 }
 

@@ -18,6 +18,34 @@ pub const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
+/// Index of the [`BUCKETS`] bucket for `latency`; the last one for anything
+/// slower (windowed histograms, which have no `+Inf`).
+pub fn latency_bucket(latency: Duration) -> usize {
+    let seconds = latency.as_secs_f64();
+    BUCKETS
+        .iter()
+        .position(|bound| seconds <= *bound)
+        .unwrap_or(BUCKETS.len() - 1)
+}
+
+/// Upper bound, in ms, of the [`BUCKETS`] bucket holding quantile `q` of
+/// `counts` (one count per bucket); `None` when there are none.
+pub fn bucket_quantile_ms(counts: &[u64], q: f64) -> Option<f64> {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let wanted = (total as f64 * q).ceil() as u64;
+    let mut seen = 0;
+    for (bound, n) in BUCKETS.iter().zip(counts) {
+        seen += n;
+        if seen >= wanted {
+            return Some(bound * 1000.0);
+        }
+    }
+    None
+}
+
 /// Requests of one route: by status class, and their latency.
 #[derive(Debug, Default)]
 pub struct RouteStats {
@@ -61,12 +89,7 @@ impl VersionStats {
         if let Some(counter) = self.by_class.get(usize::from(status / 100).wrapping_sub(1)) {
             counter.fetch_add(1, Ordering::Relaxed);
         }
-        let seconds = latency.as_secs_f64();
-        let bucket = BUCKETS
-            .iter()
-            .position(|bound| seconds <= *bound)
-            .unwrap_or(BUCKETS.len() - 1);
-        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.buckets[latency_bucket(latency)].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn counts(&self) -> VersionCounts {
@@ -102,19 +125,7 @@ impl VersionCounts {
 
     /// Upper bound (ms) of the bucket holding quantile `q`.
     pub fn percentile_ms(&self, q: f64) -> Option<f64> {
-        let total: u64 = self.buckets.iter().sum();
-        if total == 0 {
-            return None;
-        }
-        let wanted = (total as f64 * q).ceil() as u64;
-        let mut seen = 0;
-        for (bound, n) in BUCKETS.iter().zip(self.buckets) {
-            seen += n;
-            if seen >= wanted {
-                return Some(bound * 1000.0);
-            }
-        }
-        None
+        bucket_quantile_ms(&self.buckets, q)
     }
 }
 
@@ -491,4 +502,26 @@ pub fn render(snapshot: &Snapshot, reloads: &ReloadStatus) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windowed_histograms_bucket_and_read_quantiles() {
+        assert_eq!(latency_bucket(Duration::from_micros(300)), 0);
+        assert_eq!(latency_bucket(Duration::from_millis(3)), 3);
+        assert_eq!(
+            latency_bucket(Duration::from_secs(60)),
+            BUCKETS.len() - 1,
+            "slower than the last bound lands in the last bucket"
+        );
+        let mut counts = [0u64; BUCKETS.len()];
+        counts[0] = 98; // ≤ 0.5 ms
+        counts[4] = 2; // ≤ 10 ms
+        assert_eq!(bucket_quantile_ms(&counts, 0.5), Some(0.5));
+        assert_eq!(bucket_quantile_ms(&counts, 0.99), Some(10.0));
+        assert_eq!(bucket_quantile_ms(&[0; BUCKETS.len()], 0.99), None);
+    }
 }

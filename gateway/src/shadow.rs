@@ -26,7 +26,7 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::metrics::BUCKETS;
+use crate::metrics::{bucket_quantile_ms, latency_bucket, BUCKETS};
 use crate::routing::Target;
 
 /// Upper bounds of the |score difference| histogram.
@@ -394,30 +394,10 @@ impl PairStats {
     }
 }
 
-fn latency_bucket(latency: Duration) -> usize {
-    let seconds = latency.as_secs_f64();
-    BUCKETS
-        .iter()
-        .position(|bound| seconds <= *bound)
-        .unwrap_or(BUCKETS.len() - 1)
-}
-
 /// Upper bound (ms) of the bucket holding the percentile.
 fn percentile(buckets: &[AtomicU64; BUCKETS.len()], q: f64) -> Option<f64> {
     let counts: Vec<u64> = buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
-    let total: u64 = counts.iter().sum();
-    if total == 0 {
-        return None;
-    }
-    let wanted = (total as f64 * q).ceil() as u64;
-    let mut seen = 0;
-    for (bound, n) in BUCKETS.iter().zip(counts) {
-        seen += n;
-        if seen >= wanted {
-            return Some(bound * 1000.0);
-        }
-    }
-    None
+    bucket_quantile_ms(&counts, q)
 }
 
 fn bump(counter: &AtomicU64) {
