@@ -49,9 +49,12 @@ impl Thresholds {
     }
 
     /// The decision for a positive-class probability `p`. Scores exactly on
-    /// a threshold are uncertain: the bands are strict inequalities.
+    /// a threshold are uncertain: the bands are strict inequalities. A score
+    /// that is not a number is never confident.
     pub fn decide(&self, p: f64, confirm_positives: bool) -> Decision {
-        if p < self.accept_below {
+        if !p.is_finite() {
+            Decision::Escalate
+        } else if p < self.accept_below {
             Decision::Accept
         } else if p > self.reject_above && !confirm_positives {
             Decision::Reject
@@ -89,6 +92,13 @@ mod tests {
             Decision::Escalate,
             "positives confirmed by stage 2"
         );
+    }
+
+    #[test]
+    fn a_score_that_is_not_a_number_escalates() {
+        let t = Thresholds::new(0.1, 0.9).unwrap();
+        assert_eq!(t.decide(f64::NAN, false), Decision::Escalate);
+        assert_eq!(t.decide(f64::INFINITY, false), Decision::Escalate);
     }
 
     #[test]

@@ -116,6 +116,20 @@ impl LogisticModel {
             .map(|(w, s)| w / s)
             .collect();
         let bias = artifact.intercept - weights.iter().zip(&mean).map(|(w, m)| w * m).sum::<f64>();
+        // Finite inputs can still fold to infinities (a tiny scale, a huge
+        // mean), which would score every row NaN.
+        if let Some(index) = weights.iter().position(|w| !w.is_finite()) {
+            return Err(ModelError::NotFinite {
+                field: "coefficients / scale",
+                index,
+            });
+        }
+        if !bias.is_finite() {
+            return Err(ModelError::NotFinite {
+                field: "intercept − Σ coefficient × mean / scale",
+                index: 0,
+            });
+        }
         Ok(Self {
             name: artifact.name,
             version: artifact.version,
@@ -132,6 +146,8 @@ impl LogisticModel {
     }
 
     /// The positive-class probability of one row (`row.len() == width()`).
+    /// NaN when the sum overflows (finite features can still reach
+    /// `inf − inf`): never an answer, such a row escalates.
     pub fn score(&self, row: &[f64]) -> f64 {
         debug_assert_eq!(row.len(), self.weights.len());
         let z = self.bias
@@ -199,6 +215,21 @@ mod tests {
             LogisticModel::from_json(&zero).unwrap_err(),
             ModelError::ZeroScale(0)
         );
+        // Finite fields whose folded weights are not: 1e300 / 1e-300.
+        let overflow = MODEL
+            .replace("[2.0, 1.0]", "[1e-300, 1.0]")
+            .replace("[2.0, -1.0]", "[1e300, -1.0]");
+        assert!(matches!(
+            LogisticModel::from_json(&overflow).unwrap_err(),
+            ModelError::NotFinite { index: 0, .. }
+        ));
+        let bias = MODEL
+            .replace("[1.0, 0.0]", "[1e308, -1e308]")
+            .replace("[2.0, 1.0]", "[0.5, 0.5]");
+        assert!(matches!(
+            LogisticModel::from_json(&bias).unwrap_err(),
+            ModelError::NotFinite { .. }
+        ));
         let dup = MODEL.replace(r#"["a", "b"]"#, r#"["a", "a"]"#);
         assert!(matches!(
             LogisticModel::from_json(&dup).unwrap_err(),
