@@ -324,6 +324,10 @@ pub struct Cascade {
     /// (`[negative, positive]`, like scikit-learn's `predict_proba`).
     /// Default 1.
     pub output_columns: usize,
+    /// Datatype of the probability output, the same whichever stage
+    /// answered: `FP64` (default, what scikit-learn's `predict_proba`
+    /// gives) or `FP32`.
+    pub output_datatype: cascadia_cascade::ProbabilityType,
 }
 
 /// Features of an entity (a sender domain, a user), looked up by key

@@ -224,6 +224,7 @@ pub(crate) struct RawCascade {
     pub max_batch: Option<usize>,
     pub missing_feature_default: Option<f64>,
     pub output_columns: Option<usize>,
+    pub output_datatype: Option<String>,
     pub entity: Option<RawEntity>,
 }
 

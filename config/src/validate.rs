@@ -726,8 +726,19 @@ fn cascade(
             format!("{output_columns} must be 1 or 2"),
         );
     }
+    let output_datatype = match raw.output_datatype.as_deref() {
+        None => cascadia_cascade::ProbabilityType::default(),
+        Some(name) => cascadia_cascade::ProbabilityType::parse(name).unwrap_or_else(|| {
+            errors.push(
+                format!("{at}.output_datatype"),
+                format!("{name:?} is not \"FP64\" or \"FP32\""),
+            );
+            cascadia_cascade::ProbabilityType::default()
+        }),
+    };
     Some(Cascade {
         output_columns,
+        output_datatype,
         entity,
         model_path,
         model: model?,

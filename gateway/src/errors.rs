@@ -63,6 +63,11 @@ pub enum GatewayError {
     RequestBody(#[source] UpstreamError),
     #[error("the request body stalled")]
     BodyTimeout,
+    /// Stage 2 answered a cascade's escalation with something the cascade
+    /// cannot use (compressed in an unknown coding, not OIP, the wrong
+    /// output, shape or datatype).
+    #[error("stage 2 gave an unusable answer ({reason})")]
+    Stage2Unusable { reason: &'static str },
 }
 
 /// How a failure is presented to a client.
@@ -89,9 +94,10 @@ impl GatewayError {
             | Self::BodyTimeout
             | Self::RequestBody(_) => Side::Downstream,
             Self::NoRoute | Self::Overloaded { .. } => Side::Gateway,
-            Self::NoHealthyBackend { .. } | Self::DeadlineExceeded | Self::Upstream { .. } => {
-                Side::Upstream
-            }
+            Self::NoHealthyBackend { .. }
+            | Self::DeadlineExceeded
+            | Self::Upstream { .. }
+            | Self::Stage2Unusable { .. } => Side::Upstream,
         }
     }
 
@@ -111,6 +117,7 @@ impl GatewayError {
             Self::Overloaded { .. } => "overloaded",
             Self::RateLimited { .. } => "rate_limited",
             Self::BodyTimeout => "body_timeout",
+            Self::Stage2Unusable { .. } => "stage2_unusable",
             Self::Upstream { source, .. } => match source.kind() {
                 UpstreamErrorKind::Connect => "upstream_connect",
                 UpstreamErrorKind::Timeout => "upstream_timeout",
@@ -145,6 +152,7 @@ impl GatewayError {
             Self::Overloaded { .. } => (S::SERVICE_UNAVAILABLE, 8, "overloaded, retry later"),
             Self::RateLimited { .. } => (S::TOO_MANY_REQUESTS, 8, "rate limit exceeded"),
             Self::BodyTimeout => (S::REQUEST_TIMEOUT, 4, "timed out reading the request body"),
+            Self::Stage2Unusable { .. } => (S::BAD_GATEWAY, 13, "stage 2 gave an unusable answer"),
             Self::Upstream { source, .. } => match source.kind() {
                 UpstreamErrorKind::Connect => (S::BAD_GATEWAY, 14, "backend unavailable"),
                 UpstreamErrorKind::Timeout => (S::GATEWAY_TIMEOUT, 4, "backend timed out"),

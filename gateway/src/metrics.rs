@@ -74,6 +74,9 @@ pub struct RouteStats {
 pub struct VersionStats {
     by_class: [AtomicU64; 5],
     buckets: [AtomicU64; BUCKETS.len()],
+    /// Cascade rows of this version's requests by who answered them:
+    /// stage 1, stage 2, stage 1 standing in for stage 2.
+    cascade_rows: [AtomicU64; 3],
 }
 
 /// A point-in-time copy of [`VersionStats`]; windows are differences.
@@ -90,6 +93,24 @@ impl VersionStats {
             counter.fetch_add(1, Ordering::Relaxed);
         }
         self.buckets[latency_bucket(latency)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a cascade answer's rows by the stage that answered them.
+    pub fn record_cascade_rows(&self, counts: cascadia_cascade::StageCounts) {
+        for (counter, n) in
+            self.cascade_rows
+                .iter()
+                .zip([counts.local, counts.stage2, counts.degraded])
+        {
+            if n > 0 {
+                counter.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Rows answered locally, by stage 2 and degraded, in that order.
+    pub fn cascade_rows(&self) -> [u64; 3] {
+        std::array::from_fn(|i| self.cascade_rows[i].load(Ordering::Relaxed))
     }
 
     pub fn counts(&self) -> VersionCounts {
@@ -441,7 +462,9 @@ pub fn render(snapshot: &Snapshot, reloads: &ReloadStatus) -> String {
     }
 
     let _ = writeln!(out, "# TYPE cascadia_cascade_rows_total counter");
+    let _ = writeln!(out, "# TYPE cascadia_cascade_answered_rows_total counter");
     let _ = writeln!(out, "# TYPE cascadia_cascade_degraded_total counter");
+    let _ = writeln!(out, "# TYPE cascadia_cascade_stage2_unusable_total counter");
     let _ = writeln!(
         out,
         "# TYPE cascadia_cascade_audit_disagreements_total counter"
@@ -463,6 +486,24 @@ pub fn render(snapshot: &Snapshot, reloads: &ReloadStatus) -> String {
                 out,
                 "cascadia_cascade_rows_total{{route=\"{name}\",decision=\"{decision}\"}} {}",
                 load(counter)
+            );
+        }
+        for target in route.split.targets() {
+            let rows = target.stats.cascade_rows();
+            for (stage, n) in ["local", "stage2", "degraded"].iter().zip(rows) {
+                let _ = writeln!(
+                    out,
+                    "cascadia_cascade_answered_rows_total{{route=\"{name}\",version=\"{}\",stage=\"{stage}\"}} {n}",
+                    target.version
+                );
+            }
+        }
+        for reason in crate::cascade::UnusableReason::ALL {
+            let _ = writeln!(
+                out,
+                "cascadia_cascade_stage2_unusable_total{{route=\"{name}\",reason=\"{}\"}} {}",
+                reason.label(),
+                load(s.stage2_unusable.counter(reason))
             );
         }
         for (reason, counter) in [

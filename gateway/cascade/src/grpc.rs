@@ -6,8 +6,8 @@
 //! Escalations go out with typed contents.
 
 use cascadia_oip::grpc::{
-    model_infer_request, model_infer_response, InferTensorContents, ModelInferRequest,
-    ModelInferResponse,
+    infer_parameter::ParameterChoice, model_infer_request, model_infer_response, InferParameter,
+    InferTensorContents, ModelInferRequest, ModelInferResponse,
 };
 use cascadia_oip::json::{InferInputTensor, InferOutputTensor, InferRequest, InferResponse};
 use serde_json::Value;
@@ -245,6 +245,12 @@ pub fn to_grpc_response(response: &InferResponse) -> ModelInferResponse {
         model_name: response.model_name.clone(),
         model_version: response.model_version.clone().unwrap_or_default(),
         id: response.id.clone().unwrap_or_default(),
+        parameters: response
+            .parameters
+            .iter()
+            .flatten()
+            .filter_map(|(name, value)| Some((name.clone(), parameter(value)?)))
+            .collect(),
         outputs: response
             .outputs
             .iter()
@@ -261,8 +267,21 @@ pub fn to_grpc_response(response: &InferResponse) -> ModelInferResponse {
             .iter()
             .map(|output| raw_bytes(&output.datatype, &output.data))
             .collect(),
-        ..Default::default()
     }
+}
+
+/// A JSON parameter as gRPC's: a bool, an integer or a string (the only
+/// kinds OIP's `InferParameter` holds); anything else is left out.
+fn parameter(value: &Value) -> Option<InferParameter> {
+    let choice = match value {
+        Value::Bool(b) => ParameterChoice::BoolParam(*b),
+        Value::Number(n) => ParameterChoice::Int64Param(n.as_i64()?),
+        Value::String(s) => ParameterChoice::StringParam(s.clone()),
+        _ => return None,
+    };
+    Some(InferParameter {
+        parameter_choice: Some(choice),
+    })
 }
 
 /// Little-endian raw bytes of a tensor's values (numbers as the datatype
@@ -336,6 +355,25 @@ mod tests {
             .unwrap();
         let back = to_json_response(&to_grpc_response(&json_response)).unwrap();
         assert_eq!(back.outputs[0].data, json!([0.25]));
+
+        // FP64 answers travel as raw f64, bit for bit, with the provenance.
+        let p = 0.1f64 + 0.2;
+        let fp64: InferResponse = serde_json::from_value(json!({
+            "model_name": "fraud",
+            "parameters": {"cascadia_rows": "ls", "cascadia_rows_local": 1},
+            "outputs": [{"name":"p","shape":[1,1],"datatype":"FP64","data":[p]}]
+        }))
+        .unwrap();
+        let grpc = to_grpc_response(&fp64);
+        assert_eq!(grpc.raw_output_contents[0], p.to_le_bytes());
+        assert_eq!(
+            grpc.parameters["cascadia_rows"].parameter_choice,
+            Some(ParameterChoice::StringParam("ls".into()))
+        );
+        assert_eq!(
+            grpc.parameters["cascadia_rows_local"].parameter_choice,
+            Some(ParameterChoice::Int64Param(1))
+        );
     }
 
     #[test]

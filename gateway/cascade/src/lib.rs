@@ -8,13 +8,17 @@
 //! - [`decision`]: thresholds as a value type, and the per-row decision.
 //! - [`grpc`]: OIP gRPC messages to and from the JSON model, typed or raw.
 //! - [`rows`]: features out of an OIP V2 inference request, the
-//!   sub-request of escalated rows, and the merged response.
+//!   sub-request of escalated rows, and the merged response with its
+//!   per-row provenance.
+//! - [`stage2`]: the request the gateway sends stage 2, and the checks its
+//!   answer must pass.
 
 pub mod decision;
 pub mod grpc;
 pub mod model;
 pub mod rows;
+pub mod stage2;
 
 pub use decision::{Decision, Thresholds, ThresholdsError};
 pub use model::{LogisticModel, ModelError};
-pub use rows::{Features, PayloadError};
+pub use rows::{Features, PayloadError, ProbabilityType, RowStage, StageCounts};

@@ -260,7 +260,7 @@ fn numeric(input: &InferInputTensor) -> Result<(usize, usize, Vec<f64>), Payload
     Ok((rows, cols, data))
 }
 
-fn flatten(value: &Value, out: &mut Vec<f64>) -> bool {
+pub(crate) fn flatten(value: &Value, out: &mut Vec<f64>) -> bool {
     match value {
         Value::Number(n) => n.as_f64().map(|x| out.push(x)).is_some(),
         Value::Bool(b) => {
@@ -301,59 +301,150 @@ fn leaves_of(value: &Value, out: &mut Vec<Value>) {
     }
 }
 
-/// The positive-class probability per row from a stage-2 response: the
-/// output named `output`, one value per row (the last column when there
-/// are several, i.e. the positive class of a `[rows, 2]` probability).
-pub fn stage2_scores(
-    response: &InferResponse,
-    output: &str,
-    rows: usize,
-) -> Option<(Vec<f64>, String)> {
-    let tensor = response.outputs.iter().find(|o| o.name == output)?;
-    let mut values = Vec::new();
-    if !flatten(&tensor.data, &mut values)
-        || rows == 0
-        || values.is_empty()
-        || values.len() % rows != 0
-    {
-        return None;
-    }
-    let stride = values.len() / rows;
-    Some((
-        (0..rows).map(|r| values[r * stride + stride - 1]).collect(),
-        tensor.datatype.clone(),
-    ))
+/// Which stage answered a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowStage {
+    /// Stage 1 was confident.
+    Local,
+    /// Stage 2 answered the escalated row.
+    Stage2,
+    /// Stage 1 answered a row it would have escalated, because stage 2 was
+    /// unavailable or out of time (`on_unavailable = "degrade"`).
+    Degraded,
 }
 
-/// The client's response: one probability per row, in request order, as a
-/// `[rows, 1]` tensor (or `[rows, 2]` of `[1 − p, p]` with `columns == 2`)
-/// named like stage 2's output.
-pub fn response(
-    model_name: &str,
-    model_version: Option<String>,
-    id: Option<String>,
-    output: &str,
-    datatype: &str,
-    scores: &[f64],
-    columns: usize,
-) -> InferResponse {
-    let data: Vec<Value> = if columns == 2 {
-        scores
+impl RowStage {
+    /// The row's letter in the `cascadia_rows` parameter.
+    pub fn code(self) -> char {
+        match self {
+            Self::Local => 'l',
+            Self::Stage2 => 's',
+            Self::Degraded => 'd',
+        }
+    }
+}
+
+/// How many rows each stage answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StageCounts {
+    pub local: usize,
+    pub stage2: usize,
+    pub degraded: usize,
+}
+
+impl StageCounts {
+    pub fn of(stages: &[RowStage]) -> Self {
+        let mut counts = Self::default();
+        for stage in stages {
+            match stage {
+                RowStage::Local => counts.local += 1,
+                RowStage::Stage2 => counts.stage2 += 1,
+                RowStage::Degraded => counts.degraded += 1,
+            }
+        }
+        counts
+    }
+}
+
+/// The datatype of a cascade route's probability output: one per route,
+/// whichever stage answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProbabilityType {
+    /// What scikit-learn's `predict_proba` gives. The default.
+    #[default]
+    Fp64,
+    /// Rounded to the nearest f32, for clients that want half the bytes.
+    Fp32,
+}
+
+impl ProbabilityType {
+    /// Parses an OIP datatype name.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "FP64" => Some(Self::Fp64),
+            "FP32" => Some(Self::Fp32),
+            _ => None,
+        }
+    }
+
+    /// The OIP datatype name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fp64 => "FP64",
+            Self::Fp32 => "FP32",
+        }
+    }
+
+    /// `value` as this type holds it.
+    pub fn round(self, value: f64) -> f64 {
+        match self {
+            Self::Fp64 => value,
+            Self::Fp32 => f64::from(value as f32),
+        }
+    }
+}
+
+/// What goes into the client's answer.
+#[derive(Debug, Clone)]
+pub struct Answer<'a> {
+    pub model_name: &'a str,
+    pub model_version: Option<String>,
+    pub id: Option<String>,
+    /// The output's name, as stage 2 names it.
+    pub output: &'a str,
+    pub datatype: ProbabilityType,
+    /// 1 (the positive class) or 2 (`[1 − p, p]`).
+    pub columns: usize,
+    /// One probability per row, in request order.
+    pub scores: &'a [f64],
+    /// Who answered each row, in request order.
+    pub stages: &'a [RowStage],
+}
+
+/// Response parameter: one letter per row, in row order, saying who
+/// answered it (`l` stage 1, `s` stage 2, `d` stage 1 standing in for
+/// stage 2).
+pub const ROWS_PARAMETER: &str = "cascadia_rows";
+
+/// The client's response. The output's shape is always `[rows, columns]`,
+/// whatever shape the input had (a `[F]` input is one row), and its
+/// datatype is the route's. The response's `parameters` carry the
+/// provenance: [`ROWS_PARAMETER`] and the counts `cascadia_rows_local`,
+/// `cascadia_rows_stage2` and `cascadia_rows_degraded` (OIP parameters are
+/// scalars, hence a string rather than a list).
+pub fn response(answer: Answer<'_>) -> InferResponse {
+    let round = |p: f64| Value::from(answer.datatype.round(p));
+    let data: Vec<Value> = if answer.columns == 2 {
+        answer
+            .scores
             .iter()
-            .flat_map(|p| [Value::from(1.0 - p), Value::from(*p)])
+            .flat_map(|p| [round(1.0 - p), round(*p)])
             .collect()
     } else {
-        scores.iter().map(|s| Value::from(*s)).collect()
+        answer.scores.iter().map(|p| round(*p)).collect()
     };
+    let counts = StageCounts::of(answer.stages);
+    let mut parameters = serde_json::Map::new();
+    parameters.insert(
+        ROWS_PARAMETER.to_owned(),
+        Value::from(answer.stages.iter().map(|s| s.code()).collect::<String>()),
+    );
+    for (name, count) in [
+        ("cascadia_rows_local", counts.local),
+        ("cascadia_rows_stage2", counts.stage2),
+        ("cascadia_rows_degraded", counts.degraded),
+    ] {
+        parameters.insert(name.to_owned(), Value::from(count));
+    }
     InferResponse {
-        model_name: model_name.to_owned(),
-        model_version,
-        id,
-        parameters: None,
+        model_name: answer.model_name.to_owned(),
+        model_version: answer.model_version,
+        id: answer.id,
+        parameters: Some(parameters),
         outputs: vec![InferOutputTensor {
-            name: output.to_owned(),
-            shape: vec![scores.len() as i64, columns as i64],
-            datatype: datatype.to_owned(),
+            name: answer.output.to_owned(),
+            shape: vec![answer.scores.len() as i64, answer.columns as i64],
+            datatype: answer.datatype.as_str().to_owned(),
             parameters: None,
             data: Value::Array(data),
         }],
@@ -492,22 +583,38 @@ mod tests {
         assert_eq!(sub.inputs[0].data, json!([1, 2, 5, 6]));
         assert_eq!(sub.inputs[1].data, json!(["p", "r"]));
         assert_eq!(sub.id.as_deref(), Some("r"));
+    }
 
-        let stage2: InferResponse = serde_json::from_value(json!({"model_name":"m","outputs":[
-            {"name":"probability","shape":[2,2],"datatype":"FP32","data":[0.8,0.2,0.3,0.7]}
-        ]}))
-        .unwrap();
-        let (scores, datatype) = stage2_scores(&stage2, "probability", 2).unwrap();
-        assert_eq!(scores, vec![0.2, 0.7]);
-        assert_eq!(datatype, "FP32");
-        assert!(stage2_scores(&stage2, "other", 2).is_none());
-        let empty: InferResponse = serde_json::from_value(json!({"model_name":"m","outputs":[
-            {"name":"probability","shape":[0],"datatype":"FP32","data":[]}
-        ]}))
-        .unwrap();
-        assert!(
-            stage2_scores(&empty, "probability", 2).is_none(),
-            "an empty output is no answer, not a panic"
+    #[test]
+    fn the_answer_has_one_datatype_one_shape_and_says_who_answered_each_row() {
+        let stages = [RowStage::Local, RowStage::Stage2, RowStage::Degraded];
+        let scores = [0.1, 0.7, 1.0 / 3.0];
+        let answer = |datatype, columns| {
+            response(Answer {
+                model_name: "m",
+                model_version: None,
+                id: Some("r".into()),
+                output: "predict_proba",
+                datatype,
+                columns,
+                scores: &scores,
+                stages: &stages,
+            })
+        };
+        let fp64 = answer(ProbabilityType::Fp64, 2);
+        let output = &fp64.outputs[0];
+        assert_eq!(output.shape, vec![3, 2]);
+        assert_eq!(output.datatype, "FP64");
+        assert_eq!(output.data[5], json!(1.0 / 3.0));
+        let parameters = fp64.parameters.unwrap();
+        assert_eq!(parameters[ROWS_PARAMETER], "lsd");
+        assert_eq!(parameters["cascadia_rows_stage2"], 1);
+        let fp32 = answer(ProbabilityType::Fp32, 1);
+        assert_eq!(fp32.outputs[0].shape, vec![3, 1]);
+        assert_eq!(fp32.outputs[0].datatype, "FP32");
+        assert_eq!(
+            fp32.outputs[0].data[2],
+            json!(f64::from((1.0f64 / 3.0) as f32))
         );
     }
 }

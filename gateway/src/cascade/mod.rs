@@ -8,8 +8,12 @@
 //! 1. read and parse the OIP request (400 with what is wrong);
 //! 2. score and decide per row (`accept_below` / `reject_above`);
 //! 3. if any row is uncertain: answer from stage 1 when the deadline is
-//!    shorter than stage 2's recent p95, else escalate those rows;
-//! 4. merge, stamp `x-cascadia-stage` and the model versions, respond;
+//!    shorter than stage 2's recent p95, else escalate those rows with a
+//!    request the gateway owns ([`stage2`]); an answer it cannot use is a
+//!    502, never stage 1's numbers;
+//! 4. merge, stamp `x-cascadia-stage`, the row counts and the model
+//!    versions, record per row who answered (the `cascadia_rows`
+//!    parameter), respond in the route's one output datatype;
 //! 5. maybe audit: a sample of confident requests also goes to stage 2 in
 //!    the background, and disagreements are counted.
 
@@ -18,20 +22,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+mod stage2;
+
+pub use stage2::UnusableReason;
+
 use cascadia_cascade::rows::{self, Layout};
-use cascadia_cascade::Decision;
+use cascadia_cascade::{Decision, RowStage, StageCounts};
 use cascadia_config::{Cascade, OnUnavailable};
-use cascadia_oip::json::{InferRequest, InferResponse};
+use cascadia_oip::json::InferRequest;
 use cascadia_oip::path::{OipKind, OipPath};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::Serialize;
 
 use crate::errors::{json_error, GatewayError};
 use crate::proxy::body::ResponseBody;
-use crate::proxy::{choose_target, deadline, headers, upstream_path, Proxy, RequestBody};
+use crate::proxy::{choose_target, deadline, headers, upstream_path, Proxy};
 use crate::routing::{Route, Target};
 use crate::snapshot::Snapshot;
 use crate::telemetry::trace;
@@ -43,14 +50,27 @@ pub const X_CASCADIA_STAGE1_MODEL: HeaderName = HeaderName::from_static("x-casca
 /// Why stage 1 answered rows it would have escalated: `deadline` or
 /// `unavailable`.
 pub const X_CASCADIA_DEGRADED: HeaderName = HeaderName::from_static("x-cascadia-degraded");
+/// How many rows each stage answered: `local=3, stage2=1, degraded=0`. The
+/// response's `cascadia_rows` parameter says which rows.
+pub const X_CASCADIA_ROWS: HeaderName = HeaderName::from_static("x-cascadia-rows");
 
-/// Counters of one cascade route (reset when the route is reloaded).
+/// Counters of one cascade route (carried across reloads). The
+/// `rows_accepted` / `rejected` / `escalated` say what stage 1 *decided*;
+/// the `answered_*` ones say who *answered* each row in the end.
 #[derive(Debug, Default, Serialize)]
 pub struct CascadeStats {
     pub requests: AtomicU64,
     pub rows_accepted: AtomicU64,
     pub rows_rejected: AtomicU64,
     pub rows_escalated: AtomicU64,
+    /// Rows answered by stage 1, confident.
+    pub answered_local: AtomicU64,
+    /// Rows answered by stage 2.
+    pub answered_stage2: AtomicU64,
+    /// Rows stage 1 answered for an unavailable or too slow stage 2.
+    pub answered_degraded: AtomicU64,
+    /// Stage-2 answers that could not be used (each a 502), by reason.
+    pub stage2_unusable: stage2::UnusableCounts,
     pub degraded_deadline: AtomicU64,
     pub degraded_unavailable: AtomicU64,
     pub audits: AtomicU64,
@@ -60,6 +80,14 @@ pub struct CascadeStats {
     pub audit_disagree_reject: AtomicU64,
     pub audit_rows: AtomicU64,
     pub audit_failures: AtomicU64,
+}
+
+impl CascadeStats {
+    fn record_answered(&self, counts: StageCounts) {
+        bump(&self.answered_local, counts.local as u64);
+        bump(&self.answered_stage2, counts.stage2 as u64);
+        bump(&self.answered_degraded, counts.degraded as u64);
+    }
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -262,8 +290,19 @@ async fn run(
     Ok(response)
 }
 
-/// Stage 1 and the escalation. `body` is the client's REST body, reused
-/// as-is when every row escalates.
+/// One request's cascade: what every step needs to know about it.
+struct Call<'a> {
+    proxy: &'a Proxy,
+    snapshot: &'a Arc<Snapshot>,
+    route: &'a Arc<Route>,
+    stage: &'a CascadeStage,
+    wire: Wire,
+    model_name: &'a str,
+    model_version: Option<&'a str>,
+    request_id: &'a HeaderValue,
+}
+
+/// Stage 1 and the escalation.
 #[allow(clippy::too_many_arguments)]
 async fn run_stages(
     proxy: &Proxy,
@@ -277,259 +316,318 @@ async fn run_stages(
     (model_name, model_version): (String, Option<String>),
     request_id: &HeaderValue,
 ) -> Result<Response<ResponseBody>, GatewayError> {
-    let settings = &stage.settings;
-    let layout = Layout {
-        matrix_input: settings.input.as_deref(),
-        max_batch: settings.max_batch,
-        default: settings.missing_feature_default,
+    let call = Call {
+        proxy,
+        snapshot,
+        route,
+        stage,
+        wire,
+        model_name: &model_name,
+        model_version: model_version.as_deref(),
+        request_id,
     };
-    let (features, forced) = match assemble_features(stage, &infer, &parts.headers, layout).await {
-        Ok(found) => found,
-        Err(message) => return Ok(payload_error(wire, &message, request_id)),
-    };
+    call.run(parts, infer, body).await
+}
 
-    // 2. Score and decide. Rows whose entity features could not be found
-    //    (and have no default) escalate: stage 2 has its own features.
-    let span = trace::child("cascadia.stage1");
-    let mut scores: Vec<f64> = (0..features.rows)
-        .map(|i| settings.model.score(features.row(i)))
-        .collect();
-    let decisions: Vec<Decision> = scores
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            if forced.get(i).copied().unwrap_or(false) {
-                Decision::Escalate
-            } else {
-                settings.thresholds.decide(*p, settings.confirm_positives)
-            }
-        })
-        .collect();
-    let escalate: Vec<usize> = (0..decisions.len())
-        .filter(|&i| decisions[i] == Decision::Escalate)
-        .collect();
-    span.set("cascadia.rows", features.rows as i64);
-    span.set("cascadia.rows_escalated", escalate.len() as i64);
-    drop(span);
-    let stats = &stage.stats;
-    bump(&stats.requests, 1);
-    bump(
-        &stats.rows_accepted,
-        decisions.iter().filter(|d| **d == Decision::Accept).count() as u64,
-    );
-    bump(
-        &stats.rows_rejected,
-        decisions.iter().filter(|d| **d == Decision::Reject).count() as u64,
-    );
-
-    let stage1 = stage1_header(settings);
-    if escalate.is_empty() {
-        if let Some(body) = body {
-            maybe_audit(
-                proxy,
-                snapshot,
-                route,
-                &parts,
-                body,
-                decisions,
-                (&model_name, model_version.as_deref()),
-            );
-        }
-        return Ok(answer(
-            wire,
-            &model_name,
-            model_version.clone(),
-            &infer,
-            settings,
-            &scores,
-            "FP32",
-            Stamp::local(stage1),
-            request_id,
-        ));
-    }
-
-    // 3. Escalate the uncertain rows, unless the deadline cannot fit stage 2.
-    let target = choose_target(route, &parts.headers)?;
-    let remaining = match (deadline::client_timeout(&parts.headers), route.timeout) {
-        (Some(client), Some(route)) => Some(client.min(route)),
-        (a, b) => a.or(b),
-    };
-    if let (Some(remaining), Some(p95)) = (remaining, stage2_p95(target)) {
-        if remaining < p95 {
-            bump(&stats.degraded_deadline, 1);
-            return Ok(answer(
-                wire,
-                &model_name,
-                model_version,
-                &infer,
-                settings,
-                &scores,
-                "FP32",
-                Stamp::degraded(stage1, "deadline"),
-                request_id,
-            ));
-        }
-    }
-    bump(&stats.rows_escalated, escalate.len() as u64);
-    let sub = || rows::select_rows(&infer, features.rows, &escalate);
-    let (sub_body, path_and_query) = match (wire, body) {
-        (Wire::Rest, body) => {
-            let sub_body = match body {
-                Some(body) if escalate.len() == features.rows => body,
-                _ => Bytes::from(
-                    serde_json::to_vec(&sub())
-                        .map_err(|_| GatewayError::BadRequest("request could not be re-encoded"))?,
-                ),
+impl Call<'_> {
+    async fn run(
+        &self,
+        parts: http::request::Parts,
+        infer: InferRequest,
+        body: Option<Bytes>,
+    ) -> Result<Response<ResponseBody>, GatewayError> {
+        let settings = &self.stage.settings;
+        let layout = Layout {
+            matrix_input: settings.input.as_deref(),
+            max_batch: settings.max_batch,
+            default: settings.missing_feature_default,
+        };
+        let (features, forced) =
+            match assemble_features(self.stage, &infer, &parts.headers, layout).await {
+                Ok(found) => found,
+                Err(message) => return Ok(payload_error(self.wire, &message, self.request_id)),
             };
-            let oip = OipPath {
-                kind: OipKind::ModelInfer,
-                model: Some(&model_name),
-                version: model_version.as_deref(),
-            };
-            (sub_body, upstream_path(target, Some(oip), &parts.uri)?)
-        }
-        (Wire::Grpc, _) => {
-            use prost::Message;
-            // The message names the model, so the upstream's names go in it.
-            let upstream_model = target.upstream_model.as_deref().unwrap_or(&model_name);
-            let upstream_version = target
-                .upstream_version
-                .as_deref()
-                .or(model_version.as_deref())
-                .unwrap_or_default();
-            let message =
-                cascadia_cascade::grpc::to_grpc_request(&sub(), upstream_model, upstream_version);
-            let frame = cascadia_oip::grpc::encode_frame(&message.encode_to_vec());
-            let path = parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-            (frame, path)
-        }
-    };
-    let mut upstream_parts = parts;
-    upstream_parts.headers.remove(header::CONTENT_LENGTH);
-    let outcome = proxy
-        .forward(
-            route,
-            target,
-            upstream_parts,
-            path_and_query,
-            RequestBody::Buffered(sub_body),
-            request_id,
-        )
-        .await;
+        // The split comes first: every row is counted under the version the
+        // request belongs to, whoever answers it.
+        let target = choose_target(self.route, &parts.headers)?;
 
-    let unavailable =
-        |error: Option<GatewayError>| -> Result<Response<ResponseBody>, GatewayError> {
-            match (settings.on_unavailable, error) {
-                (OnUnavailable::Error, Some(error)) => Err(error),
-                (OnUnavailable::Error, None) => Err(GatewayError::NoHealthyBackend {
-                    version: target.version.to_string(),
-                }),
-                (OnUnavailable::Degrade, _) => {
-                    bump(&stats.degraded_unavailable, 1);
-                    Ok(answer(
-                        wire,
-                        &model_name,
-                        model_version.clone(),
-                        &infer,
-                        settings,
-                        &scores,
-                        "FP32",
-                        Stamp::degraded(stage1.clone(), "unavailable"),
-                        request_id,
-                    ))
+        // 2. Score and decide. Rows whose entity features could not be
+        //    found (and have no default) escalate: stage 2 has its own
+        //    features. So do rows whose score is not a number.
+        let span = trace::child("cascadia.stage1");
+        let mut scores: Vec<f64> = (0..features.rows)
+            .map(|i| settings.model.score(features.row(i)))
+            .collect();
+        let decisions: Vec<Decision> = scores
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                if forced.get(i).copied().unwrap_or(false) {
+                    Decision::Escalate
+                } else {
+                    settings.thresholds.decide(*p, settings.confirm_positives)
                 }
+            })
+            .collect();
+        let escalate: Vec<usize> = (0..decisions.len())
+            .filter(|&i| decisions[i] == Decision::Escalate)
+            .collect();
+        span.set("cascadia.rows", features.rows as i64);
+        span.set("cascadia.rows_escalated", escalate.len() as i64);
+        drop(span);
+        let stats = &self.stage.stats;
+        bump(&stats.requests, 1);
+        bump(
+            &stats.rows_accepted,
+            decisions.iter().filter(|d| **d == Decision::Accept).count() as u64,
+        );
+        bump(
+            &stats.rows_rejected,
+            decisions.iter().filter(|d| **d == Decision::Reject).count() as u64,
+        );
+        let mut stages = vec![RowStage::Local; features.rows];
+
+        if escalate.is_empty() {
+            if let Some(body) = body {
+                maybe_audit(self, &parts, &infer, body, decisions, features.rows);
+            }
+            return Ok(self.answer(target, &infer, &scores, &stages, Stamp::default()));
+        }
+        // Stage 1 may stand in for stage 2 only with a number of its own.
+        let can_degrade = escalate.iter().all(|&i| scores[i].is_finite());
+        let mark_degraded = |stages: &mut [RowStage]| {
+            for &row in &escalate {
+                stages[row] = RowStage::Degraded;
             }
         };
-    let response = match outcome {
-        Ok(response) => response,
-        Err(
-            error @ (GatewayError::BodyTooLarge { .. }
-            | GatewayError::RequestBody(_)
-            | GatewayError::BadRequest(_)),
-        ) => return Err(error),
-        Err(error) => return unavailable(Some(error)),
-    };
-    let status = response.status();
-    if status.is_client_error() && wire == Wire::Rest {
-        // Stage 2 refused the request itself (e.g. its own validation):
-        // the client should see that answer as it is.
-        return Ok(response);
-    }
-    if !status.is_success() {
-        return unavailable(None);
-    }
-    let served_by = response.headers().get(headers::X_CASCADIA_BACKEND).cloned();
-    // The upstream deadline covers the headers; the body gets what is left
-    // of the request's budget (or the backend timeout), and a size bound.
-    let body_budget = remaining.unwrap_or_else(|| {
-        target
-            .pools
-            .first()
-            .map_or(Duration::from_secs(2), |p| p.timeout())
-    });
-    let limit =
-        usize::try_from(snapshot.config.gateway.limits.max_body_bytes).unwrap_or(usize::MAX);
-    let stage2 = match tokio::time::timeout(
-        body_budget,
-        http_body_util::Limited::new(response.into_body(), limit).collect(),
-    )
-    .await
-    {
-        Ok(Ok(collected)) => collected,
-        _ => return unavailable(None),
-    };
-    let parsed = match wire {
-        Wire::Rest => serde_json::from_slice::<InferResponse>(&stage2.to_bytes()).ok(),
-        Wire::Grpc => {
-            let ok = stage2
-                .trailers()
-                .and_then(|t| t.get("grpc-status"))
-                .is_some_and(|s| s == "0");
-            let bytes = stage2.to_bytes();
-            ok.then(|| decode_grpc_response(&bytes)).flatten()
-        }
-    };
-    let Some((stage2_scores, datatype, stage2_version)) = parsed.and_then(|r| {
-        rows::stage2_scores(&r, &settings.output, escalate.len())
-            .map(|(s, d)| (s, d, r.model_version))
-    }) else {
-        tracing::warn!(
-            request_id = request_id.to_str().unwrap_or_default(),
-            "stage 2 answered without the expected output"
-        );
-        return unavailable(None);
-    };
 
-    // 4. Merge in row order.
-    for (row, score) in escalate.iter().zip(stage2_scores) {
-        scores[*row] = score;
+        // 3. Escalate the uncertain rows, unless the deadline cannot fit
+        //    stage 2.
+        let remaining = match (deadline::client_timeout(&parts.headers), self.route.timeout) {
+            (Some(client), Some(route)) => Some(client.min(route)),
+            (a, b) => a.or(b),
+        };
+        if let (Some(remaining), Some(p95), true) = (remaining, stage2_p95(target), can_degrade) {
+            if remaining < p95 {
+                bump(&stats.degraded_deadline, 1);
+                mark_degraded(&mut stages);
+                return Ok(self.answer(
+                    target,
+                    &infer,
+                    &scores,
+                    &stages,
+                    Stamp::degraded("deadline"),
+                ));
+            }
+        }
+        bump(&stats.rows_escalated, escalate.len() as u64);
+        let sub = cascadia_cascade::stage2::request(
+            &infer,
+            features.rows,
+            &escalate,
+            settings.input.as_deref(),
+            &settings.output,
+        );
+        let (sub_body, path_and_query) = self.stage2_body(target, &sub, &parts.uri)?;
+        // The upstream deadline covers the headers; the body gets what is
+        // left of the request's budget (or the backend timeout), and a
+        // size bound.
+        let body_budget = remaining.unwrap_or_else(|| {
+            target
+                .pools
+                .first()
+                .map_or(Duration::from_secs(2), |p| p.timeout())
+        });
+        let outcome = stage2::call(stage2::Call {
+            proxy: self.proxy,
+            route: self.route,
+            target,
+            wire: self.wire,
+            parts,
+            path_and_query,
+            body: sub_body,
+            rows: escalate.len(),
+            output: &settings.output,
+            body_budget,
+            body_limit: self.body_limit(),
+            request_id: self.request_id,
+        })
+        .await;
+
+        let error = match outcome {
+            stage2::Outcome::Answered(answer) => {
+                // 4. Merge in row order.
+                for (&row, score) in escalate.iter().zip(answer.scores) {
+                    scores[row] = score;
+                    stages[row] = RowStage::Stage2;
+                }
+                let stamp = Stamp {
+                    degraded: None,
+                    stage2_version: Some(target.version_header.clone()),
+                    stage2_model_version: answer.model_version,
+                    backend: answer.backend,
+                };
+                return Ok(self.answer(target, &infer, &scores, &stages, stamp));
+            }
+            stage2::Outcome::Refused(response) => return Ok(response),
+            stage2::Outcome::Client(error) => return Err(error),
+            stage2::Outcome::Unusable(unusable) => {
+                stats.stage2_unusable.bump(unusable.reason);
+                tracing::warn!(
+                    request_id = self.request_id.to_str().unwrap_or_default(),
+                    route = &*self.route.name,
+                    reason = unusable.reason.label(),
+                    detail = %unusable.detail,
+                    "stage 2 gave an unusable answer"
+                );
+                return Err(GatewayError::Stage2Unusable {
+                    reason: unusable.reason.label(),
+                });
+            }
+            stage2::Outcome::Unavailable(error) => error,
+        };
+        match (settings.on_unavailable, can_degrade) {
+            (OnUnavailable::Degrade, true) => {
+                bump(&stats.degraded_unavailable, 1);
+                mark_degraded(&mut stages);
+                Ok(self.answer(
+                    target,
+                    &infer,
+                    &scores,
+                    &stages,
+                    Stamp::degraded("unavailable"),
+                ))
+            }
+            _ => Err(error.unwrap_or_else(|| GatewayError::NoHealthyBackend {
+                version: target.version.to_string(),
+            })),
+        }
     }
-    let stamp = Stamp {
-        stage: if escalate.len() == features.rows {
+
+    /// The escalation's body and path: OIP JSON for REST, a framed
+    /// `ModelInferRequest` (typed contents) for gRPC.
+    fn stage2_body(
+        &self,
+        target: &Target,
+        sub: &InferRequest,
+        uri: &http::Uri,
+    ) -> Result<(Bytes, http::uri::PathAndQuery), GatewayError> {
+        match self.wire {
+            Wire::Rest => {
+                let body = serde_json::to_vec(sub)
+                    .map_err(|_| GatewayError::BadRequest("request could not be re-encoded"))?;
+                let oip = OipPath {
+                    kind: OipKind::ModelInfer,
+                    model: Some(self.model_name),
+                    version: self.model_version,
+                };
+                Ok((Bytes::from(body), upstream_path(target, Some(oip), uri)?))
+            }
+            Wire::Grpc => {
+                use prost::Message;
+                // The message names the model, so the upstream's names go in it.
+                let upstream_model = target.upstream_model.as_deref().unwrap_or(self.model_name);
+                let upstream_version = target
+                    .upstream_version
+                    .as_deref()
+                    .or(self.model_version)
+                    .unwrap_or_default();
+                let message =
+                    cascadia_cascade::grpc::to_grpc_request(sub, upstream_model, upstream_version);
+                let frame = cascadia_oip::grpc::encode_frame(&message.encode_to_vec());
+                let path = uri
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+                Ok((frame, path))
+            }
+        }
+    }
+
+    fn body_limit(&self) -> usize {
+        usize::try_from(self.snapshot.config.gateway.limits.max_body_bytes).unwrap_or(usize::MAX)
+    }
+
+    /// The client's answer, counted by the stage that answered each row.
+    fn answer(
+        &self,
+        target: &Target,
+        request: &InferRequest,
+        scores: &[f64],
+        stages: &[RowStage],
+        stamp: Stamp,
+    ) -> Response<ResponseBody> {
+        let settings = &self.stage.settings;
+        let counts = StageCounts::of(stages);
+        self.stage.stats.record_answered(counts);
+        target.stats.record_cascade_rows(counts);
+        let body = rows::response(rows::Answer {
+            model_name: self.model_name,
+            model_version: stamp
+                .stage2_model_version
+                .clone()
+                .or(self.model_version.map(str::to_owned)),
+            id: request.id.clone(),
+            output: &settings.output,
+            datatype: settings.output_datatype,
+            columns: settings.output_columns,
+            scores,
+            stages,
+        });
+        let mut response = match self.wire {
+            Wire::Rest => {
+                let bytes = serde_json::to_vec(&body).unwrap_or_default();
+                let mut response = Response::new(ResponseBody::full(Bytes::from(bytes)));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                response
+            }
+            Wire::Grpc => {
+                use prost::Message;
+                let message = cascadia_cascade::grpc::to_grpc_response(&body).encode_to_vec();
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                let mut response = Response::new(ResponseBody::with_trailers(
+                    cascadia_oip::grpc::encode_frame(&message),
+                    trailers,
+                ));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/grpc"),
+                );
+                response
+            }
+        };
+        let stage = if counts.stage2 == 0 {
+            "local"
+        } else if counts.stage2 == stages.len() {
             "escalated"
         } else {
             "mixed"
-        },
-        stage1,
-        degraded: None,
-        stage2_version: Some(target.version_header.clone()),
-        backend: served_by,
-    };
-    Ok(answer(
-        wire,
-        &model_name,
-        stage2_version.or(model_version),
-        &infer,
-        settings,
-        &scores,
-        &datatype,
-        stamp,
-        request_id,
-    ))
+        };
+        let map = response.headers_mut();
+        map.insert(headers::X_REQUEST_ID, self.request_id.clone());
+        map.insert(X_CASCADIA_STAGE, HeaderValue::from_static(stage));
+        map.insert(X_CASCADIA_STAGE1_MODEL, stage1_header(settings));
+        if let Ok(rows) = HeaderValue::from_str(&format!(
+            "local={}, stage2={}, degraded={}",
+            counts.local, counts.stage2, counts.degraded
+        )) {
+            map.insert(X_CASCADIA_ROWS, rows);
+        }
+        if let Some(why) = stamp.degraded {
+            map.insert(X_CASCADIA_DEGRADED, HeaderValue::from_static(why));
+        }
+        if let Some(version) = stamp.stage2_version {
+            map.insert(headers::X_CASCADIA_VERSION, version);
+        }
+        if let Some(backend) = stamp.backend {
+            map.insert(headers::X_CASCADIA_BACKEND, backend);
+        }
+        response
+    }
 }
 
 /// Every row's features in model order: the request's own, plus entity
@@ -608,44 +706,22 @@ async fn assemble_features(
     Ok((features, forced))
 }
 
-/// A framed gRPC `ModelInferResponse` as the JSON model.
-fn decode_grpc_response(bytes: &[u8]) -> Option<InferResponse> {
-    use prost::Message;
-    let (compressed, message) = cascadia_oip::grpc::decode_frame(bytes).ok()?;
-    if compressed {
-        return None;
-    }
-    let response = cascadia_oip::grpc::ModelInferResponse::decode(message).ok()?;
-    cascadia_cascade::grpc::to_json_response(&response).ok()
-}
-
-/// What the response headers say about who answered.
+/// What the response headers say about stage 2, beyond the row counts.
+#[derive(Default)]
 struct Stamp {
-    stage: &'static str,
-    stage1: HeaderValue,
+    /// Why stage 1 stood in for stage 2.
     degraded: Option<&'static str>,
     stage2_version: Option<HeaderValue>,
+    /// The `model_version` stage 2 answered with.
+    stage2_model_version: Option<String>,
     backend: Option<HeaderValue>,
 }
 
 impl Stamp {
-    fn local(stage1: HeaderValue) -> Self {
+    fn degraded(why: &'static str) -> Self {
         Self {
-            stage: "local",
-            stage1,
-            degraded: None,
-            stage2_version: None,
-            backend: None,
-        }
-    }
-
-    fn degraded(stage1: HeaderValue, why: &'static str) -> Self {
-        Self {
-            stage: "local",
-            stage1,
             degraded: Some(why),
-            stage2_version: None,
-            backend: None,
+            ..Self::default()
         }
     }
 }
@@ -664,69 +740,6 @@ fn stage2_p95(target: &Target) -> Option<Duration> {
     target.pools.first()?.latency_percentile(95.0)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn answer(
-    wire: Wire,
-    model_name: &str,
-    model_version: Option<String>,
-    request: &InferRequest,
-    settings: &Cascade,
-    scores: &[f64],
-    datatype: &str,
-    stamp: Stamp,
-    request_id: &HeaderValue,
-) -> Response<ResponseBody> {
-    let body = rows::response(
-        model_name,
-        model_version,
-        request.id.clone(),
-        &settings.output,
-        datatype,
-        scores,
-        settings.output_columns,
-    );
-    let mut response = match wire {
-        Wire::Rest => {
-            let bytes = serde_json::to_vec(&body).unwrap_or_default();
-            let mut response = Response::new(ResponseBody::full(Bytes::from(bytes)));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            response
-        }
-        Wire::Grpc => {
-            use prost::Message;
-            let message = cascadia_cascade::grpc::to_grpc_response(&body).encode_to_vec();
-            let mut trailers = http::HeaderMap::new();
-            trailers.insert("grpc-status", HeaderValue::from_static("0"));
-            let mut response = Response::new(ResponseBody::with_trailers(
-                cascadia_oip::grpc::encode_frame(&message),
-                trailers,
-            ));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/grpc"),
-            );
-            response
-        }
-    };
-    let map = response.headers_mut();
-    map.insert(headers::X_REQUEST_ID, request_id.clone());
-    map.insert(X_CASCADIA_STAGE, HeaderValue::from_static(stamp.stage));
-    map.insert(X_CASCADIA_STAGE1_MODEL, stamp.stage1);
-    if let Some(why) = stamp.degraded {
-        map.insert(X_CASCADIA_DEGRADED, HeaderValue::from_static(why));
-    }
-    if let Some(version) = stamp.stage2_version {
-        map.insert(headers::X_CASCADIA_VERSION, version);
-    }
-    if let Some(backend) = stamp.backend {
-        map.insert(headers::X_CASCADIA_BACKEND, backend);
-    }
-    response
-}
-
 /// A 400 (gRPC: INVALID_ARGUMENT) whose message describes the client's
 /// payload.
 fn payload_error(wire: Wire, message: &str, request_id: &HeaderValue) -> Response<ResponseBody> {
@@ -743,29 +756,46 @@ const AUDIT_BODY_LIMIT: usize = 16 * 1024 * 1024;
 
 /// Sends a sample of confidently answered requests to stage 2 in the
 /// background and counts disagreements by band. Never delays the client.
+/// The audit asks stage 2 exactly as an escalation would (the same owned
+/// request and the same checks), so a disagreement is never an artefact
+/// of a gzipped or incomplete answer.
 fn maybe_audit(
-    proxy: &Proxy,
-    snapshot: &Arc<Snapshot>,
-    route: &Arc<Route>,
+    call: &Call<'_>,
     parts: &http::request::Parts,
+    infer: &InferRequest,
     body: Bytes,
     decisions: Vec<Decision>,
-    (model_name, model_version): (&str, Option<&str>),
+    rows: usize,
 ) {
-    let Some(stage) = &route.cascade else { return };
-    let fraction = stage.settings.audit_fraction;
+    let settings = &call.stage.settings;
+    let fraction = settings.audit_fraction;
     if fraction <= 0.0 || fastrand::f64() >= fraction {
         return;
     }
-    let (proxy, snapshot, route) = (proxy.clone(), Arc::clone(snapshot), Arc::clone(route));
+    let all: Vec<usize> = (0..rows).collect();
+    let sub = cascadia_cascade::stage2::request(
+        infer,
+        rows,
+        &all,
+        settings.input.as_deref(),
+        &settings.output,
+    );
+    let body = serde_json::to_vec(&sub).map(Bytes::from).unwrap_or(body);
+    let (proxy, snapshot, route) = (
+        call.proxy.clone(),
+        Arc::clone(call.snapshot),
+        Arc::clone(call.route),
+    );
     let mut audit_parts = Request::new(()).into_parts().0;
     audit_parts.method = Method::POST;
     audit_parts.uri = parts.uri.clone();
     audit_parts.headers = parts.headers.clone();
-    audit_parts.headers.remove(header::CONTENT_LENGTH);
-    let (model_name, model_version) = (model_name.to_owned(), model_version.map(str::to_owned));
+    let (model_name, model_version) = (
+        call.model_name.to_owned(),
+        call.model_version.map(str::to_owned),
+    );
     tokio::spawn(async move {
-        let _snapshot = snapshot; // keeps the route's snapshot alive
+        let _snapshot = &snapshot; // keeps the route's snapshot alive
         let Some(stage) = &route.cascade else { return };
         let stats = &stage.stats;
         bump(&stats.audits, 1);
@@ -781,39 +811,27 @@ fn maybe_audit(
             return;
         };
         let request_id = headers::request_id(&http::HeaderMap::new());
-        let result = proxy
-            .forward(
-                &route,
-                target,
-                audit_parts,
-                path_and_query,
-                RequestBody::Buffered(body),
-                &request_id,
-            )
-            .await;
-        let scores = match result {
-            Ok(response) if response.status().is_success() => {
-                let body = http_body_util::Limited::new(response.into_body(), AUDIT_BODY_LIMIT);
-                match tokio::time::timeout(AUDIT_BODY_TIMEOUT, body.collect()).await {
-                    Ok(Ok(collected)) => {
-                        serde_json::from_slice::<InferResponse>(&collected.to_bytes())
-                            .ok()
-                            .and_then(|r| {
-                                rows::stage2_scores(&r, &stage.settings.output, decisions.len())
-                                    .map(|(s, _)| s)
-                            })
-                    }
-                    _ => None,
-                }
-            }
-            _ => None,
-        };
-        let Some(scores) = scores else {
+        let outcome = stage2::call(stage2::Call {
+            proxy: &proxy,
+            route: &route,
+            target,
+            wire: Wire::Rest,
+            parts: audit_parts,
+            path_and_query,
+            body,
+            rows,
+            output: &stage.settings.output,
+            body_budget: AUDIT_BODY_TIMEOUT,
+            body_limit: AUDIT_BODY_LIMIT,
+            request_id: &request_id,
+        })
+        .await;
+        let stage2::Outcome::Answered(answer) = outcome else {
             bump(&stats.audit_failures, 1);
             return;
         };
         bump(&stats.audit_rows, decisions.len() as u64);
-        for (decision, score) in decisions.iter().zip(scores) {
+        for (decision, score) in decisions.iter().zip(answer.scores) {
             match decision {
                 Decision::Accept if score >= 0.5 => bump(&stats.audit_disagree_accept, 1),
                 Decision::Reject if score < 0.5 => bump(&stats.audit_disagree_reject, 1),
