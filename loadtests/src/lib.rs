@@ -8,6 +8,7 @@
 //!   step for `--rate-steps`) and the pacer that waits for each due time precisely.
 //! - [`run`]: connections, round-robin dispatch and the measured window.
 //! - [`payload`]: request bodies (OIP V2 infer JSON, raw bytes) and Zipf-distributed user ids.
+//! - [`rows`]: `--rows`, the user's feature rows from CSV or `.npy`, cut into `--batch`es.
 //! - [`grpc`]: `--grpc`, the OIP gRPC `ModelInfer` message and how a response is judged.
 //! - [`timeline`]: latency, ok and errors per time bucket, by due time.
 //! - [`scenario`]: `--scenario` files: timed kills, reloads, drills, sim changes, commands.
@@ -34,6 +35,7 @@ pub mod plot;
 pub mod progress;
 pub mod rate;
 pub mod report;
+pub mod rows;
 pub mod run;
 pub mod scenario;
 pub mod timeline;

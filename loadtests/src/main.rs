@@ -2,6 +2,10 @@
 //! omission. Parses the command line, reads the scenario file, runs
 //! [`cascadia_loadtests::run::run`], prints the report(s) and writes the plot.
 //!
+//! Bodies: none (GET), `--body-bytes`, the synthetic `--oip-rows`, or the user's own feature
+//! rows with `--rows FILE` (CSV or `.npy`), `--batch` rows a request, as the OIP input
+//! `--input` of `--datatype`, with `--output` names; each over REST or `--grpc`.
+//!
 //! Exit status: 0 when the run completed (even if requests or scenario actions failed: they
 //! are in the report), 1 when it could not run (unresolvable host, refused connection,
 //! unreadable `--pid`) or the plot could not be written, 2 on bad arguments.
@@ -9,20 +13,24 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
 use http::header::{HeaderName, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method};
 
 use cascadia_loadtests::duration::parse_duration;
-use cascadia_loadtests::grpc::model_infer_body;
-use cascadia_loadtests::payload::{oip_infer_body, raw_body, Zipf};
+use cascadia_loadtests::grpc::{model_infer_body, model_infer_rows_body};
+use cascadia_loadtests::payload::{oip_infer_body, raw_body, rows_infer_body, Zipf};
 use cascadia_loadtests::plot::{self, Mark, MarkKind};
 use cascadia_loadtests::progress::Printer;
 use cascadia_loadtests::rate::{Rate, Step};
-use cascadia_loadtests::run::{run, Config, RunOutput, Target};
+use cascadia_loadtests::rows::{Bodies, Datatype, Rows};
+use cascadia_loadtests::run::{run, Config, RowsSource, RunOutput, Target};
 use cascadia_loadtests::scenario::{expand_vars, Scenario};
 
 /// Open-loop HTTP load generator, corrected for coordinated omission.
@@ -70,8 +78,9 @@ struct Args {
     #[arg(long)]
     http2: bool,
 
-    /// Send OIP gRPC ModelInfer over h2c instead of REST, with the --oip-rows features
-    /// (default 1 row). Success is grpc-status 0. The URL's path only names the model.
+    /// Send OIP gRPC ModelInfer over h2c instead of REST, with the --rows batches or the
+    /// --oip-rows features (default 1 row). Success is grpc-status 0. The URL's path only
+    /// names the model.
     #[arg(long, conflicts_with_all = ["body_bytes", "method"])]
     grpc: bool,
 
@@ -90,6 +99,45 @@ struct Args {
     /// Send a raw body of N bytes (application/octet-stream).
     #[arg(long, value_name = "N")]
     body_bytes: Option<usize>,
+
+    /// Send your own feature rows: a CSV file (comma-separated numbers, every row the same
+    /// width; a first line with no numbers is a header and skipped; blank and '#' lines are
+    /// ignored) or a NumPy .npy file (2-D, C order, dtype <f8, <f4, <i8 or <i4). Each request
+    /// carries one OIP input, --input, of shape [--batch, width] and type --datatype: a JSON
+    /// infer body over REST, typed contents over --grpc. Bodies are encoded before the run.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["oip_rows", "body_bytes"])]
+    rows: Option<PathBuf>,
+
+    /// Rows per request, with --rows: request i carries the N rows from row (i*N) mod the
+    /// file's row count, wrapping around to the first row, so a run cycles over the file.
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "rows")]
+    batch: usize,
+
+    /// Name of the --rows input tensor (a cascade route's `input` setting).
+    #[arg(long, value_name = "NAME", default_value = "x", requires = "rows")]
+    input: String,
+
+    /// OIP datatype of the --rows input; the file's values are converted to it, and a value
+    /// that does not fit (1.5 as INT64, 2^40 as INT32) is an error.
+    #[arg(
+        long,
+        default_value = "FP64",
+        requires = "rows",
+        ignore_case = true,
+        value_parser = PossibleValuesParser::new(Datatype::NAMES)
+            .map(|s| s.parse::<Datatype>().expect("one of the possible values")),
+    )]
+    datatype: Datatype,
+
+    /// Ask for this output by name, with --rows; repeatable or comma-separated. Without it
+    /// the request names no outputs, as a default client does, and gets all of them.
+    #[arg(
+        long = "output",
+        value_name = "NAME",
+        value_delimiter = ',',
+        requires = "rows"
+    )]
+    outputs: Vec<String>,
 
     /// Extra request header, 'name: value'; repeatable. Overrides the defaults.
     #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
@@ -130,7 +178,7 @@ struct Args {
     #[arg(long, default_value = "100us", value_parser = parse_duration)]
     timer_spin: Duration,
 
-    /// Seed for the user-id sequence and the OIP body values.
+    /// Seed for the user-id sequence and the --oip-rows values.
     #[arg(long, default_value_t = 1)]
     seed: u64,
 
@@ -321,32 +369,44 @@ fn build_config(
     }
 
     let mut headers = HeaderMap::new();
-    let body = match (args.oip_rows, args.body_bytes) {
-        (Some(0), _) => return Err(invalid("--oip-rows must be at least 1".into())),
-        (rows, _) if args.grpc => {
-            let model = match &args.model {
-                Some(m) => m.clone(),
-                None => cascadia_oip::path::parse(target.path())
-                    .and_then(|p| p.model)
-                    .ok_or_else(|| {
-                        invalid("--grpc: give --model, or a URL path /v2/models/NAME/...".into())
-                    })?
-                    .to_owned(),
-            };
-            Some(model_infer_body(&model, rows.unwrap_or(1), args.seed))
+    let model = if args.grpc {
+        Some(match &args.model {
+            Some(m) => m.clone(),
+            None => cascadia_oip::path::parse(target.path())
+                .and_then(|p| p.model)
+                .ok_or_else(|| {
+                    invalid("--grpc: give --model, or a URL path /v2/models/NAME/...".into())
+                })?
+                .to_owned(),
+        })
+    } else {
+        None
+    };
+    let json = HeaderValue::from_static("application/json");
+    let bodies: Option<Vec<Bytes>> = match (&args.rows, args.oip_rows, args.body_bytes) {
+        (Some(path), _, _) => {
+            if model.is_none() {
+                headers.insert(CONTENT_TYPE, json);
+            }
+            Some(rows_bodies(&args, path, model.as_deref()).map_err(invalid)?)
         }
-        (Some(rows), _) => {
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            Some(oip_infer_body(rows, args.seed))
+        (None, Some(0), _) => return Err(invalid("--oip-rows must be at least 1".into())),
+        (None, rows, _) if model.is_some() => {
+            let model = model.as_deref().expect("checked by the guard");
+            Some(vec![model_infer_body(model, rows.unwrap_or(1), args.seed)])
         }
-        (None, Some(len)) => {
+        (None, Some(rows), _) => {
+            headers.insert(CONTENT_TYPE, json);
+            Some(vec![oip_infer_body(rows, args.seed)])
+        }
+        (None, None, Some(len)) => {
             headers.insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("application/octet-stream"),
             );
-            Some(raw_body(len))
+            Some(vec![raw_body(len)])
         }
-        (None, None) => None,
+        (None, None, None) => None,
     };
     for raw in &args.headers {
         let (name, value) = raw
@@ -371,13 +431,17 @@ fn build_config(
         connections: args.connections,
         http2: args.http2 || args.grpc,
         grpc: args.grpc,
-        method: args.method.unwrap_or(if body.is_some() {
+        method: args.method.unwrap_or(if bodies.is_some() {
             Method::POST
         } else {
             Method::GET
         }),
         headers,
-        body: body.unwrap_or_default(),
+        bodies: Arc::from(bodies.unwrap_or_else(|| vec![Bytes::new()])),
+        rows: args.rows.as_ref().map(|path| RowsSource {
+            file: path.display().to_string(),
+            batch: args.batch,
+        }),
         user_ids,
         key_header: args.key_header,
         pids: args.pids,
@@ -389,6 +453,39 @@ fn build_config(
         scenario,
         progress,
     })
+}
+
+/// Reads `--rows` and encodes one body per distinct `--batch`: OIP JSON, or a framed
+/// `ModelInferRequest` for `model` with `--grpc`. Errors name the file and what is wrong.
+fn rows_bodies(
+    args: &Args,
+    path: &std::path::Path,
+    model: Option<&str>,
+) -> Result<Vec<Bytes>, String> {
+    if args.batch == 0 {
+        return Err("--batch must be at least 1".into());
+    }
+    let rows = Rows::read(path, args.datatype).map_err(|e| format!("--rows {e}"))?;
+    let (input, outputs) = (args.input.as_str(), args.outputs.as_slice());
+    let built = Bodies::build(&rows, args.batch, |batch| match model {
+        Some(model) => model_infer_rows_body(model, input, batch, outputs),
+        None => rows_infer_body(input, batch, outputs),
+    });
+    if built.is_cut() {
+        // Not an error: the run is still deterministic, it just repeats sooner.
+        let covered = (built.bodies.len() * args.batch).min(rows.len());
+        eprintln!(
+            "cascadia-load: note: --rows {}: {} rows in batches of {} repeat only after {} \
+             requests; to bound memory the run cycles over the first {} batches (rows 1 to {})",
+            path.display(),
+            rows.len(),
+            args.batch,
+            built.cycle,
+            built.bodies.len(),
+            covered,
+        );
+    }
+    Ok(built.bodies)
 }
 
 #[cfg(test)]
@@ -469,17 +566,214 @@ mod tests {
         use prost::Message;
         let c = parse_without_rate(&["--rate", "1", "--grpc", "--oip-rows", "3"]).unwrap();
         assert!(c.grpc && c.http2);
-        let (_, msg) = decode_frame(&c.body).unwrap();
+        let (_, msg) = decode_frame(&c.bodies[0]).unwrap();
         let req = ModelInferRequest::decode(msg).unwrap();
         assert_eq!(req.model_name, "fraud");
         assert_eq!(req.inputs[0].shape, [3, 32]);
         let c = parse(&["--grpc", "--model", "other"]).unwrap();
-        let req = ModelInferRequest::decode(decode_frame(&c.body).unwrap().1).unwrap();
+        let req = ModelInferRequest::decode(decode_frame(&c.bodies[0]).unwrap().1).unwrap();
         assert_eq!(req.model_name, "other");
         assert_eq!(req.inputs[0].shape, [1, 32]);
         // No model in the URL and none given.
         assert!(parse(&["--grpc"]).is_err());
         assert!(parse_without_rate(&["--rate", "1", "--grpc", "--body-bytes", "3"]).is_err());
+    }
+
+    /// A file under the temp dir, unique to this process and `name`, holding `contents`.
+    fn temp_file(name: &str, contents: &[u8]) -> PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("cascadia-load-{}-{name}", std::process::id()));
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    #[test]
+    fn rows_over_rest() {
+        let csv = temp_file("rest.csv", b"a,b\n1,2\n3,4\n5,6\n");
+        let c = parse_without_rate(&[
+            "--rate",
+            "1",
+            "--rows",
+            csv.to_str().unwrap(),
+            "--batch",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(c.method, Method::POST);
+        assert_eq!(c.headers[CONTENT_TYPE], "application/json");
+        let rows = c.rows.as_ref().unwrap();
+        assert_eq!((rows.file.as_str(), rows.batch), (csv.to_str().unwrap(), 2));
+        // 3 rows in batches of 2: starts 0, 2, 1, then 0 again.
+        let data: Vec<serde_json::Value> = c
+            .bodies
+            .iter()
+            .map(|b| {
+                let v: serde_json::Value = serde_json::from_slice(b).unwrap();
+                assert_eq!(v["inputs"][0]["name"], "x");
+                assert_eq!(v["inputs"][0]["datatype"], "FP64");
+                assert_eq!(v["inputs"][0]["shape"], serde_json::json!([2, 2]));
+                assert!(v.get("outputs").is_none());
+                v["inputs"][0]["data"].clone()
+            })
+            .collect();
+        assert_eq!(
+            data,
+            [
+                serde_json::json!([1.0, 2.0, 3.0, 4.0]),
+                serde_json::json!([5.0, 6.0, 1.0, 2.0]),
+                serde_json::json!([3.0, 4.0, 5.0, 6.0]),
+            ]
+        );
+        let c = parse(&[
+            "--rows",
+            csv.to_str().unwrap(),
+            "--input",
+            "features",
+            "--datatype",
+            "int32",
+            "--output",
+            "proba,label",
+            "--output",
+            "extra",
+        ])
+        .unwrap();
+        assert_eq!(c.bodies.len(), 3, "batch 1: one body per row");
+        let v: serde_json::Value = serde_json::from_slice(&c.bodies[2]).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "inputs": [{"name": "features", "shape": [1, 2], "datatype": "INT32", "data": [5, 6]}],
+                "outputs": [{"name": "proba"}, {"name": "label"}, {"name": "extra"}],
+            })
+        );
+        std::fs::remove_file(csv).unwrap();
+    }
+
+    #[test]
+    fn rows_over_grpc() {
+        use cascadia_oip::grpc::{decode_frame, ModelInferRequest};
+        use prost::Message;
+        // An `.npy` of int64 [[1, 2], [3, 4]], as numpy.save writes it.
+        let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+        let mut header = "{'descr': '<i8', 'fortran_order': False, 'shape': (2, 2), }".to_owned();
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        npy.extend(u16::try_from(header.len()).unwrap().to_le_bytes());
+        npy.extend(header.as_bytes());
+        npy.extend([1i64, 2, 3, 4].iter().flat_map(|v| v.to_le_bytes()));
+        let file = temp_file("grpc.npy", &npy);
+        let c = parse_without_rate(&[
+            "--rate",
+            "1",
+            "--grpc",
+            "--rows",
+            file.to_str().unwrap(),
+            "--datatype",
+            "INT64",
+            "--output",
+            "proba",
+        ])
+        .unwrap();
+        assert!(c.grpc);
+        assert_eq!(
+            c.headers.get(CONTENT_TYPE),
+            None,
+            "run() sets application/grpc"
+        );
+        let reqs: Vec<ModelInferRequest> = c
+            .bodies
+            .iter()
+            .map(|b| ModelInferRequest::decode(decode_frame(b).unwrap().1).unwrap())
+            .collect();
+        assert_eq!(reqs.len(), 2);
+        assert_eq!(reqs[0].model_name, "fraud");
+        assert_eq!(reqs[1].outputs[0].name, "proba");
+        let input = &reqs[1].inputs[0];
+        assert_eq!(
+            (input.name.as_str(), input.datatype.as_str()),
+            ("x", "INT64")
+        );
+        assert_eq!(input.shape, [1, 2]);
+        assert_eq!(input.contents.as_ref().unwrap().int64_contents, [3, 4]);
+        std::fs::remove_file(file).unwrap();
+    }
+
+    #[test]
+    fn rows_errors_name_the_file() {
+        let dict = b"{'descr': '<c16', 'fortran_order': False, 'shape': (1, 1), }\n";
+        let mut complex = b"\x93NUMPY\x01\x00".to_vec();
+        complex.extend(u16::try_from(dict.len()).unwrap().to_le_bytes());
+        complex.extend(dict);
+        complex.extend([0; 16]);
+        let cases = [
+            (
+                "ragged.csv",
+                &b"1,2\n3\n"[..],
+                "line 2: 1 value, but line 1 has 2",
+            ),
+            ("empty.csv", b"", "no rows (the file is empty)"),
+            (
+                "words.csv",
+                b"1,2\n3,four\n",
+                "line 2, column 2: \"four\" is not a number",
+            ),
+            (
+                "complex.npy",
+                &complex,
+                "dtype '<c16' is not supported (use '<f8', '<f4', '<i8' or '<i4')",
+            ),
+        ];
+        for (name, contents, want) in cases {
+            let path = temp_file(name, contents);
+            let file = path.to_str().unwrap();
+            let (kind, message) = parse(&["--rows", file]).unwrap_err();
+            assert_eq!(kind, ErrorKind::ValueValidation);
+            assert!(
+                message.starts_with(&format!("--rows {file}: ")),
+                "{message}"
+            );
+            assert!(message.ends_with(want), "{message}");
+            assert!(!message.contains('\n'), "one line: {message}");
+            if name == "ragged.csv" {
+                let (_, message) = parse(&["--rows", file, "--batch", "0"]).unwrap_err();
+                assert_eq!(message, "--batch must be at least 1");
+            }
+            std::fs::remove_file(path).unwrap();
+        }
+        let (_, message) = parse(&["--rows", "/nonexistent/rows.csv"]).unwrap_err();
+        assert!(
+            message.starts_with("--rows /nonexistent/rows.csv: "),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn rows_flags_need_rows_and_exclude_other_bodies() {
+        let argv = |extra: &[&'static str]| {
+            let mut v = vec!["cascadia-load", "--url", "http://x/", "--rate", "1"];
+            v.extend_from_slice(extra);
+            Args::try_parse_from(v)
+        };
+        for bad in [
+            &["--batch", "2"][..],
+            &["--input", "x"],
+            &["--datatype", "FP32"],
+            &["--output", "y"],
+            &["--rows", "f.csv", "--oip-rows", "1"],
+            &["--rows", "f.csv", "--body-bytes", "1"],
+            &["--rows", "f.csv", "--datatype", "BYTES"],
+            &["--rows", "f.csv", "--batch", "1.5"],
+        ] {
+            assert!(argv(bad).is_err(), "{bad:?}");
+        }
+        let a = argv(&["--rows", "f.csv"]).unwrap();
+        assert_eq!(
+            (a.batch, a.input.as_str(), a.datatype),
+            (1, "x", Datatype::Fp64)
+        );
+        assert!(a.outputs.is_empty());
     }
 
     #[test]
@@ -515,7 +809,7 @@ mod tests {
         let c = parse(&["--oip-rows", "2"]).unwrap();
         assert_eq!(c.method, Method::POST);
         assert_eq!(c.headers[CONTENT_TYPE], "application/json");
-        assert_eq!(parse(&["--body-bytes", "16"]).unwrap().body.len(), 16);
+        assert_eq!(parse(&["--body-bytes", "16"]).unwrap().bodies[0].len(), 16);
         let c = parse(&[
             "--body-bytes",
             "1",

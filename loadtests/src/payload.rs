@@ -1,8 +1,10 @@
-//! What each request carries: a fixed body, built once, and an optional Zipf-distributed
-//! user id.
+//! What each request carries: a body, built once (one for all requests, or one per batch of
+//! `--rows`), and an optional Zipf-distributed user id.
 
 use bytes::Bytes;
 use serde::Serialize;
+
+use crate::rows::{Data, Rows};
 
 /// Feature columns in the `--oip-rows` body; the `fraud` model in `cascadia-sim` takes 32.
 pub const OIP_FEATURES: usize = 32;
@@ -32,6 +34,41 @@ pub fn oip_infer_body(rows: usize, seed: u64) -> Bytes {
     };
     serde_json::to_vec(&body)
         .expect("serializing plain structs cannot fail")
+        .into()
+}
+
+/// An OIP V2 REST infer body carrying `rows` (a `--batch` of `--rows`): one input `input` of
+/// shape `[rows, width]` and the rows' datatype. `outputs`, when not empty, asks for those
+/// outputs by name; when empty the field is left out, so the server returns all of them.
+pub fn rows_infer_body(input: &str, rows: &Rows, outputs: &[String]) -> Bytes {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        inputs: [Input<'a>; 1],
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        outputs: Vec<Output<'a>>,
+    }
+    #[derive(Serialize)]
+    struct Input<'a> {
+        name: &'a str,
+        shape: [usize; 2],
+        datatype: &'static str,
+        data: &'a Data,
+    }
+    #[derive(Serialize)]
+    struct Output<'a> {
+        name: &'a str,
+    }
+    let body = Body {
+        inputs: [Input {
+            name: input,
+            shape: [rows.len(), rows.width()],
+            datatype: rows.datatype().as_str(),
+            data: rows.data(),
+        }],
+        outputs: outputs.iter().map(|name| Output { name }).collect(),
+    };
+    serde_json::to_vec(&body)
+        .expect("serializing plain structs of finite numbers cannot fail")
         .into()
 }
 
@@ -106,6 +143,42 @@ mod tests {
         assert_eq!(input["shape"], serde_json::json!([3, 32]));
         assert_eq!(input["data"].as_array().unwrap().len(), 96);
         assert_eq!(body, oip_infer_body(3, 7), "same seed, same bytes");
+    }
+
+    #[test]
+    fn rows_body_has_the_input_and_outputs() {
+        use crate::rows::Datatype;
+        let rows = Rows::parse_csv("1,2,3\n4,5,6\n", Datatype::Fp32).unwrap();
+        let body = rows_infer_body("x", &rows, &[]);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"inputs": [{
+                "name": "x",
+                "shape": [2, 3],
+                "datatype": "FP32",
+                "data": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+            }]}),
+            "no outputs field unless asked"
+        );
+        let rows = Rows::parse_csv("7,-8\n", Datatype::Int64).unwrap();
+        let outputs = ["proba".to_owned(), "label".to_owned()];
+        let body = rows_infer_body("features", &rows, &outputs);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["inputs"][0]["datatype"], "INT64");
+        assert_eq!(v["inputs"][0]["shape"], serde_json::json!([1, 2]));
+        assert_eq!(v["inputs"][0]["data"], serde_json::json!([7, -8]));
+        assert_eq!(
+            v["outputs"],
+            serde_json::json!([{"name": "proba"}, {"name": "label"}])
+        );
+        // FP64 values keep their precision; the gateway's OIP types read the body back.
+        let rows = Rows::parse_csv("0.1,1e-7\n", Datatype::Fp64).unwrap();
+        let body = rows_infer_body("x", &rows, &[]);
+        let req: cascadia_oip::json::InferRequest = serde_json::from_slice(&body).unwrap();
+        assert_eq!(req.inputs[0].data, serde_json::json!([0.1, 1e-7]));
+        assert_eq!(req.inputs[0].shape, [1, 2]);
+        assert!(req.outputs.is_none());
     }
 
     #[test]

@@ -93,7 +93,14 @@ pub struct Report {
     /// OIP gRPC `ModelInfer` (`--grpc`); success means `grpc-status: 0`.
     pub grpc: bool,
     pub connections: usize,
+    /// The request body's size; with `--rows`, the mean over the distinct batches.
     pub body_bytes: usize,
+    /// `--rows`: the file the bodies' rows came from; omitted otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows: Option<String>,
+    /// `--batch`: rows per request, with `--rows`; omitted otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<usize>,
     /// This step's rate.
     pub target_rps: f64,
     /// The run's warm-up, before the first step.
@@ -248,6 +255,13 @@ impl fmt::Display for Report {
             if self.connections == 1 { "" } else { "s" },
             self.body_bytes,
         )?;
+        if let (Some(file), Some(batch)) = (&self.rows, self.batch) {
+            writeln!(
+                f,
+                "rows:         {file}, {batch} row{} per request",
+                if batch == 1 { "" } else { "s" }
+            )?;
+        }
         writeln!(
             f,
             "rate:         {:.1} rps achieved of {} target ({}s warm-up discarded, {}s measured)",

@@ -157,8 +157,12 @@ pub struct Config {
     pub method: Method,
     /// Sent with every request, after `content-type`/`host` defaults, so they can override.
     pub headers: HeaderMap,
-    /// The same body for every request; may be empty.
-    pub body: Bytes,
+    /// Request bodies, encoded before the run: request `i` (warm-up included) sends
+    /// `bodies[i % len]`, so sending costs a reference-count increment, never an encoding.
+    /// Never empty; one body for the same body every time, which may be empty.
+    pub bodies: Arc<[Bytes]>,
+    /// Set when `bodies` are batches of `--rows`, for the report.
+    pub rows: Option<RowsSource>,
     /// Zipf-distributed key per request, if set, in `key_header`.
     pub user_ids: Option<Zipf>,
     /// The header carrying the Zipf key: `x-user-id` for sticky canaries,
@@ -181,6 +185,15 @@ pub struct Config {
     pub scenario: Scenario,
     /// Where to print the progress line once a second, if anywhere.
     pub progress: Option<Printer>,
+}
+
+/// Where `--rows` bodies came from.
+#[derive(Clone, Debug)]
+pub struct RowsSource {
+    /// The file, as given.
+    pub file: String,
+    /// Rows per request.
+    pub batch: usize,
 }
 
 /// Everything one run produced.
@@ -217,7 +230,7 @@ struct Shared {
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    bodies: Arc<[Bytes]>,
     key_header: HeaderName,
     timeout: Duration,
     /// `end of window + timeout`: requests not done by then are unfinished.
@@ -241,7 +254,8 @@ impl Shared {
     }
 
     fn request(&self, job: &Job) -> Request<Body> {
-        let mut req = Request::new(Full::new(self.body.clone()));
+        let body = &self.bodies[(job.index % self.bodies.len() as u64) as usize];
+        let mut req = Request::new(Full::new(body.clone()));
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.headers_mut() = self.headers.clone();
@@ -259,6 +273,8 @@ impl Shared {
 /// One scheduled request, as handed from the pacer to a connection.
 #[derive(Debug)]
 struct Job {
+    /// The request's place in the schedule, warm-up included: picks its body.
+    index: u64,
     /// Latency is measured from here.
     due: Instant,
     /// The step that measures it; `None` during warm-up.
@@ -362,7 +378,7 @@ pub async fn run(mut config: Config) -> Result<RunOutput, RunError> {
         },
         key_header: config.key_header.clone(),
         headers,
-        body: config.body.clone(),
+        bodies: config.bodies.clone(),
         timeout: config.timeout,
         hard_deadline: schedule.measure_end() + config.timeout,
         measure_start: schedule.measure_start(),
@@ -448,6 +464,9 @@ pub async fn run(mut config: Config) -> Result<RunOutput, RunError> {
             .finish(schedule.measure_end() - schedule.measure_start()),
     };
 
+    // The mean over the distinct bodies, which the requests send equally often (up to one
+    // partial cycle).
+    let body_bytes = config.bodies.iter().map(Bytes::len).sum::<usize>() / config.bodies.len();
     let mut reports = Vec::with_capacity(steps);
     for (k, (mut tally, lag)) in stats.steps.into_iter().zip(lags).enumerate() {
         let step_start = schedule.step_start(k);
@@ -488,7 +507,9 @@ pub async fn run(mut config: Config) -> Result<RunOutput, RunError> {
             http2,
             grpc: config.grpc,
             connections: config.connections,
-            body_bytes: config.body.len(),
+            body_bytes,
+            rows: config.rows.as_ref().map(|r| r.file.clone()),
+            batch: config.rows.as_ref().map(|r| r.batch),
             target_rps: schedule.step_rate(k).per_second(),
             warmup_s: config.warmup.as_secs_f64(),
             duration_s: schedule.step_duration(k).as_secs_f64(),
@@ -623,7 +644,13 @@ fn pace(
             live.sent();
         }
         // A send fails only if the connection task is gone; it reports its own failure.
-        let _ = senders[(i % senders.len() as u64) as usize].send(Job { due, step, user_id });
+        let job = Job {
+            index: i,
+            due,
+            step,
+            user_id,
+        };
+        let _ = senders[(i % senders.len() as u64) as usize].send(job);
     }
     lags
 }
