@@ -8,8 +8,13 @@ artifact a cascade route's `model` points at:
     {"name", "version", "features", "coefficients", "intercept",
      "mean", "scale", "classes"}
 
+The model file may be a joblib file (what MLServer's sklearn runtime
+serves as `model.joblib`) or a plain pickle. Anything else (another
+estimator, a pipeline with other steps, a multi-class model) is refused
+with a message saying what was found.
+
 Usage:
-    export_logistic.py --pickle model.pkl --features a,b,c --name fraud-lr --out model.json
+    export_logistic.py --pickle model.joblib --features a,b,c --name fraud-lr --out model.json
     export_logistic.py --breast-cancer OUT_DIR
         trains a Pipeline on scikit-learn's breast-cancer dataset and writes
         OUT_DIR/breast_cancer_model.json plus OUT_DIR/breast_cancer_expected.json
@@ -22,6 +27,29 @@ import pickle
 import sys
 
 
+def load_estimator(path):
+    """Reads a fitted estimator from a joblib file or a plain pickle."""
+    try:
+        import joblib
+
+        return joblib.load(path)
+    except ImportError:
+        pass
+    except Exception as joblib_error:  # noqa: BLE001 - fall back to pickle, then report both
+        try:
+            with open(path, "rb") as f:
+                return pickle.load(f)
+        except Exception as pickle_error:  # noqa: BLE001
+            raise SystemExit(
+                f"{path}: neither a joblib file ({joblib_error}) nor a pickle ({pickle_error})"
+            ) from None
+    with open(path, "rb") as f:
+        try:
+            return pickle.load(f)
+        except Exception as error:  # noqa: BLE001
+            raise SystemExit(f"{path}: not a pickle ({error})") from None
+
+
 def export_model(estimator, feature_names, name, version="1"):
     """Returns the artifact dict for a fitted estimator."""
     from sklearn.linear_model import LogisticRegression
@@ -31,13 +59,16 @@ def export_model(estimator, feature_names, name, version="1"):
     scaler = None
     model = estimator
     if isinstance(estimator, Pipeline):
-        steps = [step for _, step in estimator.steps]
+        steps = [step for _, step in estimator.steps if step not in (None, "passthrough")]
+        kinds = " + ".join(type(step).__name__ for step in steps)
         if len(steps) == 2 and isinstance(steps[0], StandardScaler):
             scaler, model = steps
         elif len(steps) == 1:
             model = steps[0]
         else:
-            raise SystemExit("only StandardScaler + LogisticRegression pipelines are supported")
+            raise SystemExit(
+                f"a Pipeline of {kinds}: only StandardScaler + LogisticRegression pipelines are supported"
+            )
     if not isinstance(model, LogisticRegression):
         raise SystemExit(f"expected a LogisticRegression, got {type(model).__name__}")
     if model.coef_.shape[0] != 1:
@@ -93,7 +124,7 @@ def breast_cancer_fixture(out_dir):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pickle", help="a pickled fitted estimator")
+    parser.add_argument("--pickle", help="a fitted estimator: a joblib file (model.joblib) or a plain pickle")
     parser.add_argument("--features", help="comma-separated feature names, in training column order")
     parser.add_argument("--name", default="stage1-lr")
     parser.add_argument("--version", default="1")
@@ -106,8 +137,7 @@ def main():
         return
     if not (args.pickle and args.features and args.out):
         parser.error("--pickle, --features and --out are required (or --breast-cancer)")
-    with open(args.pickle, "rb") as f:
-        estimator = pickle.load(f)
+    estimator = load_estimator(args.pickle)
     artifact = export_model(estimator, args.features.split(","), args.name, args.version)
     with open(args.out, "w") as f:
         json.dump(artifact, f, indent=1)
