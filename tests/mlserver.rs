@@ -65,7 +65,7 @@ fn free_port() -> u16 {
 impl MlServer {
     async fn start(env: &Env) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        for model in ["cancer-lr", "cancer-gbc"] {
+        for model in ["cancer-lr", "cancer-gbc", "digits-lr", "digits-gbc"] {
             let to = dir.path().join(model);
             std::fs::create_dir_all(&to).unwrap();
             for file in ["model.joblib", "model-settings.json"] {
@@ -116,7 +116,11 @@ impl MlServer {
     }
 }
 
-fn gateway_config(us_east: &MlServer, eu_west: &MlServer) -> String {
+/// The cascades' decision bands, shared with `cascade_matrix.py`.
+const ACCEPT_BELOW: f64 = 0.05;
+const REJECT_ABOVE: f64 = 0.95;
+
+fn gateway_config(us_east: &MlServer, eu_west: &MlServer, relay: &GzipRelay) -> String {
     format!(
         r#"
 [gateway]
@@ -183,16 +187,141 @@ upstream_model = "cancer-gbc"
 [routes.cascade]
 model = "stage1.json"
 input = "x"
-accept_below = 0.05
-reject_above = 0.95
+accept_below = {ACCEPT_BELOW}
+reject_above = {REJECT_ABOVE}
 output = "predict_proba"
 output_columns = 2
+
+[[routes]]
+name = "digits"
+match = {{ model = "digits" }}
+backends = ["mlserver-us-east", "mlserver-grpc-us-east", "mlserver-eu-west", "mlserver-grpc-eu-west"]
+upstream_model = "digits-gbc"
+
+[routes.cascade]
+model = "digits-stage1.json"
+input = "x"
+accept_below = {ACCEPT_BELOW}
+reject_above = {REJECT_ABOVE}
+output = "predict_proba"
+output_columns = 2
+
+# Stage 2 behind a relay that always asks MLServer for gzip.
+[[backends]]
+name = "mlserver-gzip"
+region = "us-east"
+endpoints = ["{relay}"]
+timeout = "2s"
+
+[[routes]]
+name = "cancer-gz"
+match = {{ model = "cancer-gz" }}
+backends = ["mlserver-gzip"]
+upstream_model = "cancer-gbc"
+
+[routes.cascade]
+model = "stage1.json"
+input = "x"
+accept_below = {ACCEPT_BELOW}
+reject_above = {REJECT_ABOVE}
+output = "predict_proba"
+output_columns = 2
+
+# A misconfigured cascade: MLServer's `predict` is class labels (INT64),
+# not a probability, so every escalation is unusable.
+[[routes]]
+name = "cancer-labels"
+match = {{ model = "cancer-labels" }}
+backends = ["mlserver-us-east", "mlserver-eu-west"]
+upstream_model = "cancer-gbc"
+
+[routes.cascade]
+model = "stage1.json"
+input = "x"
+accept_below = {ACCEPT_BELOW}
+reject_above = {REJECT_ABOVE}
+output = "predict"
 "#,
         us = us_east.http,
         eu = eu_west.http,
         us_grpc = us_east.grpc,
         eu_grpc = eu_west.grpc,
+        relay = relay.addr,
     )
+}
+
+/// A relay in front of one MLServer that asks for gzip on every call, so
+/// stage 2 gzips its answers whatever the gateway asked for. Counts the
+/// gzipped answers it passed on.
+struct GzipRelay {
+    addr: std::net::SocketAddr,
+    gzipped: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl GzipRelay {
+    async fn start(upstream: std::net::SocketAddr) -> Self {
+        use http_body_util::BodyExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let gzipped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (client, count) = (TestClient::new(), Arc::clone(&gzipped));
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (client, count) = (client.clone(), Arc::clone(&count));
+                let service = hyper::service::service_fn(
+                    move |request: http::Request<hyper::body::Incoming>| {
+                        let (client, count) = (client.clone(), Arc::clone(&count));
+                        async move {
+                            let (parts, body) = request.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let url = format!(
+                                "http://{upstream}{}",
+                                parts.uri.path_and_query().map_or("/", |p| p.as_str())
+                            );
+                            let content_type = parts
+                                .headers
+                                .get("content-type")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("application/json")
+                                .to_owned();
+                            let headers = [
+                                ("content-type", content_type.as_str()),
+                                ("accept-encoding", "gzip"),
+                            ];
+                            let answer = client
+                                .send(
+                                    parts.method,
+                                    &url,
+                                    &headers,
+                                    std::str::from_utf8(&body).unwrap_or_default(),
+                                )
+                                .await;
+                            if answer.header("content-encoding") == Some("gzip") {
+                                count.fetch_add(1, Ordering::Relaxed);
+                            }
+                            let mut response =
+                                http::Response::new(http_body_util::Full::new(answer.body));
+                            *response.status_mut() = answer.status;
+                            *response.headers_mut() = answer.headers;
+                            response.headers_mut().remove("transfer-encoding");
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    },
+                );
+                tokio::spawn(async move {
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, gzipped }
+    }
 }
 
 /// What a client of `model` must see for row `i`: MLServer's LR for the
@@ -201,22 +330,24 @@ output_columns = 2
 fn expected(model: &str, i: usize, lr: &[f64], gbc: &[f64]) -> f64 {
     match model {
         "cancer-lr" => lr[i],
-        _ if lr[i] < 0.05 || lr[i] > 0.95 => lr[i],
+        _ if lr[i] < ACCEPT_BELOW || lr[i] > REJECT_ABOVE => lr[i],
         _ => gbc[i],
     }
 }
 
-/// Two MLServer regions and a gateway in front of them, with the cascade's
-/// stage-1 model beside its config.
-async fn start_regions(env: &Env) -> (MlServer, MlServer, GatewayProcess) {
+/// Two MLServer regions and a gateway in front of them, with the
+/// cascades' stage-1 models beside its config.
+async fn start_regions(env: &Env) -> (MlServer, MlServer, GatewayProcess, GzipRelay) {
     let (us_east, eu_west) = tokio::join!(MlServer::start(env), MlServer::start(env));
-    let stage1 = std::fs::read_to_string(env.models.join("stage1.json")).unwrap();
+    let relay = GzipRelay::start(us_east.http).await;
+    let read = |name: &str| std::fs::read_to_string(env.models.join(name)).unwrap();
+    let (stage1, digits) = (read("stage1.json"), read("digits-stage1.json"));
     let gateway = GatewayProcess::start_with_files(
-        &gateway_config(&us_east, &eu_west),
-        &[("stage1.json", &stage1)],
+        &gateway_config(&us_east, &eu_west, &relay),
+        &[("stage1.json", &stage1), ("digits-stage1.json", &digits)],
     )
     .await;
-    (us_east, eu_west, gateway)
+    (us_east, eu_west, gateway, relay)
 }
 
 fn rows(env: &Env) -> Vec<Vec<f64>> {
@@ -263,7 +394,7 @@ async fn post(client: &TestClient, url: &str, body: &str) -> crate::support::Tes
 #[ignore = "needs MLServer: run through scripts/test"]
 async fn mlserver_routing_cascade_and_metadata_through_the_gateway() {
     let env = env();
-    let (us_east, _eu_west, gateway) = start_regions(&env).await;
+    let (us_east, _eu_west, gateway, _relay) = start_regions(&env).await;
     let client = TestClient::new();
     let rows = rows(&env);
     let body = infer_body(&rows);
@@ -297,7 +428,7 @@ async fn mlserver_routing_cascade_and_metadata_through_the_gateway() {
     let merged = positive(&answer);
     let mut local = 0;
     for (i, p) in merged.iter().enumerate() {
-        let expected = if lr[i] < 0.05 || lr[i] > 0.95 {
+        let expected = if lr[i] < ACCEPT_BELOW || lr[i] > REJECT_ABOVE {
             local += 1;
             lr[i]
         } else {
@@ -356,7 +487,7 @@ async fn mlserver_routing_cascade_and_metadata_through_the_gateway() {
 #[ignore = "needs MLServer: run through scripts/test"]
 async fn mlserver_failover_drill_when_a_region_stops() {
     let env = env();
-    let (mut us_east, _eu_west, gateway) = start_regions(&env).await;
+    let (mut us_east, _eu_west, gateway, _relay) = start_regions(&env).await;
     let client = TestClient::new();
     let body = infer_body(&rows(&env)[..4]);
     let url = gateway.url("/v2/models/cancer-lr/infer");
@@ -480,9 +611,9 @@ fn check_answers(model: &str, what: &str, seen: &[f64], lr: &[f64], gbc: &[f64])
     assert_eq!(seen.len(), lr.len(), "{what}");
     for (i, p) in seen.iter().enumerate() {
         let expected = expected(model, i, lr, gbc);
-        // Local answers travel as FP32 over gRPC.
+        // Every answer is FP64, local ones included, over gRPC too.
         assert!(
-            (p - expected).abs() < 1e-6,
+            (p - expected).abs() < 1e-9,
             "{what} row {i}: {p} vs {expected}"
         );
     }
@@ -518,7 +649,7 @@ fn numbers(value: &Value) -> Vec<f64> {
 #[ignore = "needs MLServer: run through scripts/test"]
 async fn mlserver_triton_and_kserve_clients_with_default_settings_through_the_gateway() {
     let env = env();
-    let (us_east, _eu_west, gateway) = start_regions(&env).await;
+    let (us_east, _eu_west, gateway, _relay) = start_regions(&env).await;
     let client = TestClient::new();
     let rows = rows(&env);
     let n = 40;
@@ -574,10 +705,12 @@ async fn mlserver_triton_and_kserve_clients_with_default_settings_through_the_ga
 
         // The KServe clients, in their own venv (their pins clash with
         // MLServer's).
+        let first_n = env.models.join("first-rows.json");
+        std::fs::write(&first_n, serde_json::to_string(&rows[..n]).unwrap()).unwrap();
         let seen = run_client(
             &kserve_python,
             "kserve_client.py",
-            &[&addr, model, rows_arg, &n.to_string()],
+            &[&addr, model, first_n.to_str().unwrap(), "FP64", "yes"],
         )
         .await;
         for transport in ["rest", "grpc"] {
@@ -600,4 +733,104 @@ async fn mlserver_triton_and_kserve_clients_with_default_settings_through_the_ga
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MLServer: run through scripts/test"]
+async fn mlserver_cascade_is_exact_for_every_client_at_its_defaults() {
+    let env = env();
+    let (_us_east, _eu_west, gateway, relay) = start_regions(&env).await;
+    let kserve_python = std::env::var_os("CASCADIA_KSERVE_PYTHON")
+        .map(PathBuf::from)
+        .expect("CASCADIA_KSERVE_PYTHON is set by scripts/test");
+    // The matrix: requests, tritonclient HTTP and gRPC, the KServe REST
+    // and gRPC clients; FP64, FP32 and INT64; with and without `outputs`;
+    // `[F]` rows; two datasets. It checks every number itself, against
+    // scikit-learn, and fails with the list of mismatches.
+    let summary = run_client(
+        &env.python(),
+        "cascade_matrix.py",
+        &[
+            &gateway.addr.to_string(),
+            env.models.to_str().unwrap(),
+            kserve_python.to_str().unwrap(),
+            &ACCEPT_BELOW.to_string(),
+            &REJECT_ABOVE.to_string(),
+        ],
+    )
+    .await;
+    println!("cascade matrix: {summary}");
+    assert!(summary["cases"].as_u64().unwrap() >= 60, "{summary}");
+    assert!(
+        relay.gzipped.load(Ordering::Relaxed) > 0,
+        "the relay's stage 2 really answered in gzip"
+    );
+
+    // Metrics count rows by who answered them, and nothing was unusable.
+    let client = TestClient::new();
+    let metrics = String::from_utf8(
+        client
+            .get(&gateway.admin_url("/metrics"), &[])
+            .await
+            .body
+            .to_vec(),
+    )
+    .unwrap();
+    let sample = |route: &str, stage: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("cascadia_cascade_answered_rows_total{")
+                    && l.contains(&format!("route=\"{route}\""))
+                    && l.contains(&format!("stage=\"{stage}\""))
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    for route in ["cancer", "digits", "cancer-gz"] {
+        assert!(sample(route, "local") > 0, "{route}: local rows counted");
+        assert!(sample(route, "stage2") > 0, "{route}: stage-2 rows counted");
+        assert_eq!(sample(route, "degraded"), 0, "{route}: nothing degraded");
+    }
+    let unusable: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("cascadia_cascade_stage2_unusable_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(unusable, 0, "no stage-2 answer was unusable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MLServer: run through scripts/test"]
+async fn mlserver_an_unusable_stage_2_answer_is_a_502_not_stage_1s_numbers() {
+    let env = env();
+    let (_us_east, _eu_west, gateway, _relay) = start_regions(&env).await;
+    let client = TestClient::new();
+    let rows = rows(&env);
+    // The route asks stage 2 for `predict`: class labels, INT64.
+    let answer = post(
+        &client,
+        &gateway.url("/v2/models/cancer-labels/infer"),
+        &infer_body(&rows),
+    )
+    .await;
+    crate::support::assert_json_error(&answer, StatusCode::BAD_GATEWAY);
+    assert!(
+        !String::from_utf8_lossy(&answer.body).contains("127.0.0.1"),
+        "no internals in the error"
+    );
+    let cascade = client
+        .get(&gateway.admin_url("/admin/cascade"), &[])
+        .await
+        .json();
+    let route = cascade["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route"] == "cancer-labels")
+        .unwrap()
+        .clone();
+    assert_eq!(route["stats"]["stage2_unusable"]["datatype"], 1, "{route}");
+    assert_eq!(route["stats"]["answered_degraded"], 0, "{route}");
+    assert_eq!(route["stats"]["answered_stage2"], 0, "{route}");
 }

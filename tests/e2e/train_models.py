@@ -1,28 +1,37 @@
 #!/usr/bin/env python3
 """Trains the end-to-end test models and lays them out for MLServer.
 
+Two real datasets shipped inside scikit-learn, each with a cheap stage 1
+and a heavy stage 2:
+  cancer   breast cancer (30 float features, FP64)
+  digits   8x8 digits as "is it a 3, 5 or 8" (64 integer pixels, INT64)
+
 Writes into OUT_DIR:
-  models/cancer-lr/   a StandardScaler + LogisticRegression pipeline (stage-1 reference)
-  models/cancer-gbc/  a GradientBoostingClassifier (the heavy stage 2)
-  stage1.json         the same logistic regression exported for Cascadia
-Both are fitted on scikit-learn's breast-cancer dataset; MLServer serves them
-with mlserver-sklearn, and the Rust test compares Cascadia's answers with
-MLServer's own.
+  models/{D}-lr/    a StandardScaler + LogisticRegression pipeline, as a user saves it
+  models/{D}-gbc/   a GradientBoostingClassifier (the heavy stage 2)
+  {D}-stage1.json   the logistic regression exported for Cascadia by
+                    tools/export_logistic.py, from MLServer's own model.joblib
+  {D}-rows.json     the rows the tests send
+  stage1.json, rows.json   the cancer ones again, for the routing and drill tests
+MLServer serves the models with mlserver-sklearn; the tests compare
+Cascadia's answers with scikit-learn's predict_proba.
 """
 
 import json
 import os
+import shutil
+import subprocess
 import sys
 
 import joblib
-from sklearn.datasets import load_breast_cancer
+import numpy as np
+from sklearn.datasets import load_breast_cancer, load_digits
 from sklearn.ensemble import GradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
-from export_logistic import export_model  # noqa: E402
+TOOLS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools")
 
 
 def save(model, out_dir, name):
@@ -36,20 +45,42 @@ def save(model, out_dir, name):
     }
     with open(os.path.join(path, "model-settings.json"), "w") as f:
         json.dump(settings, f)
+    return os.path.join(path, "model.joblib")
+
+
+def datasets():
+    cancer = load_breast_cancer()
+    digits = load_digits()
+    # A binary task with a real band of doubt for a linear model.
+    digits_target = np.isin(digits.target, [3, 5, 8]).astype(int)
+    return {
+        "cancer": (cancer.data, cancer.target),
+        "digits": (digits.data.astype(np.int64), digits_target),
+    }
 
 
 def main(out_dir):
-    data = load_breast_cancer()
-    lr = Pipeline([("scale", StandardScaler()), ("lr", LogisticRegression(max_iter=5000))])
-    lr.fit(data.data, data.target)
-    gbc = GradientBoostingClassifier(n_estimators=50, random_state=0).fit(data.data, data.target)
-    save(lr, out_dir, "cancer-lr")
-    save(gbc, out_dir, "cancer-gbc")
-    features = [f"f{i}" for i in range(data.data.shape[1])]
-    with open(os.path.join(out_dir, "stage1.json"), "w") as f:
-        json.dump(export_model(lr, features, "cancer-lr", "v1"), f)
-    with open(os.path.join(out_dir, "rows.json"), "w") as f:
-        json.dump([[float(x) for x in row] for row in data.data[:120]], f)
+    for name, (x, y) in datasets().items():
+        lr = Pipeline([("scale", StandardScaler()), ("lr", LogisticRegression(max_iter=5000, C=0.05))])
+        lr.fit(x, y)
+        gbc = GradientBoostingClassifier(n_estimators=50, random_state=0).fit(x, y)
+        lr_path = save(lr, out_dir, f"{name}-lr")
+        save(gbc, out_dir, f"{name}-gbc")
+        features = ",".join(f"f{i}" for i in range(x.shape[1]))
+        # The export reads the very file MLServer serves, as a user would.
+        subprocess.run(
+            [sys.executable, os.path.join(TOOLS, "export_logistic.py"), "--pickle", lr_path,
+             "--features", features, "--name", f"{name}-lr", "--version", "v1",
+             "--out", os.path.join(out_dir, f"{name}-stage1.json")],
+            check=True,
+        )
+        # Rows spread over the whole dataset, so both stages answer some.
+        picked = x[:: max(1, len(x) // 150)][:150]
+        rows = [[v.item() for v in row] for row in picked]
+        with open(os.path.join(out_dir, f"{name}-rows.json"), "w") as f:
+            json.dump(rows, f)
+    shutil.copy(os.path.join(out_dir, "cancer-stage1.json"), os.path.join(out_dir, "stage1.json"))
+    shutil.copy(os.path.join(out_dir, "cancer-rows.json"), os.path.join(out_dir, "rows.json"))
     print(f"models written to {out_dir}")
 
 
