@@ -247,6 +247,26 @@ async fn stage_2_down_degrades_or_fails_as_configured() {
     assert_eq!(response.header("x-cascadia-degraded"), Some("unavailable"));
     let p = probabilities(&response);
     assert!(close(p[0], 0.5) && close(p[1], sigmoid(-5.0)), "{p:?}");
+    // The degradation is marked per row, in the header and the metrics.
+    assert_eq!(response.json()["parameters"]["cascadia_rows"], "dl");
+    assert_eq!(
+        response.header("x-cascadia-rows"),
+        Some("local=1, stage2=0, degraded=1")
+    );
+    let metrics = String::from_utf8(
+        client
+            .get(&degrade.admin_url("/metrics"), &[])
+            .await
+            .body
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(
+        metrics.contains(
+            r#"cascadia_cascade_answered_rows_total{route="fraud",version="default",stage="degraded"} 1"#
+        ),
+        "{metrics}"
+    );
 
     let response = infer(&client, &strict, &[[0.0, 0.0]], &[]).await;
     assert!(response.status.is_server_error(), "{:?}", response.status);
@@ -538,4 +558,78 @@ async fn a_shadow_compares_the_cascades_answers_with_a_candidates() {
         1,
         "only the mirror reached it"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_score_that_is_not_a_number_escalates_and_is_never_degraded() {
+    // Finite weights, finite features, yet 1e300 × 1e10 overflows both ways
+    // and the sum is inf − inf: NaN.
+    let model =
+        r#"{"name":"huge","features":["a","b"],"coefficients":[1e300,1e300],"intercept":0.0}"#;
+    let ensemble = sim("ensemble", "4", "us-east").await;
+    let gateway =
+        GatewayProcess::start_with_files(&config(&ensemble, ""), &[("screen.json", model)]).await;
+    let client = TestClient::new();
+    let rows = [[1e10, -1e10]];
+    let response = infer(&client, &gateway, &rows, &[]).await;
+    assert_eq!(response.status, StatusCode::OK, "{:?}", response.json());
+    assert_eq!(response.header("x-cascadia-stage"), Some("escalated"));
+    let p = probabilities(&response);
+    assert!(close(p[0], stage2(1e10, -1e10)), "stage 2's number: {p:?}");
+
+    // Stage 2 gone, degrade configured: still no stage-1 "answer" of NaN.
+    ensemble.shutdown().await;
+    let response = infer(&client, &gateway, &rows, &[]).await;
+    assert!(response.status.is_server_error(), "{:?}", response.status);
+    assert_json_error(&response, response.status);
+    // A confident row beside it is no excuse either.
+    let response = infer(&client, &gateway, &[[1e10, -1e10], [-1.0, 0.0]], &[]).await;
+    assert!(response.status.is_server_error(), "{:?}", response.status);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_has_the_routes_datatype_and_shape() {
+    let ensemble = sim("ensemble", "4", "us-east").await;
+    let fp64 = start(&ensemble, "").await;
+    let fp32 = start(&ensemble, r#"output_datatype = "FP32""#).await;
+    let client = TestClient::new();
+    // Local, mixed and escalated answers alike.
+    for rows in [
+        &[[-5.0, 0.0]][..],
+        &[[-5.0, 0.0], [0.0, 1.0]],
+        &[[0.0, 1.0]],
+    ] {
+        for (gateway, datatype) in [(&fp64, "FP64"), (&fp32, "FP32")] {
+            let answer = infer(&client, gateway, rows, &[]).await.json();
+            let output = &answer["outputs"][0];
+            assert_eq!(output["datatype"], datatype, "{answer}");
+            assert_eq!(output["shape"], json!([rows.len(), 1]), "{answer}");
+        }
+    }
+    // Stage 1's own form of the logistic for z < 0 is e^z / (1 + e^z); to
+    // the ulp, since a compile-time exp may differ from the runtime's.
+    let exact = (-5.0f64).exp() / (1.0 + (-5.0f64).exp());
+    let local = probabilities(&infer(&client, &fp64, &[[-5.0, 0.0]], &[]).await)[0];
+    assert!(
+        (local - exact).abs() <= f64::EPSILON * exact,
+        "FP64 is stage 1's f64: {local} vs {exact}"
+    );
+    let rounded = probabilities(&infer(&client, &fp32, &[[-5.0, 0.0]], &[]).await)[0];
+    assert_eq!(rounded, f64::from(local as f32), "FP32 is that, rounded");
+
+    // A `[F]` row is one row: stage 2 gets `[1, F]`, the answer is `[1, 1]`.
+    let body =
+        json!({"inputs": [{"name": "x", "shape": [2], "datatype": "FP64", "data": [0.0, 1.0]}]});
+    let response = client
+        .send(
+            Method::POST,
+            &fp64.url("/v2/models/fraud/infer"),
+            &[("content-type", "application/json")],
+            &body.to_string(),
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::OK, "{:?}", response.json());
+    assert_eq!(response.header("x-cascadia-stage"), Some("escalated"));
+    assert_eq!(response.json()["outputs"][0]["shape"], json!([1, 1]));
+    assert!(close(probabilities(&response)[0], stage2(0.0, 1.0)));
 }
