@@ -277,10 +277,18 @@ async fn run(
         _ => None,
     };
     let started = tokio::time::Instant::now();
-    let mut response = run_stages(
-        proxy, snapshot, route, stage, parts, infer, body, wire, model, request_id,
-    )
-    .await?;
+    let (model_name, model_version) = model;
+    let call = Call {
+        proxy,
+        snapshot,
+        route,
+        stage,
+        wire,
+        model_name: &model_name,
+        model_version: model_version.as_deref(),
+        request_id,
+    };
+    let mut response = call.run(parts, infer, body).await?;
     if let Some((mirror, path)) = mirror {
         if response.status().is_success() {
             let primary = response.body_mut().capture(crate::shadow::COMPARE_LIMIT);
@@ -302,34 +310,9 @@ struct Call<'a> {
     request_id: &'a HeaderValue,
 }
 
-/// Stage 1 and the escalation.
-#[allow(clippy::too_many_arguments)]
-async fn run_stages(
-    proxy: &Proxy,
-    snapshot: &Arc<Snapshot>,
-    route: &Arc<Route>,
-    stage: &CascadeStage,
-    parts: http::request::Parts,
-    infer: InferRequest,
-    body: Option<Bytes>,
-    wire: Wire,
-    (model_name, model_version): (String, Option<String>),
-    request_id: &HeaderValue,
-) -> Result<Response<ResponseBody>, GatewayError> {
-    let call = Call {
-        proxy,
-        snapshot,
-        route,
-        stage,
-        wire,
-        model_name: &model_name,
-        model_version: model_version.as_deref(),
-        request_id,
-    };
-    call.run(parts, infer, body).await
-}
-
 impl Call<'_> {
+    /// Stage 1 and the escalation. `body` is the client's REST body, for
+    /// audits.
     async fn run(
         &self,
         parts: http::request::Parts,
