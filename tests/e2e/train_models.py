@@ -19,6 +19,7 @@ Cascadia's answers with scikit-learn's predict_proba.
 
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -59,6 +60,26 @@ def datasets():
     }
 
 
+def check_export_tool(lr, features, out_dir, name):
+    """The export reads a plain pickle like a joblib file, and refuses a
+    model it cannot export, saying what it found."""
+    export = os.path.join(TOOLS, "export_logistic.py")
+    pickled = os.path.join(out_dir, f"{name}-lr.pkl")
+    with open(pickled, "wb") as f:
+        pickle.dump(lr, f)
+    from_pickle = os.path.join(out_dir, f"{name}-stage1-from-pickle.json")
+    subprocess.run([sys.executable, export, "--pickle", pickled, "--features", features,
+                    "--name", f"{name}-lr", "--version", "v1", "--out", from_pickle], check=True)
+    with open(from_pickle) as a, open(os.path.join(out_dir, f"{name}-stage1.json")) as b:
+        assert json.load(a) == json.load(b), "pickle and joblib exports differ"
+    refused = subprocess.run(
+        [sys.executable, export, "--pickle", os.path.join(out_dir, "models", f"{name}-gbc", "model.joblib"),
+         "--features", features, "--out", os.path.join(out_dir, "refused.json")],
+        capture_output=True, text=True,
+    )
+    assert refused.returncode != 0 and "GradientBoostingClassifier" in refused.stderr, refused.stderr
+
+
 def main(out_dir):
     for name, (x, y) in datasets().items():
         lr = Pipeline([("scale", StandardScaler()), ("lr", LogisticRegression(max_iter=5000, C=0.05))])
@@ -74,6 +95,7 @@ def main(out_dir):
              "--out", os.path.join(out_dir, f"{name}-stage1.json")],
             check=True,
         )
+        check_export_tool(lr, features, out_dir, name)
         # Rows spread over the whole dataset, so both stages answer some.
         picked = x[:: max(1, len(x) // 150)][:150]
         rows = [[v.item() for v in row] for row in picked]
