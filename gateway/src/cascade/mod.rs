@@ -112,16 +112,38 @@ pub enum Wire {
     Grpc,
 }
 
+/// What the proxy hands the cascade for one inference call on a cascade
+/// route: the request's place in the gateway.
+#[derive(Clone, Copy)]
+pub struct Stage1<'a> {
+    pub proxy: &'a Proxy,
+    /// The snapshot the request started on.
+    pub snapshot: &'a Arc<Snapshot>,
+    pub route: &'a Arc<Route>,
+    /// The route's stage 1 (`route.cascade`).
+    pub stage: &'a CascadeStage,
+    pub request_id: &'a HeaderValue,
+}
+
+/// A parsed inference call, as either wire gave it.
+struct Parsed {
+    parts: http::request::Parts,
+    infer: InferRequest,
+    /// The client's REST body, for audits.
+    body: Option<Bytes>,
+    /// What a shadow candidate is sent.
+    mirror_body: Option<Bytes>,
+    wire: Wire,
+    /// The model name and version the client asked for.
+    model: (String, Option<String>),
+}
+
 /// Handles an OIP gRPC `ModelInfer` call on a cascade route. `message` is
 /// the (unframed) protobuf request the proxy already read.
 pub async fn handle_grpc(
-    proxy: &Proxy,
-    snapshot: &Arc<Snapshot>,
-    route: &Arc<Route>,
-    stage: &CascadeStage,
+    cx: Stage1<'_>,
     parts: http::request::Parts,
     message: &[u8],
-    request_id: &HeaderValue,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     use prost::Message;
     let request = match cascadia_oip::grpc::ModelInferRequest::decode(message) {
@@ -130,17 +152,17 @@ pub async fn handle_grpc(
             return Ok(payload_error(
                 Wire::Grpc,
                 "malformed ModelInferRequest",
-                request_id,
+                cx.request_id,
             ))
         }
     };
     let infer = match cascadia_cascade::grpc::to_json_request(&request) {
         Ok(infer) => infer,
-        Err(error) => return Ok(payload_error(Wire::Grpc, &error.to_string(), request_id)),
+        Err(error) => return Ok(payload_error(Wire::Grpc, &error.to_string(), cx.request_id)),
     };
     let model_version = (!request.model_version.is_empty()).then(|| request.model_version.clone());
     // The shadow's copy: the message under the candidate's model name.
-    let mirror_body = route.shadow.as_ref().and_then(|shadow| {
+    let mirror_body = cx.route.shadow.as_ref().and_then(|shadow| {
         let target = &shadow.target;
         if target.upstream_model.is_none() && target.upstream_version.is_none() {
             return Some(cascadia_oip::grpc::encode_frame(message));
@@ -153,61 +175,44 @@ pub async fn handle_grpc(
         .ok()
         .map(|m| cascadia_oip::grpc::encode_frame(&m))
     });
-    run(
-        proxy,
-        snapshot,
-        route,
-        stage,
+    let parsed = Parsed {
         parts,
         infer,
-        None,
+        body: None,
         mirror_body,
-        Wire::Grpc,
-        (request.model_name.clone(), model_version),
-        request_id,
-    )
-    .await
+        wire: Wire::Grpc,
+        model: (request.model_name.clone(), model_version),
+    };
+    run(cx, parsed).await
 }
 
 /// Handles an OIP REST inference call on a cascade route.
 pub async fn handle(
-    proxy: &Proxy,
-    snapshot: &Arc<Snapshot>,
-    route: &Arc<Route>,
-    stage: &CascadeStage,
+    cx: Stage1<'_>,
     request: Request<Incoming>,
     model: (String, Option<String>),
-    request_id: &HeaderValue,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     if request.method() != Method::POST {
         return Err(GatewayError::MethodNotAllowed);
     }
-    let limit = snapshot.config.gateway.limits.max_body_bytes;
+    let limits = &cx.snapshot.config.gateway.limits;
     let (parts, incoming) = request.into_parts();
     let body = crate::proxy::read_limited(
         incoming,
-        limit,
-        snapshot.config.gateway.limits.body_read_timeout.get(),
+        limits.max_body_bytes,
+        limits.body_read_timeout.get(),
     )
     .await?;
-    handle_body(
-        proxy, snapshot, route, stage, parts, body, model, request_id,
-    )
-    .await
+    handle_body(cx, parts, body, model).await
 }
 
 /// [`handle`] for a body already read (e.g. rewritten from Triton's binary
 /// extension).
-#[allow(clippy::too_many_arguments)]
 pub async fn handle_body(
-    proxy: &Proxy,
-    snapshot: &Arc<Snapshot>,
-    route: &Arc<Route>,
-    stage: &CascadeStage,
+    cx: Stage1<'_>,
     parts: http::request::Parts,
     body: Bytes,
     model: (String, Option<String>),
-    request_id: &HeaderValue,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     // 1. Parse. Payload errors describe the client's own request, so their
     //    text is safe to return.
@@ -217,44 +222,35 @@ pub async fn handle_body(
             return Ok(payload_error(
                 Wire::Rest,
                 &format!("invalid inference request: {error}"),
-                request_id,
+                cx.request_id,
             ))
         }
     };
-    run(
-        proxy,
-        snapshot,
-        route,
-        stage,
+    let parsed = Parsed {
         parts,
         infer,
-        Some(body.clone()),
-        Some(body),
-        Wire::Rest,
+        body: Some(body.clone()),
+        mirror_body: Some(body),
+        wire: Wire::Rest,
         model,
-        request_id,
-    )
-    .await
+    };
+    run(cx, parsed).await
 }
 
 /// Stage 1 and the escalation, on a parsed request, plus the route's
 /// shadow: the request (`mirror_body`, what the candidate is sent) may be
 /// mirrored to a candidate, whose answer is compared with the cascade's
 /// (label `cascade`).
-#[allow(clippy::too_many_arguments)]
-async fn run(
-    proxy: &Proxy,
-    snapshot: &Arc<Snapshot>,
-    route: &Arc<Route>,
-    stage: &CascadeStage,
-    parts: http::request::Parts,
-    infer: InferRequest,
-    body: Option<Bytes>,
-    mirror_body: Option<Bytes>,
-    wire: Wire,
-    model: (String, Option<String>),
-    request_id: &HeaderValue,
-) -> Result<Response<ResponseBody>, GatewayError> {
+async fn run(cx: Stage1<'_>, parsed: Parsed) -> Result<Response<ResponseBody>, GatewayError> {
+    let Parsed {
+        parts,
+        infer,
+        body,
+        mirror_body,
+        wire,
+        model: (model_name, model_version),
+    } = parsed;
+    let route = cx.route;
     let mirror = match (&route.shadow, &mirror_body) {
         (Some(shadow), Some(bytes)) => {
             let load = route.admission.as_ref().map(|a| a.load());
@@ -277,16 +273,11 @@ async fn run(
         _ => None,
     };
     let started = tokio::time::Instant::now();
-    let (model_name, model_version) = model;
     let call = Call {
-        proxy,
-        snapshot,
-        route,
-        stage,
+        cx,
         wire,
         model_name: &model_name,
         model_version: model_version.as_deref(),
-        request_id,
     };
     let mut response = call.run(parts, infer, body).await?;
     if let Some((mirror, path)) = mirror {
@@ -300,14 +291,10 @@ async fn run(
 
 /// One request's cascade: what every step needs to know about it.
 struct Call<'a> {
-    proxy: &'a Proxy,
-    snapshot: &'a Arc<Snapshot>,
-    route: &'a Arc<Route>,
-    stage: &'a CascadeStage,
+    cx: Stage1<'a>,
     wire: Wire,
     model_name: &'a str,
     model_version: Option<&'a str>,
-    request_id: &'a HeaderValue,
 }
 
 impl Call<'_> {
@@ -319,20 +306,20 @@ impl Call<'_> {
         infer: InferRequest,
         body: Option<Bytes>,
     ) -> Result<Response<ResponseBody>, GatewayError> {
-        let settings = &self.stage.settings;
+        let settings = &self.cx.stage.settings;
         let layout = Layout {
             matrix_input: settings.input.as_deref(),
             max_batch: settings.max_batch,
             default: settings.missing_feature_default,
         };
         let (features, forced) =
-            match assemble_features(self.stage, &infer, &parts.headers, layout).await {
+            match assemble_features(self.cx.stage, &infer, &parts.headers, layout).await {
                 Ok(found) => found,
-                Err(message) => return Ok(payload_error(self.wire, &message, self.request_id)),
+                Err(message) => return Ok(payload_error(self.wire, &message, self.cx.request_id)),
             };
         // The split comes first: every row is counted under the version the
         // request belongs to, whoever answers it.
-        let target = choose_target(self.route, &parts.headers)?;
+        let target = choose_target(self.cx.route, &parts.headers)?;
 
         // 2. Score and decide. Rows whose entity features could not be
         //    found (and have no default) escalate: stage 2 has its own
@@ -358,7 +345,7 @@ impl Call<'_> {
         span.set("cascadia.rows", features.rows as i64);
         span.set("cascadia.rows_escalated", escalate.len() as i64);
         drop(span);
-        let stats = &self.stage.stats;
+        let stats = &self.cx.stage.stats;
         bump(&stats.requests, 1);
         bump(
             &stats.rows_accepted,
@@ -386,7 +373,10 @@ impl Call<'_> {
 
         // 3. Escalate the uncertain rows, unless the deadline cannot fit
         //    stage 2.
-        let remaining = match (deadline::client_timeout(&parts.headers), self.route.timeout) {
+        let remaining = match (
+            deadline::client_timeout(&parts.headers),
+            self.cx.route.timeout,
+        ) {
             (Some(client), Some(route)) => Some(client.min(route)),
             (a, b) => a.or(b),
         };
@@ -422,8 +412,8 @@ impl Call<'_> {
                 .map_or(Duration::from_secs(2), |p| p.timeout())
         });
         let outcome = stage2::call(stage2::Call {
-            proxy: self.proxy,
-            route: self.route,
+            proxy: self.cx.proxy,
+            route: self.cx.route,
             target,
             wire: self.wire,
             parts,
@@ -433,7 +423,7 @@ impl Call<'_> {
             output: &settings.output,
             body_budget,
             body_limit: self.body_limit(),
-            request_id: self.request_id,
+            request_id: self.cx.request_id,
         })
         .await;
 
@@ -457,8 +447,8 @@ impl Call<'_> {
             stage2::Outcome::Unusable(unusable) => {
                 stats.stage2_unusable.bump(unusable.reason);
                 tracing::warn!(
-                    request_id = self.request_id.to_str().unwrap_or_default(),
-                    route = &*self.route.name,
+                    request_id = self.cx.request_id.to_str().unwrap_or_default(),
+                    route = &*self.cx.route.name,
                     reason = unusable.reason.label(),
                     detail = %unusable.detail,
                     "stage 2 gave an unusable answer"
@@ -528,7 +518,7 @@ impl Call<'_> {
     }
 
     fn body_limit(&self) -> usize {
-        usize::try_from(self.snapshot.config.gateway.limits.max_body_bytes).unwrap_or(usize::MAX)
+        usize::try_from(self.cx.snapshot.config.gateway.limits.max_body_bytes).unwrap_or(usize::MAX)
     }
 
     /// The client's answer, counted by the stage that answered each row.
@@ -540,9 +530,9 @@ impl Call<'_> {
         stages: &[RowStage],
         stamp: Stamp,
     ) -> Response<ResponseBody> {
-        let settings = &self.stage.settings;
+        let settings = &self.cx.stage.settings;
         let counts = StageCounts::of(stages);
-        self.stage.stats.record_answered(counts);
+        self.cx.stage.stats.record_answered(counts);
         target.stats.record_cascade_rows(counts);
         let body = rows::response(rows::Answer {
             model_name: self.model_name,
@@ -591,7 +581,7 @@ impl Call<'_> {
             "mixed"
         };
         let map = response.headers_mut();
-        map.insert(headers::X_REQUEST_ID, self.request_id.clone());
+        map.insert(headers::X_REQUEST_ID, self.cx.request_id.clone());
         map.insert(X_CASCADIA_STAGE, HeaderValue::from_static(stage));
         map.insert(X_CASCADIA_STAGE1_MODEL, stage1_header(settings));
         if let Ok(rows) = HeaderValue::from_str(&format!(
@@ -750,7 +740,7 @@ fn maybe_audit(
     decisions: Vec<Decision>,
     rows: usize,
 ) {
-    let settings = &call.stage.settings;
+    let settings = &call.cx.stage.settings;
     let fraction = settings.audit_fraction;
     if fraction <= 0.0 || fastrand::f64() >= fraction {
         return;
@@ -765,9 +755,9 @@ fn maybe_audit(
     );
     let body = serde_json::to_vec(&sub).map(Bytes::from).unwrap_or(body);
     let (proxy, snapshot, route) = (
-        call.proxy.clone(),
-        Arc::clone(call.snapshot),
-        Arc::clone(call.route),
+        call.cx.proxy.clone(),
+        Arc::clone(call.cx.snapshot),
+        Arc::clone(call.cx.route),
     );
     let mut audit_parts = Request::new(()).into_parts().0;
     audit_parts.method = Method::POST;

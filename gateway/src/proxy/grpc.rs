@@ -96,10 +96,14 @@ pub async fn handle(
     if let Some(stage) = &route.cascade {
         if method == "ModelInfer" {
             let route = std::sync::Arc::clone(route);
-            return crate::cascade::handle_grpc(
-                proxy, snapshot, &route, stage, parts, message, request_id,
-            )
-            .await;
+            let cx = crate::cascade::Stage1 {
+                proxy,
+                snapshot,
+                route: &route,
+                stage,
+                request_id,
+            };
+            return crate::cascade::handle_grpc(cx, parts, message).await;
         }
     }
 

@@ -243,24 +243,17 @@ impl Proxy {
                 p.model.unwrap_or_default().to_owned(),
                 p.version.map(str::to_owned),
             );
+            let cx = crate::cascade::Stage1 {
+                proxy: self,
+                snapshot,
+                route: &route,
+                stage: cascade,
+                request_id,
+            };
             return match (preread, incoming) {
-                (Some(body), _) => {
-                    crate::cascade::handle_body(
-                        self, snapshot, &route, cascade, parts, body, model, request_id,
-                    )
-                    .await
-                }
+                (Some(body), _) => crate::cascade::handle_body(cx, parts, body, model).await,
                 (None, Some(incoming)) => {
-                    crate::cascade::handle(
-                        self,
-                        snapshot,
-                        &route,
-                        cascade,
-                        Request::from_parts(parts, incoming),
-                        model,
-                        request_id,
-                    )
-                    .await
+                    crate::cascade::handle(cx, Request::from_parts(parts, incoming), model).await
                 }
                 (None, None) => unreachable!("the body is either read or not"),
             };
