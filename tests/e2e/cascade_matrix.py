@@ -13,7 +13,8 @@ locally (the `cascadia_rows` parameter) must be exactly the rows the bands
 select offline. Clients: plain `requests` (which sends Accept-Encoding:
 gzip), tritonclient HTTP (binary tensors) and gRPC, and the KServe REST and
 gRPC clients (run in their own venv by kserve_client.py). Cases: FP64, FP32
-and INT64 inputs, with and without `outputs`, and a single `[F]` row.
+and INT64 inputs, with and without `outputs`, a single `[F]` row, and
+tritonclient's compression options (a gzipped answer, gzipped requests).
 
 Prints one JSON summary line; exits 1 after listing every mismatch.
 """
@@ -169,13 +170,28 @@ def with_triton(addr, route, reference):
                 failures.append(f"{what}: predict_proba is {None if proba is None else proba.dtype}")
                 continue
             check(what, positive(proba, n), rows, reference)
+        # Compression a client may ask for changes nothing but the bytes:
+        # a gzipped answer (HTTP), a gzipped request (HTTP and gRPC).
         if transport == "http":
-            # Asking for a gzipped answer changes nothing but the encoding.
-            what = f"triton http {route} {reference.datatype} response gzip"
+            options = [
+                ("response gzip", {"response_compression_algorithm": "gzip"}),
+                ("request gzip", {"request_compression_algorithm": "gzip"}),
+            ]
+        else:
+            options = [("request gzip", {"compression_algorithm": "gzip"})]
+        for label, option in options:
+            what = f"triton {transport} {route} {reference.datatype} {label}"
             x = module.InferInput("x", list(reference.x.shape), reference.datatype)
             x.set_data_from_numpy(reference.x)
-            result = client.infer(route, inputs=[x], response_compression_algorithm="gzip")
-            rows = result.get_response().get("parameters", {}).get("cascadia_rows")
+            try:
+                result = client.infer(route, inputs=[x], **option)
+            except Exception as error:  # noqa: BLE001 - every failure is a finding
+                failures.append(f"{what}: {error}")
+                continue
+            if transport == "http":
+                rows = result.get_response().get("parameters", {}).get("cascadia_rows")
+            else:
+                rows = result.get_response().parameters["cascadia_rows"].string_param
             check(what, positive(result.as_numpy("predict_proba"), n), rows, reference)
 
 

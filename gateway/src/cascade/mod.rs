@@ -196,13 +196,17 @@ pub async fn handle(
         return Err(GatewayError::MethodNotAllowed);
     }
     let limits = &cx.snapshot.config.gateway.limits;
-    let (parts, incoming) = request.into_parts();
+    let (mut parts, incoming) = request.into_parts();
     let body = crate::proxy::read_limited(
         incoming,
         limits.max_body_bytes,
         limits.body_read_timeout.get(),
     )
     .await?;
+    // The cascade reads the body itself, so a compressed one (a client's
+    // `Content-Encoding: gzip`) is decoded here, within the body limit.
+    let body =
+        crate::proxy::coding::decode_request(&mut parts.headers, body, limits.max_body_bytes)?;
     handle_body(cx, parts, body, model).await
 }
 

@@ -16,7 +16,6 @@
 //! answer that cannot be used (always a 502: stage 1's numbers are never
 //! passed off as stage 2's).
 
-use std::io::Read;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -369,36 +368,16 @@ fn grpc_answer(
         .map_err(|error| unusable(UnusableReason::Malformed, error.to_string()))
 }
 
-/// Decodes gzip or deflate (zlib-wrapped, or raw as some servers send it)
-/// into at most `limit` bytes.
-pub fn decode(coding: &str, bytes: &[u8], limit: usize) -> Result<Vec<u8>, Unusable> {
-    fn read_bounded(reader: impl Read, limit: usize) -> std::io::Result<Option<Vec<u8>>> {
-        let mut out = Vec::new();
-        reader.take(limit as u64 + 1).read_to_end(&mut out)?;
-        Ok((out.len() <= limit).then_some(out))
-    }
-    let result = match coding {
-        "gzip" | "x-gzip" => read_bounded(flate2::read::GzDecoder::new(bytes), limit),
-        "deflate" => read_bounded(flate2::read::ZlibDecoder::new(bytes), limit)
-            .or_else(|_| read_bounded(flate2::read::DeflateDecoder::new(bytes), limit)),
-        other => {
-            return Err(unusable(
-                UnusableReason::Encoding,
-                format!("answer in content coding {other:?}"),
-            ))
-        }
-    };
-    match result {
-        Ok(Some(decoded)) => Ok(decoded),
-        Ok(None) => Err(unusable(
-            UnusableReason::TooLarge,
-            format!("decoded answer over {limit} bytes"),
-        )),
-        Err(error) => Err(unusable(
-            UnusableReason::Encoding,
-            format!("corrupt {coding} answer: {error}"),
-        )),
-    }
+/// Decodes a compressed answer within the body limit.
+fn decode(coding: &str, bytes: &[u8], limit: usize) -> Result<Vec<u8>, Unusable> {
+    use crate::proxy::coding::CodingError;
+    crate::proxy::coding::decode(coding, bytes, limit).map_err(|error| {
+        let reason = match error {
+            CodingError::TooLarge(_) => UnusableReason::TooLarge,
+            CodingError::Unsupported(_) | CodingError::Corrupt { .. } => UnusableReason::Encoding,
+        };
+        unusable(reason, format!("stage-2 answer: {error}"))
+    })
 }
 
 #[cfg(test)]

@@ -67,20 +67,32 @@ pub async fn handle(
     // Phase: match. Unary calls are small and the model name is inside the
     // message, so the one message is buffered (within the body limit).
     let limit = snapshot.config.gateway.limits.max_body_bytes;
-    let (parts, incoming) = request.into_parts();
-    let body = super::read_limited(
+    let (mut parts, incoming) = request.into_parts();
+    let mut body = super::read_limited(
         incoming,
         limit,
         snapshot.config.gateway.limits.body_read_timeout.get(),
     )
     .await?;
-    let (compressed, message) = oip_grpc::decode_frame(&body)
-        .map_err(|_| GatewayError::BadRequest("malformed gRPC frame"))?;
+    let malformed = |_| GatewayError::BadRequest("malformed gRPC frame");
+    let (compressed, message) = oip_grpc::decode_frame(&body).map_err(malformed)?;
     if compressed {
-        return Err(GatewayError::BadRequest(
-            "compressed gRPC messages are not supported",
-        ));
+        // The model name is inside the message: a compressed one (a
+        // client's `grpc-encoding: gzip`) is decoded, within the body
+        // limit, and goes on uncompressed.
+        let coding = parts
+            .headers
+            .get("grpc-encoding")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("(none)")
+            .to_owned();
+        let limit_bytes = usize::try_from(limit).unwrap_or(usize::MAX);
+        let decoded = super::coding::decode(&coding, message, limit_bytes)
+            .map_err(|error| super::coding::request_error(&error, limit))?;
+        body = oip_grpc::encode_frame(&decoded);
+        parts.headers.remove("grpc-encoding");
     }
+    let (_, message) = oip_grpc::decode_frame(&body).map_err(malformed)?;
     let (model, _version) = oip_grpc::peek_model(message)
         .map_err(|_| GatewayError::BadRequest("malformed gRPC message"))?;
     let model = model.ok_or(GatewayError::BadRequest("model_name is required"))?;

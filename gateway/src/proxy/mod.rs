@@ -14,6 +14,7 @@
 //!    [`crate::errors`]; nothing is dropped without an answer.
 
 pub mod body;
+pub mod coding;
 pub mod deadline;
 mod grpc;
 pub mod headers;
@@ -215,6 +216,8 @@ impl Proxy {
         let (preread, incoming) = match json_len {
             Some(json_len) if is_infer => {
                 let body = read_limited(incoming, limit, body_timeout).await?;
+                // tritonclient's `request_compression_algorithm`.
+                let body = coding::decode_request(&mut parts.headers, body, limit)?;
                 let json = match cascadia_oip::json::binary_request_to_json(&body, json_len) {
                     Ok(json) => Bytes::from(json),
                     Err(message) => {
