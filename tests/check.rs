@@ -91,7 +91,9 @@ fn every_example_config_is_valid_and_summarised() {
 #[test]
 fn an_unreadable_admin_token_is_a_config_error() {
     let (ok, _, stderr) =
-        check("[gateway.admin]\ntoken_env = \"CASCADIA_TEST_TOKEN_THAT_IS_NOT_SET\"\n");
+        check(
+        "[gateway]\nallow_no_routes = true\n[gateway.admin]\ntoken_env = \"CASCADIA_TEST_TOKEN_THAT_IS_NOT_SET\"\n",
+    );
     assert!(!ok);
     assert!(stderr.contains("gateway.admin.token_env: environment variable CASCADIA_TEST_TOKEN_THAT_IS_NOT_SET is not set"), "{stderr}");
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use http::{Method, StatusCode};
 
-use crate::support::{CanaryFixture, GatewayProcess, TestClient};
+use crate::support::{CanaryFixture, GatewayProcess, TestClient, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_under_load_fail_no_request_and_apply_at_once() {
@@ -227,4 +227,116 @@ async fn admin_changes_need_the_bearer_token_when_one_is_configured() {
     assert_eq!(right.status, StatusCode::OK);
     // Reading needs no token.
     assert_eq!(gateway.admin_config(&client).await["version"], 1);
+
+    // A rotated token file is a changed config: the reload applies it,
+    // though the config file itself did not change.
+    let rotated = "r0tated-admin-token-0123456789";
+    gateway.write_file("admin.token", &format!("{rotated}\n"));
+    let applied = client
+        .send(Method::POST, &url, &[("authorization", &bearer)], "")
+        .await;
+    assert_eq!(applied.status, StatusCode::OK);
+    assert_eq!(applied.json()["status"], "applied", "{:?}", applied.json());
+    let old = client
+        .send(Method::POST, &url, &[("authorization", &bearer)], "")
+        .await;
+    assert_eq!(
+        old.status,
+        StatusCode::UNAUTHORIZED,
+        "the old token is gone"
+    );
+    let new = client
+        .send(
+            Method::POST,
+            &url,
+            &[("authorization", &format!("Bearer {rotated}"))],
+            "",
+        )
+        .await;
+    assert_eq!(new.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_or_cut_short_file_over_the_live_one_is_rejected() {
+    let fixture = CanaryFixture::start().await;
+    let good = fixture.config(100, 0);
+    let gateway = GatewayProcess::start_watching(&good).await;
+    let client = TestClient::new();
+    let before = gateway.admin_config(&client).await;
+    // `> gateway.toml`, then a write cut off before the first route: both
+    // valid TOML, neither a config anyone meant.
+    let cut = &good[..good.find("[[routes]]").expect("the fixture has routes")];
+    for text in ["", cut] {
+        gateway.write_config(text);
+        let (status, body) = gateway.reload(&client).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["error"]["errors"][0]["path"], "routes", "{body}");
+        let response = client
+            .infer(&gateway.url("/v2/models/fraud/infer"), &[])
+            .await;
+        assert_eq!(
+            response.status,
+            StatusCode::OK,
+            "the last good config serves"
+        );
+    }
+    let after = gateway.admin_config(&client).await;
+    assert_eq!(after["version"], before["version"]);
+    // Serving nothing is possible when the file says so.
+    gateway.write_config("[gateway]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nallow_no_routes = true\n");
+    let (status, body) = gateway.reload(&client).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_or_oversized_model_is_refused_and_later_reloads_still_work() {
+    let fixture = CanaryFixture::start().await;
+    let gateway = GatewayProcess::start(&fixture.config(100, 0)).await;
+    let client = TestClient::new();
+    let cascade = |model: &str| {
+        format!(
+            "{}\n[[routes]]\nname = \"screen\"\nmatch = {{ model = \"screen\" }}\nbackends = [\"fraud-v1\"]\n\n[routes.cascade]\nmodel = \"{model}\"\naccept_below = 0.1\nreject_above = 0.9\n",
+            fixture.config(100, 0)
+        )
+    };
+    // A FIFO blocks whoever opens it until a writer comes: never opened.
+    let fifo = gateway.config_path.with_file_name("model.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    gateway.write_config(&cascade("model.fifo"));
+    let (status, body) = tokio::time::timeout(WAIT, gateway.reload(&client))
+        .await
+        .expect("a FIFO does not wedge the reload");
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(
+        body["error"]["errors"][0]["path"],
+        "routes[2].cascade.model"
+    );
+    assert!(
+        body["error"]["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a regular file"),
+        "{body}"
+    );
+    // 17 MiB of model: over the cap, refused before it is parsed.
+    gateway.write_file("huge.json", &" ".repeat(17 * 1024 * 1024));
+    gateway.write_config(&cascade("huge.json"));
+    let (status, body) = gateway.reload(&client).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["error"]["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("over the limit"),
+        "{body}"
+    );
+    // And the reloader still works.
+    gateway.write_config(&fixture.config(0, 100));
+    let (status, body) = gateway.reload(&client).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }

@@ -42,42 +42,31 @@ pub enum LoadError {
 /// The hash is of exactly the bytes that were parsed, so it always describes
 /// the config returned, even if the file changes again meanwhile.
 pub fn load_file(path: &Path) -> Result<LoadedConfig, LoadError> {
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+    let bytes = read_input(path, MAX_CONFIG_BYTES).map_err(|source| LoadError::Io {
         path: path.to_owned(),
         source,
     })?;
-    let hash = hash_bytes(&bytes);
     let text = std::str::from_utf8(&bytes).map_err(|e| {
         LoadError::Invalid(ConfigErrors(vec![ConfigError {
             path: String::new(),
             message: format!("file is not valid UTF-8: {e}"),
         }]))
     })?;
-    // Cascade models are part of the config: they are read here, relative
-    // to the config file, and their bytes go into the hash so a changed
-    // model is a changed config.
+    // Cascade models and the admin token are part of the config: they are
+    // read here, relative to the config file, and their bytes go into the
+    // hash, so a changed model or a rotated token is a changed config.
     let base = path.parent().unwrap_or_else(|| Path::new("."));
-    let mut hasher: Option<Sha256> = None;
+    let mut parts: Vec<(String, Vec<u8>)> = Vec::new();
     let mut load_model = |model_path: &str| {
         let full = base.join(model_path);
-        let model_bytes =
-            std::fs::read(&full).map_err(|e| format!("cannot read {}: {e}", full.display()))?;
+        let model_bytes = read_input(&full, MAX_MODEL_BYTES)
+            .map_err(|e| format!("cannot read {}: {e}", full.display()))?;
         let text = std::str::from_utf8(&model_bytes).map_err(|e| format!("not UTF-8: {e}"))?;
         let model = cascadia_cascade::LogisticModel::from_json(text).map_err(|e| e.to_string())?;
-        let h = hasher.get_or_insert_with(|| {
-            let mut h = Sha256::new();
-            h.update(&bytes);
-            h
-        });
-        h.update(model_path.as_bytes());
-        h.update(&model_bytes);
+        parts.push((model_path.to_owned(), model_bytes));
         Ok(model)
     };
     let config = crate::parse_with_models(text, &mut load_model).map_err(LoadError::Invalid)?;
-    let hash = match hasher {
-        Some(h) => hex(&h.finalize()),
-        None => hash,
-    };
     let admin_token = match &config.gateway.admin_token {
         None => None,
         Some(source) => Some(read_token(source, base).map_err(|message| {
@@ -91,12 +80,63 @@ pub fn load_file(path: &Path) -> Result<LoadedConfig, LoadError> {
             }]))
         })?),
     };
+    if let Some(token) = &admin_token {
+        // Only its digest, mixed with the rest, ever leaves this function.
+        parts.push(("admin token".to_owned(), token.expose().to_vec()));
+    }
+    let hash = if parts.is_empty() {
+        hash_bytes(&bytes)
+    } else {
+        let mut hasher = Sha256::new();
+        hasher.update(&bytes);
+        for (name, part) in &parts {
+            hasher.update(name.as_bytes());
+            hasher.update(part);
+        }
+        hex(&hasher.finalize())
+    };
     Ok(LoadedConfig {
         admin_token,
         config: Arc::new(config),
         hash,
         source: path.to_owned(),
     })
+}
+
+/// Most bytes of a config file: far above any real one, far below what
+/// would hurt to read.
+pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+/// Most bytes of a stage-1 model artifact.
+pub const MAX_MODEL_BYTES: u64 = 16 * 1024 * 1024;
+/// Most bytes of a token file.
+pub const MAX_TOKEN_BYTES: u64 = 64 * 1024;
+
+/// Reads a file the config names: a regular file (never a FIFO, socket or
+/// device, which could block the reader forever or never end) of at most
+/// `cap` bytes.
+pub fn read_input(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind, Read};
+    let metadata = std::fs::metadata(path)?;
+    if !metadata.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let too_large = |len: u64| {
+        Error::new(
+            ErrorKind::InvalidData,
+            format!("{len} bytes or more, over the limit of {cap}"),
+        )
+    };
+    if metadata.len() > cap {
+        return Err(too_large(metadata.len()));
+    }
+    let file = std::fs::File::open(path)?;
+    let mut bytes = Vec::with_capacity(metadata.len() as usize);
+    // The file may grow between the check and the read.
+    file.take(cap + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > cap {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
 }
 
 /// SHA-256 of `bytes` as lowercase hex.
@@ -109,8 +149,9 @@ fn read_token(
     let value = match source {
         crate::model::TokenSource::File(file) => {
             let path = base.join(file);
-            std::fs::read_to_string(&path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+            let bytes = read_input(&path, MAX_TOKEN_BYTES)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8", path.display()))?
         }
         crate::model::TokenSource::Env(name) => {
             std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?
@@ -138,6 +179,38 @@ fn hex(digest: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inputs_must_be_regular_files_under_their_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"12345").unwrap();
+        assert_eq!(read_input(&file, 5).unwrap(), b"12345");
+        let error = read_input(&file, 4).unwrap_err();
+        assert!(error.to_string().contains("over the limit of 4"), "{error}");
+        let error = read_input(dir.path(), 100).unwrap_err();
+        assert!(error.to_string().contains("not a regular file"), "{error}");
+    }
+
+    #[test]
+    fn a_rotated_token_file_changes_the_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[gateway]\nallow_no_routes = true\n[gateway.admin]\ntoken_file = \"token\"\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("token"), "first-token-0123456789").unwrap();
+        let first = load_file(&path).unwrap().hash;
+        std::fs::write(dir.path().join("token"), "second-token-0123456789").unwrap();
+        let second = load_file(&path).unwrap();
+        assert_ne!(first, second.hash);
+        assert_eq!(
+            second.admin_token.unwrap().expose(),
+            b"second-token-0123456789"
+        );
+    }
 
     #[test]
     fn hash_is_sha256_hex() {
@@ -208,7 +281,7 @@ mod tests {
         let path = dir.path().join("config.toml");
         std::fs::write(
             &path,
-            "[gateway]\nlisten = \"nope\"\nadmin_listen = \"x\"\n",
+            "[gateway]\nallow_no_routes = true\nlisten = \"nope\"\nadmin_listen = \"x\"\n",
         )
         .unwrap();
         match load_file(&path).unwrap_err() {

@@ -123,6 +123,10 @@ pub struct GatewaySettings {
     pub admin_token: Option<TokenSource>,
     /// OpenTelemetry trace export; `None` (the default) turns tracing off.
     pub tracing: Option<TracingSettings>,
+    /// Accept a config with no routes. Default false: an empty or cut-short
+    /// file (an in-place write, a failed template render, `> file`) is
+    /// rejected instead of turning every request into a 404.
+    pub allow_no_routes: bool,
 }
 
 /// OpenTelemetry traces, exported over OTLP/gRPC. Read at start-up: a

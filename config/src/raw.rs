@@ -31,6 +31,7 @@ pub(crate) struct RawGateway {
     pub redis: Option<RawRedis>,
     pub admin: Option<RawAdmin>,
     pub tracing: Option<RawTracing>,
+    pub allow_no_routes: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

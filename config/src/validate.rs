@@ -114,6 +114,15 @@ fn validate(raw: RawConfig, load_model: &mut ModelLoader<'_>) -> Result<Config, 
     let backends = backends(raw.backends, &mut errors);
     let known: HashSet<&str> = backends.iter().map(|b| b.name.as_str()).collect();
     let has_redis = gateway.redis.is_some();
+    // Any prefix of a valid file that TOML accepts is a valid config with
+    // fewer (or no) routes: refuse the no-routes case unless it is meant.
+    if raw.routes.is_empty() && !gateway.allow_no_routes {
+        errors.push(
+            "routes",
+            "the config has no routes (an empty or cut-short file?); \
+             set gateway.allow_no_routes = true to serve none",
+        );
+    }
     let routes = routes(raw.routes, &known, has_redis, load_model, &mut errors);
     errors.finish(Config {
         gateway,
@@ -151,6 +160,7 @@ fn gateway(raw: RawGateway, errors: &mut Collector) -> GatewaySettings {
         limits: limits(raw.limits, errors),
         redis: raw.redis.map(|r| redis(r, errors)),
         tracing: raw.tracing.map(|t| tracing_settings(t, errors)),
+        allow_no_routes: raw.allow_no_routes.unwrap_or(false),
         admin_token: raw
             .admin
             .and_then(|admin| match (admin.token_file, admin.token_env) {
@@ -1286,8 +1296,23 @@ endpoints = ["127.0.0.1:2"]
     }
 
     #[test]
+    fn an_empty_or_routeless_file_is_refused_unless_meant() {
+        for text in [
+            "",
+            "[gateway]\nlisten = \"127.0.0.1:0\"\n",
+            "[[backends]]\nname = \"a\"\nregion = \"r\"\nendpoints = [\"127.0.0.1:1\"]\n",
+        ] {
+            let errors = parse(text).unwrap_err();
+            assert!(
+                errors.0.iter().any(|e| e.path == "routes"),
+                "{text:?}: {errors}"
+            );
+        }
+    }
+
+    #[test]
     fn everything_optional_defaults() {
-        let config = parse("").unwrap();
+        let config = parse("[gateway]\nallow_no_routes = true\n").unwrap();
         assert_eq!(config.gateway.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(
             config.gateway.admin_listen,
@@ -1575,6 +1600,9 @@ backends = ["a"]
     #[test]
     fn endpoint_tables_and_h2c() {
         let text = r#"
+[gateway]
+allow_no_routes = true
+
 [[backends]]
 name = "grpc"
 region = "r"
@@ -1607,7 +1635,9 @@ connect_timeout = "250ms"
 
     #[test]
     fn display_is_one_error_per_line() {
-        let errs = parse("[gateway]\nlisten = \"x\"\nadmin_listen = \"y\"\n").unwrap_err();
+        let errs =
+            parse("[gateway]\nallow_no_routes = true\nlisten = \"x\"\nadmin_listen = \"y\"\n")
+                .unwrap_err();
         assert_eq!(
             errs.to_string(),
             "gateway.listen: invalid socket address \"x\" (expected e.g. \"0.0.0.0:8080\")\n\
@@ -1618,25 +1648,29 @@ connect_timeout = "250ms"
     #[test]
     fn listen_addresses_must_differ() {
         assert_eq!(
-            errors("[gateway]\nlisten = \"0.0.0.0:80\"\nadmin_listen = \"0.0.0.0:80\"\n"),
+            errors("[gateway]\nallow_no_routes = true\nlisten = \"0.0.0.0:80\"\nadmin_listen = \"0.0.0.0:80\"\n"),
             ["gateway.admin_listen: must differ from gateway.listen (0.0.0.0:80)"]
         );
         assert!(
-            parse("[gateway]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n").is_ok()
+            parse("[gateway]\nallow_no_routes = true\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n").is_ok()
         );
     }
 
     #[test]
     fn tracing_is_off_by_default_and_checked_when_set() {
-        assert!(parse("").unwrap().gateway.tracing.is_none());
+        assert!(parse("[gateway]\nallow_no_routes = true\n")
+            .unwrap()
+            .gateway
+            .tracing
+            .is_none());
         let config =
-            parse("[gateway.tracing]\notlp_endpoint = \"http://127.0.0.1:4317\"\n").unwrap();
+            parse("[gateway]\nallow_no_routes = true\n[gateway.tracing]\notlp_endpoint = \"http://127.0.0.1:4317\"\n").unwrap();
         let tracing = config.gateway.tracing.unwrap();
         assert_eq!(tracing.sample_ratio, 1.0);
         assert_eq!(tracing.service_name, "cascadia");
 
         let errs =
-            errors("[gateway.tracing]\notlp_endpoint = \"collector:4317\"\nsample_ratio = 1.5\n");
+            errors("[gateway]\nallow_no_routes = true\n[gateway.tracing]\notlp_endpoint = \"collector:4317\"\nsample_ratio = 1.5\n");
         assert_eq!(errs.len(), 2, "{errs:?}");
         assert!(
             errs[0].starts_with("gateway.tracing.otlp_endpoint"),

@@ -163,6 +163,9 @@ pub fn spawn(
     handle
 }
 
+/// Longest a reload may spend reading its files.
+const LOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 struct Reloader {
     source: PathBuf,
     snapshot: SharedSnapshot,
@@ -173,14 +176,25 @@ struct Reloader {
 impl Reloader {
     async fn reload(&self, trigger: Trigger) -> ReloadOutcome {
         let path = self.source.clone();
-        let loaded = tokio::task::spawn_blocking(move || cascadia_config::load_file(&path))
-            .await
-            .unwrap_or_else(|join_error| {
-                Err(LoadError::Io {
-                    path: self.source.clone(),
-                    source: std::io::Error::other(join_error.to_string()),
-                })
-            });
+        // Bounded: inputs are regular files under a size cap, but a stalled
+        // filesystem (or a file swapped for a FIFO after its check) could
+        // still block the read. A reload that takes too long is rejected,
+        // and its thread left behind, so it never holds up the next one.
+        let read = tokio::task::spawn_blocking(move || cascadia_config::load_file(&path));
+        let loaded = match tokio::time::timeout(LOAD_TIMEOUT, read).await {
+            Ok(Ok(loaded)) => loaded,
+            Ok(Err(join_error)) => Err(LoadError::Io {
+                path: self.source.clone(),
+                source: std::io::Error::other(join_error.to_string()),
+            }),
+            Err(_) => Err(LoadError::Io {
+                path: self.source.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("reading the config took over {LOAD_TIMEOUT:?}"),
+                ),
+            }),
+        };
         let current = self.snapshot.load_full();
         let outcome = match loaded {
             Ok(loaded) if loaded.hash == current.hash => ReloadOutcome::Unchanged {
