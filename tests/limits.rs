@@ -373,3 +373,43 @@ async fn a_shared_rate_limit_holds_across_replicas_and_falls_back_without_redis(
         .unwrap();
     assert!(fallbacks >= 5, "{fallbacks}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_password_never_reaches_the_log() {
+    let backend = crate::support::sim("b", "1", "us-east").await;
+    // Nothing listens there: every Redis call fails and is logged.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let limit = r#"rate_limit = { per_second = 100, burst = 100, key_header = "x-api-key", shared = true }"#;
+    let config = single_backend_config("b", backend.addr, limit).replacen(
+        "[[backends]]",
+        &format!(
+            "[gateway.redis]\nurl = \"redis://cascadia:hunter2-not-for-logs@{dead}/0\"\n\n[[backends]]"
+        ),
+        1,
+    );
+    let gateway = GatewayProcess::start_logged(&config).await;
+    let log = gateway.log.clone().expect("captured");
+    let client = TestClient::new();
+    let url = gateway.url("/v2/models/fraud/infer");
+    tokio::time::timeout(crate::support::WAIT, async {
+        loop {
+            let response = client.infer(&url, &[("x-api-key", "k")]).await;
+            assert_eq!(response.status, StatusCode::OK, "the local limit serves");
+            if log.lock().unwrap().contains("Redis failing") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the Redis failure was logged");
+    let log = log.lock().unwrap();
+    assert!(
+        log.contains("cascadia:***@"),
+        "the URL is logged, redacted: {log}"
+    );
+    assert!(!log.contains("hunter2"), "the password leaked: {log}");
+}

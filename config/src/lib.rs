@@ -27,6 +27,7 @@ pub mod watch;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use load::{hash_bytes, load_file, LoadError, LoadedConfig};
+pub use model::redact_url;
 pub use model::{
     Backend, Balancer, Cascade, Config, Endpoint, EntityFeatures, EntityKey, GatewaySettings,
     HealthCheck, HedgePolicy, Limits, OnUnavailable, OutlierDetection, RateLimit, RedisSettings,

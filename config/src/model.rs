@@ -395,9 +395,10 @@ impl std::fmt::Debug for Secret {
 }
 
 /// The Redis tier of the feature cache.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisSettings {
-    /// `redis://host:port/db`.
+    /// `redis://host:port/db`, maybe with `user:password@`: never log it,
+    /// log [`RedisSettings::redacted_url`].
     pub url: String,
     /// Default 100ms.
     pub connect_timeout: Timeout,
@@ -406,6 +407,68 @@ pub struct RedisSettings {
     pub response_timeout: Timeout,
     /// Prefix of every key. Default `cascadia:features:`.
     pub key_prefix: String,
+}
+
+impl RedisSettings {
+    /// The URL with its password (or lone secret) replaced by `***`.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &self.redacted_url())
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
+}
+
+/// `scheme://user:secret@host/…` as `scheme://user:***@host/…`
+/// (`scheme://secret@host` as `scheme://***@host`): what a log may show.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &rest[..at];
+    let shown = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => "***".to_owned(),
+    };
+    format!("{}{shown}{}", &url[..scheme_end], &rest[at..])
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_survive_redaction() {
+        for (url, shown) in [
+            ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+            (
+                "redis://app:hunter2@redis:6379/0",
+                "redis://app:***@redis:6379/0",
+            ),
+            ("rediss://:hunter2@redis:6380", "rediss://:***@redis:6380"),
+            ("redis://hunter2@redis", "redis://***@redis"),
+            ("redis://a:p@ss:w@rd@host/1", "redis://a:***@host/1"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redact_url(url), shown);
+            if shown != url {
+                assert!(!redact_url(url).contains("hunter2"));
+            }
+        }
+    }
 }
 
 /// What a cascade does when stage 2 is down or out of time.

@@ -11,6 +11,7 @@ pub mod redis;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -170,6 +171,9 @@ pub struct GatewayProcess {
     pub addr: std::net::SocketAddr,
     pub admin: std::net::SocketAddr,
     pub config_path: PathBuf,
+    /// Everything the gateway logged, for [`GatewayProcess::start_logged`];
+    /// otherwise its log goes to the test's stderr.
+    pub log: Option<Arc<std::sync::Mutex<String>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -207,6 +211,11 @@ impl GatewayProcess {
         Self::launch(dir, config_path, extra_args).await
     }
 
+    /// [`GatewayProcess::start`], keeping what the gateway logs in `log`.
+    pub async fn start_logged(config: &str) -> Self {
+        Self::start_with(config, &["--capture-log"]).await
+    }
+
     /// Kills the gateway (SIGKILL) and starts a new process on the same
     /// config folder, so whatever it saved there is found again.
     pub async fn restart(mut self) -> Self {
@@ -218,10 +227,12 @@ impl GatewayProcess {
         // `--watch` is the harness's own marker: watching is the binary's
         // default, so it is dropped; without it the harness adds --no-watch.
         let watch = extra_args.contains(&"--watch");
+        // `--capture-log` is the harness's too: stderr is kept, not shown.
+        let capture = extra_args.contains(&"--capture-log");
         let extra_args: Vec<&str> = extra_args
             .iter()
             .copied()
-            .filter(|a| *a != "--watch" && *a != "--no-watch")
+            .filter(|a| !matches!(*a, "--watch" | "--no-watch" | "--capture-log"))
             .collect();
         let mut child = Command::new(env!("CARGO_BIN_EXE_cascadia"))
             .args(["run", "--workers", "2", "--log", "warn", "--config"])
@@ -229,10 +240,27 @@ impl GatewayProcess {
             .args(&extra_args)
             .args((!watch).then_some("--no-watch"))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(if capture {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
             .kill_on_drop(true)
             .spawn()
             .expect("spawn cascadia");
+        let log = child.stderr.take().map(|stderr| {
+            let log = Arc::new(std::sync::Mutex::new(String::new()));
+            let sink = Arc::clone(&log);
+            let mut lines = BufReader::new(stderr).lines();
+            tokio::spawn(async move {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let mut log = sink.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+            log
+        });
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let (addr, admin) = tokio::time::timeout(WAIT, async {
@@ -261,6 +289,7 @@ impl GatewayProcess {
             addr,
             admin,
             config_path,
+            log,
             _dir: dir,
         }
     }

@@ -46,7 +46,7 @@ pub struct RedisStats {
 impl std::fmt::Debug for RedisTier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisTier")
-            .field("url", &self.settings.url)
+            .field("url", &self.settings.redacted_url())
             .finish_non_exhaustive()
     }
 }
@@ -236,7 +236,7 @@ impl RedisTier {
     fn failed(&self) {
         self.stats.errors.fetch_add(1, Ordering::Relaxed);
         if self.breaker.failure() {
-            tracing::warn!(url = %self.settings.url, "Redis failing: feature cache and shared rate limits bypass it for {OPEN_FOR:?}");
+            tracing::warn!(url = %self.settings.redacted_url(), "Redis failing: feature cache and shared rate limits bypass it for {OPEN_FOR:?}");
         }
     }
 }
