@@ -869,7 +869,7 @@ async fn the_drill_command_runs_a_drill_and_prints_the_report() {
         .send(
             Method::POST,
             &gateway.admin_url("/admin/drills"),
-            &[],
+            crate::support::JSON,
             r#"{"region":"us-east","fault":"meteor","duration_s":1}"#,
         )
         .await;
@@ -878,7 +878,7 @@ async fn the_drill_command_runs_a_drill_and_prints_the_report() {
         .send(
             Method::POST,
             &gateway.admin_url("/admin/drills"),
-            &[],
+            crate::support::JSON,
             r#"{"region":"mars","fault":"blackhole","duration_s":1}"#,
         )
         .await;

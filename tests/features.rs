@@ -358,7 +358,7 @@ async fn a_redis_drill_needs_a_configured_redis() {
         .send(
             Method::POST,
             &gateway.admin_url("/admin/drills"),
-            &[],
+            crate::support::JSON,
             r#"{"fault": "redis", "duration_s": 1}"#,
         )
         .await;

@@ -222,23 +222,69 @@ async fn admin_changes_need_the_bearer_token_when_one_is_configured() {
 
     let bearer = format!("Bearer {token}");
     let right = client
-        .send(Method::POST, &url, &[("authorization", &bearer)], "")
+        .send(
+            Method::POST,
+            &url,
+            &[
+                ("authorization", &bearer),
+                ("content-type", "application/json"),
+            ],
+            "",
+        )
         .await;
     assert_eq!(right.status, StatusCode::OK);
-    // Reading needs no token.
-    assert_eq!(gateway.admin_config(&client).await["version"], 1);
+    // Reads need the token too: the admin API shows endpoint addresses.
+    let read = client.get(&gateway.admin_url("/admin/backends"), &[]).await;
+    assert_eq!(read.status, StatusCode::UNAUTHORIZED);
+    let read = client
+        .get(
+            &gateway.admin_url("/admin/config"),
+            &[("authorization", &bearer)],
+        )
+        .await;
+    assert_eq!(read.json()["version"], 1);
+    // A cross-site form post carries no JSON type: refused even with the
+    // token (a browser could hold it in no header, but the rule is one).
+    let form = client
+        .send(
+            Method::POST,
+            &url,
+            &[
+                ("authorization", &bearer),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            "a=b",
+        )
+        .await;
+    assert_eq!(form.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
 
     // A rotated token file is a changed config: the reload applies it,
     // though the config file itself did not change.
     let rotated = "r0tated-admin-token-0123456789";
     gateway.write_file("admin.token", &format!("{rotated}\n"));
     let applied = client
-        .send(Method::POST, &url, &[("authorization", &bearer)], "")
+        .send(
+            Method::POST,
+            &url,
+            &[
+                ("authorization", &bearer),
+                ("content-type", "application/json"),
+            ],
+            "",
+        )
         .await;
     assert_eq!(applied.status, StatusCode::OK);
     assert_eq!(applied.json()["status"], "applied", "{:?}", applied.json());
     let old = client
-        .send(Method::POST, &url, &[("authorization", &bearer)], "")
+        .send(
+            Method::POST,
+            &url,
+            &[
+                ("authorization", &bearer),
+                ("content-type", "application/json"),
+            ],
+            "",
+        )
         .await;
     assert_eq!(
         old.status,
@@ -249,7 +295,10 @@ async fn admin_changes_need_the_bearer_token_when_one_is_configured() {
         .send(
             Method::POST,
             &url,
-            &[("authorization", &format!("Bearer {rotated}"))],
+            &[
+                ("authorization", &format!("Bearer {rotated}")),
+                ("content-type", "application/json"),
+            ],
             "",
         )
         .await;
@@ -339,4 +388,77 @@ async fn a_fifo_or_oversized_model_is_refused_and_later_reloads_still_work() {
     gateway.write_config(&fixture.config(0, 100));
     let (status, body) = gateway.reload(&client).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_refuses_cross_site_posts_foreign_hosts_and_wild_numbers() {
+    let fixture = CanaryFixture::start().await;
+    let gateway = GatewayProcess::start(&fixture.config(100, 0)).await;
+    let client = TestClient::new();
+    let drain = gateway.admin_url("/admin/regions/us-east/drain");
+    // What a page on another site can send without a preflight: a form, a
+    // text/plain body, or no body at all.
+    for headers in [
+        &[("content-type", "application/x-www-form-urlencoded")][..],
+        &[("content-type", "text/plain")],
+        &[],
+    ] {
+        let response = client.send(Method::POST, &drain, headers, "").await;
+        assert_eq!(
+            response.status,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{headers:?}"
+        );
+    }
+    let regions = client
+        .get(&gateway.admin_url("/admin/regions"), &[])
+        .await
+        .json();
+    assert!(
+        regions.to_string().contains("\"drained\":false"),
+        "nothing was drained: {regions}"
+    );
+    // DNS rebinding: a page's own name pointed at 127.0.0.1.
+    let rebound = client
+        .get(
+            &gateway.admin_url("/admin/backends"),
+            &[("host", "evil.example:9901")],
+        )
+        .await;
+    assert_eq!(rebound.status, StatusCode::FORBIDDEN);
+    for host in ["localhost:9901", "127.0.0.1", "[::1]:9901"] {
+        let ok = client
+            .get(&gateway.admin_url("/admin/backends"), &[("host", host)])
+            .await;
+        assert_eq!(ok.status, StatusCode::OK, "{host}");
+    }
+    // A number that would overflow a Duration is a 400, not a panic.
+    for body in [
+        r#"{"region":"us-east","fault":"blackhole","duration_s":1,"abort_p99_ms":1e300}"#,
+        r#"{"region":"us-east","fault":"latency","duration_s":1,"latency_ms":18446744073709551615}"#,
+    ] {
+        let response = client
+            .send(
+                Method::POST,
+                &gateway.admin_url("/admin/drills"),
+                crate::support::JSON,
+                body,
+            )
+            .await;
+        assert_eq!(response.status, StatusCode::BAD_REQUEST, "{body}");
+    }
+    assert_eq!(
+        gateway.admin_config(&client).await["version"],
+        1,
+        "still up"
+    );
+}
+
+#[test]
+fn an_admin_api_open_to_other_hosts_needs_a_token() {
+    let text = "[gateway]\nadmin_listen = \"0.0.0.0:0\"\nallow_no_routes = true\n";
+    let errors = cascadia_config::parse(text).unwrap_err();
+    assert_eq!(errors.0[0].path, "gateway.admin_listen", "{errors}");
+    let insecure = format!("{text}[gateway.admin]\ninsecure = true\n");
+    assert!(cascadia_config::parse(&insecure).is_ok());
 }

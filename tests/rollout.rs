@@ -107,7 +107,7 @@ async fn act(
         .send(
             Method::POST,
             &gateway.admin_url(&format!("/admin/rollouts/fraud/{action}")),
-            &[],
+            crate::support::JSON,
             "",
         )
         .await

@@ -123,6 +123,13 @@ pub struct GatewaySettings {
     pub admin_token: Option<TokenSource>,
     /// OpenTelemetry trace export; `None` (the default) turns tracing off.
     pub tracing: Option<TracingSettings>,
+    /// Serve the admin API on a non-loopback `admin_listen` without a
+    /// token. Default false: such a config is refused.
+    pub admin_insecure: bool,
+    /// Host names (besides IP literals and `localhost`) the admin API
+    /// answers to; any other `Host` is refused, against DNS rebinding.
+    /// Lowercase. Default none.
+    pub admin_allowed_hosts: Vec<String>,
     /// Accept a config with no routes. Default false: an empty or cut-short
     /// file (an in-place write, a failed template render, `> file`) is
     /// rejected instead of turning every request into a 404.

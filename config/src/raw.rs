@@ -47,6 +47,8 @@ pub(crate) struct RawTracing {
 pub(crate) struct RawAdmin {
     pub token_file: Option<String>,
     pub token_env: Option<String>,
+    pub insecure: Option<bool>,
+    pub allowed_hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

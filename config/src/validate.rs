@@ -154,7 +154,36 @@ fn gateway(raw: RawGateway, errors: &mut Collector) -> GatewaySettings {
     // The placeholder is never served: an error was recorded, so the whole
     // config is rejected.
     let placeholder = SocketAddr::from(([127, 0, 0, 1], 0));
+    let (insecure, allowed_hosts) = raw.admin.as_ref().map_or((false, Vec::new()), |a| {
+        (
+            a.insecure.unwrap_or(false),
+            a.allowed_hosts
+                .iter()
+                .flatten()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .collect(),
+        )
+    });
+    let has_token = raw
+        .admin
+        .as_ref()
+        .is_some_and(|a| a.token_file.is_some() || a.token_env.is_some());
+    // The admin API can drain regions and swap configs: reachable from
+    // other hosts, it needs a token unless the operator says otherwise.
+    if let Some(addr) = admin_listen {
+        if !addr.ip().is_loopback() && !has_token && !insecure {
+            errors.push(
+                "gateway.admin_listen",
+                format!(
+                    "{addr} is reachable from other hosts and the admin API has no token: \
+                     set gateway.admin.token_file or token_env (or gateway.admin.insecure = true)"
+                ),
+            );
+        }
+    }
     GatewaySettings {
+        admin_insecure: insecure,
+        admin_allowed_hosts: allowed_hosts,
         listen: listen.unwrap_or(placeholder),
         admin_listen: admin_listen.unwrap_or(placeholder),
         limits: limits(raw.limits, errors),

@@ -18,10 +18,14 @@
 //! | POST | `/admin/regions/{region}/restore` | lets traffic back into a drained region |
 //!
 //! Mutations only accept POST (a GET gets 405), so a crawler or a
-//! prefetching browser cannot change anything. When `gateway.admin` names a
-//! token, every mutation needs `Authorization: Bearer <token>` (compared in
-//! constant time; 401 otherwise), and every mutation attempt is written to
-//! the audit log (target `cascadia::audit`): who, what, when, result.
+//! prefetching browser cannot change anything, and only with
+//! `Content-Type: application/json` (415 otherwise), which a cross-site
+//! form or "simple" fetch cannot send. When `gateway.admin` names a token,
+//! every request needs `Authorization: Bearer <token>`, reads included
+//! (compared in constant time; 401 otherwise). A `Host` other than an IP
+//! literal, `localhost` or a name in `gateway.admin.allowed_hosts` gets 403
+//! (DNS rebinding). Every mutation attempt is written to the audit log
+//! (target `cascadia::audit`): who, what, when, result.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -77,18 +81,32 @@ impl Admin {
     }
 
     /// Answers one admin request from `peer`.
+    ///
+    /// In order: a `Host` that is not an IP literal, `localhost` or an
+    /// allowed name is refused (DNS rebinding); with a token configured,
+    /// every request needs it, reads included; a change (POST) needs
+    /// `Content-Type: application/json`, which a cross-site "simple"
+    /// request cannot send; every change attempt is audit-logged.
     pub async fn handle(
         &self,
         request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<ResponseBody> {
+        if !self.host_allowed(&request) {
+            return json_response(StatusCode::FORBIDDEN, json!({"error": "host not allowed"}));
+        }
+        let authorized = self.authorized(&request);
         if request.method() == Method::POST {
             let path = request.uri().path().to_owned();
-            let authorized = self.authorized(&request);
-            let response = if authorized {
-                self.route(request).await
-            } else {
+            let response = if !authorized {
                 unauthorized()
+            } else if !is_json(&request) {
+                json_response(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    json!({"error": "admin changes need Content-Type: application/json"}),
+                )
+            } else {
+                self.route(request).await
             };
             tracing::info!(
                 target: "cascadia::audit",
@@ -101,7 +119,32 @@ impl Admin {
             );
             return response;
         }
+        if !authorized {
+            return unauthorized();
+        }
         self.route(request).await
+    }
+
+    /// Whether the `Host` names this admin API: absent, an IP literal,
+    /// `localhost`, or one of `gateway.admin.allowed_hosts`.
+    fn host_allowed<B>(&self, request: &Request<B>) -> bool {
+        let Some(host) = request.headers().get(http::header::HOST) else {
+            return true;
+        };
+        let Ok(host) = host.to_str() else {
+            return false;
+        };
+        let name = match host.strip_prefix('[') {
+            // `[v6]:port`
+            Some(rest) => rest.split(']').next().unwrap_or_default(),
+            None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+        };
+        if name.parse::<std::net::IpAddr>().is_ok() || name.eq_ignore_ascii_case("localhost") {
+            return true;
+        }
+        let snapshot = self.snapshot.load();
+        let allowed = &snapshot.config.gateway.admin_allowed_hosts;
+        allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
     }
 
     /// Whether the request carries the configured token (always true when
@@ -438,6 +481,9 @@ impl Admin {
     }
 }
 
+/// How long an admin client may take to send a request head.
+const ADMIN_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves the admin API on `listener` until `shutdown` turns true.
 pub async fn serve(listener: TcpListener, admin: Admin, mut shutdown: watch::Receiver<bool>) {
     loop {
@@ -457,7 +503,12 @@ pub async fn serve(listener: TcpListener, admin: Admin, mut shutdown: watch::Rec
                 let admin = admin.clone();
                 async move { Ok::<_, Infallible>(admin.handle(request, peer).await) }
             });
+            // A client that never finishes its head (or idles between
+            // requests) is dropped: an admin connection costs a task and an
+            // fd like any other.
             let _ = http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(ADMIN_HEAD_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
@@ -481,10 +532,19 @@ fn drill_spec(body: &[u8]) -> Result<DrillSpec, String> {
     if !(raw.duration_s > 0.0 && raw.duration_s <= 3600.0) {
         return Err("duration_s must be within (0, 3600]".to_owned());
     }
+    // Bounded, so no number a client sends can overflow a Duration.
     if let Some(p99) = raw.abort_p99_ms {
-        if !(p99 > 0.0 && p99.is_finite()) {
-            return Err("abort_p99_ms must be positive".to_owned());
+        if !(p99 > 0.0 && p99 <= 3_600_000.0) {
+            return Err("abort_p99_ms must be within (0, 3600000]".to_owned());
         }
+    }
+    if let Some(rate) = raw.abort_error_rate {
+        if !(0.0..=1.0).contains(&rate) {
+            return Err("abort_error_rate must be within 0..=1".to_owned());
+        }
+    }
+    if raw.latency_ms.is_some_and(|ms| ms > 60_000) {
+        return Err("latency_ms must be at most 60000".to_owned());
     }
     if raw.fault == "redis" {
         return Ok(DrillSpec {
@@ -569,6 +629,16 @@ fn failure_json(failure: &ReloadFailure) -> Value {
         "errors": failure.errors.iter().map(|e| json!({"path": e.path, "message": e.message})).collect::<Vec<_>>(),
         "at_unix": failure.at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
     })
+}
+
+/// `Content-Type: application/json` (parameters such as a charset allowed).
+fn is_json<B>(request: &Request<B>) -> bool {
+    request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// Compares without an early exit, so the time taken does not reveal how

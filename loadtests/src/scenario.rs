@@ -343,7 +343,8 @@ fn http_action(
         return Err(format!("url {url:?} must be http://host[:port]/path"));
     }
     let mut headers = HeaderMap::new();
-    if body.is_some() {
+    // The admin API takes changes only as JSON (a CSRF defence).
+    if body.is_some() || method == Method::POST {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
     if let Some(token) = token {

@@ -26,6 +26,9 @@ use tokio::process::{Child, Command};
 /// How long any single wait in a test may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// The content type every admin change must carry.
+pub const JSON: &[(&str, &str)] = &[("content-type", "application/json")];
+
 /// A one-row OIP inference body.
 pub const INFER_BODY: &str =
     r#"{"inputs":[{"name":"features","shape":[1,4],"datatype":"FP32","data":[0.5,1.0,-0.5,2.0]}]}"#;
@@ -313,7 +316,7 @@ impl GatewayProcess {
     /// report once it has completed or aborted.
     pub async fn run_drill(&self, client: &TestClient, body: &str) -> serde_json::Value {
         let started = client
-            .send(Method::POST, &self.admin_url("/admin/drills"), &[], body)
+            .send(Method::POST, &self.admin_url("/admin/drills"), JSON, body)
             .await;
         assert_eq!(started.status, StatusCode::ACCEPTED, "{:?}", started.json());
         let id = started.json()["id"].as_u64().expect("drill id");
@@ -365,7 +368,7 @@ impl GatewayProcess {
             .send(
                 Method::POST,
                 &self.admin_url("/admin/config/reload"),
-                &[],
+                JSON,
                 "",
             )
             .await;
@@ -411,7 +414,7 @@ impl GatewayProcess {
     /// `POST`s to an admin path with an empty body.
     pub async fn admin_post(&self, client: &TestClient, path: &str) -> TestResponse {
         client
-            .send(Method::POST, &self.admin_url(path), &[], "")
+            .send(Method::POST, &self.admin_url(path), JSON, "")
             .await
     }
 
