@@ -920,3 +920,73 @@ async fn a_drill_whose_p99_passes_the_limit_is_aborted_early() {
     // Aborted well before the 10 s the drill asked for.
     assert!(report["requests"].as_u64().unwrap() >= 20, "{report}");
 }
+
+/// A request the model server fails with a 500 every time (MLServer's
+/// "Expected 2D array"): `sim_poison` makes the sim do that.
+const POISON: &str = r#"{"parameters":{"sim_poison":true},"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}]}"#;
+
+/// How many endpoints `/admin/backends` shows ejected.
+async fn ejected_endpoints(client: &TestClient, gateway: &GatewayProcess) -> usize {
+    let backends = client
+        .get(&gateway.admin_url("/admin/backends"), &[])
+        .await
+        .json();
+    backends["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|b| b["endpoints"].as_array().unwrap().clone())
+        .filter(|e| e["ejected"] == true)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_of_death_fails_itself_and_ejects_nothing() {
+    let regions = Regions::start().await;
+    let gateway = GatewayProcess::start(&regions.config("2s")).await;
+    let client = TestClient::new();
+    let url = gateway.url("/v2/models/fraud/infer");
+    let headers = [("content-type", "application/json")];
+    // A client repeating its malformed request, far past the ejection
+    // threshold of 3.
+    for _ in 0..12 {
+        let response = client.send(Method::POST, &url, &headers, POISON).await;
+        assert_eq!(
+            response.status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the server's own answer"
+        );
+    }
+    assert_eq!(ejected_endpoints(&client, &gateway).await, 0);
+    // Everyone else is served by the preferred region as before.
+    for _ in 0..20 {
+        let response = client.infer(&url, &[]).await;
+        assert_eq!(response.status, StatusCode::OK);
+        assert_eq!(response.backend(), "fraud-us-east");
+    }
+    let calls: u64 = regions
+        .us_east
+        .iter()
+        .chain([&regions.eu_west, &regions.ap_south])
+        .map(|s| s.control.infer_requests())
+        .sum();
+    assert_eq!(calls, 12 + 20, "a 500 is not retried elsewhere");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_5xx_ejects_when_the_outlier_policy_says_so() {
+    let regions = Regions::start().await;
+    let config = regions.config("2s").replace(
+        "timeout = \"2s\"\nbalancer",
+        "timeout = \"2s\"\noutlier = { failure_statuses = \"5xx\" }\nbalancer",
+    );
+    assert!(config.contains("failure_statuses"));
+    let gateway = GatewayProcess::start(&config).await;
+    let client = TestClient::new();
+    let url = gateway.url("/v2/models/fraud/infer");
+    let headers = [("content-type", "application/json")];
+    for _ in 0..12 {
+        client.send(Method::POST, &url, &headers, POISON).await;
+    }
+    assert!(ejected_endpoints(&client, &gateway).await > 0);
+}

@@ -302,6 +302,12 @@ impl BackendPool {
             .nth(fastrand::usize(..candidates))
     }
 
+    /// Whether an answer with `status` counts against the endpoint that
+    /// gave it (the outlier policy's `failure_statuses`).
+    pub fn counts_as_failure(&self, status: http::StatusCode) -> bool {
+        self.outlier.failure_statuses.counts(status)
+    }
+
     /// Records an attempt's outcome at `endpoint`, applying outlier
     /// detection with the pool's cap on how much of it may be ejected.
     pub fn record(&self, endpoint: &Endpoint, outcome: Outcome, now: Instant) {

@@ -275,6 +275,34 @@ pub struct OutlierDetection {
     /// region whose endpoints all fail must be able to fail over. Lower it
     /// for single-region pools where partial capacity beats none.
     pub max_ejected_percent: u32,
+    /// Which answers count as the endpoint's failures. Default
+    /// [`FailureStatuses::Gateway`].
+    pub failure_statuses: FailureStatuses,
+}
+
+/// Which HTTP answers of an endpoint count toward its ejection (besides
+/// connect errors, resets and timeouts, which always do).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailureStatuses {
+    /// 502, 503 and 504: the server or what is behind it is unwell. A 500
+    /// is often the request's own fault (a model server's "query of
+    /// death": MLServer answers a malformed tensor with 500), and one
+    /// client repeating it must not eject healthy endpoints. Envoy keeps
+    /// `consecutive_gateway_failure` apart for the same reason.
+    #[default]
+    Gateway,
+    /// Every 5xx, 500 included.
+    Any5xx,
+}
+
+impl FailureStatuses {
+    /// Whether an answer with `status` counts against the endpoint.
+    pub fn counts(self, status: http::StatusCode) -> bool {
+        match self {
+            Self::Gateway => matches!(status.as_u16(), 502..=504),
+            Self::Any5xx => status.is_server_error(),
+        }
+    }
 }
 
 impl Default for OutlierDetection {
@@ -284,6 +312,7 @@ impl Default for OutlierDetection {
             base_ejection: Timeout::from_secs_unchecked(1),
             max_ejection: Timeout::from_secs_unchecked(30),
             max_ejected_percent: 100,
+            failure_statuses: FailureStatuses::Gateway,
         }
     }
 }

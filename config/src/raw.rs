@@ -96,6 +96,7 @@ pub(crate) struct RawOutlier {
     pub base_ejection: Option<String>,
     pub max_ejection: Option<String>,
     pub max_ejected_percent: Option<u32>,
+    pub failure_statuses: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

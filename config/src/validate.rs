@@ -397,6 +397,17 @@ fn outlier(raw: RawOutlier, at: &str, errors: &mut Collector) -> OutlierDetectio
             &format!("{at}.max_ejected_percent"),
             errors,
         ),
+        failure_statuses: match raw.failure_statuses.as_deref() {
+            None | Some("gateway") => crate::model::FailureStatuses::Gateway,
+            Some("5xx") => crate::model::FailureStatuses::Any5xx,
+            Some(other) => {
+                errors.push(
+                    format!("{at}.failure_statuses"),
+                    format!("{other:?} is not \"gateway\" (502, 503, 504) or \"5xx\""),
+                );
+                defaults.failure_statuses
+            }
+        },
     };
     if detection.base_ejection > detection.max_ejection {
         errors.push(
@@ -1677,7 +1688,7 @@ connect_timeout = "250ms"
     #[test]
     fn listen_addresses_must_differ() {
         assert_eq!(
-            errors("[gateway]\nallow_no_routes = true\nlisten = \"0.0.0.0:80\"\nadmin_listen = \"0.0.0.0:80\"\n"),
+            errors("[gateway]\nallow_no_routes = true\nlisten = \"0.0.0.0:80\"\nadmin_listen = \"0.0.0.0:80\"\n[gateway.admin]\ninsecure = true\n"),
             ["gateway.admin_listen: must differ from gateway.listen (0.0.0.0:80)"]
         );
         assert!(

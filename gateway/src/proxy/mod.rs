@@ -694,7 +694,11 @@ async fn send_attempt<'t>(
         }
     };
     let outcome = match &result {
-        Ok(response) if response.status().is_server_error() => Some(Outcome::Failure),
+        Ok(response) if pool.counts_as_failure(response.status()) => Some(Outcome::Failure),
+        // Another 5xx (a 500, by default) may be the request's own fault:
+        // it neither ejects the endpoint nor counts as a fast success that
+        // would draw more traffic to it.
+        Ok(response) if response.status().is_server_error() => None,
         Ok(_) => Some(Outcome::Success(sent.elapsed())),
         // The client's body failed: says nothing about the endpoint.
         Err(error) if error.kind() == UpstreamErrorKind::RequestBody => None,

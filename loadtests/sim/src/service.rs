@@ -5,7 +5,8 @@
 //! Only the *data plane* — inference (REST and gRPC) and the echo route — waits for the
 //! latency model and rolls for injected errors. Health, readiness, metadata and `/sim/*`
 //! answer at once, so a test that sets `error_rate = 1.0` breaks inference without also
-//! making health checks flap.
+//! making health checks flap. A REST inference request with the parameter
+//! `"sim_poison": true` always gets a 500, like a model server's query of death.
 
 use std::sync::Arc;
 
@@ -26,6 +27,9 @@ use cascadia_oip::path::{self, OipKind, OipPath};
 use crate::body::SimBody;
 use crate::control::{settings_json, ControlRequest, SimControl};
 use crate::{grpc, model, SimConfig};
+
+/// Request parameter that makes an inference call fail with a 500.
+pub const POISON_PARAMETER: &str = "sim_poison";
 
 pub(crate) const X_SIM_NAME: HeaderName = HeaderName::from_static("x-sim-name");
 pub(crate) const X_SIM_VERSION: HeaderName = HeaderName::from_static("x-sim-version");
@@ -249,6 +253,21 @@ async fn infer_rest(shared: &Shared, req: Request<Incoming>) -> Response<SimBody
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed request: {e}")),
     };
+    // A "query of death": a request this server fails on, every time and on
+    // every endpoint, with a 500, as MLServer answers a tensor its model
+    // cannot take ("Expected 2D array").
+    if request
+        .parameters
+        .as_ref()
+        .and_then(|p| p.get(POISON_PARAMETER))
+        .and_then(serde_json::Value::as_bool)
+        == Some(true)
+    {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Expected 2D array, got 1D array instead",
+        );
+    }
     let Some(input) = request
         .inputs
         .iter()
