@@ -990,3 +990,43 @@ async fn every_5xx_ejects_when_the_outlier_policy_says_so() {
     }
     assert!(ejected_endpoints(&client, &gateway).await > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_body_is_a_408_and_ejects_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let regions = Regions::start().await;
+    let gateway = GatewayProcess::start(&regions.config("300ms")).await;
+    let client = TestClient::new();
+    // A chunked upload that pauses longer than the backend timeout, more
+    // times than it takes to eject an endpoint (3).
+    for _ in 0..5 {
+        let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+        let head = "POST /v2/models/fraud/infer HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(b"a\r\n{\"inputs\":\r\n").await.unwrap();
+        // The slowness under test, not a synchronization.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let _ = stream.write_all(b"0\r\n\r\n").await;
+        let mut response = Vec::new();
+        let _ = tokio::time::timeout(WAIT, async {
+            let mut buf = [0u8; 1024];
+            while !response.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => response.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        let response = String::from_utf8_lossy(&response);
+        assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    }
+    assert_eq!(ejected_endpoints(&client, &gateway).await, 0);
+    for _ in 0..10 {
+        let response = client
+            .infer(&gateway.url("/v2/models/fraud/infer"), &[])
+            .await;
+        assert_eq!(response.status, StatusCode::OK);
+        assert_eq!(response.backend(), "fraud-us-east", "no failover either");
+    }
+}

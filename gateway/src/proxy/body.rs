@@ -1,8 +1,11 @@
 //! Bodies on the data plane: the response body the gateway sends (streamed
-//! from upstream, or a small local answer), and the request-body size limit.
+//! from upstream, or a small local answer), the request-body size limit,
+//! and the progress of a streamed request body (whose side a timeout is).
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -277,6 +280,70 @@ where
             Some(Err(error)) => Poll::Ready(Some(Err(error.into()))),
             None => Poll::Ready(None),
         }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Where a streamed request body stands. An attempt that times out while
+/// the gateway is waiting on the *client* for body data failed because of
+/// the client (a slow upload), not the endpoint: it must not count toward
+/// ejection. Waiting on the upstream to take data it was handed, or for
+/// its answer, is the upstream's.
+#[derive(Debug, Default)]
+pub struct BodyProgress(AtomicU8);
+
+const NOT_POLLED: u8 = 0;
+const WAITING_ON_CLIENT: u8 = 1;
+const HANDED_OVER: u8 = 2;
+const DONE: u8 = 3;
+
+impl BodyProgress {
+    /// The last poll found no data from the client yet.
+    pub fn waiting_on_client(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == WAITING_ON_CLIENT
+    }
+}
+
+pin_project! {
+    /// A request body that reports its [`BodyProgress`].
+    pub struct TrackedBody<B> {
+        #[pin]
+        inner: B,
+        progress: Arc<BodyProgress>,
+    }
+}
+
+impl<B> TrackedBody<B> {
+    pub fn new(inner: B, progress: Arc<BodyProgress>) -> Self {
+        progress.0.store(NOT_POLLED, Ordering::Relaxed);
+        Self { inner, progress }
+    }
+}
+
+impl<B: Body> Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        let state = match &polled {
+            Poll::Pending => WAITING_ON_CLIENT,
+            Poll::Ready(Some(Ok(_))) => HANDED_OVER,
+            Poll::Ready(_) => DONE,
+        };
+        this.progress.0.store(state, Ordering::Relaxed);
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

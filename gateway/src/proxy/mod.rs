@@ -423,7 +423,7 @@ impl Proxy {
             if attempt > 0 {
                 bump(&route.stats.retries);
             }
-            let primary = send_attempt(target, index, endpoint, request, per_try);
+            let primary = send_attempt(target, index, endpoint, request, per_try, body.progress());
             let finished = match hedge {
                 None => primary.await,
                 Some(hedge) => {
@@ -446,7 +446,7 @@ impl Proxy {
                                     let upstream = UpstreamHead { parts: &mut parts, path_and_query: &path_and_query, grpc };
                                     let request = upstream.build(&mut body, target, index, endpoint, remaining, false)?;
                                     let per_try = per_try_timeout(&target.pools[index], remaining);
-                                    let secondary = send_attempt(target, index, endpoint, request, per_try);
+                                    let secondary = send_attempt(target, index, endpoint, request, per_try, None);
                                     tokio::pin!(secondary);
                                     first_good(primary, secondary).await
                                 }
@@ -531,6 +531,13 @@ impl Proxy {
                             },
                             None => GatewayError::RequestBody(source),
                         });
+                    }
+                    if source.kind() == UpstreamErrorKind::Timeout
+                        && body.progress().is_some_and(|p| p.waiting_on_client())
+                    {
+                        // The client's upload was too slow for the backend
+                        // timeout: its 408, and no endpoint is blamed.
+                        return Err(GatewayError::BodyTimeout);
                     }
                     let out_of_time = source.kind() == UpstreamErrorKind::Timeout
                         && remaining.is_some_and(|r| r <= pool.timeout());
@@ -660,6 +667,7 @@ async fn send_attempt<'t>(
     endpoint: &'t Arc<Endpoint>,
     mut request: Request<UpstreamBody>,
     per_try: Duration,
+    body_progress: Option<Arc<body::BodyProgress>>,
 ) -> Attempt<'t> {
     let pool = &target.pools[index];
     let span = trace::upstream_span();
@@ -702,6 +710,16 @@ async fn send_attempt<'t>(
         Ok(_) => Some(Outcome::Success(sent.elapsed())),
         // The client's body failed: says nothing about the endpoint.
         Err(error) if error.kind() == UpstreamErrorKind::RequestBody => None,
+        // Out of time while waiting on the client for its body: a slow
+        // client, not a slow endpoint.
+        Err(error)
+            if error.kind() == UpstreamErrorKind::Timeout
+                && body_progress
+                    .as_ref()
+                    .is_some_and(|p| p.waiting_on_client()) =>
+        {
+            None
+        }
         Err(_) => Some(Outcome::Failure),
     };
     if let Some(outcome) = outcome {
@@ -749,7 +767,7 @@ pub(crate) async fn send_one(
     request: Request<UpstreamBody>,
     per_try: Duration,
 ) -> Option<Response<Incoming>> {
-    send_attempt(target, index, endpoint, request, per_try)
+    send_attempt(target, index, endpoint, request, per_try, None)
         .await
         .result
         .ok()
@@ -899,7 +917,11 @@ pub(crate) enum RequestBody {
     /// The whole body, replayable for retries.
     Buffered(Bytes),
     /// A body streamed through once; its request is never retried.
-    Streaming(Option<UpstreamBody>),
+    Streaming {
+        body: Option<UpstreamBody>,
+        /// Whether the gateway is waiting on the client for more of it.
+        progress: Arc<body::BodyProgress>,
+    },
 }
 
 impl RequestBody {
@@ -911,7 +933,18 @@ impl RequestBody {
     fn for_attempt(&mut self) -> UpstreamBody {
         match self {
             Self::Buffered(bytes) => buffered_body(bytes.clone()),
-            Self::Streaming(body) => body.take().unwrap_or_else(|| buffered_body(Bytes::new())),
+            Self::Streaming { body, .. } => {
+                body.take().unwrap_or_else(|| buffered_body(Bytes::new()))
+            }
+        }
+    }
+
+    /// The streamed body's progress; `None` for a body in memory, which is
+    /// never the client's to delay.
+    fn progress(&self) -> Option<Arc<body::BodyProgress>> {
+        match self {
+            Self::Buffered(_) => None,
+            Self::Streaming { progress, .. } => Some(Arc::clone(progress)),
         }
     }
 }
@@ -1052,11 +1085,14 @@ async fn request_body(
         // A declared length was checked at admission and hyper enforces it;
         // the limit matters for bodies of unknown length. Every streamed
         // body gets the idle timeout (slow bodies).
-        _ => Ok(RequestBody::Streaming(Some(
-            LimitedBody::new(incoming, limit)
-                .with_idle_timeout(idle)
-                .boxed_unsync(),
-        ))),
+        _ => {
+            let progress = Arc::new(body::BodyProgress::default());
+            let limited = LimitedBody::new(incoming, limit).with_idle_timeout(idle);
+            Ok(RequestBody::Streaming {
+                body: Some(body::TrackedBody::new(limited, Arc::clone(&progress)).boxed_unsync()),
+                progress,
+            })
+        }
     }
 }
 
