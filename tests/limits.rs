@@ -413,3 +413,55 @@ async fn a_redis_password_never_reaches_the_log() {
     );
     assert!(!log.contains("hunter2"), "the password leaked: {log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_stalls_after_its_headers_is_cut_off_and_frees_the_slot() {
+    // An upstream that answers every request with a head promising 1 GiB,
+    // one byte, and then nothing, holding the connection open.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = stream.read(&mut buf).await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1073741824\r\n\r\n{";
+                let _ = stream.write_all(head.as_bytes()).await;
+                // Hold the socket until the gateway gives up on it.
+                let _ = stream.read(&mut buf).await;
+            });
+        }
+    });
+    let config = single_backend_config("stall", upstream, "max_concurrency = 1").replacen(
+        &format!("endpoints = [\"{upstream}\"]"),
+        &format!("endpoints = [\"{upstream}\"]\ntimeout = \"300ms\""),
+        1,
+    );
+    let gateway = GatewayProcess::start(&config).await;
+    let client = TestClient::new();
+    let url = gateway.url("/v2/models/fraud/infer");
+    for round in 0..3 {
+        let started = tokio::time::Instant::now();
+        // The head arrives; the body must then fail (an abort, never a
+        // clean end), well before any client would give up.
+        let result = client
+            .try_send(
+                Method::POST,
+                &url,
+                &[("content-type", "application/json")],
+                "{}",
+            )
+            .await;
+        assert!(
+            result.is_err(),
+            "round {round}: a truncated body is an error: {result:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "round {round}: cut off after {:?}",
+            started.elapsed()
+        );
+        // With max_concurrency = 1, the next round is only admitted (and
+        // reaches the upstream again) if the slot was released.
+    }
+}

@@ -446,7 +446,7 @@ impl Call<'_> {
                 };
                 return Ok(self.answer(target, &infer, &scores, &stages, stamp));
             }
-            stage2::Outcome::Refused(response) => return Ok(response),
+            stage2::Outcome::Refused(response) => return Ok(*response),
             stage2::Outcome::Client(error) => return Err(error),
             stage2::Outcome::Unusable(unusable) => {
                 stats.stage2_unusable.bump(unusable.reason);

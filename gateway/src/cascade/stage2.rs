@@ -70,7 +70,7 @@ pub enum Outcome {
     Answered(Answer),
     /// Stage 2 refused the request itself (REST 4xx, gRPC
     /// `INVALID_ARGUMENT`): the client sees that answer.
-    Refused(Response<ResponseBody>),
+    Refused(Box<Response<ResponseBody>>),
     /// Stage 2 could not be reached or failed (connect error, timeout,
     /// 5xx): the route's `on_unavailable` decides.
     Unavailable(Option<GatewayError>),
@@ -247,7 +247,7 @@ pub async fn call(mut call: Call<'_>) -> Outcome {
     };
     let status = response.status();
     if status.is_client_error() && call.wire == Wire::Rest {
-        return Outcome::Refused(response);
+        return Outcome::Refused(Box::new(response));
     }
     if !status.is_success() {
         return Outcome::Unavailable(None);
@@ -292,11 +292,11 @@ pub async fn call(mut call: Call<'_>) -> Outcome {
                         .or_else(|| head.headers.get("grpc-message"))
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("invalid argument");
-                    return Outcome::Refused(crate::errors::grpc_status(
+                    return Outcome::Refused(Box::new(crate::errors::grpc_status(
                         3,
                         message,
                         call.request_id,
-                    ));
+                    )));
                 }
                 _ => return Outcome::Unavailable(None),
             }

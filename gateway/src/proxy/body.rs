@@ -32,6 +32,15 @@ pin_project! {
         Upstream {
             #[pin]
             body: Incoming,
+            // Fails the body when the upstream sends nothing for this long
+            // (headers, then a stall): the client sees an abort, and the
+            // route's slot is released.
+            idle: Duration,
+            #[pin]
+            idle_timer: tokio::time::Sleep,
+            // The timer runs only while the gateway waits on the upstream,
+            // never while the client is slow to read.
+            idle_armed: bool,
             in_flight: Option<InFlight>,
             // The route's concurrency slot, held until the body ends.
             admitted: Option<crate::routing::Admitted>,
@@ -78,10 +87,14 @@ impl ResponseBody {
         }
     }
 
-    /// Streams an upstream body, releasing `in_flight` when it ends.
-    pub fn upstream(body: Incoming, in_flight: InFlight) -> Self {
+    /// Streams an upstream body, releasing `in_flight` when it ends, and
+    /// failing it when the upstream goes quiet for `idle`.
+    pub fn upstream(body: Incoming, in_flight: InFlight, idle: Duration) -> Self {
         Self::Upstream {
             body,
+            idle,
+            idle_timer: tokio::time::sleep(idle),
+            idle_armed: false,
             in_flight: Some(in_flight),
             admitted: None,
             capture: None,
@@ -137,22 +150,53 @@ impl Capture {
     }
 }
 
+/// The upstream sent nothing for this long in the middle of a body.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream body idle for {0:?}")]
+pub struct UpstreamBodyTimeout(pub Duration);
+
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
             ResponseBodyProj::Upstream {
                 mut body,
+                idle,
+                mut idle_timer,
+                idle_armed,
                 in_flight,
                 admitted,
                 capture,
             } => {
-                let frame = ready!(body.as_mut().poll_frame(cx));
+                let frame = match body.as_mut().poll_frame(cx) {
+                    Poll::Ready(frame) => {
+                        *idle_armed = false;
+                        frame.map(|f| f.map_err(BoxError::from))
+                    }
+                    Poll::Pending => {
+                        if !*idle_armed {
+                            *idle_armed = true;
+                            idle_timer
+                                .as_mut()
+                                .reset(tokio::time::Instant::now() + *idle);
+                        }
+                        ready!(idle_timer.as_mut().poll(cx));
+                        // Dropping the slots here, not at the end: a stalled
+                        // upstream must not hold them until the client
+                        // gives up.
+                        in_flight.take();
+                        admitted.take();
+                        if let Some(capture) = capture {
+                            capture.done = None;
+                        }
+                        return Poll::Ready(Some(Err(Box::new(UpstreamBodyTimeout(*idle)))));
+                    }
+                };
                 if let Some(capture) = capture {
                     match &frame {
                         Some(Ok(frame)) => {

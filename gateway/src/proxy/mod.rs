@@ -815,7 +815,8 @@ fn respond(
 ) -> Response<ResponseBody> {
     let (head, incoming) = response.into_parts();
     let mut response = respond_head(head, request_id, target, pool_index, attempts);
-    *response.body_mut() = ResponseBody::upstream(incoming, in_flight);
+    let idle = target.pools[pool_index].timeout();
+    *response.body_mut() = ResponseBody::upstream(incoming, in_flight, idle);
     response
 }
 
