@@ -364,3 +364,21 @@ async fn a_redis_drill_needs_a_configured_redis() {
         .await;
     assert_eq!(response.status, StatusCode::CONFLICT);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entity_keys_that_could_escape_or_flood_are_a_400() {
+    let ensemble = sim("ensemble", "1", "us-east").await;
+    let store = sim("store", "1", "us-east").await;
+    let gateway = start(&ensemble, &store, None, "").await;
+    let client = TestClient::new();
+    let long = "k".repeat(129);
+    for key in ["..", "a/../b", "a%2f..", long.as_str()] {
+        let response = infer(&client, &gateway, 10.0, key).await;
+        crate::support::assert_json_error(&response, StatusCode::BAD_REQUEST);
+    }
+    assert_eq!(store.control.requests(), 0, "the store never saw them");
+    assert_eq!(ensemble.control.requests(), 0);
+    // A plain key still works.
+    let response = infer(&client, &gateway, 10.0, "acme.com").await;
+    assert_eq!(response.status, StatusCode::OK);
+}

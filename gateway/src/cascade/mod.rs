@@ -653,6 +653,9 @@ async fn assemble_features(
             keys
         }
     };
+    if let Some(bad) = keys.iter().find_map(|key| entity_key_problem(key)) {
+        return Err(bad);
+    }
     let mut distinct = keys.clone();
     distinct.sort();
     distinct.dedup();
@@ -681,6 +684,34 @@ async fn assemble_features(
         defaulted: own.defaulted,
     };
     Ok((features, forced))
+}
+
+/// Longest entity key, in bytes: keys become Redis keys, cache entries and
+/// feature-store paths, so their size is bounded where they enter.
+pub const MAX_ENTITY_KEY_BYTES: usize = 128;
+
+/// Why `key` cannot name an entity, if it cannot: too long, characters
+/// outside `A-Z a-z 0-9 - _ . : @ + =`, or only dots (which a store could
+/// resolve as a path segment).
+fn entity_key_problem(key: &str) -> Option<String> {
+    if key.len() > MAX_ENTITY_KEY_BYTES {
+        return Some(format!(
+            "entity key of {} bytes is over the limit of {MAX_ENTITY_KEY_BYTES}",
+            key.len()
+        ));
+    }
+    if !key
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.:@+=".contains(&b))
+    {
+        return Some(
+            "entity key has characters other than letters, digits and - _ . : @ + =".to_owned(),
+        );
+    }
+    if key.bytes().all(|b| b == b'.') {
+        return Some("entity key cannot be only dots".to_owned());
+    }
+    None
 }
 
 /// What the response headers say about stage 2, beyond the row counts.
@@ -816,4 +847,20 @@ fn maybe_audit(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entity_keys_are_bounded_and_plain() {
+        for ok in ["acme.com", "user-17", "a@b.c", "k:1+2=3"] {
+            assert_eq!(entity_key_problem(ok), None, "{ok}");
+        }
+        let long = "x".repeat(MAX_ENTITY_KEY_BYTES + 1);
+        for bad in ["..", ".", "a/b", "a b", "é", "%2e%2e", long.as_str()] {
+            assert!(entity_key_problem(bad).is_some(), "{bad}");
+        }
+    }
 }
