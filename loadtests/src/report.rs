@@ -175,6 +175,8 @@ pub struct Latency {
     pub mean: f64,
     pub p50: u64,
     pub p90: u64,
+    /// The percentile SLOs are usually written in.
+    pub p95: u64,
     pub p99: u64,
     pub p999: u64,
     pub max: u64,
@@ -187,6 +189,7 @@ impl Latency {
             mean: h.mean(),
             p50: h.value_at_quantile(0.50),
             p90: h.value_at_quantile(0.90),
+            p95: h.value_at_quantile(0.95),
             p99: h.value_at_quantile(0.99),
             p999: h.value_at_quantile(0.999),
             max: h.max(),
@@ -284,8 +287,8 @@ impl fmt::Display for Report {
         let l = &self.latency_us;
         writeln!(
             f,
-            "latency µs:   p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (mean {:.1}, n={}, from due time)",
-            l.p50, l.p90, l.p99, l.p999, l.max, l.mean, l.count
+            "latency µs:   p50 {}  p90 {}  p95 {}  p99 {}  p99.9 {}  max {}  (mean {:.1}, n={}, from due time)",
+            l.p50, l.p90, l.p95, l.p99, l.p999, l.max, l.mean, l.count
         )?;
         let d = &self.dispatch_lag_us;
         writeln!(
