@@ -383,13 +383,8 @@ fn decode(coding: &str, bytes: &[u8], limit: usize) -> Result<Vec<u8>, Unusable>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::coding::gzip;
     use std::io::Write;
-
-    fn gzip(bytes: &[u8]) -> Vec<u8> {
-        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        encoder.write_all(bytes).unwrap();
-        encoder.finish().unwrap()
-    }
 
     fn reason(unusable: Unusable) -> UnusableReason {
         unusable.reason
