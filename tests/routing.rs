@@ -170,10 +170,9 @@ async fn responses_name_what_served_them_and_carry_the_request_id() {
         response.header("x-sim-saw-path"),
         Some("/v2/models/fraud/versions/2/infer")
     );
-    assert_eq!(
-        response.header("x-sim-saw-xff"),
-        Some("10.1.2.3, 127.0.0.1")
-    );
+    // The client's own x-forwarded-for is a forgery from an untrusted
+    // peer: the chain starts at the peer.
+    assert_eq!(response.header("x-sim-saw-xff"), Some("127.0.0.1"));
     assert!(response
         .header("x-sim-saw-forwarded")
         .unwrap()
@@ -343,4 +342,25 @@ async fn metrics_count_requests_by_route_and_status_class() {
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_proxys_forwarded_chain_is_kept() {
+    let fixture = CanaryFixture::start().await;
+    let config = fixture.config(0, 100).replacen(
+        "[gateway]",
+        "[gateway]\ntrusted_proxies = [\"127.0.0.0/8\"]",
+        1,
+    );
+    let gateway = GatewayProcess::start(&config).await;
+    let response = TestClient::new()
+        .infer(
+            &gateway.url("/v2/models/fraud/infer"),
+            &[("x-forwarded-for", "10.1.2.3")],
+        )
+        .await;
+    assert_eq!(
+        response.header("x-sim-saw-xff"),
+        Some("10.1.2.3, 127.0.0.1")
+    );
 }

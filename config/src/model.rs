@@ -130,6 +130,10 @@ pub struct GatewaySettings {
     /// answers to; any other `Host` is refused, against DNS rebinding.
     /// Lowercase. Default none.
     pub admin_allowed_hosts: Vec<String>,
+    /// Peers whose `X-Forwarded-For`, `Forwarded` and `X-Forwarded-*`
+    /// are passed on (with the peer appended). From anyone else those
+    /// headers are dropped, since any client can forge them. Default none.
+    pub trusted_proxies: Vec<IpNet>,
     /// Accept a config with no routes. Default false: an empty or cut-short
     /// file (an in-place write, a failed template render, `> file`) is
     /// rejected instead of turning every request into a 404.
@@ -147,6 +151,82 @@ pub struct TracingSettings {
     pub sample_ratio: f64,
     /// `service.name` of the exported spans. Default `cascadia`.
     pub service_name: String,
+}
+
+/// An IP network, `addr/prefix` (a bare address is a /32 or /128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// Parses `10.0.0.0/8`, `::1` or `fd00::/8`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((addr, prefix)) => (addr.parse().ok()?, Some(prefix.parse::<u8>().ok()?)),
+            None => (text.parse().ok()?, None),
+        };
+        let max = match addr {
+            std::net::IpAddr::V4(_) => 32,
+            std::net::IpAddr::V6(_) => 128,
+        };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(Self { addr, prefix })
+    }
+
+    /// Whether `ip` is in this network (an IPv4-mapped IPv6 peer counts as
+    /// its IPv4 address).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr::{V4, V6};
+        let ip = match ip {
+            V6(v6) => v6.to_ipv4_mapped().map_or(V6(v6), V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (V4(net), V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (V6(net), V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod ipnet_tests {
+    use super::IpNet;
+
+    #[test]
+    fn networks_contain_what_their_prefix_says() {
+        let net = IpNet::parse("10.1.0.0/16").unwrap();
+        assert!(net.contains("10.1.200.3".parse().unwrap()));
+        assert!(!net.contains("10.2.0.1".parse().unwrap()));
+        assert!(
+            net.contains("::ffff:10.1.0.9".parse().unwrap()),
+            "mapped v4"
+        );
+        let one = IpNet::parse("127.0.0.1").unwrap();
+        assert!(one.contains("127.0.0.1".parse().unwrap()));
+        assert!(!one.contains("127.0.0.2".parse().unwrap()));
+        assert!(IpNet::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+        assert!(IpNet::parse("fd00::/8")
+            .unwrap()
+            .contains("fd12::1".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "nope", "10.0.0.0/x", "::/129"] {
+            assert!(IpNet::parse(bad).is_none(), "{bad}");
+        }
+    }
 }
 
 /// Bounds on what one client request may cost the gateway before routing.

@@ -190,6 +190,22 @@ fn gateway(raw: RawGateway, errors: &mut Collector) -> GatewaySettings {
         redis: raw.redis.map(|r| redis(r, errors)),
         tracing: raw.tracing.map(|t| tracing_settings(t, errors)),
         allow_no_routes: raw.allow_no_routes.unwrap_or(false),
+        trusted_proxies: raw
+            .trusted_proxies
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(i, text)| {
+                let net = crate::model::IpNet::parse(text);
+                if net.is_none() {
+                    errors.push(
+                        format!("gateway.trusted_proxies[{i}]"),
+                        format!("{text:?} is not an IP address or network (e.g. \"10.0.0.0/8\")"),
+                    );
+                }
+                net
+            })
+            .collect(),
         admin_token: raw
             .admin
             .and_then(|admin| match (admin.token_file, admin.token_env) {

@@ -104,8 +104,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
 }
 
 /// Appends the client to `x-forwarded-for` and `forwarded`, sets
-/// `x-forwarded-proto`, and records the original host.
-pub fn append_forwarded(headers: &mut HeaderMap, client: SocketAddr, host: Option<HeaderValue>) {
+/// `x-forwarded-proto`, and records the original host. A chain the client
+/// sent is kept only from a `trusted` peer (a configured proxy): from
+/// anyone else it is a forgery, dropped so the chain starts at the peer.
+pub fn append_forwarded(
+    headers: &mut HeaderMap,
+    client: SocketAddr,
+    host: Option<HeaderValue>,
+    trusted: bool,
+) {
+    if !trusted {
+        for name in [
+            X_FORWARDED_FOR,
+            header::FORWARDED,
+            X_FORWARDED_PROTO,
+            X_FORWARDED_HOST,
+        ] {
+            headers.remove(name);
+        }
+    }
     let ip = client.ip();
     let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(previous) => format!("{previous}, {ip}"),
@@ -173,17 +190,31 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_headers_append_to_an_existing_chain() {
-        let mut headers = HeaderMap::new();
-        headers.insert(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
-        headers.insert(header::FORWARDED, HeaderValue::from_static("for=10.0.0.1"));
+    fn forwarded_headers_append_to_a_trusted_chain_and_replace_a_forged_one() {
+        let chain = || {
+            let mut headers = HeaderMap::new();
+            headers.insert(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
+            headers.insert(header::FORWARDED, HeaderValue::from_static("for=10.0.0.1"));
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+            headers
+        };
         let client: SocketAddr = "192.0.2.7:5555".parse().unwrap();
-        append_forwarded(&mut headers, client, None);
-        assert_eq!(headers.get(X_FORWARDED_FOR).unwrap(), "10.0.0.1, 192.0.2.7");
+        let mut trusted = chain();
+        append_forwarded(&mut trusted, client, None, true);
+        assert_eq!(trusted.get(X_FORWARDED_FOR).unwrap(), "10.0.0.1, 192.0.2.7");
         assert_eq!(
-            headers.get(header::FORWARDED).unwrap(),
+            trusted.get(header::FORWARDED).unwrap(),
             "for=10.0.0.1, for=192.0.2.7;proto=http"
         );
+        assert_eq!(trusted.get(X_FORWARDED_PROTO).unwrap(), "https");
+        let mut forged = chain();
+        append_forwarded(&mut forged, client, None, false);
+        assert_eq!(forged.get(X_FORWARDED_FOR).unwrap(), "192.0.2.7");
+        assert_eq!(
+            forged.get(header::FORWARDED).unwrap(),
+            "for=192.0.2.7;proto=http"
+        );
+        assert_eq!(forged.get(X_FORWARDED_PROTO).unwrap(), "http");
     }
 
     #[test]

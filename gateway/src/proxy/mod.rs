@@ -358,7 +358,15 @@ impl Proxy {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
         headers::strip_hop_by_hop(&mut parts.headers, true);
-        headers::append_forwarded(&mut parts.headers, self.client, host);
+        let trusted = self
+            .snapshot
+            .load()
+            .config
+            .gateway
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(self.client.ip()));
+        headers::append_forwarded(&mut parts.headers, self.client, host, trusted);
         parts
             .headers
             .insert(headers::X_REQUEST_ID, request_id.clone());
