@@ -465,3 +465,29 @@ async fn an_upstream_that_stalls_after_its_headers_is_cut_off_and_frees_the_slot
         // reaches the upstream again) if the slot was released.
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_transfer_codings_and_encoded_slashes_are_refused() {
+    let fixture = CanaryFixture::start().await;
+    let gateway = GatewayProcess::start(&fixture.config(100, 0)).await;
+    // `gzip, chunked`: hyper would frame it as chunked and the coding would
+    // be lost on the way upstream.
+    let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let request = "POST /echo/upload HTTP/1.1\r\nhost: t\r\ntransfer-encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let response = read_response(&mut stream).await;
+    assert!(response.starts_with("HTTP/1.1 501"), "{response}");
+    assert!(response.contains(r#""error":"#), "{response}");
+
+    // Encoded slashes a prefix route's upstream could decode into other
+    // segments than the ones matched.
+    let client = TestClient::new();
+    for path in ["/echo/..%2fadmin", "/echo/a%2Fb", "/echo/a%5cb"] {
+        let response = client.get(&gateway.url(path), &[]).await;
+        assert_json_error(&response, StatusCode::BAD_REQUEST);
+    }
+    let echoed_before = fixture.stable.control.requests();
+    let fine = client.get(&gateway.url("/echo/a-b"), &[]).await;
+    assert_eq!(fine.status, StatusCode::OK);
+    assert_eq!(fixture.stable.control.requests(), echoed_before + 1);
+}

@@ -63,6 +63,8 @@ pub enum GatewayError {
     RequestBody(#[source] UpstreamError),
     #[error("the request body stalled")]
     BodyTimeout,
+    #[error("a transfer coding other than chunked")]
+    TransferCoding,
     /// Stage 2 answered a cascade's escalation with something the cascade
     /// cannot use (compressed in an unknown coding, not OIP, the wrong
     /// output, shape or datatype).
@@ -92,6 +94,7 @@ impl GatewayError {
             | Self::Unimplemented(_)
             | Self::RateLimited { .. }
             | Self::BodyTimeout
+            | Self::TransferCoding
             | Self::RequestBody(_) => Side::Downstream,
             Self::NoRoute | Self::Overloaded { .. } => Side::Gateway,
             Self::NoHealthyBackend { .. }
@@ -117,6 +120,7 @@ impl GatewayError {
             Self::Overloaded { .. } => "overloaded",
             Self::RateLimited { .. } => "rate_limited",
             Self::BodyTimeout => "body_timeout",
+            Self::TransferCoding => "transfer_coding",
             Self::Stage2Unusable { .. } => "stage2_unusable",
             Self::Upstream { source, .. } => match source.kind() {
                 UpstreamErrorKind::Connect => "upstream_connect",
@@ -152,6 +156,12 @@ impl GatewayError {
             Self::Overloaded { .. } => (S::SERVICE_UNAVAILABLE, 8, "overloaded, retry later"),
             Self::RateLimited { .. } => (S::TOO_MANY_REQUESTS, 8, "rate limit exceeded"),
             Self::BodyTimeout => (S::REQUEST_TIMEOUT, 4, "timed out reading the request body"),
+            // RFC 9112 §6.1: an unknown transfer coding is a 501.
+            Self::TransferCoding => (
+                S::NOT_IMPLEMENTED,
+                3,
+                "only the chunked transfer coding is supported",
+            ),
             Self::Stage2Unusable { .. } => (S::BAD_GATEWAY, 13, "stage 2 gave an unusable answer"),
             Self::Upstream { source, .. } => match source.kind() {
                 UpstreamErrorKind::Connect => (S::BAD_GATEWAY, 14, "backend unavailable"),

@@ -182,6 +182,9 @@ impl Proxy {
         if has_dot_segment(path) {
             return Err(GatewayError::BadRequest("path has dot segments"));
         }
+        if has_encoded_separator(path) {
+            return Err(GatewayError::BadRequest("path has encoded slashes"));
+        }
         let oip = oip_path::parse(path);
         let (route, oip) = match oip {
             Some(p) if matches!(p.kind, OipKind::ServerLive | OipKind::ServerReady) => {
@@ -1002,6 +1005,17 @@ pub(crate) fn admit<B>(snapshot: &Snapshot, request: &Request<B>) -> Result<(), 
             });
         }
     }
+    // hyper frames a `gzip, chunked` body as chunked, and the coding (a
+    // hop-by-hop header) would be dropped on the way upstream: the backend
+    // would read gzip bytes as the body. Only plain `chunked` is taken.
+    for coding in request.headers().get_all(header::TRANSFER_ENCODING) {
+        let plain = coding
+            .to_str()
+            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("chunked"));
+        if !plain {
+            return Err(GatewayError::TransferCoding);
+        }
+    }
     Ok(())
 }
 
@@ -1152,6 +1166,17 @@ pub(crate) fn choose_target<'r>(
             GatewayError::UnknownVersion(
                 String::from_utf8_lossy(forced.unwrap_or_default()).into_owned(),
             )
+        })
+}
+
+/// True for paths with an encoded `/` or `\\` (or a raw `\\`): an upstream
+/// that decodes or normalises them would see other segments than the
+/// route matched (`/echo/..%2fadmin`).
+fn has_encoded_separator(path: &str) -> bool {
+    path.contains('\\')
+        || path.as_bytes().windows(3).any(|w| {
+            w[0] == b'%'
+                && (w[1..].eq_ignore_ascii_case(b"2f") || w[1..].eq_ignore_ascii_case(b"5c"))
         })
 }
 
