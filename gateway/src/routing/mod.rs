@@ -186,7 +186,12 @@ impl RouteRuntime {
 /// every replica draws on one budget, and falls back to the local limiter
 /// while Redis cannot answer.
 pub struct RouteLimiter {
-    limiter: governor::DefaultKeyedRateLimiter<Vec<u8>>,
+    /// Keyed by a hash of the client key, so memory is bounded in bytes
+    /// (a fixed size per key, however long the key), not only in count.
+    limiter: governor::DefaultKeyedRateLimiter<u64>,
+    /// Seeded per process: a client cannot choose keys that collide with
+    /// another client's and spend its budget.
+    hasher: std::collections::hash_map::RandomState,
     clock: governor::clock::DefaultClock,
     key_header: Option<HeaderName>,
     shared: Option<SharedLimit>,
@@ -213,7 +218,7 @@ impl std::fmt::Debug for RouteLimiter {
 }
 
 /// Keys tracked before idle ones are pruned: a flood of distinct keys
-/// cannot grow the limiter without bound.
+/// cannot grow the limiter without bound (each key is a fixed-size hash).
 const MAX_RATE_LIMIT_KEYS: usize = 100_000;
 
 impl RouteLimiter {
@@ -228,6 +233,7 @@ impl RouteLimiter {
                 .allow_burst(std::num::NonZeroU32::new(limit.burst).unwrap_or(one));
         Self {
             limiter: governor::RateLimiter::keyed(quota),
+            hasher: std::collections::hash_map::RandomState::new(),
             clock: governor::clock::DefaultClock::default(),
             key_header: limit.key_header.clone(),
             shared: match (limit.shared, redis) {
@@ -282,8 +288,9 @@ impl RouteLimiter {
         if self.limiter.len() > MAX_RATE_LIMIT_KEYS {
             self.limiter.retain_recent();
         }
+        let key = std::hash::BuildHasher::hash_one(&self.hasher, key);
         self.limiter
-            .check_key(&key.to_vec())
+            .check_key(&key)
             .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 }
@@ -550,6 +557,32 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn long_keys_cost_a_hash_each_and_keep_their_own_budgets() {
+        let limit = cascadia_config::RateLimit {
+            per_second: 1,
+            burst: 1,
+            key_header: Some(http::HeaderName::from_static("x-api-key")),
+            shared: false,
+        };
+        let limiter = RouteLimiter::new(&limit, "r", None);
+        let headers = |key: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("x-api-key", key.parse().unwrap());
+            headers
+        };
+        let (a, b) = ("a".repeat(15_000), "b".repeat(15_000));
+        assert!(limiter.check(&headers(&a)).await.is_ok());
+        assert!(
+            limiter.check(&headers(&a)).await.is_err(),
+            "a's burst is spent"
+        );
+        assert!(limiter.check(&headers(&b)).await.is_ok(), "b has its own");
+        // Two entries, each a u64 hash (the limiter's key type), not the
+        // 15 KB keys.
+        assert_eq!(limiter.limiter.len(), 2);
+    }
 
     fn table(toml: &str) -> RouteTable {
         let config = cascadia_config::parse(toml).expect("valid config");
