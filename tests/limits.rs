@@ -491,3 +491,90 @@ async fn odd_transfer_codings_and_encoded_slashes_are_refused() {
     assert_eq!(fine.status, StatusCode::OK);
     assert_eq!(fixture.stable.control.requests(), echoed_before + 1);
 }
+
+/// Reads until the server closes the connection; what it sent.
+async fn read_to_close(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    tokio::time::timeout(crate::support::WAIT, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the gateway closed the idle connection");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_http1_and_h2_with_goaway() {
+    let fixture = CanaryFixture::start().await;
+    let config = fixture.config(100, 0).replacen(
+        "[gateway.limits]",
+        "[gateway.limits]\nidle_timeout = \"1s\"",
+        1,
+    );
+    assert!(config.contains("idle_timeout"));
+    let gateway = GatewayProcess::start(&config).await;
+
+    // HTTP/1.1 keep-alive, idle after one request.
+    let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(b"GET /v2/health/live HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let seen = read_to_close(&mut stream).await;
+    assert!(
+        seen.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&seen)
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "not before the timeout"
+    );
+
+    // h2 with prior knowledge: the preface and an empty SETTINGS, then no
+    // request. A well-behaved client (it answers PINGs, as hyper's and
+    // gRPC's do) must still get a GOAWAY and a close.
+    let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut frames = Vec::new();
+    let mut pending = Vec::new();
+    tokio::time::timeout(crate::support::WAIT, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => pending.extend_from_slice(&buf[..n]),
+            }
+            while pending.len() >= 9 {
+                let len = usize::from(pending[0]) << 16
+                    | usize::from(pending[1]) << 8
+                    | usize::from(pending[2]);
+                if pending.len() < 9 + len {
+                    break;
+                }
+                let (kind, flags) = (pending[3], pending[4]);
+                frames.push(kind);
+                if kind == 0x6 && flags & 1 == 0 {
+                    // PING: answer it, as every real client does.
+                    let mut ack = vec![0, 0, 8, 6, 1, 0, 0, 0, 0];
+                    ack.extend_from_slice(&pending[9..17]);
+                    let _ = stream.write_all(&ack).await;
+                }
+                pending.drain(..9 + len);
+            }
+        }
+    })
+    .await
+    .expect("the gateway closed the idle h2 connection");
+    assert!(frames.contains(&0x7), "a GOAWAY frame among {frames:?}");
+}

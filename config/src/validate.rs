@@ -274,6 +274,13 @@ fn limits(raw: RawLimits, errors: &mut Collector) -> Limits {
     ) {
         limits.body_read_timeout = t;
     }
+    if let Some(t) = timeout(
+        raw.idle_timeout.as_deref(),
+        "gateway.limits.idle_timeout",
+        errors,
+    ) {
+        limits.idle_timeout = t;
+    }
     limits
 }
 

@@ -7,8 +7,10 @@
 //! [`HeadTimeoutIo`], which enforces two timers hyper does not answer the
 //! way we want: a request head that takes longer than
 //! `limits.header_read_timeout` gets a JSON `408` and the connection closes
-//! (slowloris), and a keep-alive connection idle for [`IDLE_TIMEOUT`] is
-//! closed quietly. Shutdown stops accepting, lets every connection finish
+//! (slowloris), and a keep-alive connection idle for `limits.idle_timeout`
+//! is closed quietly. An idle watch beside every connection (HTTP/1.1 and
+//! h2) closes it, gracefully, once no request has been in flight for
+//! `limits.idle_timeout`, whether or not hyper polls the socket. Shutdown stops accepting, lets every connection finish
 //! its in-flight requests (hyper's graceful shutdown), and then returns.
 
 use std::convert::Infallible;
@@ -32,8 +34,6 @@ use tokio::time::{Instant, Sleep};
 use crate::proxy::Proxy;
 use crate::snapshot::SharedSnapshot;
 
-/// How long an idle keep-alive HTTP/1.1 connection is kept open.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long shutdown waits for in-flight requests before giving up.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The HTTP/2 client preface every h2 prior-knowledge connection starts with.
@@ -110,11 +110,18 @@ async fn serve_connection(
         }
     };
     let proxy = Proxy::new(snapshot, peer);
+    let idle_timeout = limits.idle_timeout.get();
+    let activity = Arc::new(Activity::new());
 
     if is_h2 {
+        let watched = Arc::clone(&activity);
         let service = hyper::service::service_fn(move |request| {
             let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(request).await) }
+            let activity = Arc::clone(&watched);
+            async move {
+                let _request = activity.begin();
+                Ok::<_, Infallible>(proxy.handle(request).await)
+            }
         });
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
@@ -125,20 +132,27 @@ async fn serve_connection(
             );
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         tokio::pin!(connection);
+        // Idle: a GOAWAY, whatever PINGs the client answers.
         tokio::select! {
             _ = connection.as_mut() => return,
             _ = stopped(&mut shutdown) => connection.as_mut().graceful_shutdown(),
+            () = activity.idle_for(idle_timeout) => connection.as_mut().graceful_shutdown(),
         }
         let _ = connection.await;
         return;
     }
 
-    let io = HeadTimeoutIo::new(stream, head_timeout, IDLE_TIMEOUT);
+    let io = HeadTimeoutIo::new(stream, head_timeout, idle_timeout);
     let phase = io.phase();
+    let watched = Arc::clone(&activity);
     let service = hyper::service::service_fn(move |request| {
         phase.store(IN_REQUEST, Ordering::Relaxed);
         let proxy = proxy.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(request).await) }
+        let activity = Arc::clone(&watched);
+        async move {
+            let _request = activity.begin();
+            Ok::<_, Infallible>(proxy.handle(request).await)
+        }
     });
     let mut builder = http1::Builder::new();
     // hyper's own limits sit above the configured ones so that a request
@@ -152,11 +166,69 @@ async fn serve_connection(
         .max_buf_size((limits.max_header_bytes * 4).max(64 * 1024));
     let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
+    // The socket's own idle timer fires only when hyper polls it again
+    // after a response, which it need not do: this watch closes the
+    // connection whatever hyper is waiting on.
     tokio::select! {
         _ = connection.as_mut() => return,
         _ = stopped(&mut shutdown) => connection.as_mut().graceful_shutdown(),
+        () = activity.idle_for(idle_timeout) => connection.as_mut().graceful_shutdown(),
     }
     let _ = connection.await;
+}
+
+/// Requests in flight on one connection, and when the last one began or
+/// ended, for the idle watch.
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// Milliseconds since `epoch` of the last change.
+    last_ms: std::sync::atomic::AtomicU64,
+    epoch: Instant,
+}
+
+/// Marks a request in flight until dropped (its response head is out;
+/// a streamed body may go on, and graceful shutdown lets it finish).
+struct InRequest<'a>(&'a Activity);
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            in_flight: Default::default(),
+            last_ms: Default::default(),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn begin(&self) -> InRequest<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        InRequest(self)
+    }
+
+    /// Resolves once no request has been in flight for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let due = last + idle;
+            if Instant::now() >= due && self.in_flight.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            // Busy or not yet due: look again at the next possible moment.
+            tokio::time::sleep_until(due.max(Instant::now() + idle / 4)).await;
+        }
+    }
+}
+
+impl Drop for InRequest<'_> {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Resolves once shutdown has been signalled (or its sender is gone).
