@@ -578,3 +578,32 @@ async fn idle_connections_are_closed_http1_and_h2_with_goaway() {
     .expect("the gateway closed the idle h2 connection");
     assert!(frames.contains(&0x7), "a GOAWAY frame among {frames:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_tensor_that_would_expand_past_the_body_limit_is_a_413() {
+    let fixture = CanaryFixture::start().await;
+    let gateway =
+        GatewayProcess::start(&fixture.config_with(100, 0, "max_body_bytes = 65536")).await;
+    // 40,000 BOOLs: 40 KB of binary (under the limit), 240 KB as JSON.
+    let header = r#"{"inputs":[{"name":"b","shape":[40000],"datatype":"BOOL","parameters":{"binary_data_size":40000}}]}"#;
+    // (0x01 bytes: the body is valid UTF-8, which the test client needs.)
+    let body = format!("{header}{}", "\u{1}".repeat(40_000));
+    let length = header.len().to_string();
+    let response = TestClient::new()
+        .send(
+            Method::POST,
+            &gateway.url("/v2/models/fraud/infer"),
+            &[
+                ("content-type", "application/octet-stream"),
+                ("inference-header-content-length", &length),
+            ],
+            &body,
+        )
+        .await;
+    assert_json_error(&response, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        fixture.stable.control.requests(),
+        0,
+        "nothing went upstream"
+    );
+}

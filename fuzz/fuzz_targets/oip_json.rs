@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     }
     if let [hi, lo, body @ ..] = data {
         let json_len = usize::from(u16::from_be_bytes([*hi, *lo]));
-        if let Ok(json) = binary_request_to_json(body, json_len) {
+        if let Ok(json) = binary_request_to_json(body, json_len, 4 << 20) {
             let value: serde_json::Value =
                 serde_json::from_slice(&json).expect("binary_request_to_json wrote invalid JSON");
             if let Some(inputs) = value.get("inputs").and_then(|v| v.as_array()) {

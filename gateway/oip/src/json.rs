@@ -164,42 +164,75 @@ mod tests {
     }
 }
 
+/// Why a Triton binary request could not be rewritten as JSON.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BinaryError {
+    /// The body is not a valid binary-extension request; the text says why
+    /// (it describes the client's payload).
+    Invalid(String),
+    /// The JSON would be longer than the limit (binary tensors expand:
+    /// a 1-byte BOOL becomes `false,`).
+    TooLarge { limit: usize },
+}
+
+impl From<String> for BinaryError {
+    fn from(message: String) -> Self {
+        Self::Invalid(message)
+    }
+}
+
 /// Triton's binary tensor extension, which `tritonclient` uses by default:
 /// the body is a JSON header of `json_len` bytes followed by raw tensors,
 /// each input naming its size in `parameters.binary_data_size`. Model
 /// servers that only speak plain OIP JSON (MLServer) refuse it, so the
 /// gateway rewrites it as plain JSON, asks for JSON outputs, and drops the
 /// extension's parameters.
-pub fn binary_request_to_json(body: &[u8], json_len: usize) -> Result<Vec<u8>, String> {
+///
+/// The JSON is written straight from the raw bytes into one buffer that
+/// may not pass `max_json` bytes: no value per element is ever built, so
+/// memory stays within the limit however much the tensors expand.
+pub fn binary_request_to_json(
+    body: &[u8],
+    json_len: usize,
+    max_json: usize,
+) -> Result<Vec<u8>, BinaryError> {
     let header = body
         .get(..json_len)
         .ok_or_else(|| format!("inference header length {json_len} is past the end of the body"))?;
     let mut request: Value =
         serde_json::from_slice(header).map_err(|e| format!("invalid inference header: {e}"))?;
     let mut rest = &body[json_len..];
+    // Each binary input's data is a placeholder in the header, replaced by
+    // the written array afterwards.
+    let mut tensors: Vec<(String, &[u8])> = Vec::new();
     if let Some(inputs) = request.get_mut("inputs").and_then(Value::as_array_mut) {
         for input in inputs {
             let size = input
                 .pointer("/parameters/binary_data_size")
                 .and_then(Value::as_u64);
             let Some(size) = size else { continue };
-            let size = size as usize;
+            let size = usize::try_from(size).unwrap_or(usize::MAX);
             let bytes = rest
                 .get(..size)
                 .ok_or_else(|| "binary input data is shorter than declared".to_owned())?;
             rest = &rest[size..];
-            let datatype = input.get("datatype").and_then(Value::as_str).unwrap_or("");
-            let values = decode_raw(datatype, bytes).ok_or_else(|| {
-                format!("binary input of datatype {datatype:?} cannot be decoded")
-            })?;
-            input["data"] = Value::Array(values);
+            let datatype = input
+                .get("datatype")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            let placeholder = format!("\u{0}cascadia-binary-{}\u{0}", tensors.len());
+            input["data"] = Value::String(placeholder);
             if let Some(parameters) = input.get_mut("parameters").and_then(Value::as_object_mut) {
                 parameters.remove("binary_data_size");
             }
+            tensors.push((datatype, bytes));
         }
     }
     if !rest.is_empty() {
-        return Err("binary data left over after the declared inputs".to_owned());
+        return Err("binary data left over after the declared inputs"
+            .to_owned()
+            .into());
     }
     if let Some(outputs) = request.get_mut("outputs").and_then(Value::as_array_mut) {
         for output in outputs {
@@ -211,44 +244,113 @@ pub fn binary_request_to_json(body: &[u8], json_len: usize) -> Result<Vec<u8>, S
     if let Some(parameters) = request.get_mut("parameters").and_then(Value::as_object_mut) {
         parameters.remove("binary_data_output");
     }
-    serde_json::to_vec(&request).map_err(|e| e.to_string())
+    let skeleton = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
+    let too_large = BinaryError::TooLarge { limit: max_json };
+    if skeleton.len() > max_json {
+        return Err(too_large);
+    }
+    let mut out = Vec::with_capacity(skeleton.len().min(max_json));
+    let mut written = 0;
+    for (i, (datatype, bytes)) in tensors.iter().enumerate() {
+        let marker = format!("\"\\u0000cascadia-binary-{i}\\u0000\"");
+        let at = find(&skeleton[written..], marker.as_bytes())
+            .map(|at| written + at)
+            .ok_or_else(|| "binary input could not be placed".to_owned())?;
+        // A header that spells a marker itself would move the data.
+        if find(&skeleton[at + marker.len()..], marker.as_bytes()).is_some() {
+            return Err("invalid inference header".to_owned().into());
+        }
+        out.extend_from_slice(&skeleton[written..at]);
+        write_raw(datatype, bytes, &mut out, max_json)?;
+        written = at + marker.len();
+    }
+    out.extend_from_slice(&skeleton[written..]);
+    if out.len() > max_json {
+        return Err(too_large);
+    }
+    Ok(out)
 }
 
-/// Little-endian raw tensor bytes as JSON values.
-fn decode_raw(datatype: &str, bytes: &[u8]) -> Option<Vec<Value>> {
-    fn each<const N: usize>(bytes: &[u8], f: impl Fn([u8; N]) -> Value) -> Option<Vec<Value>> {
-        (bytes.len() % N == 0).then(|| {
-            bytes
-                .chunks_exact(N)
-                .map(|c| f(c.try_into().expect("exact chunk")))
-                .collect()
-        })
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Writes little-endian raw tensor bytes as a JSON array into `out`,
+/// failing as soon as `out` passes `max` bytes.
+fn write_raw(
+    datatype: &str,
+    bytes: &[u8],
+    out: &mut Vec<u8>,
+    max: usize,
+) -> Result<(), BinaryError> {
+    let undecodable = || {
+        BinaryError::Invalid(format!(
+            "binary input of datatype {datatype:?} cannot be decoded"
+        ))
+    };
+    let width = match datatype {
+        "BOOL" | "UINT8" | "INT8" => 1,
+        "UINT16" | "INT16" => 2,
+        "UINT32" | "INT32" | "FP32" => 4,
+        "UINT64" | "INT64" | "FP64" => 8,
+        "BYTES" => 0,
+        _ => return Err(undecodable()),
+    };
+    if width > 0 && bytes.len() % width != 0 {
+        return Err(undecodable());
     }
-    match datatype {
-        "BOOL" => each::<1>(bytes, |b| Value::from(b[0] != 0)),
-        "UINT8" => each::<1>(bytes, |b| Value::from(b[0])),
-        "INT8" => each::<1>(bytes, |b| Value::from(b[0] as i8)),
-        "UINT16" => each::<2>(bytes, |b| Value::from(u16::from_le_bytes(b))),
-        "INT16" => each::<2>(bytes, |b| Value::from(i16::from_le_bytes(b))),
-        "UINT32" => each::<4>(bytes, |b| Value::from(u32::from_le_bytes(b))),
-        "INT32" => each::<4>(bytes, |b| Value::from(i32::from_le_bytes(b))),
-        "FP32" => each::<4>(bytes, |b| Value::from(f64::from(f32::from_le_bytes(b)))),
-        "UINT64" => each::<8>(bytes, |b| Value::from(u64::from_le_bytes(b))),
-        "INT64" => each::<8>(bytes, |b| Value::from(i64::from_le_bytes(b))),
-        "FP64" => each::<8>(bytes, |b| Value::from(f64::from_le_bytes(b))),
-        "BYTES" => {
-            let mut out = Vec::new();
-            let mut rest = bytes;
-            while rest.len() >= 4 {
-                let len = u32::from_le_bytes(rest[..4].try_into().ok()?) as usize;
-                let element = rest.get(4..4 + len)?;
-                out.push(Value::from(String::from_utf8_lossy(element).into_owned()));
-                rest = &rest[4 + len..];
+    out.push(b'[');
+    let mut first = true;
+    let mut element =
+        |out: &mut Vec<u8>, write: &dyn Fn(&mut Vec<u8>)| -> Result<(), BinaryError> {
+            if !std::mem::take(&mut first) {
+                out.push(b',');
             }
-            rest.is_empty().then_some(out)
+            write(out);
+            if out.len() > max {
+                return Err(BinaryError::TooLarge { limit: max });
+            }
+            Ok(())
+        };
+    let number = |out: &mut Vec<u8>, value: Value| {
+        let _ = serde_json::to_writer(out, &value);
+    };
+    if width == 0 {
+        let mut rest = bytes;
+        while rest.len() >= 4 {
+            let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+            let data = rest.get(4..4 + len).ok_or_else(undecodable)?;
+            let text = String::from_utf8_lossy(data);
+            element(out, &|out| {
+                let _ = serde_json::to_writer(out, text.as_ref());
+            })?;
+            rest = &rest[4 + len..];
         }
-        _ => None,
+        if !rest.is_empty() {
+            return Err(undecodable());
+        }
+    } else {
+        for c in bytes.chunks_exact(width) {
+            let value = match datatype {
+                "BOOL" => Value::from(c[0] != 0),
+                "UINT8" => Value::from(c[0]),
+                "INT8" => Value::from(c[0] as i8),
+                "UINT16" => Value::from(u16::from_le_bytes([c[0], c[1]])),
+                "INT16" => Value::from(i16::from_le_bytes([c[0], c[1]])),
+                "UINT32" => Value::from(u32::from_le_bytes(c.try_into().expect("4 bytes"))),
+                "INT32" => Value::from(i32::from_le_bytes(c.try_into().expect("4 bytes"))),
+                "FP32" => Value::from(f64::from(f32::from_le_bytes(
+                    c.try_into().expect("4 bytes"),
+                ))),
+                "UINT64" => Value::from(u64::from_le_bytes(c.try_into().expect("8 bytes"))),
+                "INT64" => Value::from(i64::from_le_bytes(c.try_into().expect("8 bytes"))),
+                _ => Value::from(f64::from_le_bytes(c.try_into().expect("8 bytes"))),
+            };
+            element(out, &|out| number(out, value.clone()))?;
+        }
     }
+    out.push(b']');
+    Ok(())
 }
 
 #[cfg(test)]
@@ -262,7 +364,8 @@ mod binary_tests {
         body.extend(1.5f64.to_le_bytes());
         body.extend(2.5f64.to_le_bytes());
         let json: Value =
-            serde_json::from_slice(&binary_request_to_json(&body, header.len()).unwrap()).unwrap();
+            serde_json::from_slice(&binary_request_to_json(&body, header.len(), 1 << 20).unwrap())
+                .unwrap();
         assert_eq!(json["inputs"][0]["data"], serde_json::json!([1.5, 2.5]));
         assert!(json["inputs"][0]["parameters"]
             .get("binary_data_size")
@@ -277,10 +380,48 @@ mod binary_tests {
     #[test]
     fn short_or_long_binary_data_is_refused() {
         let header = br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":4}}]}"#;
-        assert!(binary_request_to_json(header, header.len()).is_err());
+        assert!(binary_request_to_json(header, header.len(), 1 << 20).is_err());
         let mut long = header.to_vec();
         long.extend([0u8; 8]);
-        assert!(binary_request_to_json(&long, header.len()).is_err());
-        assert!(binary_request_to_json(header, header.len() + 10).is_err());
+        assert!(binary_request_to_json(&long, header.len(), 1 << 20).is_err());
+        assert!(binary_request_to_json(header, header.len() + 10, 1 << 20).is_err());
+    }
+
+    #[test]
+    fn expansion_past_the_limit_is_refused_before_it_is_built() {
+        // 1,000 BOOLs: 1 KB of binary, about 6 KB of JSON.
+        let header = br#"{"inputs":[{"name":"b","shape":[1000],"datatype":"BOOL","parameters":{"binary_data_size":1000}}]}"#;
+        let mut body = header.to_vec();
+        body.extend([0u8; 1000]);
+        assert_eq!(
+            binary_request_to_json(&body, header.len(), 4096),
+            Err(BinaryError::TooLarge { limit: 4096 })
+        );
+        let json = binary_request_to_json(&body, header.len(), 16 * 1024).unwrap();
+        let parsed: Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(parsed["inputs"][0]["data"].as_array().unwrap().len(), 1000);
+        assert_eq!(parsed["inputs"][0]["data"][0], false);
+    }
+
+    #[test]
+    fn every_datatype_and_bytes_round_trip() {
+        let header = br#"{"inputs":[{"name":"i","shape":[2],"datatype":"INT16","parameters":{"binary_data_size":4}},{"name":"s","shape":[2],"datatype":"BYTES","parameters":{"binary_data_size":13}},{"name":"f","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":4}}]}"#;
+        let mut body = header.to_vec();
+        body.extend((-3i16).to_le_bytes());
+        body.extend(7i16.to_le_bytes());
+        for s in ["ab", "c\"d"] {
+            body.extend((s.len() as u32).to_le_bytes());
+            body.extend(s.as_bytes());
+        }
+        body.extend(0.1f32.to_le_bytes());
+        let parsed: Value =
+            serde_json::from_slice(&binary_request_to_json(&body, header.len(), 1 << 20).unwrap())
+                .unwrap();
+        assert_eq!(parsed["inputs"][0]["data"], serde_json::json!([-3, 7]));
+        assert_eq!(
+            parsed["inputs"][1]["data"],
+            serde_json::json!(["ab", "c\"d"])
+        );
+        assert_eq!(parsed["inputs"][2]["data"][0], f64::from(0.1f32));
     }
 }

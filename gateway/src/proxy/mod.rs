@@ -221,16 +221,22 @@ impl Proxy {
                 let body = read_limited(incoming, limit, body_timeout).await?;
                 // tritonclient's `request_compression_algorithm`.
                 let body = coding::decode_request(&mut parts.headers, body, limit)?;
-                let json = match cascadia_oip::json::binary_request_to_json(&body, json_len) {
-                    Ok(json) => Bytes::from(json),
-                    Err(message) => {
-                        return Ok(crate::errors::json_error(
-                            StatusCode::BAD_REQUEST,
-                            &message,
-                            request_id,
-                        ))
-                    }
-                };
+                // The JSON must fit the same limit as the body it replaces.
+                let max_json = usize::try_from(limit).unwrap_or(usize::MAX);
+                let json =
+                    match cascadia_oip::json::binary_request_to_json(&body, json_len, max_json) {
+                        Ok(json) => Bytes::from(json),
+                        Err(cascadia_oip::json::BinaryError::TooLarge { .. }) => {
+                            return Err(GatewayError::BodyTooLarge { limit })
+                        }
+                        Err(cascadia_oip::json::BinaryError::Invalid(message)) => {
+                            return Ok(crate::errors::json_error(
+                                StatusCode::BAD_REQUEST,
+                                &message,
+                                request_id,
+                            ))
+                        }
+                    };
                 parts.headers.remove(INFERENCE_HEADER_CONTENT_LENGTH);
                 parts.headers.remove(header::CONTENT_LENGTH);
                 parts.headers.insert(
