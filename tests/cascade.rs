@@ -438,6 +438,37 @@ mod grpc {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn packed_bools_that_would_expand_past_the_limit_are_refused_unexpanded() {
+        let ensemble = sim("ensemble", "4", "us-east").await;
+        let gateway = GatewayProcess::start_with_files(
+            &config_with(&ensemble, "h2c", "").replacen(
+                "[gateway]",
+                "[gateway]\nlimits = { max_body_bytes = 65536 }",
+                1,
+            ),
+            &[("screen.json", MODEL)],
+        )
+        .await;
+        let mut client = InferenceClient::connect(gateway.url("")).await.unwrap();
+        // 40,000 one-byte BOOLs: 40 KB on the wire, 40,000 values inside.
+        let mut message = request(&[[0.0, 0.0]]);
+        message.inputs.push(model_infer_request::InferInputTensor {
+            name: "flags".into(),
+            datatype: "BOOL".into(),
+            shape: vec![40_000],
+            ..Default::default()
+        });
+        message.inputs[0].contents = None;
+        message.raw_input_contents = vec![
+            [0.0f64, 0.0].iter().flat_map(|v| v.to_le_bytes()).collect(),
+            vec![1u8; 40_000],
+        ];
+        let status = client.model_infer(message).await.expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+        assert_eq!(ensemble.control.infer_requests(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_shadow_compares_grpc_answers_of_the_cascade_too() {
         let ensemble = sim("ensemble", "4", "us-east").await;
         let shadow = "\n[routes.shadow]\nversion = \"ensemble-v5\"\nbackends = [\"ensemble\"]\nfraction = 1.0";

@@ -14,6 +14,44 @@ use serde_json::Value;
 
 use crate::rows::PayloadError;
 
+/// How many values the request's tensors hold (an upper bound for BYTES),
+/// counted without decoding: what [`to_json_request`] would expand into
+/// one JSON value each, so the caller can refuse a message that is small
+/// on the wire (packed BOOLs: one byte a value) but huge once expanded.
+pub fn value_count(request: &ModelInferRequest) -> usize {
+    let typed: usize = request
+        .inputs
+        .iter()
+        .filter_map(|input| input.contents.as_ref())
+        .map(|c| {
+            c.bool_contents.len()
+                + c.int_contents.len()
+                + c.int64_contents.len()
+                + c.uint_contents.len()
+                + c.uint64_contents.len()
+                + c.fp32_contents.len()
+                + c.fp64_contents.len()
+                + c.bytes_contents.len()
+        })
+        .sum();
+    let raw: usize = request
+        .inputs
+        .iter()
+        .zip(&request.raw_input_contents)
+        .map(|(input, bytes)| {
+            let width = match input.datatype.as_str() {
+                "BOOL" | "UINT8" | "INT8" => 1,
+                "UINT16" | "INT16" | "FP16" => 2,
+                "UINT64" | "INT64" | "FP64" => 8,
+                // FP32, the 32-bit integers, and BYTES (a 4-byte length each).
+                _ => 4,
+            };
+            bytes.len() / width
+        })
+        .sum();
+    typed + raw
+}
+
 /// The request as the JSON model.
 pub fn to_json_request(request: &ModelInferRequest) -> Result<InferRequest, PayloadError> {
     let raw = !request.raw_input_contents.is_empty();
@@ -374,6 +412,33 @@ mod tests {
             grpc.parameters["cascadia_rows_local"].parameter_choice,
             Some(ParameterChoice::Int64Param(1))
         );
+    }
+
+    #[test]
+    fn values_are_counted_before_they_are_expanded() {
+        let request = ModelInferRequest {
+            inputs: vec![
+                model_infer_request::InferInputTensor {
+                    name: "b".into(),
+                    datatype: "BOOL".into(),
+                    shape: vec![1000],
+                    ..Default::default()
+                },
+                model_infer_request::InferInputTensor {
+                    name: "x".into(),
+                    datatype: "FP64".into(),
+                    shape: vec![2],
+                    contents: Some(InferTensorContents {
+                        fp64_contents: vec![1.0, 2.0],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ],
+            raw_input_contents: vec![vec![1u8; 1000]],
+            ..Default::default()
+        };
+        assert_eq!(value_count(&request), 1002);
     }
 
     #[test]

@@ -156,6 +156,13 @@ pub async fn handle_grpc(
             ))
         }
     };
+    // A value is at least two bytes of JSON (`0,`): a REST body within
+    // the limit holds no more, and neither may a message once expanded.
+    let limit = cx.snapshot.config.gateway.limits.max_body_bytes;
+    let max_values = usize::try_from(limit / 2).unwrap_or(usize::MAX);
+    if cascadia_cascade::grpc::value_count(&request) > max_values {
+        return Err(GatewayError::BodyTooLarge { limit });
+    }
     let infer = match cascadia_cascade::grpc::to_json_request(&request) {
         Ok(infer) => infer,
         Err(error) => return Ok(payload_error(Wire::Grpc, &error.to_string(), cx.request_id)),
