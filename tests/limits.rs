@@ -607,3 +607,31 @@ async fn a_binary_tensor_that_would_expand_past_the_body_limit_is_a_413() {
         "nothing went upstream"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_hyper_cannot_parse_get_a_json_error_too() {
+    let fixture = CanaryFixture::start().await;
+    let gateway = GatewayProcess::start(&fixture.config(100, 0)).await;
+    let huge = format!(
+        "GET / HTTP/1.1\r\nhost: t\r\nx-a: {}\r\n\r\n",
+        "a".repeat(200_000)
+    );
+    for (request, status) in [
+        ("GET / HTTP/1.1\r\nhost: t\r\nnot a header\r\n\r\n", "400"),
+        ("GARBAGE\r\n\r\n", "400"),
+        (huge.as_str(), "431"),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+        let _ = stream.write_all(request.as_bytes()).await;
+        let response = read_response(&mut stream).await;
+        assert!(
+            response.starts_with(&format!("HTTP/1.1 {status}")),
+            "{response}"
+        );
+        assert!(
+            response.contains("content-type: application/json"),
+            "{response}"
+        );
+        assert!(response.contains(r#"{"error":"#), "{response}");
+    }
+}

@@ -290,6 +290,10 @@ pin_project_lite::pin_project! {
         idle_timeout: Duration,
         // Set while the timer is armed for the current phase.
         armed_for: Option<u8>,
+        // hyper's own answer to a head it could not parse (400, 431) has no
+        // body; it is replaced by a JSON one, written from here (bytes and
+        // how many are out).
+        replacement: Option<(Vec<u8>, usize)>,
     }
 }
 
@@ -304,6 +308,7 @@ impl HeadTimeoutIo {
             head_timeout,
             idle_timeout,
             armed_for: Some(AWAIT_HEAD),
+            replacement: None,
         }
     }
 
@@ -373,6 +378,52 @@ impl AsyncRead for HeadTimeoutIo {
     }
 }
 
+/// hyper answers a head it cannot parse itself, before any request exists,
+/// with an empty body (`400`, `431`). While no request is in flight (the
+/// phase is still `AWAIT_HEAD`), such a write becomes the same status with
+/// a JSON error body, as every other refusal has. `None`: not such a write.
+/// Reports the original `consumed` bytes as written once the replacement
+/// is out, so hyper goes on to close the connection as it meant to.
+fn replace_parse_error(
+    phase: &AtomicU8,
+    replacement: &mut Option<(Vec<u8>, usize)>,
+    mut stream: Pin<&mut TcpStream>,
+    cx: &mut Context<'_>,
+    first: &[u8],
+    consumed: usize,
+) -> Option<Poll<io::Result<usize>>> {
+    if replacement.is_none() {
+        if phase.load(Ordering::Relaxed) != AWAIT_HEAD || !first.starts_with(b"HTTP/1.1 4") {
+            return None;
+        }
+        let status_line = first.split(|b| *b == b'\r').next().unwrap_or_default();
+        let message = match status_line.get(9..12) {
+            Some(b"431") => "request headers too large",
+            _ => "malformed request",
+        };
+        let body = format!("{{\"error\":\"{message}\"}}");
+        let mut bytes = status_line.to_vec();
+        bytes.extend_from_slice(
+            format!(
+                "\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        *replacement = Some((bytes, 0));
+    }
+    let (bytes, sent) = replacement.as_mut()?;
+    while *sent < bytes.len() {
+        match stream.as_mut().poll_write(cx, &bytes[*sent..]) {
+            Poll::Ready(Ok(0)) => return Some(Poll::Ready(Err(io::ErrorKind::WriteZero.into()))),
+            Poll::Ready(Ok(n)) => *sent += n,
+            Poll::Ready(Err(error)) => return Some(Poll::Ready(Err(error))),
+            Poll::Pending => return Some(Poll::Pending),
+        }
+    }
+    Some(Poll::Ready(Ok(consumed)))
+}
+
 /// A write means a response is going out: the connection is responding,
 /// not idle, however long the response streams. Disarming the timer makes
 /// the next idle wait start afresh, so only 60 s with neither reads nor
@@ -391,7 +442,17 @@ impl AsyncWrite for HeadTimeoutIo {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.project();
+        let mut this = self.project();
+        if let Some(poll) = replace_parse_error(
+            this.phase,
+            this.replacement,
+            this.stream.as_mut(),
+            cx,
+            data,
+            data.len(),
+        ) {
+            return poll;
+        }
         mark_writing(this.phase, this.armed_for);
         this.stream.poll_write(cx, data)
     }
@@ -401,7 +462,22 @@ impl AsyncWrite for HeadTimeoutIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.project();
+        let mut this = self.project();
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &b[..]);
+        let total = bufs.iter().map(|b| b.len()).sum();
+        if let Some(poll) = replace_parse_error(
+            this.phase,
+            this.replacement,
+            this.stream.as_mut(),
+            cx,
+            first,
+            total,
+        ) {
+            return poll;
+        }
         mark_writing(this.phase, this.armed_for);
         this.stream.poll_write_vectored(cx, bufs)
     }
