@@ -260,49 +260,34 @@ async fn admin_changes_need_the_bearer_token_when_one_is_configured() {
 
     // A rotated token file is a changed config: the reload applies it,
     // though the config file itself did not change.
+    let reload_with = |token: &str| {
+        let (client, url, bearer) = (client.clone(), url.clone(), format!("Bearer {token}"));
+        async move {
+            client
+                .send(
+                    Method::POST,
+                    &url,
+                    &[
+                        ("authorization", bearer.as_str()),
+                        ("content-type", "application/json"),
+                    ],
+                    "",
+                )
+                .await
+        }
+    };
     let rotated = "r0tated-admin-token-0123456789";
     gateway.write_file("admin.token", &format!("{rotated}\n"));
-    let applied = client
-        .send(
-            Method::POST,
-            &url,
-            &[
-                ("authorization", &bearer),
-                ("content-type", "application/json"),
-            ],
-            "",
-        )
-        .await;
+    let applied = reload_with(token).await;
     assert_eq!(applied.status, StatusCode::OK);
     assert_eq!(applied.json()["status"], "applied", "{:?}", applied.json());
-    let old = client
-        .send(
-            Method::POST,
-            &url,
-            &[
-                ("authorization", &bearer),
-                ("content-type", "application/json"),
-            ],
-            "",
-        )
-        .await;
+    let old = reload_with(token).await;
     assert_eq!(
         old.status,
         StatusCode::UNAUTHORIZED,
         "the old token is gone"
     );
-    let new = client
-        .send(
-            Method::POST,
-            &url,
-            &[
-                ("authorization", &format!("Bearer {rotated}")),
-                ("content-type", "application/json"),
-            ],
-            "",
-        )
-        .await;
-    assert_eq!(new.status, StatusCode::OK);
+    assert_eq!(reload_with(rotated).await.status, StatusCode::OK);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
