@@ -635,3 +635,57 @@ async fn heads_hyper_cannot_parse_get_a_json_error_too() {
         assert!(response.contains(r#"{"error":"#), "{response}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_and_frees_the_slot() {
+    // An upstream with a 64 MiB answer for everyone, sent as fast as the
+    // gateway takes it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = stream.read(&mut buf).await;
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", 64 << 20);
+                if stream.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let zeros = vec![0u8; 64 * 1024];
+                while stream.write_all(&zeros).await.is_ok() {}
+            });
+        }
+    });
+    let config = single_backend_config("big", upstream, "max_concurrency = 1").replacen(
+        "[gateway]",
+        "[gateway]\nlimits = { write_timeout = \"1s\" }",
+        1,
+    );
+    let gateway = GatewayProcess::start(&config).await;
+    let request = "POST /v2/models/fraud/infer HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+    // The stalled reader: asks, then never reads.
+    let mut stalled = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    // Another client is admitted once the gateway gives up on the first
+    // (503 while the slot is held).
+    let started = tokio::time::Instant::now();
+    let admitted = tokio::time::timeout(crate::support::WAIT, async {
+        loop {
+            let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut head = [0u8; 12];
+            if stream.read_exact(&mut head).await.is_ok() && head.ends_with(b"200") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(admitted.is_ok(), "the slot was never released");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "released after {:?}",
+        started.elapsed()
+    );
+    drop(stalled);
+}

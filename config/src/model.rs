@@ -249,6 +249,10 @@ pub struct Limits {
     /// no request in flight before the gateway closes it (h2 with GOAWAY).
     /// Default 60s.
     pub idle_timeout: Timeout,
+    /// How long a write to an HTTP/1.1 client may stay blocked (the client
+    /// stopped reading) before the connection is closed and the response,
+    /// with its route slot, dropped. Default 30s.
+    pub write_timeout: Timeout,
 }
 
 impl Default for Limits {
@@ -260,6 +264,7 @@ impl Default for Limits {
             header_read_timeout: Timeout::from_secs_unchecked(10),
             body_read_timeout: Timeout::from_secs_unchecked(30),
             idle_timeout: Timeout::from_secs_unchecked(60),
+            write_timeout: Timeout::from_secs_unchecked(30),
         }
     }
 }

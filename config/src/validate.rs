@@ -281,6 +281,13 @@ fn limits(raw: RawLimits, errors: &mut Collector) -> Limits {
     ) {
         limits.idle_timeout = t;
     }
+    if let Some(t) = timeout(
+        raw.write_timeout.as_deref(),
+        "gateway.limits.write_timeout",
+        errors,
+    ) {
+        limits.write_timeout = t;
+    }
     limits
 }
 

@@ -142,7 +142,12 @@ async fn serve_connection(
         return;
     }
 
-    let io = HeadTimeoutIo::new(stream, head_timeout, idle_timeout);
+    let io = HeadTimeoutIo::new(
+        stream,
+        head_timeout,
+        idle_timeout,
+        limits.write_timeout.get(),
+    );
     let phase = io.phase();
     let watched = Arc::clone(&activity);
     let service = hyper::service::service_fn(move |request| {
@@ -294,13 +299,23 @@ pin_project_lite::pin_project! {
         // body; it is replaced by a JSON one, written from here (bytes and
         // how many are out).
         replacement: Option<(Vec<u8>, usize)>,
+        // A client that stops reading stalls every write: past
+        // `write_timeout` the connection fails, and the response (with its
+        // route slot) is dropped. Made on the first stall only.
+        write_timeout: Duration,
+        write_stall: Option<Pin<Box<Sleep>>>,
     }
 }
 
 impl HeadTimeoutIo {
     /// Wraps a freshly accepted stream; its first request head is due
     /// within `head_timeout`.
-    pub fn new(stream: TcpStream, head_timeout: Duration, idle_timeout: Duration) -> Self {
+    pub fn new(
+        stream: TcpStream,
+        head_timeout: Duration,
+        idle_timeout: Duration,
+        write_timeout: Duration,
+    ) -> Self {
         Self {
             stream,
             phase: Arc::new(AtomicU8::new(AWAIT_HEAD)),
@@ -309,6 +324,8 @@ impl HeadTimeoutIo {
             idle_timeout,
             armed_for: Some(AWAIT_HEAD),
             replacement: None,
+            write_timeout,
+            write_stall: None,
         }
     }
 
@@ -376,6 +393,26 @@ impl AsyncRead for HeadTimeoutIo {
         }
         Poll::Pending
     }
+}
+
+/// A write that stays pending (the client stopped reading) for `timeout`
+/// fails with `TimedOut`; any progress starts the clock again.
+fn stall_bound<T>(
+    polled: Poll<io::Result<T>>,
+    stall: &mut Option<Pin<Box<Sleep>>>,
+    timeout: Duration,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<T>> {
+    if polled.is_ready() {
+        *stall = None;
+        return polled;
+    }
+    let timer = stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+    if timer.as_mut().poll(cx).is_ready() {
+        *stall = None;
+        return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+    }
+    Poll::Pending
 }
 
 /// hyper answers a head it cannot parse itself, before any request exists,
@@ -454,7 +491,8 @@ impl AsyncWrite for HeadTimeoutIo {
             return poll;
         }
         mark_writing(this.phase, this.armed_for);
-        this.stream.poll_write(cx, data)
+        let polled = this.stream.poll_write(cx, data);
+        stall_bound(polled, this.write_stall, *this.write_timeout, cx)
     }
 
     fn poll_write_vectored(
@@ -479,7 +517,8 @@ impl AsyncWrite for HeadTimeoutIo {
             return poll;
         }
         mark_writing(this.phase, this.armed_for);
-        this.stream.poll_write_vectored(cx, bufs)
+        let polled = this.stream.poll_write_vectored(cx, bufs);
+        stall_bound(polled, this.write_stall, *this.write_timeout, cx)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -487,7 +526,9 @@ impl AsyncWrite for HeadTimeoutIo {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().stream.poll_flush(cx)
+        let this = self.project();
+        let polled = this.stream.poll_flush(cx);
+        stall_bound(polled, this.write_stall, *this.write_timeout, cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
