@@ -418,20 +418,13 @@ async fn a_redis_password_never_reaches_the_log() {
 async fn an_upstream_that_stalls_after_its_headers_is_cut_off_and_frees_the_slot() {
     // An upstream that answers every request with a head promising 1 GiB,
     // one byte, and then nothing, holding the connection open.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
-                let _ = stream.read(&mut buf).await;
-                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1073741824\r\n\r\n{";
-                let _ = stream.write_all(head.as_bytes()).await;
-                // Hold the socket until the gateway gives up on it.
-                let _ = stream.read(&mut buf).await;
-            });
-        }
-    });
+    let upstream = raw_upstream(|mut stream| async move {
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1073741824\r\n\r\n{";
+        let _ = stream.write_all(head.as_bytes()).await;
+        // Hold the socket until the gateway gives up on it.
+        let _ = stream.read(&mut [0u8; 1024]).await;
+    })
+    .await;
     let config = single_backend_config("stall", upstream, "max_concurrency = 1").replacen(
         &format!("endpoints = [\"{upstream}\"]"),
         &format!("endpoints = [\"{upstream}\"]\ntimeout = \"300ms\""),
@@ -640,22 +633,15 @@ async fn heads_hyper_cannot_parse_get_a_json_error_too() {
 async fn a_client_that_stops_reading_is_cut_off_and_frees_the_slot() {
     // An upstream with a 64 MiB answer for everyone, sent as fast as the
     // gateway takes it.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
-                let _ = stream.read(&mut buf).await;
-                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", 64 << 20);
-                if stream.write_all(head.as_bytes()).await.is_err() {
-                    return;
-                }
-                let zeros = vec![0u8; 64 * 1024];
-                while stream.write_all(&zeros).await.is_ok() {}
-            });
+    let upstream = raw_upstream(|mut stream| async move {
+        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", 64 << 20);
+        if stream.write_all(head.as_bytes()).await.is_err() {
+            return;
         }
-    });
+        let zeros = vec![0u8; 64 * 1024];
+        while stream.write_all(&zeros).await.is_ok() {}
+    })
+    .await;
     let config = single_backend_config("big", upstream, "max_concurrency = 1").replacen(
         "[gateway]",
         "[gateway]\nlimits = { write_timeout = \"1s\" }",
@@ -688,4 +674,28 @@ async fn a_client_that_stops_reading_is_cut_off_and_frees_the_slot() {
         started.elapsed()
     );
     drop(stalled);
+}
+
+/// A raw HTTP/1.1 upstream on a free port, for answers no real server
+/// gives on purpose: each connection's request is read (one read), then
+/// `answer` does what it likes with the socket.
+async fn raw_upstream<F, Fut>(answer: F) -> std::net::SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answer = std::sync::Arc::new(answer);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let answer = std::sync::Arc::clone(&answer);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = stream.read(&mut buf).await;
+                answer(stream).await;
+            });
+        }
+    });
+    addr
 }
