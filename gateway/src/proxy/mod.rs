@@ -549,13 +549,6 @@ impl Proxy {
                             None => GatewayError::RequestBody(source),
                         });
                     }
-                    if source.kind() == UpstreamErrorKind::Timeout
-                        && body.progress().is_some_and(|p| p.waiting_on_client())
-                    {
-                        // The client's upload was too slow for the backend
-                        // timeout: its 408, and no endpoint is blamed.
-                        return Err(GatewayError::BodyTimeout);
-                    }
                     let out_of_time = source.kind() == UpstreamErrorKind::Timeout
                         && remaining.is_some_and(|r| r <= pool.timeout());
                     tracing::debug!(
@@ -715,7 +708,23 @@ async fn send_attempt<'t>(
         )),
         None => {
             let left = per_try.saturating_sub(sent.elapsed());
-            pool.client().send(request, left).await
+            match pool.client().send(request, left).await {
+                // Out of time while waiting on the client for its body: a
+                // slow upload, the client's failure like any other of its
+                // body's (a 408, no endpoint blamed), not the endpoint's.
+                Err(error)
+                    if error.kind() == UpstreamErrorKind::Timeout
+                        && body_progress
+                            .as_ref()
+                            .is_some_and(|p| p.waiting_on_client()) =>
+                {
+                    Err(cascadia_backends::UpstreamError::new(
+                        UpstreamErrorKind::RequestBody,
+                        Some(Box::new(body::BodyReadTimeout(per_try))),
+                    ))
+                }
+                other => other,
+            }
         }
     };
     let outcome = match &result {
@@ -727,16 +736,6 @@ async fn send_attempt<'t>(
         Ok(_) => Some(Outcome::Success(sent.elapsed())),
         // The client's body failed: says nothing about the endpoint.
         Err(error) if error.kind() == UpstreamErrorKind::RequestBody => None,
-        // Out of time while waiting on the client for its body: a slow
-        // client, not a slow endpoint.
-        Err(error)
-            if error.kind() == UpstreamErrorKind::Timeout
-                && body_progress
-                    .as_ref()
-                    .is_some_and(|p| p.waiting_on_client()) =>
-        {
-            None
-        }
         Err(_) => Some(Outcome::Failure),
     };
     if let Some(outcome) = outcome {
@@ -751,6 +750,9 @@ async fn send_attempt<'t>(
             if response.status().is_server_error() {
                 span.fail("upstream error status");
             }
+        }
+        Err(error) if error.kind() == UpstreamErrorKind::RequestBody => {
+            span.fail("client body failed")
         }
         Err(_) => span.fail(if injected.is_some() {
             "drill fault"
