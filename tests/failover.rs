@@ -973,22 +973,83 @@ async fn a_query_of_death_fails_itself_and_ejects_nothing() {
     assert_eq!(calls, 12 + 20, "a 500 is not retried elsewhere");
 }
 
+/// `failure_statuses = "5xx"`: a 500 counts against the endpoint and is
+/// retried elsewhere.
+fn five_xx_config(regions: &Regions) -> String {
+    let config = regions.config("2s").replace(
+        "timeout = \"2s\"\n",
+        "timeout = \"2s\"\noutlier = { failure_statuses = \"5xx\" }\n",
+    );
+    assert_eq!(config.matches("failure_statuses").count(), 3);
+    config
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_5xx_ejects_when_the_outlier_policy_says_so() {
     let regions = Regions::start().await;
-    let config = regions.config("2s").replace(
-        "timeout = \"2s\"\nbalancer",
-        "timeout = \"2s\"\noutlier = { failure_statuses = \"5xx\" }\nbalancer",
-    );
-    assert!(config.contains("failure_statuses"));
-    let gateway = GatewayProcess::start(&config).await;
+    let gateway = GatewayProcess::start(&five_xx_config(&regions)).await;
+    let client = TestClient::new();
+    let url = gateway.url("/v2/models/fraud/infer");
+    // One endpoint fails everything it gets; the others are fine.
+    regions.us_east[0].control.set_error_rate(1.0);
+    for _ in 0..30 {
+        let response = client.infer(&url, &[]).await;
+        assert_eq!(response.status, StatusCode::OK, "retried elsewhere");
+    }
+    let backends = client
+        .get(&gateway.admin_url("/admin/backends"), &[])
+        .await
+        .json();
+    let failing = regions.us_east[0].addr.to_string();
+    let ejected: Vec<_> = backends["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|b| b["endpoints"].as_array().unwrap().clone())
+        .filter(|e| e["ejected"] == true)
+        .map(|e| e["address"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(ejected, [failing], "{backends}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_500_that_repeats_on_a_second_endpoint_is_the_requests_and_ejects_nothing() {
+    let regions = Regions::start().await;
+    let gateway = GatewayProcess::start(&five_xx_config(&regions)).await;
     let client = TestClient::new();
     let url = gateway.url("/v2/models/fraud/infer");
     let headers = [("content-type", "application/json")];
     for _ in 0..12 {
-        client.send(Method::POST, &url, &headers, POISON).await;
+        let response = client.send(Method::POST, &url, &headers, POISON).await;
+        assert_eq!(
+            response.status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the server's own answer"
+        );
     }
-    assert!(ejected_endpoints(&client, &gateway).await > 0);
+    assert_eq!(ejected_endpoints(&client, &gateway).await, 0);
+    let calls: u64 = regions
+        .us_east
+        .iter()
+        .chain([&regions.eu_west, &regions.ap_south])
+        .map(|s| s.control.infer_requests())
+        .sum();
+    assert_eq!(
+        calls,
+        12 * 2,
+        "tried twice, then recognised as the request's"
+    );
+    let metrics = client.get(&gateway.admin_url("/metrics"), &[]).await.body;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("cascadia_request_faults_total{route=\"fraud\"} 12"),
+        "{metrics}"
+    );
+    for _ in 0..20 {
+        let response = client.infer(&url, &[]).await;
+        assert_eq!(response.status, StatusCode::OK);
+        assert_eq!(response.backend(), "fraud-us-east");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

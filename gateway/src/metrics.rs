@@ -64,6 +64,9 @@ pub struct RouteStats {
     pub hedges: AtomicU64,
     /// Answers served by a backend other than the version's first choice.
     pub failovers: AtomicU64,
+    /// Requests whose attempt failed the same way on two endpoints: the
+    /// request's fault (a query of death), so nothing was ejected.
+    pub request_faults: AtomicU64,
     /// Answers from the gateway itself (the cascade's stage 1), by class.
     local_by_class: [AtomicU64; 5],
 }
@@ -252,6 +255,7 @@ impl RouteStats {
             ("cascadia_retries_total", &self.retries),
             ("cascadia_hedges_total", &self.hedges),
             ("cascadia_failovers_total", &self.failovers),
+            ("cascadia_request_faults_total", &self.request_faults),
         ] {
             let _ = writeln!(
                 out,
@@ -307,6 +311,7 @@ pub fn render(snapshot: &Snapshot, reloads: &ReloadStatus) -> String {
     let _ = writeln!(out, "# TYPE cascadia_retries_total counter");
     let _ = writeln!(out, "# TYPE cascadia_hedges_total counter");
     let _ = writeln!(out, "# TYPE cascadia_failovers_total counter");
+    let _ = writeln!(out, "# TYPE cascadia_request_faults_total counter");
     let _ = writeln!(out, "# TYPE cascadia_local_answers_total counter");
     let mut routes: Vec<_> = snapshot.routes.iter().collect();
     routes.sort_by(|a, b| a.name.cmp(&b.name));

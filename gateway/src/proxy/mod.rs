@@ -13,6 +13,7 @@
 //!    version and backend name. Every failure becomes a response in
 //!    [`crate::errors`]; nothing is dropped without an answer.
 
+mod blame;
 pub mod body;
 pub mod coding;
 pub mod deadline;
@@ -46,6 +47,7 @@ use crate::routing::{Route, SplitError, Target};
 use crate::shadow::Mirror;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::telemetry::trace;
+use blame::{Failure, FailureLedger, FailureSignature, Verdict};
 use body::{BodyLimitExceeded, LimitedBody, ResponseBody};
 
 /// The proxy service for one downstream connection.
@@ -390,6 +392,8 @@ impl Proxy {
             1
         };
         let mut tried = Tried::default();
+        // Declared after `tried`, whose endpoints it borrows: dropped first.
+        let mut ledger = FailureLedger::default();
         let mut last_error = None;
         let mut last_response = None;
         let mut attempts_made = 0;
@@ -441,20 +445,20 @@ impl Proxy {
                 bump(&route.stats.retries);
             }
             let primary = send_attempt(target, index, endpoint, request, per_try, body.progress());
-            let finished = match hedge {
-                None => primary.await,
+            let (finished, also_failed) = match hedge {
+                None => (primary.await, None),
                 Some(hedge) => {
                     tokio::pin!(primary);
                     let delay = hedge.delay(endpoint);
                     tokio::select! {
-                        done = &mut primary => done,
+                        done = &mut primary => (done, None),
                         () = tokio::time::sleep(delay) => {
                             // The first attempt is slow: race a second one
                             // elsewhere, if the hedge budget allows.
                             let now = Instant::now();
                             let second = if hedge.budget.withdraw() { tried.select(target, now, grpc, route.latency_slo) } else { None };
                             match second {
-                                None => primary.await,
+                                None => (primary.await, None),
                                 Some((index, endpoint)) => {
                                     tried.record(index, endpoint);
                                     attempts_made += 1;
@@ -473,16 +477,39 @@ impl Proxy {
                 }
             };
 
+            // A hedged pair that both failed: the loser's failure is
+            // weighed first, so the same failure twice is the request's.
+            if let Some(Attempt {
+                index,
+                endpoint,
+                failure: Some(failure),
+                ..
+            }) = also_failed
+            {
+                ledger.failed(&target.pools[index], endpoint, failure);
+            }
             let Attempt {
                 index,
                 endpoint,
                 in_flight,
                 result,
+                failure,
             } = finished;
             let pool = &target.pools[index];
+            let requests_fault = failure
+                .is_some_and(|failure| ledger.failed(pool, endpoint, failure) == Verdict::Request);
+            if requests_fault {
+                bump(&route.stats.request_faults);
+                tracing::debug!(
+                    request_id = request_id.to_str().unwrap_or_default(),
+                    backend = pool.name(),
+                    endpoint = %endpoint.authority(),
+                    "the same failure on a second endpoint: the request's; not retried, nothing ejected"
+                );
+            }
             match result {
                 Ok(response) => {
-                    if is_retryable_status(response.status()) && !is_last {
+                    if failure.is_some_and(|f| f.counts) && !is_last && !requests_fault {
                         // Kept: if no further attempt can run, the client
                         // gets the upstream's own answer, not a generic one.
                         last_error = None;
@@ -499,10 +526,10 @@ impl Proxy {
                         .exact()
                         .is_some_and(|n| n <= REPLAY_LIMIT);
                     // gRPC answers end in trailers: they always stream.
-                    if !is_last && small && !grpc {
+                    if !is_last && !requests_fault && small && !grpc {
                         let (head, incoming) = response.into_parts();
                         let per_try = per_try_timeout(&target.pools[index], remaining);
-                        match tokio::time::timeout(per_try, incoming.collect()).await {
+                        let kind = match tokio::time::timeout(per_try, incoming.collect()).await {
                             Ok(Ok(collected)) => {
                                 count_failover(route, index);
                                 let mut buffered =
@@ -510,20 +537,29 @@ impl Proxy {
                                 *buffered.body_mut() = ResponseBody::full(collected.to_bytes());
                                 return Ok(buffered);
                             }
-                            _ => {
-                                let pool = &target.pools[index];
-                                pool.record(endpoint, Outcome::Failure, Instant::now());
-                                tracing::debug!(
-                                    request_id = request_id.to_str().unwrap_or_default(),
-                                    backend = pool.name(),
-                                    "response body failed; retrying"
-                                );
-                                last_error = Some(GatewayError::NoHealthyBackend {
-                                    version: target.version.to_string(),
-                                });
-                                continue;
-                            }
+                            Ok(Err(_)) => UpstreamErrorKind::Protocol,
+                            Err(_elapsed) => UpstreamErrorKind::Timeout,
+                        };
+                        let failure = Failure {
+                            signature: FailureSignature::of_error(kind),
+                            counts: true,
+                        };
+                        let error = GatewayError::Upstream {
+                            backend: pool.name().to_owned(),
+                            source: cascadia_backends::UpstreamError::new(kind, None),
+                        };
+                        if ledger.failed(pool, endpoint, failure) == Verdict::Request {
+                            bump(&route.stats.request_faults);
+                            return Err(error);
                         }
+                        tracing::debug!(
+                            request_id = request_id.to_str().unwrap_or_default(),
+                            backend = pool.name(),
+                            "response body failed; retrying"
+                        );
+                        last_error = Some(error);
+                        last_response = None;
+                        continue;
                     }
                     // Phase: respond.
                     count_failover(route, index);
@@ -567,7 +603,9 @@ impl Proxy {
                             source,
                         }
                     });
-                    if out_of_time {
+                    if out_of_time || requests_fault {
+                        // Nothing more to try: this error is the answer.
+                        last_response = None;
                         break;
                     }
                 }
@@ -659,13 +697,17 @@ struct Attempt<'t> {
     endpoint: &'t Arc<Endpoint>,
     in_flight: InFlight,
     result: Result<Response<Incoming>, cascadia_backends::UpstreamError>,
+    /// Set when the attempt failed: a transport error or a 5xx. Whether it
+    /// counts against the endpoint is decided by the caller's ledger, see
+    /// [`blame`].
+    failure: Option<Failure>,
 }
 
 impl Attempt<'_> {
     /// A response worth giving the client (not a transport error or a
-    /// retryable status).
+    /// failure status, which another endpoint may do better).
     fn is_good(&self) -> bool {
-        matches!(&self.result, Ok(response) if !is_retryable_status(response.status()))
+        self.result.is_ok() && !self.failure.is_some_and(|f| f.counts)
     }
 }
 
@@ -727,20 +769,27 @@ async fn send_attempt<'t>(
             }
         }
     };
-    let outcome = match &result {
-        Ok(response) if pool.counts_as_failure(response.status()) => Some(Outcome::Failure),
-        // Another 5xx (a 500, by default) may be the request's own fault:
-        // it neither ejects the endpoint nor counts as a fast success that
-        // would draw more traffic to it.
-        Ok(response) if response.status().is_server_error() => None,
-        Ok(_) => Some(Outcome::Success(sent.elapsed())),
+    // Successes are recorded at once; a failure is left to the caller's
+    // ledger, which blames it only once the request is ruled out.
+    let failure = match &result {
+        Ok(response) if response.status().is_server_error() => Some(Failure {
+            signature: Some(FailureSignature::Status(response.status())),
+            // Another 5xx (a 500, by default) may be the request's own
+            // fault: it neither ejects the endpoint nor counts as a fast
+            // success that would draw more traffic to it.
+            counts: pool.counts_as_failure(response.status()),
+        }),
+        Ok(_) => {
+            pool.record(endpoint, Outcome::Success(sent.elapsed()), Instant::now());
+            None
+        }
         // The client's body failed: says nothing about the endpoint.
         Err(error) if error.kind() == UpstreamErrorKind::RequestBody => None,
-        Err(_) => Some(Outcome::Failure),
+        Err(error) => Some(Failure {
+            signature: FailureSignature::of_error(error.kind()),
+            counts: true,
+        }),
     };
-    if let Some(outcome) = outcome {
-        pool.record(endpoint, outcome, Instant::now());
-    }
     match &result {
         Ok(response) => {
             span.set(
@@ -765,6 +814,7 @@ async fn send_attempt<'t>(
         endpoint,
         in_flight,
         result,
+        failure,
     }
 }
 
@@ -786,42 +836,40 @@ pub(crate) async fn send_one(
     request: Request<UpstreamBody>,
     per_try: Duration,
 ) -> Option<Response<Incoming>> {
-    send_attempt(target, index, endpoint, request, per_try, None)
-        .await
-        .result
-        .ok()
+    let attempt = send_attempt(target, index, endpoint, request, per_try, None).await;
+    if attempt.failure.is_some_and(|f| f.counts) {
+        // A lone attempt: no second endpoint to compare with.
+        target.pools[index].record(endpoint, Outcome::Failure, Instant::now());
+    }
+    attempt.result.ok()
 }
 
 /// Races a hedged pair: the first good answer wins and the other attempt is
-/// dropped (cancelled); when both fail, the first failure is kept.
+/// dropped (cancelled). When both fail, the first failure is kept and the
+/// second comes back beside it, so its failure is weighed too.
 async fn first_good<'t>(
     mut primary: Pin<&mut impl Future<Output = Attempt<'t>>>,
     mut secondary: Pin<&mut impl Future<Output = Attempt<'t>>>,
-) -> Attempt<'t> {
-    tokio::select! {
+) -> (Attempt<'t>, Option<Attempt<'t>>) {
+    let (first, rest) = tokio::select! {
         first = &mut primary => {
-            if first.is_good() { return first; }
-            let second = secondary.await;
-            if second.is_good() { second } else { first }
+            if first.is_good() { return (first, None); }
+            (first, secondary.await)
         }
         second = &mut secondary => {
-            if second.is_good() { return second; }
-            let first = primary.await;
-            if first.is_good() { first } else { second }
+            if second.is_good() { return (second, None); }
+            (second, primary.await)
         }
+    };
+    if rest.is_good() {
+        (rest, Some(first))
+    } else {
+        (first, Some(rest))
     }
 }
 
 /// Most attempts one request may make (config allows 1..=5).
 const MAX_ATTEMPTS: usize = 5;
-
-/// Statuses that say "this endpoint could not serve it now; another may".
-fn is_retryable_status(status: StatusCode) -> bool {
-    matches!(
-        status,
-        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
-    )
-}
 
 /// Phase respond: the upstream response, stamped with what served it.
 fn respond(
