@@ -676,6 +676,79 @@ async fn a_client_that_stops_reading_is_cut_off_and_frees_the_slot() {
     drop(stalled);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_client_with_a_zero_window_is_cut_off_and_frees_the_slot() {
+    use http_body_util::BodyExt;
+    let upstream = raw_upstream(|mut stream| async move {
+        // Larger than the gateway buffers, so it streams and holds the slot.
+        let body = vec![b'x'; 1 << 20];
+        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+        let _ = stream.write_all(head.as_bytes()).await;
+        let _ = stream.write_all(&body).await;
+    })
+    .await;
+    let config = single_backend_config("big", upstream, "max_concurrency = 1").replacen(
+        "[gateway]",
+        "[gateway]\nlimits = { write_timeout = \"1s\" }",
+        1,
+    );
+    let gateway = GatewayProcess::start(&config).await;
+    let infer = || {
+        http::Request::post(format!("http://{}/v2/models/fraud/infer", gateway.addr))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+            .unwrap()
+    };
+    // The stalled client: a stream window of 0, so the gateway may send
+    // the answer's head but none of its data.
+    let stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let (mut stalled, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(0)
+            .handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    let stalled_connection = tokio::spawn(connection);
+    let head = stalled.send_request(infer()).await.unwrap();
+    assert_eq!(head.status(), http::StatusCode::OK);
+    // The answer holds the route's one slot meanwhile...
+    let client = TestClient::new();
+    let busy = client
+        .send(
+            http::Method::POST,
+            &gateway.url("/v2/models/fraud/infer"),
+            &[("content-type", "application/json")],
+            "{}",
+        )
+        .await;
+    assert_eq!(busy.status, http::StatusCode::SERVICE_UNAVAILABLE);
+    // ...until the gateway gives up on the stalled client, within the
+    // write timeout, and closes its connection.
+    let closed = tokio::time::timeout(crate::support::WAIT, stalled_connection).await;
+    assert!(closed.is_ok(), "the stalled h2 connection was never closed");
+    drop(head);
+    let response = client
+        .send(
+            http::Method::POST,
+            &gateway.url("/v2/models/fraud/infer"),
+            &[("content-type", "application/json")],
+            "{}",
+        )
+        .await;
+    assert_eq!(response.status, http::StatusCode::OK, "the slot was freed");
+    // A normal h2 client on the same gateway is not affected.
+    let stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let (mut reader, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let response = reader.send_request(infer()).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), 1 << 20);
+}
+
 /// A raw HTTP/1.1 upstream on a free port, for answers no real server
 /// gives on purpose: each connection's request is read (one read), then
 /// `answer` does what it likes with the socket.

@@ -10,7 +10,10 @@
 //! (slowloris), and a keep-alive connection idle for `limits.idle_timeout`
 //! is closed quietly. An idle watch beside every connection (HTTP/1.1 and
 //! h2) closes it, gracefully, once no request has been in flight for
-//! `limits.idle_timeout`, whether or not hyper polls the socket. Shutdown stops accepting, lets every connection finish
+//! `limits.idle_timeout`, whether or not hyper polls the socket. An h2
+//! client that takes no response data for `limits.write_timeout` (its
+//! flow-control window stays shut) is cut off ([`Delivery`]). Shutdown
+//! stops accepting, lets every connection finish
 //! its in-flight requests (hyper's graceful shutdown), and then returns.
 
 use std::convert::Infallible;
@@ -115,12 +118,16 @@ async fn serve_connection(
 
     if is_h2 {
         let watched = Arc::clone(&activity);
+        let delivery = Arc::new(Delivery::new());
+        let delivering = Arc::clone(&delivery);
         let service = hyper::service::service_fn(move |request| {
             let proxy = proxy.clone();
             let activity = Arc::clone(&watched);
+            let delivery = Arc::clone(&delivering);
             async move {
                 let _request = activity.begin();
-                Ok::<_, Infallible>(proxy.handle(request).await)
+                let response = proxy.handle(request).await;
+                Ok::<_, Infallible>(response.map(|body| DeliveredBody::new(body, delivery)))
             }
         });
         let mut builder = http2::Builder::new(TokioExecutor::new());
@@ -132,13 +139,24 @@ async fn serve_connection(
             );
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         tokio::pin!(connection);
-        // Idle: a GOAWAY, whatever PINGs the client answers.
+        // Idle: a GOAWAY, whatever PINGs the client answers. A client that
+        // takes no response data for `write_timeout` (a zero flow-control
+        // window) is cut off at once: a graceful close would wait on the
+        // very streams it stalls, with their route slots.
+        let write_timeout = limits.write_timeout.get();
         tokio::select! {
             _ = connection.as_mut() => return,
             _ = stopped(&mut shutdown) => connection.as_mut().graceful_shutdown(),
             () = activity.idle_for(idle_timeout) => connection.as_mut().graceful_shutdown(),
+            () = delivery.stalled_for(write_timeout) => {
+                tracing::info!(%peer, "h2 client took no response data within the write timeout; closing");
+                return;
+            }
         }
-        let _ = connection.await;
+        tokio::select! {
+            _ = connection.as_mut() => {}
+            () = delivery.stalled_for(write_timeout) => {}
+        }
         return;
     }
 
@@ -233,6 +251,139 @@ impl Drop for InRequest<'_> {
     fn drop(&mut self) {
         self.0.touch();
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Whether an h2 client takes the response data it is sent. hyper polls a
+/// response body for its next frame only once the previous one has been
+/// handed to the connection, which waits on the client's flow-control
+/// window: a body that has yielded a frame and is not polled again is
+/// waiting on the client. The watch fires when some body has waited and no
+/// body of the connection has been polled for the write timeout; a client
+/// that stalls one stream while reading others is not caught here.
+struct Delivery {
+    /// Bodies that yielded a frame (or were just made) and wait for hyper.
+    waiting: std::sync::atomic::AtomicUsize,
+    /// Milliseconds since `epoch` of the last progress: a body polled, or
+    /// the first body to wait after none did.
+    progress_ms: std::sync::atomic::AtomicU64,
+    epoch: Instant,
+}
+
+impl Delivery {
+    fn new() -> Self {
+        Self {
+            waiting: Default::default(),
+            progress_ms: Default::default(),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.progress_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn start_waiting(&self) {
+        if self.waiting.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.touch();
+        }
+    }
+
+    fn stop_waiting(&self) {
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        self.touch();
+    }
+
+    /// Resolves once a body has waited `limit` with no progress.
+    async fn stalled_for(&self, limit: Duration) {
+        loop {
+            let last = self.epoch + Duration::from_millis(self.progress_ms.load(Ordering::Relaxed));
+            let due = last + limit;
+            if Instant::now() >= due && self.waiting.load(Ordering::Relaxed) > 0 {
+                return;
+            }
+            tokio::time::sleep_until(due.max(Instant::now() + limit / 4)).await;
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body on an h2 connection, reporting to its [`Delivery`]
+    /// whether it waits on the client.
+    struct DeliveredBody<B> {
+        #[pin]
+        inner: B,
+        ticket: WaitTicket,
+    }
+}
+
+/// One body's place in its connection's [`Delivery`]; dropping it (hyper
+/// is done with the body) ends any wait.
+struct WaitTicket {
+    delivery: Arc<Delivery>,
+    waiting: bool,
+}
+
+impl WaitTicket {
+    fn wait(&mut self) {
+        if !self.waiting {
+            self.waiting = true;
+            self.delivery.start_waiting();
+        }
+    }
+
+    fn polled(&mut self) {
+        if std::mem::take(&mut self.waiting) {
+            self.delivery.stop_waiting();
+        }
+    }
+}
+
+impl Drop for WaitTicket {
+    fn drop(&mut self) {
+        self.polled();
+    }
+}
+
+impl<B: hyper::body::Body> DeliveredBody<B> {
+    fn new(inner: B, delivery: Arc<Delivery>) -> Self {
+        let mut ticket = WaitTicket {
+            delivery,
+            waiting: false,
+        };
+        if !inner.is_end_stream() {
+            ticket.wait();
+        }
+        Self { inner, ticket }
+    }
+}
+
+impl<B: hyper::body::Body> hyper::body::Body for DeliveredBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        this.ticket.polled();
+        let polled = this.inner.poll_frame(cx);
+        // A frame handed over waits on the client until the next poll, or
+        // until hyper, done with it, drops the body.
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            this.ticket.wait();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
