@@ -288,6 +288,34 @@ async fn rate_limits_apply_per_api_key_with_retry_after() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_invents_a_new_api_key_every_time_is_still_limited() {
+    let backend = crate::support::sim("b", "1", "us-east").await;
+    let limit = r#"rate_limit = { per_second = 1, burst = 2, key_header = "x-api-key" }"#;
+    let gateway = GatewayProcess::start(&single_backend_config("b", backend.addr, limit)).await;
+    let client = TestClient::new();
+    let url = gateway.url("/v2/models/fraud/infer");
+    let known = client.infer(&url, &[("x-api-key", "known")]).await;
+    assert_eq!(known.status, StatusCode::OK);
+    let mut served = 0;
+    for i in 0..30 {
+        let key = format!("invented-{i}");
+        let response = client.infer(&url, &[("x-api-key", key.as_str())]).await;
+        if response.status == StatusCode::OK {
+            served += 1;
+        } else {
+            assert_json_error(&response, StatusCode::TOO_MANY_REQUESTS);
+            assert!(response.header("retry-after").is_some());
+        }
+    }
+    // New keys from one address come in at the limit's own rate: what is
+    // left of the burst, and a refill or two while the loop runs.
+    assert!((1..=3).contains(&served), "{served} invented keys served");
+    // A key this address already brought in keeps its own budget.
+    let known = client.infer(&url, &[("x-api-key", "known")]).await;
+    assert_eq!(known.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_request_body_gets_408_buffered_or_streamed() {
     let fixture = CanaryFixture::start().await;
     let gateway = GatewayProcess::start(&fixture.config_with(100, 0, LIMITS)).await;

@@ -30,9 +30,9 @@ pub use load::{hash_bytes, load_file, LoadError, LoadedConfig};
 pub use model::redact_url;
 pub use model::{
     Backend, Balancer, Cascade, Config, Endpoint, EntityFeatures, EntityKey, FailureStatuses,
-    GatewaySettings, HealthCheck, HedgePolicy, Limits, OnUnavailable, OutlierDetection, RateLimit,
-    RedisSettings, RetryPolicy, Rollout, Route, RouteMatch, Secret, Shadow, Split, SplitTarget,
-    TokenSource, TracingSettings, UpstreamProtocol,
+    GatewaySettings, HealthCheck, HedgePolicy, IpNet, Limits, OnUnavailable, OutlierDetection,
+    RateLimit, RedisSettings, RetryPolicy, Rollout, Route, RouteMatch, Secret, Shadow, Split,
+    SplitTarget, TokenSource, TracingSettings, UpstreamProtocol,
 };
 pub use validate::{parse, parse_with_models, ModelLoader};
 pub use value::{Timeout, TimeoutError, Weight, WeightError};

@@ -102,7 +102,8 @@ pub async fn handle(
         .ok_or(GatewayError::NoRoute)?;
 
     *matched = Some(std::sync::Arc::clone(route));
-    let admitted = super::admit_to_route(route, &parts.headers).await?;
+    let client = proxy.client_address(snapshot, &parts.headers);
+    let admitted = super::admit_to_route(route, &parts.headers, client).await?;
 
     // Phase: stage 1, for cascade routes' inference calls.
     if let Some(stage) = &route.cascade {

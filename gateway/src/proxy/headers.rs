@@ -103,6 +103,33 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
     }
 }
 
+/// The client behind `peer`: `peer` itself unless it is in `trusted`, else
+/// the rightmost `x-forwarded-for` address that is not a trusted proxy
+/// (the left part of the list is the client's to forge).
+pub fn client_address(
+    headers: &HeaderMap,
+    peer: std::net::IpAddr,
+    trusted: &[cascadia_config::IpNet],
+) -> std::net::IpAddr {
+    let is_trusted = |ip: std::net::IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let hops = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect::<Vec<_>>();
+    hops.iter()
+        .rev()
+        .map(|hop| hop.trim().parse::<std::net::IpAddr>())
+        .take_while(Result::is_ok)
+        .flatten()
+        .find(|ip| !is_trusted(*ip))
+        .unwrap_or(peer)
+}
+
 /// Appends the client to `x-forwarded-for` and `forwarded`, sets
 /// `x-forwarded-proto`, and records the original host. A chain the client
 /// sent is kept only from a `trusted` peer (a configured proxy): from
@@ -156,6 +183,34 @@ pub fn append_forwarded(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_address_is_the_peer_unless_the_peer_is_a_trusted_proxy() {
+        let trusted = [cascadia_config::IpNet::parse("10.0.0.0/8").unwrap()];
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            X_FORWARDED_FOR,
+            HeaderValue::from_static("198.51.100.7, 203.0.113.5, 10.1.1.1"),
+        );
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        // An untrusted peer's list is ignored.
+        assert_eq!(
+            client_address(&headers, ip("192.0.2.1"), &trusted),
+            ip("192.0.2.1")
+        );
+        // Behind trusted proxies: the nearest untrusted hop, not the
+        // leftmost one the client wrote.
+        assert_eq!(
+            client_address(&headers, ip("10.0.0.2"), &trusted),
+            ip("203.0.113.5")
+        );
+        // A hop that is not an address stops the walk at the peer.
+        headers.insert(X_FORWARDED_FOR, HeaderValue::from_static("junk"));
+        assert_eq!(
+            client_address(&headers, ip("10.0.0.2"), &trusted),
+            ip("10.0.0.2")
+        );
+    }
 
     #[test]
     fn strips_fixed_and_connection_listed_headers_but_keeps_te_trailers() {

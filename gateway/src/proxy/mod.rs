@@ -167,6 +167,18 @@ impl Proxy {
         }
     }
 
+    /// The address a request came from: the peer, or, when the peer is a
+    /// trusted proxy, the nearest address in `x-forwarded-for` that is not
+    /// one.
+    pub(crate) fn client_address(
+        &self,
+        snapshot: &Snapshot,
+        headers: &http::HeaderMap,
+    ) -> std::net::IpAddr {
+        let trusted = &snapshot.config.gateway.trusted_proxies;
+        headers::client_address(headers, self.client.ip(), trusted)
+    }
+
     async fn handle_http(
         &self,
         snapshot: &Arc<Snapshot>,
@@ -206,7 +218,8 @@ impl Proxy {
         };
         *matched = Some(Arc::clone(route));
         let is_infer = oip.is_some_and(|p| p.kind == OipKind::ModelInfer);
-        let admitted = admit_to_route(route, request.headers()).await?;
+        let client = self.client_address(snapshot, request.headers());
+        let admitted = admit_to_route(route, request.headers(), client).await?;
         let (mut parts, incoming) = request.into_parts();
 
         // Triton's binary tensor extension (tritonclient's default) becomes
@@ -1083,10 +1096,11 @@ pub(crate) fn admit<B>(snapshot: &Snapshot, request: &Request<B>) -> Result<(), 
 pub(crate) async fn admit_to_route(
     route: &Route,
     headers: &http::HeaderMap,
+    client: std::net::IpAddr,
 ) -> Result<Option<crate::routing::Admitted>, GatewayError> {
     let span = trace::child("cascadia.admission");
     if let Some(limiter) = &route.rate_limit {
-        if let Err(wait) = limiter.check(headers).await {
+        if let Err(wait) = limiter.check(headers, client).await {
             span.fail("rate limited");
             return Err(rate_limited(wait));
         }

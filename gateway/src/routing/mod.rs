@@ -195,6 +195,59 @@ pub struct RouteLimiter {
     clock: governor::clock::DefaultClock,
     key_header: Option<HeaderName>,
     shared: Option<SharedLimit>,
+    /// With a key header: a client address may bring in new keys only at
+    /// the limit's own rate, so inventing a key per request is no way
+    /// around it.
+    new_keys: Option<NewKeys>,
+}
+
+/// Which keys the limiter has seen lately, and how fast each client
+/// address may add new ones.
+struct NewKeys {
+    /// Key hashes in a fixed table (direct-mapped: a slot holds the last
+    /// key that hashed to it), so its memory is fixed however many keys
+    /// arrive. A known key pushed out by others is new again once, which
+    /// only costs its address one unit of new-key budget.
+    seen: Box<[std::sync::atomic::AtomicU64]>,
+    /// New keys per client address, on the route limit's own quota.
+    per_address: governor::DefaultKeyedRateLimiter<u64>,
+}
+
+/// Slots in [`NewKeys::seen`]: 64 Ki keys, 512 KiB per limited route.
+const SEEN_KEY_SLOTS: usize = 1 << 16;
+
+impl NewKeys {
+    fn new(quota: governor::Quota) -> Self {
+        Self {
+            seen: (0..SEEN_KEY_SLOTS).map(|_| Default::default()).collect(),
+            per_address: governor::RateLimiter::keyed(quota),
+        }
+    }
+
+    /// `Ok` when `key` is known or `address` may bring in a new one now
+    /// (it is then known); else how long to wait.
+    fn admit(
+        &self,
+        key: u64,
+        address: u64,
+        clock: &governor::clock::DefaultClock,
+    ) -> Result<(), Duration> {
+        use governor::clock::Clock;
+        use std::sync::atomic::Ordering;
+        // 0 marks an empty slot; a key hashing to 0 is simply always new.
+        let slot = &self.seen[key as usize % SEEN_KEY_SLOTS];
+        if key != 0 && slot.load(Ordering::Relaxed) == key {
+            return Ok(());
+        }
+        if self.per_address.len() > MAX_RATE_LIMIT_KEYS {
+            self.per_address.retain_recent();
+        }
+        self.per_address
+            .check_key(&address)
+            .map_err(|not_until| not_until.wait_time_from(clock.now()))?;
+        slot.store(key, Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 /// The Redis side of a shared limit.
@@ -235,6 +288,7 @@ impl RouteLimiter {
             limiter: governor::RateLimiter::keyed(quota),
             hasher: std::collections::hash_map::RandomState::new(),
             clock: governor::clock::DefaultClock::default(),
+            new_keys: limit.key_header.as_ref().map(|_| NewKeys::new(quota)),
             key_header: limit.key_header.clone(),
             shared: match (limit.shared, redis) {
                 (true, Some(redis)) => Some(SharedLimit {
@@ -262,14 +316,24 @@ impl RouteLimiter {
         self.shared.is_some()
     }
 
-    /// `Ok` to proceed, or how long the caller must wait.
-    pub async fn check(&self, headers: &http::HeaderMap) -> Result<(), Duration> {
+    /// `Ok` to proceed, or how long the caller must wait. `client` is the
+    /// address the request came from, for the limit on new keys.
+    pub async fn check(
+        &self,
+        headers: &http::HeaderMap,
+        client: std::net::IpAddr,
+    ) -> Result<(), Duration> {
         use governor::clock::Clock;
         let key = self
             .key_header
             .as_ref()
             .and_then(|name| headers.get(name))
             .map_or(&[][..], |v| v.as_bytes());
+        let hashed = std::hash::BuildHasher::hash_one(&self.hasher, key);
+        if let Some(new_keys) = &self.new_keys {
+            let address = std::hash::BuildHasher::hash_one(&self.hasher, client);
+            new_keys.admit(hashed, address, &self.clock)?;
+        }
         if let Some(shared) = &self.shared {
             let redis_key = format!("{}{:016x}", shared.prefix, fnv1a(key));
             match shared
@@ -288,9 +352,8 @@ impl RouteLimiter {
         if self.limiter.len() > MAX_RATE_LIMIT_KEYS {
             self.limiter.retain_recent();
         }
-        let key = std::hash::BuildHasher::hash_one(&self.hasher, key);
         self.limiter
-            .check_key(&key)
+            .check_key(&hashed)
             .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 }
@@ -558,6 +621,54 @@ impl RouteTable {
 mod tests {
     use super::*;
 
+    fn ip(text: &str) -> std::net::IpAddr {
+        text.parse().unwrap()
+    }
+
+    fn key_headers(key: &str) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-api-key", key.parse().unwrap());
+        headers
+    }
+
+    #[tokio::test]
+    async fn a_client_that_invents_a_key_per_request_is_limited_like_one_key() {
+        let limit = cascadia_config::RateLimit {
+            per_second: 1,
+            burst: 3,
+            key_header: Some(http::HeaderName::from_static("x-api-key")),
+            shared: false,
+        };
+        let limiter = RouteLimiter::new(&limit, "r", None);
+        let flooder = ip("10.0.0.9");
+        let mut allowed = 0;
+        for i in 0..100 {
+            if limiter
+                .check(&key_headers(&format!("fresh-{i}")), flooder)
+                .await
+                .is_ok()
+            {
+                allowed += 1;
+            }
+        }
+        assert_eq!(allowed, 3, "the burst's worth of new keys, no more");
+        // A key it already brought in keeps its own budget...
+        assert!(limiter
+            .check(&key_headers("fresh-0"), flooder)
+            .await
+            .is_ok());
+        // ...and another address brings in its keys as before.
+        assert!(limiter
+            .check(&key_headers("honest"), ip("10.0.0.1"))
+            .await
+            .is_ok());
+        let wait = limiter
+            .check(&key_headers("fresh-100"), flooder)
+            .await
+            .unwrap_err();
+        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1));
+    }
+
     #[tokio::test]
     async fn long_keys_cost_a_hash_each_and_keep_their_own_budgets() {
         let limit = cascadia_config::RateLimit {
@@ -573,12 +684,16 @@ mod tests {
             headers
         };
         let (a, b) = ("a".repeat(15_000), "b".repeat(15_000));
-        assert!(limiter.check(&headers(&a)).await.is_ok());
+        let (one, two) = (ip("10.0.0.1"), ip("10.0.0.2"));
+        assert!(limiter.check(&headers(&a), one).await.is_ok());
         assert!(
-            limiter.check(&headers(&a)).await.is_err(),
+            limiter.check(&headers(&a), one).await.is_err(),
             "a's burst is spent"
         );
-        assert!(limiter.check(&headers(&b)).await.is_ok(), "b has its own");
+        assert!(
+            limiter.check(&headers(&b), two).await.is_ok(),
+            "b has its own"
+        );
         // Two entries, each a u64 hash (the limiter's key type), not the
         // 15 KB keys.
         assert_eq!(limiter.limiter.len(), 2);
