@@ -315,6 +315,67 @@ async fn a_client_that_invents_a_new_api_key_every_time_is_still_limited() {
     assert_eq!(known.status, StatusCode::OK);
 }
 
+/// The gauge of request bytes the gateway holds, from `/metrics`.
+async fn buffered_bytes(client: &TestClient, gateway: &GatewayProcess) -> u64 {
+    let metrics = client.get(&gateway.admin_url("/metrics"), &[]).await.body;
+    String::from_utf8_lossy(&metrics)
+        .lines()
+        .find_map(|line| line.strip_prefix("cascadia_buffered_request_bytes "))
+        .and_then(|v| v.parse().ok())
+        .expect("cascadia_buffered_request_bytes")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_bodies_share_one_gateway_wide_budget() {
+    let backend = crate::support::sim("b", "1", "us-east").await;
+    let config = single_backend_config("b", backend.addr, "").replacen(
+        "[gateway]",
+        "[gateway]\nlimits = { max_body_bytes = 1048576, max_buffered_bytes = 1572864 }",
+        1,
+    );
+    let gateway = GatewayProcess::start(&config).await;
+    let client = TestClient::new();
+    // Binary-tensor requests are read whole (to be converted to JSON).
+    let head = "POST /v2/models/fraud/infer HTTP/1.1\r\nhost: t\r\ncontent-type: application/octet-stream\r\ninference-header-content-length: 64\r\ncontent-length: 1000000\r\n\r\n";
+    let part = vec![b' '; 900_000];
+    let mut first = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    first.write_all(head.as_bytes()).await.unwrap();
+    first.write_all(&part).await.unwrap();
+    // Readiness: the gateway holds the first body's 900 KB.
+    tokio::time::timeout(crate::support::WAIT, async {
+        while buffered_bytes(&client, &gateway).await < 900_000 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the first body is being buffered");
+    // A second one would take the gateway past its budget: refused while
+    // it arrives, with a 503 to retry, not buffered.
+    let mut second = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    second.write_all(head.as_bytes()).await.unwrap();
+    let _ = second.write_all(&part).await;
+    let response = read_response(&mut second).await;
+    assert!(response.starts_with("HTTP/1.1 503"), "{response}");
+    assert!(response.contains("retry-after: 1"), "{response}");
+    assert!(response.contains(r#"{"error":"#), "{response}");
+    // The first client leaving returns its share.
+    drop(first);
+    tokio::time::timeout(crate::support::WAIT, async {
+        while buffered_bytes(&client, &gateway).await > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the budget is returned");
+    assert_eq!(
+        client
+            .infer(&gateway.url("/v2/models/fraud/infer"), &[])
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_request_body_gets_408_buffered_or_streamed() {
     let fixture = CanaryFixture::start().await;

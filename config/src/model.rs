@@ -234,6 +234,11 @@ mod ipnet_tests {
 pub struct Limits {
     /// Largest request body; beyond it the client gets 413. Default 4 MiB.
     pub max_body_bytes: u64,
+    /// Most request bytes the gateway holds in memory at once, over every
+    /// request (bodies read whole, decompressed or converted); a request
+    /// that would pass it gets 503 with `Retry-After`. Default 256 MiB, at
+    /// least `max_body_bytes`.
+    pub max_buffered_bytes: u64,
     /// Largest sum of header name and value bytes; beyond it 431. Default
     /// 16384, at least 1024.
     pub max_header_bytes: usize,
@@ -259,6 +264,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_body_bytes: 4 * 1024 * 1024,
+            max_buffered_bytes: 256 * 1024 * 1024,
             max_header_bytes: 16 * 1024,
             max_headers: 100,
             header_read_timeout: Timeout::from_secs_unchecked(10),

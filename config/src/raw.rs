@@ -56,6 +56,7 @@ pub(crate) struct RawAdmin {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawLimits {
     pub max_body_bytes: Option<u64>,
+    pub max_buffered_bytes: Option<u64>,
     pub max_header_bytes: Option<usize>,
     pub max_headers: Option<usize>,
     pub header_read_timeout: Option<String>,

@@ -241,6 +241,18 @@ fn limits(raw: RawLimits, errors: &mut Collector) -> Limits {
         }
         limits.max_body_bytes = v;
     }
+    if let Some(v) = raw.max_buffered_bytes {
+        limits.max_buffered_bytes = v;
+    }
+    if limits.max_buffered_bytes < limits.max_body_bytes {
+        errors.push(
+            "gateway.limits.max_buffered_bytes",
+            format!(
+                "{} is under max_body_bytes ({}): no body could ever be read",
+                limits.max_buffered_bytes, limits.max_body_bytes
+            ),
+        );
+    }
     if let Some(v) = raw.max_header_bytes {
         // Below this, ordinary browsers and SDKs fail on their own headers.
         if v < 1024 {
@@ -1751,6 +1763,30 @@ connect_timeout = "250ms"
             "{errs:?}"
         );
     }
+
+    #[test]
+    fn the_buffer_budget_must_hold_at_least_one_body() {
+        let config = format!(
+            "[gateway.limits]\nmax_body_bytes = 1000\nmax_buffered_bytes = 999\n{}",
+            with_backends(ROUTE_M)
+        );
+        let errs = errors(&config);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("gateway.limits.max_buffered_bytes"),
+            "{errs:?}"
+        );
+        let config = config.replace("999", "1000");
+        let config = parse(&config).unwrap();
+        assert_eq!(config.gateway.limits.max_buffered_bytes, 1000);
+    }
+
+    const ROUTE_M: &str = r#"
+[[routes]]
+name = "r"
+match = { model = "m" }
+backends = ["a"]
+"#;
 
     #[test]
     fn a_shared_rate_limit_needs_redis() {

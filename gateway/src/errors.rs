@@ -51,6 +51,9 @@ pub enum GatewayError {
     DeadlineExceeded,
     #[error("route {route} is at its concurrency limit")]
     Overloaded { route: String },
+    /// The gateway-wide budget for buffered request bytes is spent.
+    #[error("the gateway's buffered request bytes are at limits.max_buffered_bytes")]
+    BufferBudget,
     #[error("rate limit exceeded; retry in {retry_after_secs}s")]
     RateLimited { retry_after_secs: u64 },
     #[error("upstream attempt to {backend} failed")]
@@ -96,7 +99,7 @@ impl GatewayError {
             | Self::BodyTimeout
             | Self::TransferCoding
             | Self::RequestBody(_) => Side::Downstream,
-            Self::NoRoute | Self::Overloaded { .. } => Side::Gateway,
+            Self::NoRoute | Self::Overloaded { .. } | Self::BufferBudget => Side::Gateway,
             Self::NoHealthyBackend { .. }
             | Self::DeadlineExceeded
             | Self::Upstream { .. }
@@ -119,6 +122,7 @@ impl GatewayError {
             Self::DeadlineExceeded => "deadline_exceeded",
             Self::Overloaded { .. } => "overloaded",
             Self::RateLimited { .. } => "rate_limited",
+            Self::BufferBudget => "buffer_budget",
             Self::BodyTimeout => "body_timeout",
             Self::TransferCoding => "transfer_coding",
             Self::Stage2Unusable { .. } => "stage2_unusable",
@@ -155,6 +159,7 @@ impl GatewayError {
             Self::DeadlineExceeded => (S::GATEWAY_TIMEOUT, 4, "deadline exceeded"),
             Self::Overloaded { .. } => (S::SERVICE_UNAVAILABLE, 8, "overloaded, retry later"),
             Self::RateLimited { .. } => (S::TOO_MANY_REQUESTS, 8, "rate limit exceeded"),
+            Self::BufferBudget => (S::SERVICE_UNAVAILABLE, 8, "overloaded, retry later"),
             Self::BodyTimeout => (S::REQUEST_TIMEOUT, 4, "timed out reading the request body"),
             // RFC 9112 §6.1: an unknown transfer coding is a 501.
             Self::TransferCoding => (
@@ -195,7 +200,7 @@ impl GatewayError {
     /// come back instead of letting them hammer the gateway.
     fn add_retry_after(&self, headers: &mut HeaderMap) {
         match self {
-            Self::NoHealthyBackend { .. } | Self::Overloaded { .. } => {
+            Self::NoHealthyBackend { .. } | Self::Overloaded { .. } | Self::BufferBudget => {
                 headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Self::RateLimited { retry_after_secs } => {

@@ -304,6 +304,12 @@ pub fn render(snapshot: &Snapshot, reloads: &ReloadStatus) -> String {
         reloads.rejected
     );
 
+    let _ = writeln!(out, "# TYPE cascadia_buffered_request_bytes gauge");
+    let _ = writeln!(
+        out,
+        "cascadia_buffered_request_bytes {}",
+        snapshot.runtimes.buffers.used()
+    );
     let _ = writeln!(out, "# TYPE cascadia_requests_total counter");
     let _ = writeln!(out, "# TYPE cascadia_request_duration_seconds histogram");
     let _ = writeln!(out, "# TYPE cascadia_shed_total counter");

@@ -51,6 +51,9 @@ impl Snapshot {
         redis: Option<Arc<RedisTier>>,
         runtimes: Arc<RouteRuntimes>,
     ) -> Self {
+        runtimes
+            .buffers
+            .set_limit(loaded.config.gateway.limits.max_buffered_bytes);
         let pools = registry.build(&loaded.config);
         let routes = RouteTable::build(&loaded.config, &pools, redis.as_ref(), &runtimes);
         Self {

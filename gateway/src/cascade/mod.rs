@@ -208,12 +208,17 @@ pub async fn handle(
         incoming,
         limits.max_body_bytes,
         limits.body_read_timeout.get(),
+        &cx.snapshot.runtimes.buffers,
     )
     .await?;
     // The cascade reads the body itself, so a compressed one (a client's
     // `Content-Encoding: gzip`) is decoded here, within the body limit.
-    let body =
+    let compressed = parts.headers.contains_key(http::header::CONTENT_ENCODING);
+    let mut body =
         crate::proxy::coding::decode_request(&mut parts.headers, body, limits.max_body_bytes)?;
+    if compressed {
+        body = cx.snapshot.runtimes.buffers.account(body)?;
+    }
     handle_body(cx, parts, body, model).await
 }
 

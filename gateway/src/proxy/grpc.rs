@@ -72,6 +72,7 @@ pub async fn handle(
         incoming,
         limit,
         snapshot.config.gateway.limits.body_read_timeout.get(),
+        &snapshot.runtimes.buffers,
     )
     .await?;
     let malformed = |_| GatewayError::BadRequest("malformed gRPC frame");
@@ -89,7 +90,10 @@ pub async fn handle(
         let limit_bytes = usize::try_from(limit).unwrap_or(usize::MAX);
         let decoded = super::coding::decode(&coding, message, limit_bytes)
             .map_err(|error| super::coding::request_error(&error, limit))?;
-        body = oip_grpc::encode_frame(&decoded);
+        body = snapshot
+            .runtimes
+            .buffers
+            .account(oip_grpc::encode_frame(&decoded))?;
         parts.headers.remove("grpc-encoding");
     }
     let (_, message) = oip_grpc::decode_frame(&body).map_err(malformed)?;

@@ -15,6 +15,7 @@
 
 mod blame;
 pub mod body;
+pub mod budget;
 pub mod coding;
 pub mod deadline;
 mod grpc;
@@ -233,14 +234,15 @@ impl Proxy {
         let body_timeout = snapshot.config.gateway.limits.body_read_timeout.get();
         let (preread, incoming) = match json_len {
             Some(json_len) if is_infer => {
-                let body = read_limited(incoming, limit, body_timeout).await?;
+                let buffers = &snapshot.runtimes.buffers;
+                let body = read_limited(incoming, limit, body_timeout, buffers).await?;
                 // tritonclient's `request_compression_algorithm`.
                 let body = coding::decode_request(&mut parts.headers, body, limit)?;
                 // The JSON must fit the same limit as the body it replaces.
                 let max_json = usize::try_from(limit).unwrap_or(usize::MAX);
                 let json =
                     match cascadia_oip::json::binary_request_to_json(&body, json_len, max_json) {
-                        Ok(json) => Bytes::from(json),
+                        Ok(json) => buffers.account(Bytes::from(json))?,
                         Err(cascadia_oip::json::BinaryError::TooLarge { .. }) => {
                             return Err(GatewayError::BodyTooLarge { limit })
                         }
@@ -296,7 +298,16 @@ impl Proxy {
         let body = match (preread, incoming) {
             (Some(body), _) => RequestBody::Buffered(body),
             (None, Some(incoming)) => {
-                request_body(route, incoming, limit, body_timeout, shadow.is_some()).await?
+                let buffers = &snapshot.runtimes.buffers;
+                request_body(
+                    route,
+                    incoming,
+                    limit,
+                    body_timeout,
+                    shadow.is_some(),
+                    buffers,
+                )
+                .await?
             }
             (None, None) => unreachable!("the body is either read or not"),
         };
@@ -1134,12 +1145,15 @@ pub(crate) async fn read_limited(
     incoming: Incoming,
     limit: u64,
     timeout: Duration,
+    buffers: &Arc<budget::BufferBudget>,
 ) -> Result<Bytes, GatewayError> {
-    let body = LimitedBody::new(incoming, limit).with_idle_timeout(timeout);
-    Ok(body
-        .collect()
-        .await
-        .map_err(|error| {
+    let mut body = LimitedBody::new(incoming, limit).with_idle_timeout(timeout);
+    // Charged as it arrives, so the gateway-wide budget bounds what is
+    // in memory while bodies are still coming in.
+    let mut reservation = buffers.reservation();
+    let mut chunks = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| {
             if error.is::<BodyLimitExceeded>() {
                 GatewayError::BodyTooLarge { limit }
             } else if error.is::<body::BodyReadTimeout>() {
@@ -1147,16 +1161,24 @@ pub(crate) async fn read_limited(
             } else {
                 GatewayError::BadRequest("request body failed")
             }
-        })?
-        .to_bytes())
+        })?;
+        if let Ok(data) = frame.into_data() {
+            reservation.grow(data.len())?;
+            chunks.push(data);
+        }
+    }
+    let bytes = match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().unwrap_or_default(),
+        _ => Bytes::from(chunks.concat()),
+    };
+    Ok(reservation.attach(bytes))
 }
 
 /// Bodies up to this size are kept in memory on retryable routes so a failed
 /// attempt can be sent again; larger ones stream through once.
 const REPLAY_LIMIT: u64 = 64 * 1024;
 
-/// Prepares a REST request body: buffered when small and the route may
-/// retry, streamed (with the size limit enforced while streaming) otherwise.
 /// The request body: in memory when it may be sent more than once (a
 /// retry, a hedge, or a shadow mirror: `mirrored`), streamed otherwise.
 async fn request_body(
@@ -1165,6 +1187,7 @@ async fn request_body(
     limit: u64,
     idle: Duration,
     mirrored: bool,
+    buffers: &Arc<budget::BufferBudget>,
 ) -> Result<RequestBody, GatewayError> {
     if incoming.is_end_stream() {
         return Ok(RequestBody::Buffered(Bytes::new()));
@@ -1173,7 +1196,7 @@ async fn request_body(
     let retryable = route.idempotent && (route.attempts > 1 || route.hedge.is_some());
     match declared {
         Some(length) if (retryable || mirrored) && length <= REPLAY_LIMIT => Ok(
-            RequestBody::Buffered(read_limited(incoming, limit, idle).await?),
+            RequestBody::Buffered(read_limited(incoming, limit, idle, buffers).await?),
         ),
         // A declared length was checked at admission and hyper enforces it;
         // the limit matters for bodies of unknown length. Every streamed

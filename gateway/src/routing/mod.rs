@@ -71,6 +71,9 @@ pub struct RouteRuntimes {
     routes: std::sync::Mutex<HashMap<String, Arc<RouteRuntime>>>,
     /// Requests that matched no route.
     pub unmatched: Arc<crate::metrics::RouteStats>,
+    /// Request bytes buffered across the gateway (not per route: memory is
+    /// the process's), against `limits.max_buffered_bytes`.
+    pub buffers: Arc<crate::proxy::budget::BufferBudget>,
 }
 
 /// One route's carried state. Pieces whose settings changed are replaced.
