@@ -393,6 +393,49 @@ async fn a_stalled_request_body_gets_408_buffered_or_streamed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_trickles_in_steadily_still_gets_408_at_the_total_timeout() {
+    let fixture = CanaryFixture::start().await;
+    let limits = "body_read_timeout = \"10s\"\nbody_total_timeout = \"1s\"\n";
+    let gateway = GatewayProcess::start(&fixture.config_with(100, 0, limits)).await;
+    // Buffered (a model route, for retries) and streamed (a prefix route).
+    for path in ["/v2/models/fraud/infer", "/echo/upload"] {
+        let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+        let head = format!("POST {path} HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let (mut reader, mut writer) = stream.into_split();
+        // A byte every 100 ms: never idle long enough for body_read_timeout.
+        let trickle = tokio::spawn(async move {
+            loop {
+                if writer.write_all(b"1\r\n \r\n").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        let mut response = Vec::new();
+        let mut buf = [0u8; 1024];
+        let _ = tokio::time::timeout(crate::support::WAIT, async {
+            while !response.windows(4).any(|w| w == b"\r\n\r\n") {
+                match reader.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => response.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        trickle.abort();
+        let response = String::from_utf8_lossy(&response);
+        assert!(response.starts_with("HTTP/1.1 408"), "{path}: {response}");
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{path}: answered after {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_rate_limit_holds_across_replicas_and_falls_back_without_redis() {
     let mut redis = RedisServer::start().await;
     let backend = crate::support::sim("b", "1", "us-east").await;

@@ -250,6 +250,9 @@ pub struct Limits {
     /// Longest wait for the next piece of a request body; then 408 (slow
     /// bodies). Default 30s.
     pub body_read_timeout: Timeout,
+    /// Longest time for a whole request body, however steadily it comes;
+    /// then 408. Default 60s.
+    pub body_total_timeout: Timeout,
     /// How long a client connection (HTTP/1.1 keep-alive or h2) may sit with
     /// no request in flight before the gateway closes it (h2 with GOAWAY).
     /// Default 60s.
@@ -269,6 +272,7 @@ impl Default for Limits {
             max_headers: 100,
             header_read_timeout: Timeout::from_secs_unchecked(10),
             body_read_timeout: Timeout::from_secs_unchecked(30),
+            body_total_timeout: Timeout::from_secs_unchecked(60),
             idle_timeout: Timeout::from_secs_unchecked(60),
             write_timeout: Timeout::from_secs_unchecked(30),
         }

@@ -61,6 +61,7 @@ pub(crate) struct RawLimits {
     pub max_headers: Option<usize>,
     pub header_read_timeout: Option<String>,
     pub body_read_timeout: Option<String>,
+    pub body_total_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub write_timeout: Option<String>,
 }

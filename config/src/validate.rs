@@ -287,6 +287,13 @@ fn limits(raw: RawLimits, errors: &mut Collector) -> Limits {
         limits.body_read_timeout = t;
     }
     if let Some(t) = timeout(
+        raw.body_total_timeout.as_deref(),
+        "gateway.limits.body_total_timeout",
+        errors,
+    ) {
+        limits.body_total_timeout = t;
+    }
+    if let Some(t) = timeout(
         raw.idle_timeout.as_deref(),
         "gateway.limits.idle_timeout",
         errors,

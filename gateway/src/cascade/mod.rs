@@ -207,7 +207,7 @@ pub async fn handle(
     let body = crate::proxy::read_limited(
         incoming,
         limits.max_body_bytes,
-        limits.body_read_timeout.get(),
+        crate::proxy::body::BodyTimeouts::of(limits),
         &cx.snapshot.runtimes.buffers,
     )
     .await?;

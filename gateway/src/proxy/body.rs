@@ -261,13 +261,35 @@ pin_project! {
         limit: u64,
         // Fails the body when no frame arrives for this long (slow bodies).
         idle: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
+        // Fails the body when it has not ended by then, however steadily
+        // it trickles (a byte a second never trips `idle`).
+        total: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
     }
 }
 
-/// The client stopped sending its body mid-way.
+/// The client stopped sending its body mid-way, or sent it too slowly.
 #[derive(Debug, thiserror::Error)]
-#[error("no request body data for {0:?}")]
+#[error("request body not received in time ({0:?})")]
 pub struct BodyReadTimeout(pub Duration);
+
+/// How long a client may take over its request body.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTimeouts {
+    /// Longest gap between two pieces (`limits.body_read_timeout`).
+    pub idle: Duration,
+    /// Longest time for the whole body (`limits.body_total_timeout`).
+    pub total: Duration,
+}
+
+impl BodyTimeouts {
+    /// The timeouts `limits` sets.
+    pub fn of(limits: &cascadia_config::Limits) -> Self {
+        Self {
+            idle: limits.body_read_timeout.get(),
+            total: limits.body_total_timeout.get(),
+        }
+    }
+}
 
 impl<B> LimitedBody<B> {
     /// Wraps `inner` with a limit of `limit` bytes.
@@ -277,6 +299,7 @@ impl<B> LimitedBody<B> {
             remaining: limit,
             limit,
             idle: None,
+            total: None,
         }
     }
 
@@ -284,6 +307,13 @@ impl<B> LimitedBody<B> {
     pub fn with_idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle = Some((timeout, Box::pin(tokio::time::sleep(timeout))));
         self
+    }
+
+    /// Also fails the body on either of `timeouts`, counted from now.
+    pub fn with_timeouts(self, timeouts: BodyTimeouts) -> Self {
+        let mut body = self.with_idle_timeout(timeouts.idle);
+        body.total = Some((timeouts.total, Box::pin(tokio::time::sleep(timeouts.total))));
+        body
     }
 }
 
@@ -300,6 +330,11 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
+        if let Some((total, timer)) = this.total.as_mut() {
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Some(Err(Box::new(BodyReadTimeout(*total)))));
+            }
+        }
         let polled = this.inner.poll_frame(cx);
         if let Some((timeout, timer)) = this.idle.as_mut() {
             if polled.is_ready() {
@@ -403,6 +438,28 @@ impl<B: Body> Body for TrackedBody<B> {
 mod tests {
     use super::*;
     use http_body_util::{BodyExt, Full, StreamBody};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_trickle_is_cut_at_the_total_timeout_not_the_idle_one() {
+        // A byte every 100 ms, for ever.
+        let trickle = futures_util::stream::unfold((), |()| async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Some((
+                Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"x"))),
+                (),
+            ))
+        });
+        let timeouts = BodyTimeouts {
+            idle: Duration::from_secs(1),
+            total: Duration::from_secs(5),
+        };
+        let body = LimitedBody::new(StreamBody::new(trickle), 1 << 20).with_timeouts(timeouts);
+        let started = tokio::time::Instant::now();
+        let error = body.collect().await.expect_err("cut off");
+        let timeout = error.downcast_ref::<BodyReadTimeout>().expect("a timeout");
+        assert_eq!(timeout.0, Duration::from_secs(5));
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
 
     #[tokio::test]
     async fn limited_body_passes_bodies_within_the_limit() {

@@ -71,7 +71,7 @@ pub async fn handle(
     let mut body = super::read_limited(
         incoming,
         limit,
-        snapshot.config.gateway.limits.body_read_timeout.get(),
+        super::body::BodyTimeouts::of(&snapshot.config.gateway.limits),
         &snapshot.runtimes.buffers,
     )
     .await?;

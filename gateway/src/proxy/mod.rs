@@ -231,7 +231,7 @@ impl Proxy {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
         let limit = snapshot.config.gateway.limits.max_body_bytes;
-        let body_timeout = snapshot.config.gateway.limits.body_read_timeout.get();
+        let body_timeout = body::BodyTimeouts::of(&snapshot.config.gateway.limits);
         let (preread, incoming) = match json_len {
             Some(json_len) if is_infer => {
                 let buffers = &snapshot.runtimes.buffers;
@@ -1144,10 +1144,10 @@ const INFERENCE_HEADER_CONTENT_LENGTH: http::HeaderName =
 pub(crate) async fn read_limited(
     incoming: Incoming,
     limit: u64,
-    timeout: Duration,
+    timeouts: body::BodyTimeouts,
     buffers: &Arc<budget::BufferBudget>,
 ) -> Result<Bytes, GatewayError> {
-    let mut body = LimitedBody::new(incoming, limit).with_idle_timeout(timeout);
+    let mut body = LimitedBody::new(incoming, limit).with_timeouts(timeouts);
     // Charged as it arrives, so the gateway-wide budget bounds what is
     // in memory while bodies are still coming in.
     let mut reservation = buffers.reservation();
@@ -1185,7 +1185,7 @@ async fn request_body(
     route: &Route,
     incoming: Incoming,
     limit: u64,
-    idle: Duration,
+    timeouts: body::BodyTimeouts,
     mirrored: bool,
     buffers: &Arc<budget::BufferBudget>,
 ) -> Result<RequestBody, GatewayError> {
@@ -1196,14 +1196,14 @@ async fn request_body(
     let retryable = route.idempotent && (route.attempts > 1 || route.hedge.is_some());
     match declared {
         Some(length) if (retryable || mirrored) && length <= REPLAY_LIMIT => Ok(
-            RequestBody::Buffered(read_limited(incoming, limit, idle, buffers).await?),
+            RequestBody::Buffered(read_limited(incoming, limit, timeouts, buffers).await?),
         ),
         // A declared length was checked at admission and hyper enforces it;
         // the limit matters for bodies of unknown length. Every streamed
         // body gets the idle timeout (slow bodies).
         _ => {
             let progress = Arc::new(body::BodyProgress::default());
-            let limited = LimitedBody::new(incoming, limit).with_idle_timeout(idle);
+            let limited = LimitedBody::new(incoming, limit).with_timeouts(timeouts);
             Ok(RequestBody::Streaming {
                 body: Some(body::TrackedBody::new(limited, Arc::clone(&progress)).boxed_unsync()),
                 progress,
