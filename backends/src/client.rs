@@ -126,12 +126,6 @@ impl UpstreamError {
         self.kind
     }
 
-    /// Whether another attempt could succeed where this one failed: true
-    /// for connect failures, which never reached the upstream application.
-    pub fn is_retryable(&self) -> bool {
-        self.kind == UpstreamErrorKind::Connect
-    }
-
     /// Finds a request-body error of type `E` in the cause chain, for the
     /// caller that put it there (for example a body size limit).
     pub fn find_body_error<E: StdError + 'static>(&self) -> Option<&E> {

@@ -41,6 +41,11 @@ pub enum GatewayError {
     UnknownVersion(String),
     #[error("malformed request: {0}")]
     BadRequest(&'static str),
+    /// The payload is well-formed HTTP but not a valid inference request;
+    /// the message (written by the gateway's own validators, never an
+    /// upstream's or a library's text) says what is wrong with it.
+    #[error("invalid payload: {0}")]
+    InvalidPayload(String),
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("gRPC method {0} is not supported")]
@@ -76,12 +81,12 @@ pub enum GatewayError {
 }
 
 /// How a failure is presented to a client.
-struct Presentation {
+struct Presentation<'e> {
     status: StatusCode,
     /// gRPC status code for gRPC clients (see `grpc/status.h`).
     grpc_code: u8,
     /// What the client reads. Generic on purpose: no addresses, no causes.
-    message: &'static str,
+    message: &'e str,
 }
 
 impl GatewayError {
@@ -93,6 +98,7 @@ impl GatewayError {
             | Self::HeadersTooLarge { .. }
             | Self::UnknownVersion(_)
             | Self::BadRequest(_)
+            | Self::InvalidPayload(_)
             | Self::MethodNotAllowed
             | Self::Unimplemented(_)
             | Self::RateLimited { .. }
@@ -116,6 +122,7 @@ impl GatewayError {
             Self::NoRoute => "no_route",
             Self::UnknownVersion(_) => "unknown_version",
             Self::BadRequest(_) => "bad_request",
+            Self::InvalidPayload(_) => "invalid_payload",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Unimplemented(_) => "unimplemented",
             Self::NoHealthyBackend { .. } => "no_healthy_backend",
@@ -136,7 +143,7 @@ impl GatewayError {
         }
     }
 
-    fn presentation(&self) -> Presentation {
+    fn presentation(&self) -> Presentation<'_> {
         use StatusCode as S;
         let (status, grpc_code, message) = match self {
             Self::BodyTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, 8, "request body too large"),
@@ -153,6 +160,7 @@ impl GatewayError {
             Self::NoRoute => (S::NOT_FOUND, 5, "no route for this request"),
             Self::UnknownVersion(_) => (S::BAD_REQUEST, 3, "unknown version requested"),
             Self::BadRequest(what) => (S::BAD_REQUEST, 3, *what),
+            Self::InvalidPayload(what) => (S::BAD_REQUEST, 3, what.as_str()),
             Self::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, 12, "method not allowed"),
             Self::Unimplemented(_) => (S::NOT_IMPLEMENTED, 12, "method not supported"),
             Self::NoHealthyBackend { .. } => (S::SERVICE_UNAVAILABLE, 14, "no backend available"),

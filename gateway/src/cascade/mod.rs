@@ -32,11 +32,11 @@ use cascadia_config::{Cascade, OnUnavailable};
 use cascadia_oip::json::InferRequest;
 use cascadia_oip::path::{OipKind, OipPath};
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use serde::Serialize;
 
-use crate::errors::{json_error, GatewayError};
+use crate::errors::GatewayError;
 use crate::proxy::body::ResponseBody;
 use crate::proxy::{choose_target, deadline, headers, upstream_path, Proxy};
 use crate::routing::{Route, Target};
@@ -149,10 +149,8 @@ pub async fn handle_grpc(
     let request = match cascadia_oip::grpc::ModelInferRequest::decode(message) {
         Ok(request) => request,
         Err(_) => {
-            return Ok(payload_error(
-                Wire::Grpc,
-                "malformed ModelInferRequest",
-                cx.request_id,
+            return Err(GatewayError::InvalidPayload(
+                "malformed ModelInferRequest".to_owned(),
             ))
         }
     };
@@ -165,7 +163,7 @@ pub async fn handle_grpc(
     }
     let infer = match cascadia_cascade::grpc::to_json_request(&request) {
         Ok(infer) => infer,
-        Err(error) => return Ok(payload_error(Wire::Grpc, &error.to_string(), cx.request_id)),
+        Err(error) => return Err(GatewayError::InvalidPayload(error.to_string())),
     };
     let model_version = (!request.model_version.is_empty()).then(|| request.model_version.clone());
     // The shadow's copy: the message under the candidate's model name.
@@ -235,11 +233,9 @@ pub async fn handle_body(
     let infer: InferRequest = match serde_json::from_slice(&body) {
         Ok(infer) => infer,
         Err(error) => {
-            return Ok(payload_error(
-                Wire::Rest,
-                &format!("invalid inference request: {error}"),
-                cx.request_id,
-            ))
+            return Err(GatewayError::InvalidPayload(format!(
+                "invalid inference request: {error}"
+            )))
         }
     };
     let parsed = Parsed {
@@ -331,7 +327,7 @@ impl Call<'_> {
         let (features, forced) =
             match assemble_features(self.cx.stage, &infer, &parts.headers, layout).await {
                 Ok(found) => found,
-                Err(message) => return Ok(payload_error(self.wire, &message, self.cx.request_id)),
+                Err(message) => return Err(GatewayError::InvalidPayload(message)),
             };
         // The split comes first: every row is counted under the version the
         // request belongs to, whoever answers it.
@@ -758,15 +754,6 @@ fn stage1_header(settings: &Cascade) -> HeaderValue {
 /// would go first.
 fn stage2_p95(target: &Target) -> Option<Duration> {
     target.pools.first()?.latency_percentile(95.0)
-}
-
-/// A 400 (gRPC: INVALID_ARGUMENT) whose message describes the client's
-/// payload.
-fn payload_error(wire: Wire, message: &str, request_id: &HeaderValue) -> Response<ResponseBody> {
-    match wire {
-        Wire::Rest => json_error(StatusCode::BAD_REQUEST, message, request_id),
-        Wire::Grpc => crate::errors::grpc_status(3, message, request_id),
-    }
 }
 
 /// Bounds of an audit's stage-2 answer: audits run in the background, so

@@ -247,11 +247,7 @@ impl Proxy {
                             return Err(GatewayError::BodyTooLarge { limit })
                         }
                         Err(cascadia_oip::json::BinaryError::Invalid(message)) => {
-                            return Ok(crate::errors::json_error(
-                                StatusCode::BAD_REQUEST,
-                                &message,
-                                request_id,
-                            ))
+                            return Err(GatewayError::InvalidPayload(message))
                         }
                     };
                 parts.headers.remove(INFERENCE_HEADER_CONTENT_LENGTH);
