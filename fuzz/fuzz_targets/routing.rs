@@ -1,10 +1,11 @@
 //! Fuzzes the match phase: arbitrary paths through `cascadia_oip::path::parse`
 //! and a `RouteTable` built from a small fixed config (two model routes, three
-//! nested path-prefix routes, one prefix inside `/v2/models`), matched as
-//! `cascadia::proxy` does: dot segments (also `%2e`) refused, then the OIP model
-//! via `by_model`, else `by_path`. Must hold: nothing panics; a parsed OIP model
-//! or version is one safe segment (not empty, no `/`, no `%`, not `.`/`..`) and
-//! `model_path` rebuilds the path it came from; a matched route is one the
+//! nested path-prefix routes, one prefix inside `/v2/models`), matched by the
+//! proxy's own `cascadia::proxy::match_request`: dot segments (also `%2e`) and
+//! encoded slashes refused, then the OIP model via `by_model`, else `by_path`.
+//! Must hold: nothing panics; a parsed OIP model or version is one safe
+//! segment (not empty, no `/`, no `%`, not `.`/`..`) and `model_path`
+//! rebuilds the path it came from; a matched route is one the
 //! config named, by the model asked for, or by the longest prefix that matches
 //! the path on a segment boundary.
 #![no_main]
@@ -82,21 +83,6 @@ fn table() -> RouteTable {
     )
 }
 
-/// A copy of `cascadia::proxy`'s private `has_dot_segment`: the proxy refuses
-/// such paths before it matches.
-fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|segment| {
-        let decoded;
-        let segment = if segment.contains('%') {
-            decoded = segment.replace("%2e", ".").replace("%2E", ".");
-            decoded.as_str()
-        } else {
-            segment
-        };
-        segment == "." || segment == ".."
-    })
-}
-
 fn segment_prefix(path: &str, prefix: &str) -> bool {
     path.starts_with(prefix) && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/'))
 }
@@ -142,15 +128,24 @@ fuzz_target!(|data: &[u8]| {
             .any(|(name, model)| *model == path && *name == &*route.name));
     }
 
-    // The match phase, as the proxy runs it.
-    if has_dot_segment(path) {
-        return;
-    }
-    let by_model = oip
-        .filter(|p| !matches!(p.kind, OipKind::ServerLive | OipKind::ServerReady))
-        .and_then(|p| p.model)
-        .and_then(|model| table.by_model(model).map(|route| (model, route)));
-    if let Some((model, route)) = by_model {
+    // The match phase, the proxy's own.
+    let matched = match cascadia::proxy::match_request(table, path) {
+        Err(_) => {
+            // Refused: a path that could escape a prefix, or no route.
+            let escapes = path.contains('%')
+                || path.contains('\\')
+                || path.split('/').any(|s| s == "." || s == "..");
+            assert!(escapes || table.by_path(path).is_none(), "{path:?} refused");
+            return;
+        }
+        Ok(cascadia::proxy::Matched::Health(kind)) => {
+            assert!(matches!(kind, OipKind::ServerLive | OipKind::ServerReady));
+            return;
+        }
+        Ok(cascadia::proxy::Matched::Route { route, oip }) => (route, oip),
+    };
+    if let (route, Some(p)) = matched {
+        let model = p.model.expect("a model match has a model");
         assert_eq!(route.model.as_deref(), Some(model));
         assert!(
             MODELS
@@ -166,7 +161,7 @@ fuzz_target!(|data: &[u8]| {
         .filter(|(_, prefix)| segment_prefix(path, prefix))
         .max_by_key(|(_, prefix)| prefix.len())
         .map(|(name, _)| *name);
-    let matched = table.by_path(path).map(|route| &*route.name);
+    let matched = Some(&*matched.0.name);
     assert_eq!(
         matched, expected,
         "{path:?} matched {matched:?}, not the longest configured prefix {expected:?}"

@@ -3,7 +3,8 @@
 //! against a baseline of a `HashMap<String, usize>` lookup of the model name.
 //!
 //! Each variant does what `cascadia::proxy` does for that kind of request:
-//! - OIP REST: `cascadia_oip::path::parse`, then `RouteTable::by_model`.
+//! - OIP REST: `cascadia_oip::path::parse`, then `RouteTable::by_model`; and the proxy's
+//!   whole match phase, `cascadia::proxy::match_request` (path checks included).
 //! - gRPC: `decode_frame` and `peek_model` on the buffered body (a 1×32 FP32 request), then
 //!   `RouteTable::by_model`.
 //! - Path prefix: `RouteTable::by_path`, on a hit in the middle of the prefixes and on a miss
@@ -105,6 +106,14 @@ fn matching(c: &mut Criterion) {
             b.iter(|| {
                 let path = cascadia_oip::path::parse(black_box(oip_path.as_str())).unwrap();
                 table.by_model(path.model.unwrap()).is_some()
+            })
+        });
+        group.bench_function("oip-rest:proxy::match_request", |b| {
+            b.iter(|| {
+                matches!(
+                    cascadia::proxy::match_request(&table, black_box(oip_path.as_str())),
+                    Ok(cascadia::proxy::Matched::Route { .. })
+                )
             })
         });
         group.bench_function("grpc:decode_frame+peek_model+by_model", |b| {

@@ -193,29 +193,11 @@ impl Proxy {
         // Phase: match.
         // A `Uri` clone shares its bytes: the path outlives `request`.
         let uri = request.uri().clone();
-        let path = uri.path();
-        if has_dot_segment(path) {
-            return Err(GatewayError::BadRequest("path has dot segments"));
-        }
-        if has_encoded_separator(path) {
-            return Err(GatewayError::BadRequest("path has encoded slashes"));
-        }
-        let oip = oip_path::parse(path);
-        let (route, oip) = match oip {
-            Some(p) if matches!(p.kind, OipKind::ServerLive | OipKind::ServerReady) => {
-                return Ok(health_response(p.kind, request.method(), request_id));
+        let (route, oip) = match match_request(&snapshot.routes, uri.path())? {
+            Matched::Health(kind) => {
+                return Ok(health_response(kind, request.method(), request_id));
             }
-            Some(p) => match p.model.and_then(|m| snapshot.routes.by_model(m)) {
-                Some(route) => (route, Some(p)),
-                None => (
-                    snapshot.routes.by_path(path).ok_or(GatewayError::NoRoute)?,
-                    None,
-                ),
-            },
-            None => (
-                snapshot.routes.by_path(path).ok_or(GatewayError::NoRoute)?,
-                None,
-            ),
+            Matched::Route { route, oip } => (route, oip),
         };
         *matched = Some(Arc::clone(route));
         let is_infer = oip.is_some_and(|p| p.kind == OipKind::ModelInfer);
@@ -1174,6 +1156,48 @@ pub(crate) async fn read_limited(
 /// Bodies up to this size are kept in memory on retryable routes so a failed
 /// attempt can be sent again; larger ones stream through once.
 const REPLAY_LIMIT: u64 = 64 * 1024;
+
+/// What the match phase found for a REST path.
+#[derive(Debug)]
+pub enum Matched<'a> {
+    /// The gateway's own `/v2/health/live` or `/v2/health/ready`.
+    Health(OipKind),
+    /// A route: by the OIP model in the path (`oip` is then the parsed
+    /// path), else by the longest path prefix.
+    Route {
+        route: &'a Arc<Route>,
+        oip: Option<oip_path::OipPath<'a>>,
+    },
+}
+
+/// Phase match for a REST request: refuses paths that could escape a
+/// prefix route (dot segments, encoded slashes), then finds the route.
+/// Public so the fuzz target and the bench run the proxy's own matching.
+pub fn match_request<'a>(
+    routes: &'a crate::routing::RouteTable,
+    path: &'a str,
+) -> Result<Matched<'a>, GatewayError> {
+    if has_dot_segment(path) {
+        return Err(GatewayError::BadRequest("path has dot segments"));
+    }
+    if has_encoded_separator(path) {
+        return Err(GatewayError::BadRequest("path has encoded slashes"));
+    }
+    let oip = oip_path::parse(path);
+    if let Some(p) = oip {
+        if matches!(p.kind, OipKind::ServerLive | OipKind::ServerReady) {
+            return Ok(Matched::Health(p.kind));
+        }
+        if let Some(route) = p.model.and_then(|m| routes.by_model(m)) {
+            return Ok(Matched::Route {
+                route,
+                oip: Some(p),
+            });
+        }
+    }
+    let route = routes.by_path(path).ok_or(GatewayError::NoRoute)?;
+    Ok(Matched::Route { route, oip: None })
+}
 
 /// The request body: in memory when it may be sent more than once (a
 /// retry, a hedge, or a shadow mirror: `mirrored`), streamed otherwise.
