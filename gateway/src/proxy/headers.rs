@@ -61,10 +61,28 @@ pub fn head_size(headers: &HeaderMap) -> (usize, usize) {
     (count, size)
 }
 
+/// The fixed hop-by-hop headers of RFC 9110 §7.6.1 (and the legacy ones).
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
 /// Removes hop-by-hop headers: the fixed list from RFC 9110 and every
 /// header the `connection` header names. `te: trailers` is kept on
 /// requests because gRPC needs it end to end.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
+    // Most heads carry none of them: one pass over the names is cheaper
+    // than a hashed removal of each of the nine.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     // Names listed in `connection` are hop-by-hop too; collect first since
     // the map cannot be modified while it is borrowed.
     let listed: Vec<HeaderName> = headers
@@ -85,17 +103,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
                 v.split(',')
                     .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
             });
-    for name in [
-        header::CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     if te_trailers {

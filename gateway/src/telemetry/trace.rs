@@ -150,11 +150,14 @@ impl SpanGuard {
     }
 
     /// Runs `future` with this span as the parent of the spans it starts.
-    pub async fn scope<F: Future>(&self, future: F) -> F::Output {
+    /// Not an `async fn`: that would be one more state machine holding
+    /// `future` (several KB for a request), moved at each layer; this
+    /// returns the future itself when there is no span.
+    pub fn scope<F: Future>(&self, future: F) -> impl Future<Output = F::Output> {
         use opentelemetry::context::FutureExt as _;
         match &self.0 {
-            Some(cx) => future.with_context(cx.clone()).await,
-            None => future.await,
+            Some(cx) => futures_util::future::Either::Left(future.with_context(cx.clone())),
+            None => futures_util::future::Either::Right(future),
         }
     }
 
