@@ -398,6 +398,9 @@ impl Proxy {
         let mut ledger = FailureLedger::default();
         let mut last_error = None;
         let mut last_response = None;
+        // Every failed attempt, for the log line of a request that no
+        // attempt could serve (the client sees only the last).
+        let mut failed_attempts = AttemptLog::default();
         let mut attempts_made = 0;
 
         for attempt in 0..max_attempts {
@@ -488,6 +491,7 @@ impl Proxy {
                 ..
             }) = also_failed
             {
+                failed_attempts.push(&target.pools[index], endpoint, format_args!("hedge lost"));
                 ledger.failed(&target.pools[index], endpoint, failure);
             }
             let Attempt {
@@ -511,6 +515,13 @@ impl Proxy {
             }
             match result {
                 Ok(response) => {
+                    if failure.is_some() {
+                        failed_attempts.push(
+                            pool,
+                            endpoint,
+                            format_args!("status {}", response.status()),
+                        );
+                    }
                     if failure.is_some_and(|f| f.counts) && !is_last && !requests_fault {
                         // Kept: if no further attempt can run, the client
                         // gets the upstream's own answer, not a generic one.
@@ -554,6 +565,11 @@ impl Proxy {
                             bump(&route.stats.request_faults);
                             return Err(error);
                         }
+                        failed_attempts.push(
+                            pool,
+                            endpoint,
+                            format_args!("response body {kind:?}"),
+                        );
                         tracing::debug!(
                             request_id = request_id.to_str().unwrap_or_default(),
                             backend = pool.name(),
@@ -597,6 +613,7 @@ impl Proxy {
                         error = %source,
                         "attempt failed"
                     );
+                    failed_attempts.push(pool, endpoint, format_args!("{:?}", source.kind()));
                     last_error = Some(if out_of_time {
                         GatewayError::DeadlineExceeded
                     } else {
@@ -613,6 +630,7 @@ impl Proxy {
                 }
             }
         }
+        failed_attempts.log(request_id);
         if let Some((response, in_flight, index)) = last_response {
             count_failover(route, index);
             return Ok(respond(
@@ -627,6 +645,30 @@ impl Proxy {
         Err(last_error.unwrap_or(GatewayError::NoHealthyBackend {
             version: target.version.to_string(),
         }))
+    }
+}
+
+/// The failed attempts of one request, as `backend endpoint: what` items.
+#[derive(Default)]
+struct AttemptLog(Vec<String>);
+
+impl AttemptLog {
+    fn push(&mut self, pool: &BackendPool, endpoint: &Endpoint, what: std::fmt::Arguments<'_>) {
+        // Bounded: at most MAX_ATTEMPTS plus a hedge per request.
+        self.0
+            .push(format!("{} {}: {what}", pool.name(), endpoint.authority()));
+    }
+
+    /// Logs them when more than one failed: the request's own failure
+    /// log names only the last.
+    fn log(&self, request_id: &HeaderValue) {
+        if self.0.len() > 1 {
+            tracing::info!(
+                request_id = request_id.to_str().unwrap_or_default(),
+                attempts = %self.0.join("; "),
+                "every attempt failed"
+            );
+        }
     }
 }
 
