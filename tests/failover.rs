@@ -211,7 +211,7 @@ async fn killing_the_preferred_region_fails_over_with_no_client_failures() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_region_down_gets_a_fast_503_with_retry_after() {
     let regions = Regions::start().await;
-    let gateway = GatewayProcess::start(&regions.config("1s")).await;
+    let gateway = GatewayProcess::start_logged(&regions.config("1s")).await;
     let client = TestClient::new();
     let Regions {
         us_east,
@@ -244,6 +244,15 @@ async fn every_region_down_gets_a_fast_503_with_retry_after() {
     let response = saw_503.expect("503 once every endpoint is ejected");
     assert_json_error(&response, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(response.header("retry-after"), Some("1"));
+    // The log keeps every attempt of a request that failed them all, not
+    // only the last one the client was told about.
+    let log = gateway.log.clone().expect("captured");
+    let log = log.lock().unwrap();
+    let line = log
+        .lines()
+        .find(|line| line.contains("every attempt failed"))
+        .unwrap_or_else(|| panic!("no attempt log: {log}"));
+    assert!(line.matches(": Connect").count() >= 2, "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

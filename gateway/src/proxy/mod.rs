@@ -663,7 +663,7 @@ impl AttemptLog {
     /// log names only the last.
     fn log(&self, request_id: &HeaderValue) {
         if self.0.len() > 1 {
-            tracing::info!(
+            tracing::warn!(
                 request_id = request_id.to_str().unwrap_or_default(),
                 attempts = %self.0.join("; "),
                 "every attempt failed"
