@@ -48,7 +48,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::proxy::body::ResponseBody;
+use crate::core::body::ResponseBody;
 use crate::reload::{ReloadFailure, ReloadHandle, ReloadOutcome, Trigger};
 use crate::snapshot::SharedSnapshot;
 

@@ -34,7 +34,7 @@ use crate::features::RedisTier;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::metrics::BUCKETS;
+use crate::core::stats::BUCKETS;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 
 /// How often a running drill samples the gateway's counters.
@@ -434,7 +434,7 @@ impl Counters {
             .zip(before.buckets)
             .map(|(a, b)| a.saturating_sub(b))
             .collect();
-        crate::metrics::bucket_quantile_ms(&deltas, 0.99)
+        crate::core::stats::bucket_quantile_ms(&deltas, 0.99)
     }
 }
 

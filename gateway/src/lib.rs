@@ -36,9 +36,9 @@
 pub mod admin;
 pub mod cascade;
 pub mod cli;
+pub mod core;
 pub mod demo;
 pub mod drills;
-pub mod errors;
 pub mod features;
 pub mod listener;
 pub mod metrics;

@@ -33,8 +33,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::core::stats::VersionCounts;
 use crate::features::RedisTier;
-use crate::metrics::VersionCounts;
 use crate::routing::Route;
 use crate::snapshot::SharedSnapshot;
 

@@ -26,7 +26,7 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::metrics::{bucket_quantile_ms, latency_bucket, BUCKETS};
+use crate::core::stats::{bucket_quantile_ms, latency_bucket, BUCKETS};
 use crate::routing::Target;
 
 /// Upper bounds of the |score difference| histogram.
@@ -127,7 +127,7 @@ impl Mirror {
     ) -> Option<Self> {
         let slot = shadow.admit(route_load)?;
         let mut headers = headers.clone();
-        crate::proxy::headers::strip_hop_by_hop(&mut headers, true);
+        crate::core::headers::strip_hop_by_hop(&mut headers, true);
         headers.remove(http::header::HOST);
         headers.remove(http::header::CONTENT_LENGTH);
         headers.insert(X_CASCADIA_SHADOW, HeaderValue::from_static("1"));

@@ -36,7 +36,7 @@ pub struct Snapshot {
     /// The admin API's bearer token; reloads with the config.
     pub admin_token: Option<cascadia_config::Secret>,
     /// Requests that matched no route, for `/metrics`.
-    pub unmatched: Arc<crate::metrics::RouteStats>,
+    pub unmatched: Arc<crate::core::stats::RouteStats>,
     /// Per-route runtime state, handed from snapshot to snapshot.
     pub runtimes: Arc<RouteRuntimes>,
 }

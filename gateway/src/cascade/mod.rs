@@ -36,9 +36,10 @@ use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use serde::Serialize;
 
-use crate::errors::GatewayError;
-use crate::proxy::body::ResponseBody;
-use crate::proxy::{choose_target, deadline, headers, upstream_path, Proxy};
+use crate::core::body::ResponseBody;
+use crate::core::errors::GatewayError;
+use crate::core::{deadline, headers};
+use crate::proxy::{choose_target, upstream_path, Proxy};
 use crate::routing::{Route, Target};
 use crate::snapshot::Snapshot;
 use crate::telemetry::trace;
@@ -205,7 +206,7 @@ pub async fn handle(
     let body = crate::proxy::read_limited(
         incoming,
         limits.max_body_bytes,
-        crate::proxy::body::BodyTimeouts::of(limits),
+        crate::core::body::BodyTimeouts::of(limits),
         &cx.snapshot.runtimes.buffers,
     )
     .await?;
@@ -213,7 +214,7 @@ pub async fn handle(
     // `Content-Encoding: gzip`) is decoded here, within the body limit.
     let compressed = parts.headers.contains_key(http::header::CONTENT_ENCODING);
     let mut body =
-        crate::proxy::coding::decode_request(&mut parts.headers, body, limits.max_body_bytes)?;
+        crate::core::coding::decode_request(&mut parts.headers, body, limits.max_body_bytes)?;
     if compressed {
         body = cx.snapshot.runtimes.buffers.account(body)?;
     }

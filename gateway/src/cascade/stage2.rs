@@ -28,9 +28,10 @@ use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::Wire;
-use crate::errors::GatewayError;
-use crate::proxy::body::ResponseBody;
-use crate::proxy::{headers, Proxy, RequestBody};
+use crate::core::body::ResponseBody;
+use crate::core::errors::GatewayError;
+use crate::core::headers;
+use crate::proxy::{Proxy, RequestBody};
 use crate::routing::{Route, Target};
 
 /// One stage-2 call, ready to send.
@@ -292,7 +293,7 @@ pub async fn call(mut call: Call<'_>) -> Outcome {
                         .or_else(|| head.headers.get("grpc-message"))
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("invalid argument");
-                    return Outcome::Refused(Box::new(crate::errors::grpc_status(
+                    return Outcome::Refused(Box::new(crate::core::errors::grpc_status(
                         3,
                         message,
                         call.request_id,
@@ -370,8 +371,8 @@ fn grpc_answer(
 
 /// Decodes a compressed answer within the body limit.
 fn decode(coding: &str, bytes: &[u8], limit: usize) -> Result<Vec<u8>, Unusable> {
-    use crate::proxy::coding::CodingError;
-    crate::proxy::coding::decode(coding, bytes, limit).map_err(|error| {
+    use crate::core::coding::CodingError;
+    crate::core::coding::decode(coding, bytes, limit).map_err(|error| {
         let reason = match error {
             CodingError::TooLarge(_) => UnusableReason::TooLarge,
             CodingError::Unsupported(_) | CodingError::Corrupt { .. } => UnusableReason::Encoding,
@@ -383,7 +384,7 @@ fn decode(coding: &str, bytes: &[u8], limit: usize) -> Result<Vec<u8>, Unusable>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::coding::gzip;
+    use crate::core::coding::gzip;
     use std::io::Write;
 
     fn reason(unusable: Unusable) -> UnusableReason {

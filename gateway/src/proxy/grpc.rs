@@ -9,9 +9,10 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use prost::Message;
 
-use super::body::ResponseBody;
-use super::{admit, choose_target, headers, Proxy};
-use crate::errors::GatewayError;
+use super::{admit, choose_target, Proxy};
+use crate::core::body::ResponseBody;
+use crate::core::errors::GatewayError;
+use crate::core::{body, coding, headers};
 use crate::snapshot::Snapshot;
 
 /// True for gRPC requests (any `application/grpc*` content type).
@@ -71,7 +72,7 @@ pub async fn handle(
     let mut body = super::read_limited(
         incoming,
         limit,
-        super::body::BodyTimeouts::of(&snapshot.config.gateway.limits),
+        body::BodyTimeouts::of(&snapshot.config.gateway.limits),
         &snapshot.runtimes.buffers,
     )
     .await?;
@@ -88,8 +89,8 @@ pub async fn handle(
             .unwrap_or("(none)")
             .to_owned();
         let limit_bytes = usize::try_from(limit).unwrap_or(usize::MAX);
-        let decoded = super::coding::decode(&coding, message, limit_bytes)
-            .map_err(|error| super::coding::request_error(&error, limit))?;
+        let decoded = coding::decode(&coding, message, limit_bytes)
+            .map_err(|error| coding::request_error(&error, limit))?;
         body = snapshot
             .runtimes
             .buffers

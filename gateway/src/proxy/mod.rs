@@ -11,15 +11,10 @@
 //! 5. **forward**: rewrite the request for the upstream and send it.
 //! 6. **respond**: stream the response back, stamped with the request id,
 //!    version and backend name. Every failure becomes a response in
-//!    [`crate::errors`]; nothing is dropped without an answer.
+//!    [`crate::core::errors`]; nothing is dropped without an answer.
 
 mod blame;
-pub mod body;
-pub mod budget;
-pub mod coding;
-pub mod deadline;
 mod grpc;
-pub mod headers;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -43,13 +38,14 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::errors::GatewayError;
+use crate::core::body::{BodyLimitExceeded, LimitedBody, ResponseBody};
+use crate::core::errors::GatewayError;
+use crate::core::{body, budget, coding, deadline, headers};
 use crate::routing::{Route, SplitError, Target};
 use crate::shadow::Mirror;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::telemetry::trace;
 use blame::{Failure, FailureLedger, FailureSignature, Verdict};
-use body::{BodyLimitExceeded, LimitedBody, ResponseBody};
 
 /// The proxy service for one downstream connection.
 #[derive(Clone, Debug)]
@@ -1128,7 +1124,7 @@ pub(crate) async fn admit_to_route(
     route: &Route,
     headers: &http::HeaderMap,
     client: std::net::IpAddr,
-) -> Result<Option<crate::routing::Admitted>, GatewayError> {
+) -> Result<Option<crate::core::admission::Admitted>, GatewayError> {
     let span = trace::child("cascadia.admission");
     if let Some(limiter) = &route.rate_limit {
         if let Err(wait) = limiter.check(headers, client).await {

@@ -21,6 +21,8 @@ use crate::features::RedisTier;
 
 pub use split::{Split, SplitError, Target};
 
+use crate::core::admission::Admission;
+
 /// One route, resolved against the snapshot's pools.
 #[derive(Debug)]
 pub struct Route {
@@ -60,7 +62,7 @@ pub struct Route {
     /// so a rebuilt table starts with them rather than the file's.
     pub weight_override: WeightOverride,
     /// Request counters and latency, for `/metrics`.
-    pub stats: Arc<crate::metrics::RouteStats>,
+    pub stats: Arc<crate::core::stats::RouteStats>,
 }
 
 /// Runtime state of every route, kept across reloads by route name: a
@@ -70,16 +72,16 @@ pub struct Route {
 pub struct RouteRuntimes {
     routes: std::sync::Mutex<HashMap<String, Arc<RouteRuntime>>>,
     /// Requests that matched no route.
-    pub unmatched: Arc<crate::metrics::RouteStats>,
+    pub unmatched: Arc<crate::core::stats::RouteStats>,
     /// Request bytes buffered across the gateway (not per route: memory is
     /// the process's), against `limits.max_buffered_bytes`.
-    pub buffers: Arc<crate::proxy::budget::BufferBudget>,
+    pub buffers: Arc<crate::core::budget::BufferBudget>,
 }
 
 /// One route's carried state. Pieces whose settings changed are replaced.
 #[derive(Debug, Default)]
 pub struct RouteRuntime {
-    stats: Arc<crate::metrics::RouteStats>,
+    stats: Arc<crate::core::stats::RouteStats>,
     cascade_stats: Arc<crate::cascade::CascadeStats>,
     lookup_stats: Arc<crate::features::LookupStats>,
     admission: std::sync::Mutex<Option<Arc<Admission>>>,
@@ -91,9 +93,9 @@ pub struct RouteRuntime {
     /// Weights set by a running rollout.
     weight_override: WeightOverride,
     /// Answers and latency by version, for canary analysis.
-    version_stats: std::sync::Mutex<HashMap<String, Arc<crate::metrics::VersionStats>>>,
+    version_stats: std::sync::Mutex<HashMap<String, Arc<crate::core::stats::VersionStats>>>,
     /// Response counters by (version, backend).
-    served: std::sync::Mutex<HashMap<(String, String), Arc<crate::metrics::ClassCounters>>>,
+    served: std::sync::Mutex<HashMap<(String, String), Arc<crate::core::stats::ClassCounters>>>,
 }
 
 /// (version, weight) pairs a running rollout set on a route's split.
@@ -106,9 +108,7 @@ impl RouteRuntime {
     fn admission(&self, limit: usize) -> Arc<Admission> {
         let mut slot = self.admission.lock().unwrap_or_else(|e| e.into_inner());
         let admission = slot.get_or_insert_with(|| Arc::new(Admission::new(limit)));
-        admission
-            .limit
-            .store(limit, std::sync::atomic::Ordering::Relaxed);
+        admission.set_limit(limit);
         Arc::clone(admission)
     }
 
@@ -124,12 +124,12 @@ impl RouteRuntime {
         }
     }
 
-    fn version_stats(&self, version: &str) -> Arc<crate::metrics::VersionStats> {
+    fn version_stats(&self, version: &str) -> Arc<crate::core::stats::VersionStats> {
         let mut stats = self.version_stats.lock().unwrap_or_else(|e| e.into_inner());
         Arc::clone(stats.entry(version.to_owned()).or_default())
     }
 
-    fn served(&self, version: &str, backend: &str) -> Arc<crate::metrics::ClassCounters> {
+    fn served(&self, version: &str, backend: &str) -> Arc<crate::core::stats::ClassCounters> {
         let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
         Arc::clone(
             served
@@ -366,55 +366,6 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
         (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
-}
-
-/// Bounded concurrency for one route: load shedding without a queue.
-#[derive(Debug)]
-pub struct Admission {
-    /// Changes with reloads; the in-flight count carries over.
-    limit: std::sync::atomic::AtomicUsize,
-    in_flight: std::sync::atomic::AtomicUsize,
-}
-
-/// One admitted request; releases its slot when dropped.
-#[derive(Debug)]
-pub struct Admitted(Arc<Admission>);
-
-impl Admission {
-    pub fn new(limit: usize) -> Self {
-        Self {
-            limit: limit.into(),
-            in_flight: Default::default(),
-        }
-    }
-
-    /// (in flight, limit) now.
-    pub fn load(&self) -> (usize, usize) {
-        use std::sync::atomic::Ordering;
-        (
-            self.in_flight.load(Ordering::Relaxed),
-            self.limit.load(Ordering::Relaxed),
-        )
-    }
-
-    /// A slot, or `None` when the route is full.
-    pub fn try_admit(self: &Arc<Self>) -> Option<Admitted> {
-        use std::sync::atomic::Ordering;
-        let previous = self.in_flight.fetch_add(1, Ordering::AcqRel);
-        if previous >= self.limit.load(Ordering::Relaxed) {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(Admitted(Arc::clone(self)))
-    }
-}
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        self.0
-            .in_flight
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-    }
 }
 
 /// A route's hedging policy and budget.

@@ -43,10 +43,10 @@ pub struct Target {
     pub upstream_version: Option<Arc<str>>,
     /// Responses served by each of `pools`, carried across reloads; empty
     /// until the route table fills it in.
-    pub served: Vec<Arc<crate::metrics::ClassCounters>>,
+    pub served: Vec<Arc<crate::core::stats::ClassCounters>>,
     /// This version's answers and latency, for canary analysis; carried
     /// across reloads.
-    pub stats: Arc<crate::metrics::VersionStats>,
+    pub stats: Arc<crate::core::stats::VersionStats>,
 }
 
 impl Target {

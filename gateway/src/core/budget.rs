@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::errors::GatewayError;
+use crate::core::errors::GatewayError;
 
 /// Bytes in memory on behalf of requests, against a limit.
 #[derive(Debug)]

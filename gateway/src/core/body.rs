@@ -43,7 +43,7 @@ pin_project! {
             idle_armed: bool,
             in_flight: Option<InFlight>,
             // The route's concurrency slot, held until the body ends.
-            admitted: Option<crate::routing::Admitted>,
+            admitted: Option<crate::core::admission::Admitted>,
             // A copy of the body for shadow comparison, if one was asked for.
             capture: Option<Box<Capture>>,
         },
@@ -81,7 +81,7 @@ impl ResponseBody {
 
     /// Holds the route's concurrency slot until a streamed body ends (a
     /// complete body releases it at once).
-    pub fn hold(&mut self, slot: Option<crate::routing::Admitted>) {
+    pub fn hold(&mut self, slot: Option<crate::core::admission::Admitted>) {
         if let Self::Upstream { admitted, .. } = self {
             *admitted = slot;
         }

@@ -11,7 +11,7 @@ use std::io::Read;
 use bytes::Bytes;
 use http::header::{self, HeaderMap};
 
-use crate::errors::GatewayError;
+use crate::core::errors::GatewayError;
 
 /// Why a body could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use cascadia_backends::{UpstreamError, UpstreamErrorKind};
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{HeaderMap, Response, StatusCode};
 
-use crate::proxy::body::ResponseBody;
+use crate::core::body::ResponseBody;
 
 /// Which side of the gateway a failure came from. Logged with every error
 /// so an operator can tell a bad client from a bad backend at a glance.
@@ -245,7 +245,7 @@ pub fn json_error(
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(crate::proxy::headers::X_REQUEST_ID, request_id.clone());
+    headers.insert(crate::core::headers::X_REQUEST_ID, request_id.clone());
     response
 }
 
@@ -258,7 +258,7 @@ pub fn grpc_status(code: u8, message: &str, request_id: &HeaderValue) -> Respons
     if let Ok(value) = HeaderValue::from_str(message) {
         headers.insert("grpc-message", value);
     }
-    headers.insert(crate::proxy::headers::X_REQUEST_ID, request_id.clone());
+    headers.insert(crate::core::headers::X_REQUEST_ID, request_id.clone());
     response
 }
 
