@@ -40,6 +40,7 @@ pub mod core;
 pub mod demo;
 pub mod drills;
 pub mod features;
+pub mod forward;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;

@@ -208,7 +208,7 @@ async fn mirror(
     deadline: Instant,
 ) -> Option<(Duration, Bytes)> {
     let now = Instant::now();
-    let (index, endpoint) = crate::proxy::select_one(&shadow.target, now, grpc)?;
+    let (index, endpoint) = crate::forward::select_one(&shadow.target, now, grpc)?;
     let uri = http::Uri::builder()
         .scheme("http")
         .authority(endpoint.authority().clone())
@@ -228,7 +228,8 @@ async fn mirror(
         cascadia_config::UpstreamProtocol::H2c => http::Version::HTTP_2,
     };
     let per_try = deadline.saturating_duration_since(now);
-    let attempt = crate::proxy::send_one(&shadow.target, index, endpoint, request, per_try).await?;
+    let attempt =
+        crate::forward::send_one(&shadow.target, index, endpoint, request, per_try).await?;
     let latency = now.elapsed();
     if !attempt.status().is_success() {
         return None;

@@ -39,7 +39,8 @@ use serde::Serialize;
 use crate::core::body::ResponseBody;
 use crate::core::errors::GatewayError;
 use crate::core::{deadline, headers};
-use crate::proxy::{choose_target, upstream_path, Proxy};
+use crate::forward::{upstream_path, Downstream};
+use crate::routing::choose_target;
 use crate::routing::{Route, Target};
 use crate::snapshot::Snapshot;
 use crate::telemetry::trace;
@@ -117,7 +118,8 @@ pub enum Wire {
 /// route: the request's place in the gateway.
 #[derive(Clone, Copy)]
 pub struct Stage1<'a> {
-    pub proxy: &'a Proxy,
+    /// Who sent the request, for the escalation's `forwarded` headers.
+    pub downstream: Downstream,
     /// The snapshot the request started on.
     pub snapshot: &'a Arc<Snapshot>,
     pub route: &'a Arc<Route>,
@@ -203,7 +205,7 @@ pub async fn handle(
     }
     let limits = &cx.snapshot.config.gateway.limits;
     let (mut parts, incoming) = request.into_parts();
-    let body = crate::proxy::read_limited(
+    let body = crate::core::body::read_limited(
         incoming,
         limits.max_body_bytes,
         crate::core::body::BodyTimeouts::of(limits),
@@ -270,7 +272,7 @@ async fn run(cx: Stage1<'_>, parsed: Parsed) -> Result<Response<ResponseBody>, G
             match wire {
                 Wire::Rest => {
                     let oip = cascadia_oip::path::parse(parts.uri.path());
-                    crate::proxy::upstream_path(&shadow.target, oip, &parts.uri)
+                    upstream_path(&shadow.target, oip, &parts.uri)
                         .ok()
                         .and_then(|path| {
                             crate::shadow::Mirror::prepare(shadow, load, &parts.headers, bytes)
@@ -425,7 +427,7 @@ impl Call<'_> {
                 .map_or(Duration::from_secs(2), |p| p.timeout())
         });
         let outcome = stage2::call(stage2::Call {
-            proxy: self.cx.proxy,
+            downstream: self.cx.downstream,
             route: self.cx.route,
             target,
             wire: self.wire,
@@ -789,8 +791,8 @@ fn maybe_audit(
         &settings.output,
     );
     let body = serde_json::to_vec(&sub).map(Bytes::from).unwrap_or(body);
-    let (proxy, snapshot, route) = (
-        call.cx.proxy.clone(),
+    let (downstream, snapshot, route) = (
+        call.cx.downstream,
         Arc::clone(call.cx.snapshot),
         Arc::clone(call.cx.route),
     );
@@ -820,7 +822,7 @@ fn maybe_audit(
         };
         let request_id = headers::request_id(&http::HeaderMap::new());
         let outcome = stage2::call(stage2::Call {
-            proxy: &proxy,
+            downstream,
             route: &route,
             target,
             wire: Wire::Rest,

@@ -31,12 +31,12 @@ use super::Wire;
 use crate::core::body::ResponseBody;
 use crate::core::errors::GatewayError;
 use crate::core::headers;
-use crate::proxy::{Proxy, RequestBody};
+use crate::forward::{self, Downstream, RequestBody};
 use crate::routing::{Route, Target};
 
 /// One stage-2 call, ready to send.
 pub struct Call<'a> {
-    pub proxy: &'a Proxy,
+    pub downstream: Downstream,
     pub route: &'a Route,
     pub target: &'a Target,
     pub wire: Wire,
@@ -226,17 +226,16 @@ pub fn own_headers(headers: &mut HeaderMap, wire: Wire) {
 /// reads the answer.
 pub async fn call(mut call: Call<'_>) -> Outcome {
     own_headers(&mut call.parts.headers, call.wire);
-    let sent = call
-        .proxy
-        .forward(
-            call.route,
-            call.target,
-            call.parts,
-            call.path_and_query,
-            RequestBody::Buffered(call.body),
-            call.request_id,
-        )
-        .await;
+    let sent = forward::forward(
+        call.downstream,
+        call.route,
+        call.target,
+        call.parts,
+        call.path_and_query,
+        RequestBody::Buffered(call.body),
+        call.request_id,
+    )
+    .await;
     let response = match sent {
         Ok(response) => response,
         Err(

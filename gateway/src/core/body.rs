@@ -434,6 +434,43 @@ impl<B: Body> Body for TrackedBody<B> {
     }
 }
 
+/// Reads a whole body, refusing more than `limit` bytes.
+pub async fn read_limited(
+    incoming: Incoming,
+    limit: u64,
+    timeouts: BodyTimeouts,
+    buffers: &std::sync::Arc<crate::core::budget::BufferBudget>,
+) -> Result<Bytes, crate::core::errors::GatewayError> {
+    use crate::core::errors::GatewayError;
+    use http_body_util::BodyExt as _;
+    let mut body = LimitedBody::new(incoming, limit).with_timeouts(timeouts);
+    // Charged as it arrives, so the gateway-wide budget bounds what is
+    // in memory while bodies are still coming in.
+    let mut reservation = buffers.reservation();
+    let mut chunks = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| {
+            if error.is::<BodyLimitExceeded>() {
+                GatewayError::BodyTooLarge { limit }
+            } else if error.is::<BodyReadTimeout>() {
+                GatewayError::BodyTimeout
+            } else {
+                GatewayError::BadRequest("request body failed")
+            }
+        })?;
+        if let Ok(data) = frame.into_data() {
+            reservation.grow(data.len())?;
+            chunks.push(data);
+        }
+    }
+    let bytes = match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().unwrap_or_default(),
+        _ => Bytes::from(chunks.concat()),
+    };
+    Ok(reservation.attach(bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,6 +50,13 @@ fn generate_request_id() -> HeaderValue {
     HeaderValue::from_str(&id).expect("hex digits and a dash are a valid header value")
 }
 
+/// True for gRPC requests (any `application/grpc*` content type).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
 /// Counts header fields and their total size (names plus values), the way
 /// the configured limits define them.
 pub fn head_size(headers: &HeaderMap) -> (usize, usize) {

@@ -9,26 +9,16 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use prost::Message;
 
-use super::{admit, choose_target, Proxy};
+use super::{admit, Proxy};
 use crate::core::body::ResponseBody;
 use crate::core::errors::GatewayError;
 use crate::core::{body, coding, headers};
+use crate::routing::choose_target;
 use crate::snapshot::Snapshot;
 
 /// True for gRPC requests (any `application/grpc*` content type).
 pub fn is_grpc<B>(request: &Request<B>) -> bool {
-    request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
-/// [`is_grpc`] for a request already split into parts.
-pub fn is_grpc_parts(parts: &http::request::Parts) -> bool {
-    parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    headers::is_grpc(request.headers())
 }
 
 /// Handles one gRPC call.
@@ -69,7 +59,7 @@ pub async fn handle(
     // message, so the one message is buffered (within the body limit).
     let limit = snapshot.config.gateway.limits.max_body_bytes;
     let (mut parts, incoming) = request.into_parts();
-    let mut body = super::read_limited(
+    let mut body = crate::core::body::read_limited(
         incoming,
         limit,
         body::BodyTimeouts::of(&snapshot.config.gateway.limits),
@@ -115,7 +105,7 @@ pub async fn handle(
         if method == "ModelInfer" {
             let route = std::sync::Arc::clone(route);
             let cx = crate::cascade::Stage1 {
-                proxy,
+                downstream: proxy.downstream(snapshot),
                 snapshot,
                 route: &route,
                 stage,
@@ -173,16 +163,16 @@ pub async fn handle(
     // The buffered body may have changed size.
     parts.headers.remove(header::CONTENT_LENGTH);
     let started = tokio::time::Instant::now();
-    let mut response = proxy
-        .forward(
-            route,
-            target,
-            parts,
-            path_and_query.clone(),
-            super::RequestBody::Buffered(body),
-            request_id,
-        )
-        .await?;
+    let mut response = crate::forward::forward(
+        proxy.downstream(snapshot),
+        route,
+        target,
+        parts,
+        path_and_query.clone(),
+        crate::forward::RequestBody::Buffered(body),
+        request_id,
+    )
+    .await?;
     if let Some(mirror) = mirror {
         // A failed call can still be HTTP 200 (its status is in the
         // trailers); the comparison then finds no answer to compare.

@@ -22,6 +22,7 @@ use crate::features::RedisTier;
 pub use split::{Split, SplitError, Target};
 
 use crate::core::admission::Admission;
+use crate::core::errors::GatewayError;
 
 /// One route, resolved against the snapshot's pools.
 #[derive(Debug)]
@@ -569,6 +570,29 @@ impl RouteTable {
             })
             .map(|(_, route)| route)
     }
+}
+
+/// Phase split: the version for this request.
+pub fn choose_target<'r>(
+    route: &'r Route,
+    headers: &http::HeaderMap,
+) -> Result<&'r Target, GatewayError> {
+    let forced = headers
+        .get(&route.force_header)
+        .map(http::HeaderValue::as_bytes);
+    let key = route
+        .key_header
+        .as_ref()
+        .and_then(|name| headers.get(name))
+        .map(http::HeaderValue::as_bytes);
+    route
+        .split
+        .choose(forced, key)
+        .map_err(|SplitError::UnknownVersion| {
+            GatewayError::UnknownVersion(
+                String::from_utf8_lossy(forced.unwrap_or_default()).into_owned(),
+            )
+        })
 }
 
 #[cfg(test)]
