@@ -2,14 +2,13 @@
 //! This is the binary's I/O edge: it reads files and flags, and hands typed
 //! config to the library.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::server::{Gateway, GatewayOptions};
+use crate::server::{announce, wait_for_shutdown_signal, Gateway, GatewayOptions};
 use crate::telemetry::LogFormat;
 
 /// Cascadia: a latency-aware API gateway for ML model routing.
@@ -360,38 +359,5 @@ fn check(path: &std::path::Path) -> ExitCode {
             eprintln!("{error}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Prints the bound addresses in a fixed format that scripts and tests read.
-pub fn announce(gateway: &Gateway) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(
-        out,
-        "cascadia gateway listening on http://{}",
-        gateway.listen_addr
-    );
-    let _ = writeln!(
-        out,
-        "cascadia admin listening on http://{}",
-        gateway.admin_addr
-    );
-    let _ = out.flush();
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn wait_for_shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

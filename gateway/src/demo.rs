@@ -20,7 +20,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::cli::{announce, wait_for_shutdown_signal};
+use crate::server::{announce, wait_for_shutdown_signal};
 use crate::server::{Gateway, GatewayOptions};
 
 /// The demo's config, with placeholder endpoints the demo replaces.

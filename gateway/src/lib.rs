@@ -51,3 +51,6 @@ pub mod server;
 pub mod shadow;
 pub mod snapshot;
 pub mod telemetry;
+
+#[cfg(test)]
+mod layers;

@@ -146,3 +146,37 @@ async fn bind(addr: SocketAddr, field: &str) -> io::Result<TcpListener> {
         )
     })
 }
+
+/// Prints the bound addresses in a fixed format that scripts and tests read.
+pub fn announce(gateway: &Gateway) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "cascadia gateway listening on http://{}",
+        gateway.listen_addr
+    );
+    let _ = writeln!(
+        out,
+        "cascadia admin listening on http://{}",
+        gateway.admin_addr
+    );
+    let _ = out.flush();
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn wait_for_shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

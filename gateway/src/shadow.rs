@@ -15,9 +15,8 @@
 //! `[N]` / `[N, 1]` one), a histogram of the score difference, and the
 //! time to the response head on each side.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,54 +26,12 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::core::stats::{bucket_quantile_ms, latency_bucket, BUCKETS};
-use crate::routing::Target;
+use crate::routing::stages::{PairStats, Shadow, ShadowStats, DIFF_BUCKETS};
 
-/// Upper bounds of the |score difference| histogram.
-pub const DIFF_BUCKETS: [f64; 7] = [0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0];
 /// Largest answer body compared; a longer one is counted uncomparable.
 pub const COMPARE_LIMIT: usize = 256 * 1024;
 /// Marks a mirrored request, so a model server can tell it apart.
 pub const X_CASCADIA_SHADOW: http::HeaderName = http::HeaderName::from_static("x-cascadia-shadow");
-
-/// A route's shadow: where mirrors go, and the comparison so far.
-#[derive(Debug)]
-pub struct Shadow {
-    pub settings: cascadia_config::Shadow,
-    /// The candidate's pools, with its upstream model name and version.
-    pub target: Target,
-    pub stats: Arc<ShadowStats>,
-}
-
-/// Comparisons per primary version, and the drops; carried across reloads.
-#[derive(Debug, Default)]
-pub struct ShadowStats {
-    in_flight: AtomicUsize,
-    pub dropped_budget: AtomicU64,
-    pub dropped_load: AtomicU64,
-    pairs: Mutex<HashMap<Arc<str>, Arc<PairStats>>>,
-}
-
-/// The comparison of one primary version with the candidate.
-#[derive(Debug, Default)]
-pub struct PairStats {
-    /// Mirrors whose answers were compared.
-    pub compared: AtomicU64,
-    /// Mirrors that failed (transport error, timeout, non-2xx).
-    pub failed: AtomicU64,
-    /// Mirrors whose answers could not be compared (shapes differ, not
-    /// OIP JSON, too long, or the client left before its answer ended).
-    pub uncomparable: AtomicU64,
-    pub rows: AtomicU64,
-    pub rows_agree: AtomicU64,
-    /// Counts of |score difference| per [`DIFF_BUCKETS`] bound.
-    diff: [AtomicU64; DIFF_BUCKETS.len()],
-    diff_sum_micros: AtomicU64,
-    /// Time to the response head, per [`BUCKETS`] bound.
-    primary_latency: [AtomicU64; BUCKETS.len()],
-    shadow_latency: [AtomicU64; BUCKETS.len()],
-    /// Sum of (candidate − primary) head latency, µs.
-    latency_diff_micros: AtomicI64,
-}
 
 /// Holds one of the shadow's in-flight places.
 struct Slot(Arc<ShadowStats>);
@@ -408,6 +365,7 @@ fn bump(counter: &AtomicU64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routing::Target;
 
     #[test]
     fn scores_read_every_common_output_layout() {

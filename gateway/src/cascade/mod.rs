@@ -34,13 +34,13 @@ use cascadia_oip::path::{OipKind, OipPath};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
-use serde::Serialize;
 
 use crate::core::body::ResponseBody;
 use crate::core::errors::GatewayError;
 use crate::core::{deadline, headers};
 use crate::forward::{upstream_path, Downstream};
 use crate::routing::choose_target;
+use crate::routing::stages::{CascadeStage, CascadeStats};
 use crate::routing::{Route, Target};
 use crate::snapshot::Snapshot;
 use crate::telemetry::trace;
@@ -56,34 +56,6 @@ pub const X_CASCADIA_DEGRADED: HeaderName = HeaderName::from_static("x-cascadia-
 /// response's `cascadia_rows` parameter says which rows.
 pub const X_CASCADIA_ROWS: HeaderName = HeaderName::from_static("x-cascadia-rows");
 
-/// Counters of one cascade route (carried across reloads). The
-/// `rows_accepted` / `rejected` / `escalated` say what stage 1 *decided*;
-/// the `answered_*` ones say who *answered* each row in the end.
-#[derive(Debug, Default, Serialize)]
-pub struct CascadeStats {
-    pub requests: AtomicU64,
-    pub rows_accepted: AtomicU64,
-    pub rows_rejected: AtomicU64,
-    pub rows_escalated: AtomicU64,
-    /// Rows answered by stage 1, confident.
-    pub answered_local: AtomicU64,
-    /// Rows answered by stage 2.
-    pub answered_stage2: AtomicU64,
-    /// Rows stage 1 answered for an unavailable or too slow stage 2.
-    pub answered_degraded: AtomicU64,
-    /// Stage-2 answers that could not be used (each a 502), by reason.
-    pub stage2_unusable: stage2::UnusableCounts,
-    pub degraded_deadline: AtomicU64,
-    pub degraded_unavailable: AtomicU64,
-    pub audits: AtomicU64,
-    /// Rows stage 1 accepted (negative) that stage 2 called positive.
-    pub audit_disagree_accept: AtomicU64,
-    /// Rows stage 1 rejected (positive) that stage 2 called negative.
-    pub audit_disagree_reject: AtomicU64,
-    pub audit_rows: AtomicU64,
-    pub audit_failures: AtomicU64,
-}
-
 impl CascadeStats {
     fn record_answered(&self, counts: StageCounts) {
         bump(&self.answered_local, counts.local as u64);
@@ -94,16 +66,6 @@ impl CascadeStats {
 
 fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
-}
-
-/// A route's stage 1: its settings, entity lookup and counters.
-#[derive(Debug)]
-pub struct CascadeStage {
-    pub settings: Cascade,
-    /// Entity features through the feature cache, when configured.
-    pub entity: Option<crate::features::EntityLookup>,
-    /// Carried across reloads with the route.
-    pub stats: Arc<CascadeStats>,
 }
 
 /// How the client speaks: OIP REST JSON or OIP gRPC. The cascade works on

@@ -24,14 +24,13 @@ use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Response};
 use http_body_util::BodyExt;
-use serde::Serialize;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::Wire;
 use crate::core::body::ResponseBody;
 use crate::core::errors::GatewayError;
 use crate::core::headers;
 use crate::forward::{self, Downstream, RequestBody};
+pub use crate::routing::stages::UnusableReason;
 use crate::routing::{Route, Target};
 
 /// One stage-2 call, ready to send.
@@ -101,83 +100,14 @@ pub struct Unusable {
     pub detail: String,
 }
 
-/// The kinds of unusable answer, each counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UnusableReason {
-    /// A content coding the gateway cannot decode, or a corrupt one.
-    Encoding,
-    /// Not an OIP answer (JSON or protobuf that does not parse).
-    Malformed,
-    /// Over the body limit.
-    TooLarge,
-    MissingOutput,
-    Datatype,
-    Shape,
-    NotProbability,
-}
-
-impl UnusableReason {
-    pub const ALL: [Self; 7] = [
-        Self::Encoding,
-        Self::Malformed,
-        Self::TooLarge,
-        Self::MissingOutput,
-        Self::Datatype,
-        Self::Shape,
-        Self::NotProbability,
-    ];
-
-    /// A low-cardinality label for metrics.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Encoding => "encoding",
-            Self::Malformed => "malformed",
-            Self::TooLarge => "too_large",
-            Self::MissingOutput => "missing_output",
-            Self::Datatype => "datatype",
-            Self::Shape => "shape",
-            Self::NotProbability => "not_probability",
-        }
-    }
-
-    fn of(error: &cascadia_cascade::stage2::AnswerError) -> Self {
-        use cascadia_cascade::stage2::AnswerError as E;
-        match error {
-            E::MissingOutput(_) => Self::MissingOutput,
-            E::Datatype { .. } => Self::Datatype,
-            E::Shape { .. } => Self::Shape,
-            E::NotProbability { .. } => Self::NotProbability,
-        }
-    }
-}
-
-/// Unusable answers by reason (carried across reloads with the route).
-#[derive(Debug, Default, Serialize)]
-pub struct UnusableCounts {
-    pub encoding: AtomicU64,
-    pub malformed: AtomicU64,
-    pub too_large: AtomicU64,
-    pub missing_output: AtomicU64,
-    pub datatype: AtomicU64,
-    pub shape: AtomicU64,
-    pub not_probability: AtomicU64,
-}
-
-impl UnusableCounts {
-    pub fn counter(&self, reason: UnusableReason) -> &AtomicU64 {
-        match reason {
-            UnusableReason::Encoding => &self.encoding,
-            UnusableReason::Malformed => &self.malformed,
-            UnusableReason::TooLarge => &self.too_large,
-            UnusableReason::MissingOutput => &self.missing_output,
-            UnusableReason::Datatype => &self.datatype,
-            UnusableReason::Shape => &self.shape,
-            UnusableReason::NotProbability => &self.not_probability,
-        }
-    }
-
-    pub fn bump(&self, reason: UnusableReason) {
-        self.counter(reason).fetch_add(1, Ordering::Relaxed);
+/// The counted reason for an answer stage 2's checks refused.
+fn reason_of(error: &cascadia_cascade::stage2::AnswerError) -> UnusableReason {
+    use cascadia_cascade::stage2::AnswerError as E;
+    match error {
+        E::MissingOutput(_) => UnusableReason::MissingOutput,
+        E::Datatype { .. } => UnusableReason::Datatype,
+        E::Shape { .. } => UnusableReason::Shape,
+        E::NotProbability { .. } => UnusableReason::NotProbability,
     }
 }
 
@@ -312,7 +242,7 @@ pub async fn call(mut call: Call<'_>) -> Outcome {
             model_version: response.model_version,
             backend,
         }),
-        Err(error) => Outcome::Unusable(unusable(UnusableReason::of(&error), error.to_string())),
+        Err(error) => Outcome::Unusable(unusable(reason_of(&error), error.to_string())),
     }
 }
 

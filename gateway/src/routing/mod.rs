@@ -8,6 +8,7 @@
 //!    `/echo` and `/echo/x`, never `/echoes`).
 
 pub mod split;
+pub mod stages;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,10 +55,10 @@ pub struct Route {
     /// Regions whose p95 is above this count as degraded.
     pub latency_slo: Option<Duration>,
     /// Stage 1 of a cascade route.
-    pub cascade: Option<crate::cascade::CascadeStage>,
+    pub cascade: Option<stages::CascadeStage>,
     /// Mirrors some inference calls to a candidate and compares answers.
-    pub shadow: Option<Arc<crate::shadow::Shadow>>,
-    /// The route's rollout plan, run by [`crate::rollout::Rollouts`].
+    pub shadow: Option<Arc<stages::Shadow>>,
+    /// The route's rollout plan, run by the rollout controller.
     pub rollout: Option<cascadia_config::Rollout>,
     /// Weights a running rollout set, by version; carried across reloads
     /// so a rebuilt table starts with them rather than the file's.
@@ -83,14 +84,14 @@ pub struct RouteRuntimes {
 #[derive(Debug, Default)]
 pub struct RouteRuntime {
     stats: Arc<crate::core::stats::RouteStats>,
-    cascade_stats: Arc<crate::cascade::CascadeStats>,
+    cascade_stats: Arc<stages::CascadeStats>,
     lookup_stats: Arc<crate::features::LookupStats>,
     admission: std::sync::Mutex<Option<Arc<Admission>>>,
     retry_budget: Carried<(u32, u32), RetryBudget>,
     hedge_budget: Carried<u32, RetryBudget>,
     l1: Carried<usize, crate::features::l1::L1>,
     /// Shadow comparisons, by candidate version.
-    shadow_stats: Carried<String, crate::shadow::ShadowStats>,
+    shadow_stats: Carried<String, stages::ShadowStats>,
     /// Weights set by a running rollout.
     weight_override: WeightOverride,
     /// Answers and latency by version, for canary analysis.
@@ -113,12 +114,12 @@ impl RouteRuntime {
         Arc::clone(admission)
     }
 
-    fn shadow_stats(&self, version: &str) -> Arc<crate::shadow::ShadowStats> {
+    fn shadow_stats(&self, version: &str) -> Arc<stages::ShadowStats> {
         let mut slot = self.shadow_stats.lock().unwrap_or_else(|e| e.into_inner());
         match &*slot {
             Some((v, stats)) if v == version => Arc::clone(stats),
             _ => {
-                let stats = Arc::new(crate::shadow::ShadowStats::default());
+                let stats = Arc::new(stages::ShadowStats::default());
                 *slot = Some((version.to_owned(), Arc::clone(&stats)));
                 stats
             }
@@ -501,7 +502,7 @@ impl RouteTable {
                             lookup_stats,
                         ))
                     });
-                    crate::cascade::CascadeStage {
+                    stages::CascadeStage {
                         settings,
                         entity,
                         stats: Arc::clone(&carried.cascade_stats),
@@ -523,7 +524,7 @@ impl RouteTable {
                         settings.upstream_version.as_deref(),
                     );
                     let stats = carried.shadow_stats(&settings.version);
-                    Arc::new(crate::shadow::Shadow {
+                    Arc::new(stages::Shadow {
                         settings,
                         target,
                         stats,

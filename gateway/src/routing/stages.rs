@@ -1,0 +1,164 @@
+//! Route data of the features a route may carry: a cascade's stage 1 and
+//! a shadow's target, with the counters that outlive reloads. Data only:
+//! what is done with it lives in [`crate::cascade`] and [`crate::shadow`],
+//! which sit above routing and forwarding.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use cascadia_config::Cascade;
+use serde::Serialize;
+
+use crate::core::stats::BUCKETS;
+use crate::routing::Target;
+
+/// A route's stage 1: its settings, entity lookup and counters.
+#[derive(Debug)]
+pub struct CascadeStage {
+    pub settings: Cascade,
+    /// Entity features through the feature cache, when configured.
+    pub entity: Option<crate::features::EntityLookup>,
+    /// Carried across reloads with the route.
+    pub stats: Arc<CascadeStats>,
+}
+
+/// Counters of one cascade route (carried across reloads). The
+/// `rows_accepted` / `rejected` / `escalated` say what stage 1 *decided*;
+/// the `answered_*` ones say who *answered* each row in the end.
+#[derive(Debug, Default, Serialize)]
+pub struct CascadeStats {
+    pub requests: AtomicU64,
+    pub rows_accepted: AtomicU64,
+    pub rows_rejected: AtomicU64,
+    pub rows_escalated: AtomicU64,
+    /// Rows answered by stage 1, confident.
+    pub answered_local: AtomicU64,
+    /// Rows answered by stage 2.
+    pub answered_stage2: AtomicU64,
+    /// Rows stage 1 answered for an unavailable or too slow stage 2.
+    pub answered_degraded: AtomicU64,
+    /// Stage-2 answers that could not be used (each a 502), by reason.
+    pub stage2_unusable: UnusableCounts,
+    pub degraded_deadline: AtomicU64,
+    pub degraded_unavailable: AtomicU64,
+    pub audits: AtomicU64,
+    /// Rows stage 1 accepted (negative) that stage 2 called positive.
+    pub audit_disagree_accept: AtomicU64,
+    /// Rows stage 1 rejected (positive) that stage 2 called negative.
+    pub audit_disagree_reject: AtomicU64,
+    pub audit_rows: AtomicU64,
+    pub audit_failures: AtomicU64,
+}
+
+/// Unusable answers by reason (carried across reloads with the route).
+#[derive(Debug, Default, Serialize)]
+pub struct UnusableCounts {
+    pub encoding: AtomicU64,
+    pub malformed: AtomicU64,
+    pub too_large: AtomicU64,
+    pub missing_output: AtomicU64,
+    pub datatype: AtomicU64,
+    pub shape: AtomicU64,
+    pub not_probability: AtomicU64,
+}
+
+impl UnusableCounts {
+    pub fn counter(&self, reason: UnusableReason) -> &AtomicU64 {
+        match reason {
+            UnusableReason::Encoding => &self.encoding,
+            UnusableReason::Malformed => &self.malformed,
+            UnusableReason::TooLarge => &self.too_large,
+            UnusableReason::MissingOutput => &self.missing_output,
+            UnusableReason::Datatype => &self.datatype,
+            UnusableReason::Shape => &self.shape,
+            UnusableReason::NotProbability => &self.not_probability,
+        }
+    }
+
+    pub fn bump(&self, reason: UnusableReason) {
+        self.counter(reason).fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The kinds of unusable answer, each counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnusableReason {
+    /// A content coding the gateway cannot decode, or a corrupt one.
+    Encoding,
+    /// Not an OIP answer (JSON or protobuf that does not parse).
+    Malformed,
+    /// Over the body limit.
+    TooLarge,
+    MissingOutput,
+    Datatype,
+    Shape,
+    NotProbability,
+}
+
+impl UnusableReason {
+    pub const ALL: [Self; 7] = [
+        Self::Encoding,
+        Self::Malformed,
+        Self::TooLarge,
+        Self::MissingOutput,
+        Self::Datatype,
+        Self::Shape,
+        Self::NotProbability,
+    ];
+
+    /// A low-cardinality label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Encoding => "encoding",
+            Self::Malformed => "malformed",
+            Self::TooLarge => "too_large",
+            Self::MissingOutput => "missing_output",
+            Self::Datatype => "datatype",
+            Self::Shape => "shape",
+            Self::NotProbability => "not_probability",
+        }
+    }
+}
+
+/// Upper bounds of the |score difference| histogram.
+pub const DIFF_BUCKETS: [f64; 7] = [0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0];
+/// A route's shadow: where mirrors go, and the comparison so far.
+#[derive(Debug)]
+pub struct Shadow {
+    pub settings: cascadia_config::Shadow,
+    /// The candidate's pools, with its upstream model name and version.
+    pub target: Target,
+    pub stats: Arc<ShadowStats>,
+}
+
+/// Comparisons per primary version, and the drops; carried across reloads.
+#[derive(Debug, Default)]
+pub struct ShadowStats {
+    pub(crate) in_flight: AtomicUsize,
+    pub dropped_budget: AtomicU64,
+    pub dropped_load: AtomicU64,
+    pub(crate) pairs: Mutex<HashMap<Arc<str>, Arc<PairStats>>>,
+}
+
+/// The comparison of one primary version with the candidate.
+#[derive(Debug, Default)]
+pub struct PairStats {
+    /// Mirrors whose answers were compared.
+    pub compared: AtomicU64,
+    /// Mirrors that failed (transport error, timeout, non-2xx).
+    pub failed: AtomicU64,
+    /// Mirrors whose answers could not be compared (shapes differ, not
+    /// OIP JSON, too long, or the client left before its answer ended).
+    pub uncomparable: AtomicU64,
+    pub rows: AtomicU64,
+    pub rows_agree: AtomicU64,
+    /// Counts of |score difference| per [`DIFF_BUCKETS`] bound.
+    pub(crate) diff: [AtomicU64; DIFF_BUCKETS.len()],
+    pub(crate) diff_sum_micros: AtomicU64,
+    /// Time to the response head, per [`BUCKETS`] bound.
+    pub(crate) primary_latency: [AtomicU64; BUCKETS.len()],
+    pub(crate) shadow_latency: [AtomicU64; BUCKETS.len()],
+    /// Sum of (candidate − primary) head latency, µs.
+    pub(crate) latency_diff_micros: AtomicI64,
+}
