@@ -246,7 +246,15 @@ pub fn binary_request_to_json(
     }
     let skeleton = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
     let too_large = BinaryError::TooLarge { limit: max_json };
-    if skeleton.len() > max_json {
+    // Refused before any element is written when even the shortest
+    // spelling of every element would not fit: a 4 MB BOOL tensor is at
+    // least 20 MB of JSON, and writing it out first would cost the worker
+    // tens of milliseconds per request.
+    let least = tensors
+        .iter()
+        .map(|(datatype, bytes)| least_json_len(datatype, bytes.len()))
+        .fold(skeleton.len(), usize::saturating_add);
+    if least > max_json {
         return Err(too_large);
     }
     let mut out = Vec::with_capacity(skeleton.len().min(max_json));
@@ -269,6 +277,26 @@ pub fn binary_request_to_json(
         return Err(too_large);
     }
     Ok(out)
+}
+
+/// The fewest JSON bytes `len` bytes of binary `datatype` can become: each
+/// element at its shortest (`true` for BOOL, one digit for an integer,
+/// `0.0` for a float), with the commas and brackets. 0 for BYTES, whose
+/// element count is not known without reading them, and unknown types.
+fn least_json_len(datatype: &str, len: usize) -> usize {
+    let (width, shortest) = match datatype {
+        "BOOL" => (1, 4),
+        "UINT8" | "INT8" => (1, 1),
+        "UINT16" | "INT16" => (2, 1),
+        "UINT32" | "INT32" => (4, 1),
+        "UINT64" | "INT64" => (8, 1),
+        "FP32" => (4, 3),
+        "FP64" => (8, 3),
+        _ => return 0,
+    };
+    let elements = len / width;
+    // `[` `]`, the elements, and a comma between each two.
+    2 + elements * shortest + elements.saturating_sub(1)
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -401,6 +429,30 @@ mod binary_tests {
         let parsed: Value = serde_json::from_slice(&json).unwrap();
         assert_eq!(parsed["inputs"][0]["data"].as_array().unwrap().len(), 1000);
         assert_eq!(parsed["inputs"][0]["data"][0], false);
+    }
+
+    #[test]
+    fn the_least_json_length_never_exceeds_the_real_one() {
+        for datatype in [
+            "BOOL", "UINT8", "INT8", "UINT16", "INT16", "UINT32", "INT32", "UINT64", "INT64",
+            "FP32", "FP64",
+        ] {
+            for (fill, len) in [(0u8, 0usize), (0, 8), (1, 8), (0, 64), (0x3f, 64)] {
+                let bytes = vec![fill; len];
+                let mut out = Vec::new();
+                write_raw(datatype, &bytes, &mut out, usize::MAX).unwrap();
+                let least = least_json_len(datatype, len);
+                assert!(
+                    least <= out.len(),
+                    "{datatype} x{len} ({fill}): least {least} > real {}",
+                    out.len()
+                );
+            }
+        }
+        // The shortest spellings are met exactly: `true` and `0`.
+        let mut out = Vec::new();
+        write_raw("BOOL", &[1; 10], &mut out, usize::MAX).unwrap();
+        assert_eq!(least_json_len("BOOL", 10), out.len());
     }
 
     #[test]

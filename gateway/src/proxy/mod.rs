@@ -224,16 +224,15 @@ impl Proxy {
                 let body = coding::decode_request(&mut parts.headers, body, limit)?;
                 // The JSON must fit the same limit as the body it replaces.
                 let max_json = usize::try_from(limit).unwrap_or(usize::MAX);
-                let json =
-                    match cascadia_oip::json::binary_request_to_json(&body, json_len, max_json) {
-                        Ok(json) => buffers.account(Bytes::from(json))?,
-                        Err(cascadia_oip::json::BinaryError::TooLarge { .. }) => {
-                            return Err(GatewayError::BodyTooLarge { limit })
-                        }
-                        Err(cascadia_oip::json::BinaryError::Invalid(message)) => {
-                            return Err(GatewayError::InvalidPayload(message))
-                        }
-                    };
+                let json = match convert_binary(body, json_len, max_json).await {
+                    Ok(json) => buffers.account(Bytes::from(json))?,
+                    Err(cascadia_oip::json::BinaryError::TooLarge { .. }) => {
+                        return Err(GatewayError::BodyTooLarge { limit })
+                    }
+                    Err(cascadia_oip::json::BinaryError::Invalid(message)) => {
+                        return Err(GatewayError::InvalidPayload(message))
+                    }
+                };
                 parts.headers.remove(INFERENCE_HEADER_CONTENT_LENGTH);
                 parts.headers.remove(header::CONTENT_LENGTH);
                 parts.headers.insert(
@@ -427,6 +426,28 @@ pub(crate) fn rate_limited(wait: Duration) -> GatewayError {
 /// Triton's binary-extension header: the length of the JSON part.
 const INFERENCE_HEADER_CONTENT_LENGTH: http::HeaderName =
     http::HeaderName::from_static("inference-header-content-length");
+
+/// Bodies above this size are converted from Triton's binary format off
+/// the worker: a few MB of tensor take milliseconds of CPU to spell out
+/// as JSON, which would stall every other request on the worker.
+const INLINE_CONVERSION_LIMIT: usize = 64 * 1024;
+
+/// Triton binary request → OIP JSON, on a blocking thread when large.
+async fn convert_binary(
+    body: Bytes,
+    json_len: usize,
+    max_json: usize,
+) -> Result<Vec<u8>, cascadia_oip::json::BinaryError> {
+    use cascadia_oip::json::binary_request_to_json;
+    if body.len() <= INLINE_CONVERSION_LIMIT {
+        return binary_request_to_json(&body, json_len, max_json);
+    }
+    tokio::task::spawn_blocking(move || binary_request_to_json(&body, json_len, max_json))
+        .await
+        // A panic in the converter is a gateway bug: it surfaces as one
+        // here too (the fuzz target runs the same function).
+        .unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()))
+}
 
 /// What the match phase found for a REST path.
 #[derive(Debug)]

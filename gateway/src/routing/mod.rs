@@ -209,23 +209,33 @@ pub struct RouteLimiter {
 /// Which keys the limiter has seen lately, and how fast each client
 /// address may add new ones.
 struct NewKeys {
-    /// Key hashes in a fixed table (direct-mapped: a slot holds the last
-    /// key that hashed to it), so its memory is fixed however many keys
-    /// arrive. A known key pushed out by others is new again once, which
-    /// only costs its address one unit of new-key budget.
+    /// Recently seen keys in a fixed table, so its memory is fixed however
+    /// many keys arrive: sets of [`SEEN_WAYS`] entries, each a 40-bit tag
+    /// of the key's hash and the 24-bit millisecond time it was last seen.
+    /// A new key takes the place of the one seen longest ago in its set,
+    /// so a flood of one-off keys pushes out other one-off keys, not a key
+    /// in steady use. A known key pushed out anyway is new again once,
+    /// which costs its address one unit of new-key budget.
     seen: Box<[std::sync::atomic::AtomicU64]>,
     /// New keys per client address, on the route limit's own quota.
     per_address: governor::DefaultKeyedRateLimiter<u64>,
+    /// A tokio instant, so tests can drive the recency under paused time.
+    epoch: tokio::time::Instant,
 }
 
-/// Slots in [`NewKeys::seen`]: 64 Ki keys, 512 KiB per limited route.
+/// Entries in [`NewKeys::seen`]: 64 Ki keys, 512 KiB per limited route.
 const SEEN_KEY_SLOTS: usize = 1 << 16;
+/// Entries per set of [`NewKeys::seen`].
+const SEEN_WAYS: usize = 4;
+const SEEN_TIME_BITS: u32 = 24;
+const SEEN_TIME_MASK: u64 = (1 << SEEN_TIME_BITS) - 1;
 
 impl NewKeys {
     fn new(quota: governor::Quota) -> Self {
         Self {
             seen: (0..SEEN_KEY_SLOTS).map(|_| Default::default()).collect(),
             per_address: governor::RateLimiter::keyed(quota),
+            epoch: tokio::time::Instant::now(),
         }
     }
 
@@ -239,10 +249,28 @@ impl NewKeys {
     ) -> Result<(), Duration> {
         use governor::clock::Clock;
         use std::sync::atomic::Ordering;
-        // 0 marks an empty slot; a key hashing to 0 is simply always new.
-        let slot = &self.seen[key as usize % SEEN_KEY_SLOTS];
-        if key != 0 && slot.load(Ordering::Relaxed) == key {
-            return Ok(());
+        let now = self.epoch.elapsed().as_millis() as u64 & SEEN_TIME_MASK;
+        // The tag is never 0, so 0 marks an empty entry.
+        let tag = (key >> SEEN_TIME_BITS).max(1);
+        let set = (key as usize % (SEEN_KEY_SLOTS / SEEN_WAYS)) * SEEN_WAYS;
+        let entries = &self.seen[set..set + SEEN_WAYS];
+        let mut oldest = (0, 0u64);
+        for (way, entry) in entries.iter().enumerate() {
+            let value = entry.load(Ordering::Relaxed);
+            if value >> SEEN_TIME_BITS == tag {
+                entry.store(tag << SEEN_TIME_BITS | now, Ordering::Relaxed);
+                return Ok(());
+            }
+            // Empty entries are the oldest of all; ages wrap every 4.6 h,
+            // which only makes the choice of whom to push out less apt.
+            let age = if value == 0 {
+                u64::MAX
+            } else {
+                now.wrapping_sub(value & SEEN_TIME_MASK) & SEEN_TIME_MASK
+            };
+            if age >= oldest.1 {
+                oldest = (way, age);
+            }
         }
         if self.per_address.len() > MAX_RATE_LIMIT_KEYS {
             self.per_address.retain_recent();
@@ -250,7 +278,7 @@ impl NewKeys {
         self.per_address
             .check_key(&address)
             .map_err(|not_until| not_until.wait_time_from(clock.now()))?;
-        slot.store(key, Ordering::Relaxed);
+        entries[oldest.0].store(tag << SEEN_TIME_BITS | now, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -608,6 +636,40 @@ mod tests {
         let mut headers = http::HeaderMap::new();
         headers.insert("x-api-key", key.parse().unwrap());
         headers
+    }
+
+    /// Whether `key` is in the table (without touching it).
+    fn knows(keys: &NewKeys, key: u64) -> bool {
+        let tag = (key >> SEEN_TIME_BITS).max(1);
+        keys.seen
+            .iter()
+            .any(|e| e.load(std::sync::atomic::Ordering::Relaxed) >> SEEN_TIME_BITS == tag)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_new_keys_does_not_push_out_a_key_in_steady_use() {
+        let plenty = std::num::NonZeroU32::new(1_000_000).unwrap();
+        let keys = NewKeys::new(governor::Quota::per_second(plenty).allow_burst(plenty));
+        let clock = governor::clock::DefaultClock::default();
+        let steady = 0x5eed_0000_0000_1234_u64;
+        keys.admit(steady, 1, &clock).unwrap();
+        let mut rng = fastrand::Rng::with_seed(7);
+        // Four times the table's size in one-off keys from another address,
+        // while the steady key is used every millisecond.
+        for i in 0..(4 * SEEN_KEY_SLOTS) {
+            keys.admit(rng.u64(..), 2, &clock).unwrap();
+            if i % 50 == 0 {
+                tokio::time::advance(Duration::from_millis(1)).await;
+                assert!(knows(&keys, steady), "pushed out after {i} new keys");
+                keys.admit(steady, 1, &clock).unwrap();
+            }
+        }
+        let full = keys
+            .seen
+            .iter()
+            .filter(|e| e.load(std::sync::atomic::Ordering::Relaxed) != 0)
+            .count();
+        assert_eq!(full, SEEN_KEY_SLOTS, "the flood filled the table");
     }
 
     #[tokio::test]
