@@ -31,7 +31,7 @@ pin_project! {
         /// in-flight count covers the whole exchange.
         Upstream {
             #[pin]
-            body: Incoming,
+            body: ReceivedBody,
             // Fails the body when the upstream sends nothing for this long
             // (headers, then a stall): the client sees an abort, and the
             // route's slot is released.
@@ -89,7 +89,7 @@ impl ResponseBody {
 
     /// Streams an upstream body, releasing `in_flight` when it ends, and
     /// failing it when the upstream goes quiet for `idle`.
-    pub fn upstream(body: Incoming, in_flight: InFlight, idle: Duration) -> Self {
+    pub fn upstream(body: ReceivedBody, in_flight: InFlight, idle: Duration) -> Self {
         Self::Upstream {
             body,
             idle,
@@ -146,6 +146,66 @@ impl Capture {
     fn end(&mut self) {
         if let Some(done) = self.done.take() {
             let _ = done.send(std::mem::take(&mut self.buffer).freeze());
+        }
+    }
+}
+
+pin_project! {
+    /// A response body as an upstream sent it: off the wire, or whole from
+    /// memory (an upstream that is not a socket: a test's mock).
+    #[project = ReceivedProj]
+    pub enum ReceivedBody {
+        Wire {
+            #[pin]
+            body: Incoming,
+        },
+        Memory { data: Option<Bytes> },
+    }
+}
+
+impl ReceivedBody {
+    /// A whole body already in memory.
+    pub fn memory(data: impl Into<Bytes>) -> Self {
+        let data: Bytes = data.into();
+        Self::Memory {
+            data: (!data.is_empty()).then_some(data),
+        }
+    }
+}
+
+impl From<Incoming> for ReceivedBody {
+    fn from(body: Incoming) -> Self {
+        Self::Wire { body }
+    }
+}
+
+impl Body for ReceivedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.project() {
+            ReceivedProj::Wire { body } => body.poll_frame(cx),
+            ReceivedProj::Memory { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Wire { body } => body.is_end_stream(),
+            Self::Memory { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Wire { body } => body.size_hint(),
+            Self::Memory { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
         }
     }
 }

@@ -7,6 +7,8 @@
 //! cascade's escalations and shadow mirrors; knows none of them.
 
 mod blame;
+#[cfg(test)]
+mod tests;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,7 +18,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cascadia_backends::{
-    choose_pool, BackendPool, Endpoint, Fault, InFlight, Outcome, UpstreamBody, UpstreamErrorKind,
+    choose_pool, BackendPool, Endpoint, Fault, InFlight, Outcome, UpstreamBody, UpstreamError,
+    UpstreamErrorKind,
 };
 use cascadia_config::UpstreamProtocol;
 use http::header::{self, HeaderValue};
@@ -24,10 +27,9 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::core::body::{self, BodyLimitExceeded, ResponseBody};
+use crate::core::body::{self, BodyLimitExceeded, ReceivedBody, ResponseBody};
 use crate::core::errors::GatewayError;
 use crate::core::{deadline, headers};
 use crate::routing::{Route, Target};
@@ -58,17 +60,66 @@ pub async fn forward(
     body: RequestBody,
     request_id: &HeaderValue,
 ) -> Result<Response<ResponseBody>, GatewayError> {
-    let started = Instant::now();
-    let result = forward_attempts(
-        downstream,
+    let exchange = Exchange {
         route,
         target,
         parts,
         path_and_query,
         body,
         request_id,
-    )
-    .await;
+    };
+    forward_via(&Pools, downstream, exchange).await
+}
+
+/// One request to forward on its chosen version.
+pub struct Exchange<'a> {
+    pub route: &'a Route,
+    pub target: &'a Target,
+    /// The client's head, rewritten here for the upstream.
+    pub parts: http::request::Parts,
+    pub path_and_query: PathAndQuery,
+    pub body: RequestBody,
+    pub request_id: &'a HeaderValue,
+}
+
+/// Where attempts go: the backends' pooled clients ([`Pools`]) in
+/// production; a scripted mock under paused time in unit tests.
+pub trait Upstream: Sync {
+    /// Sends `request` to its endpoint (in the URI) of `pool`, giving up
+    /// after `timeout` for the response head.
+    fn send(
+        &self,
+        pool: &BackendPool,
+        request: Request<UpstreamBody>,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Response<ReceivedBody>, UpstreamError>> + Send;
+}
+
+/// The real upstreams: each pool's HTTP client.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Pools;
+
+impl Upstream for Pools {
+    async fn send(
+        &self,
+        pool: &BackendPool,
+        request: Request<UpstreamBody>,
+        timeout: Duration,
+    ) -> Result<Response<ReceivedBody>, UpstreamError> {
+        let response = pool.client().send(request, timeout).await?;
+        Ok(response.map(ReceivedBody::from))
+    }
+}
+
+/// [`forward`] through any [`Upstream`].
+pub async fn forward_via(
+    upstream: &impl Upstream,
+    downstream: Downstream,
+    exchange: Exchange<'_>,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    let started = Instant::now();
+    let target = exchange.target;
+    let result = forward_attempts(upstream, downstream, exchange).await;
     // Per version, for canary analysis: the time to the answer's head.
     let status = match &result {
         Ok(response) => response.status().as_u16(),
@@ -78,15 +129,19 @@ pub async fn forward(
     result
 }
 
-async fn forward_attempts(
+async fn forward_attempts<'t>(
+    upstream: &impl Upstream,
     downstream: Downstream,
-    route: &Route,
-    target: &Target,
-    mut parts: http::request::Parts,
-    path_and_query: PathAndQuery,
-    mut body: RequestBody,
-    request_id: &HeaderValue,
+    exchange: Exchange<'t>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
+    let Exchange {
+        route,
+        target,
+        mut parts,
+        path_and_query,
+        mut body,
+        request_id,
+    } = exchange;
     let started = Instant::now();
     let grpc = headers::is_grpc(&parts.headers);
     // The client's deadline, capped by the route's.
@@ -161,12 +216,12 @@ async fn forward_attempts(
             .filter(|_| attempt == 0 && body.is_replayable());
 
         // Phase: forward.
-        let upstream = UpstreamHead {
+        let head = UpstreamHead {
             parts: &mut parts,
             path_and_query: &path_and_query,
             grpc,
         };
-        let request = upstream.build(
+        let request = head.build(
             &mut body,
             target,
             index,
@@ -179,7 +234,15 @@ async fn forward_attempts(
         if attempt > 0 {
             bump(&route.stats.retries);
         }
-        let primary = send_attempt(target, index, endpoint, request, per_try, body.progress());
+        let primary = send_attempt(
+            upstream,
+            target,
+            index,
+            endpoint,
+            request,
+            per_try,
+            body.progress(),
+        );
         let (finished, also_failed) = match hedge {
             None => (primary.await, None),
             Some(hedge) => {
@@ -199,10 +262,10 @@ async fn forward_attempts(
                                 attempts_made += 1;
                                 bump(&route.stats.hedges);
                                 let remaining = deadline.map(|d| d.saturating_duration_since(now));
-                                let upstream = UpstreamHead { parts: &mut parts, path_and_query: &path_and_query, grpc };
-                                let request = upstream.build(&mut body, target, index, endpoint, remaining, false)?;
+                                let head = UpstreamHead { parts: &mut parts, path_and_query: &path_and_query, grpc };
+                                let request = head.build(&mut body, target, index, endpoint, remaining, false)?;
                                 let per_try = per_try_timeout(&target.pools[index], remaining);
-                                let secondary = send_attempt(target, index, endpoint, request, per_try, None);
+                                let secondary = send_attempt(upstream, target, index, endpoint, request, per_try, None);
                                 tokio::pin!(secondary);
                                 first_good(primary, secondary).await
                             }
@@ -465,7 +528,7 @@ struct Attempt<'t> {
     index: usize,
     endpoint: &'t Arc<Endpoint>,
     in_flight: InFlight,
-    result: Result<Response<Incoming>, cascadia_backends::UpstreamError>,
+    result: Result<Response<ReceivedBody>, UpstreamError>,
     /// Set when the attempt failed: a transport error or a 5xx. Whether it
     /// counts against the endpoint is decided by the caller's ledger, see
     /// [`blame`].
@@ -483,6 +546,7 @@ impl Attempt<'_> {
 /// Sends one attempt and records its outcome for balancing and outlier
 /// detection.
 async fn send_attempt<'t>(
+    upstream: &impl Upstream,
     target: &'t Target,
     index: usize,
     endpoint: &'t Arc<Endpoint>,
@@ -519,7 +583,7 @@ async fn send_attempt<'t>(
         )),
         None => {
             let left = per_try.saturating_sub(sent.elapsed());
-            match pool.client().send(request, left).await {
+            match upstream.send(pool, request, left).await {
                 // Out of time while waiting on the client for its body: a
                 // slow upload, the client's failure like any other of its
                 // body's (a 408, no endpoint blamed), not the endpoint's.
@@ -600,8 +664,8 @@ pub async fn send_one(
     endpoint: &Arc<Endpoint>,
     request: Request<UpstreamBody>,
     per_try: Duration,
-) -> Option<Response<Incoming>> {
-    let attempt = send_attempt(target, index, endpoint, request, per_try, None).await;
+) -> Option<Response<ReceivedBody>> {
+    let attempt = send_attempt(&Pools, target, index, endpoint, request, per_try, None).await;
     if attempt.failure.is_some_and(|f| f.counts) {
         // A lone attempt: no second endpoint to compare with.
         target.pools[index].record(endpoint, Outcome::Failure, Instant::now());
@@ -638,7 +702,7 @@ const MAX_ATTEMPTS: usize = 5;
 
 /// Phase respond: the upstream response, stamped with what served it.
 fn respond(
-    response: Response<Incoming>,
+    response: Response<ReceivedBody>,
     in_flight: InFlight,
     request_id: &HeaderValue,
     target: &Target,
