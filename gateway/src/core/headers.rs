@@ -118,6 +118,33 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
     }
 }
 
+/// Appends `ip`; an IPv6 one `"[…]"`-quoted when `quoted_v6` (RFC 7239).
+fn push_ip(out: &mut String, ip: std::net::IpAddr, quoted_v6: bool) {
+    use std::fmt::Write as _;
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        std::net::IpAddr::V6(v6) if quoted_v6 => {
+            let _ = write!(out, "\"[{v6}]\"");
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 /// The client behind `peer`: `peer` itself unless it is in `trusted`, else
 /// the rightmost `x-forwarded-for` address that is not a trusted proxy
 /// (the left part of the list is the client's to forge).
@@ -155,30 +182,35 @@ pub fn append_forwarded(
     host: Option<HeaderValue>,
     trusted: bool,
 ) {
-    if !trusted {
-        for name in [
-            X_FORWARDED_FOR,
-            header::FORWARDED,
-            X_FORWARDED_PROTO,
-            X_FORWARDED_HOST,
-        ] {
+    const FORWARDING: [HeaderName; 4] = [
+        X_FORWARDED_FOR,
+        header::FORWARDED,
+        X_FORWARDED_PROTO,
+        X_FORWARDED_HOST,
+    ];
+    if !trusted && headers.keys().any(|name| FORWARDING.contains(name)) {
+        for name in FORWARDING {
             headers.remove(name);
         }
     }
+    // Written by hand, not with `format!`: this runs on every request, and
+    // the formatting machinery cost more than the rest of the function.
     let ip = client.ip();
-    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {ip}"),
-        None => ip.to_string(),
-    };
+    let mut xff = String::with_capacity(48);
+    if let Some(previous) = headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        xff.push_str(previous);
+        xff.push_str(", ");
+    }
+    push_ip(&mut xff, ip, false);
+    let mut forwarded = String::with_capacity(64);
+    if let Some(previous) = headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
+        forwarded.push_str(previous);
+        forwarded.push_str(", ");
+    }
+    forwarded.push_str("for=");
     // RFC 7239: IPv6 addresses are quoted and bracketed.
-    let node = match ip {
-        std::net::IpAddr::V4(v4) => v4.to_string(),
-        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let forwarded = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, for={node};proto=http"),
-        None => format!("for={node};proto=http"),
-    };
+    push_ip(&mut forwarded, ip, true);
+    forwarded.push_str(";proto=http");
     if let Ok(value) = HeaderValue::from_str(&xff) {
         headers.insert(X_FORWARDED_FOR, value);
     }
@@ -198,6 +230,30 @@ pub fn append_forwarded(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "255.255.255.255",
+            "127.0.0.1",
+            "::1",
+            "fd00::7",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            let mut plain = String::new();
+            push_ip(&mut plain, ip, false);
+            assert_eq!(plain, ip.to_string());
+            let mut quoted = String::new();
+            push_ip(&mut quoted, ip, true);
+            let expected = match ip {
+                std::net::IpAddr::V4(_) => ip.to_string(),
+                std::net::IpAddr::V6(_) => format!("\"[{ip}]\""),
+            };
+            assert_eq!(quoted, expected);
+        }
+    }
 
     #[test]
     fn the_client_address_is_the_peer_unless_the_peer_is_a_trusted_proxy() {
