@@ -119,7 +119,10 @@ pub async fn forward_via(
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let started = Instant::now();
     let target = exchange.target;
-    let result = forward_attempts(upstream, downstream, exchange).await;
+    // Boxed: the attempt loop's future is several KB (hedging keeps two
+    // attempts in it), and every layer above would otherwise hold it
+    // inline and copy it each time it is moved.
+    let result = Box::pin(forward_attempts(upstream, downstream, exchange)).await;
     // Per version, for canary analysis: the time to the answer's head.
     let status = match &result {
         Ok(response) => response.status().as_u16(),
