@@ -934,6 +934,19 @@ async fn a_drill_whose_p99_passes_the_limit_is_aborted_early() {
 /// "Expected 2D array"): `sim_poison` makes the sim do that.
 const POISON: &str = r#"{"parameters":{"sim_poison":true},"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}]}"#;
 
+/// Sends [`POISON`] `times`, each answered with the server's own 500.
+async fn send_poison(client: &TestClient, url: &str, times: usize) {
+    let headers = [("content-type", "application/json")];
+    for _ in 0..times {
+        let response = client.send(Method::POST, url, &headers, POISON).await;
+        assert_eq!(
+            response.status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the server's own answer"
+        );
+    }
+}
+
 /// How many endpoints `/admin/backends` shows ejected.
 async fn ejected_endpoints(client: &TestClient, gateway: &GatewayProcess) -> usize {
     let backends = client
@@ -955,17 +968,9 @@ async fn a_query_of_death_fails_itself_and_ejects_nothing() {
     let gateway = GatewayProcess::start(&regions.config("2s")).await;
     let client = TestClient::new();
     let url = gateway.url("/v2/models/fraud/infer");
-    let headers = [("content-type", "application/json")];
     // A client repeating its malformed request, far past the ejection
     // threshold of 3.
-    for _ in 0..12 {
-        let response = client.send(Method::POST, &url, &headers, POISON).await;
-        assert_eq!(
-            response.status,
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the server's own answer"
-        );
-    }
+    send_poison(&client, &url, 12).await;
     assert_eq!(ejected_endpoints(&client, &gateway).await, 0);
     // Everyone else is served by the preferred region as before.
     for _ in 0..20 {
@@ -1027,15 +1032,7 @@ async fn a_500_that_repeats_on_a_second_endpoint_is_the_requests_and_ejects_noth
     let gateway = GatewayProcess::start(&five_xx_config(&regions)).await;
     let client = TestClient::new();
     let url = gateway.url("/v2/models/fraud/infer");
-    let headers = [("content-type", "application/json")];
-    for _ in 0..12 {
-        let response = client.send(Method::POST, &url, &headers, POISON).await;
-        assert_eq!(
-            response.status,
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the server's own answer"
-        );
-    }
+    send_poison(&client, &url, 12).await;
     assert_eq!(ejected_endpoints(&client, &gateway).await, 0);
     let calls: u64 = regions
         .us_east

@@ -845,28 +845,14 @@ async fn an_h2_client_with_a_zero_window_is_cut_off_and_frees_the_slot() {
     assert_eq!(head.status(), http::StatusCode::OK);
     // The answer holds the route's one slot meanwhile...
     let client = TestClient::new();
-    let busy = client
-        .send(
-            http::Method::POST,
-            &gateway.url("/v2/models/fraud/infer"),
-            &[("content-type", "application/json")],
-            "{}",
-        )
-        .await;
+    let busy = post_empty_infer(&client, &gateway).await;
     assert_eq!(busy.status, http::StatusCode::SERVICE_UNAVAILABLE);
     // ...until the gateway gives up on the stalled client, within the
     // write timeout, and closes its connection.
     let closed = tokio::time::timeout(crate::support::WAIT, stalled_connection).await;
     assert!(closed.is_ok(), "the stalled h2 connection was never closed");
     drop(head);
-    let response = client
-        .send(
-            http::Method::POST,
-            &gateway.url("/v2/models/fraud/infer"),
-            &[("content-type", "application/json")],
-            "{}",
-        )
-        .await;
+    let response = post_empty_infer(&client, &gateway).await;
     assert_eq!(response.status, http::StatusCode::OK, "the slot was freed");
     // A normal h2 client on the same gateway is not affected.
     let stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
@@ -879,6 +865,21 @@ async fn an_h2_client_with_a_zero_window_is_cut_off_and_frees_the_slot() {
     let response = reader.send_request(infer()).await.unwrap();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body.len(), 1 << 20);
+}
+
+/// `POST /v2/models/fraud/infer` with `{}`: enough for a raw upstream.
+async fn post_empty_infer(
+    client: &TestClient,
+    gateway: &GatewayProcess,
+) -> crate::support::TestResponse {
+    client
+        .send(
+            http::Method::POST,
+            &gateway.url("/v2/models/fraud/infer"),
+            &[("content-type", "application/json")],
+            "{}",
+        )
+        .await
 }
 
 /// A raw HTTP/1.1 upstream on a free port, for answers no real server
