@@ -148,11 +148,13 @@ async fn forward_attempts<'t>(
     let started = Instant::now();
     let grpc = headers::is_grpc(&parts.headers);
     // The client's deadline, capped by the route's.
-    let budget = match (deadline::client_timeout(&parts.headers), route.timeout) {
+    let client_budget = deadline::client_timeout(&parts.headers);
+    let budget = match (client_budget, route.timeout) {
         (Some(client), Some(route)) => Some(client.min(route)),
         (a, b) => a.or(b),
     };
     let deadline = budget.map(|b| started + b);
+    let client_deadline = client_budget.map(|b| started + b);
 
     // The upstream head, prepared once for every attempt.
     let host = parts.headers.remove(header::HOST).or_else(|| {
@@ -298,6 +300,19 @@ async fn forward_attempts<'t>(
             failure,
         } = finished;
         let pool = &target.pools[index];
+        // Out of time because the client asked for less time than the
+        // endpoint is allowed: the client's deadline, not the endpoint's
+        // fault, so it is not blamed (a client sending 1 ms deadlines
+        // must not eject healthy endpoints).
+        let cut_by_client = client_deadline.is_some_and(|d| {
+            d.saturating_duration_since(now) < pool.timeout() && Some(d) <= deadline
+        });
+        let failure = failure.map(|f| match &result {
+            Err(e) if e.kind() == UpstreamErrorKind::Timeout && cut_by_client => {
+                Failure { counts: false, ..f }
+            }
+            _ => f,
+        });
         let requests_fault = failure
             .is_some_and(|failure| ledger.failed(pool, endpoint, failure) == Verdict::Request);
         if requests_fault {

@@ -252,6 +252,11 @@ async fn the_clients_deadline_bounds_the_attempts_and_is_a_504() {
     assert_eq!(error.status(), 504);
     assert_eq!(started.elapsed(), Duration::from_millis(300));
     assert_eq!(upstream.calls(), [EAST], "no attempt past the deadline");
+    assert_eq!(
+        failures(&table, EAST),
+        0,
+        "the client's short deadline is not the endpoint's fault"
+    );
 }
 
 #[tokio::test(start_paused = true)]
