@@ -62,6 +62,23 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// How often a boot is tried again after MLServer lost a race for a port.
+const BOOT_TRIES: usize = 3;
+
+/// MLServer processes importing their runtimes at once. Each boot is
+/// seconds of CPU; on two vCPUs, four at once starve each other (and the
+/// gateway tests beside them), so boots take turns and [`BOOT`] times a
+/// boot, not its wait for a turn.
+static BOOTING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// Why one boot of MLServer did not come up.
+enum BootFailure {
+    /// Another process took a port between our probe and MLServer's bind.
+    PortTaken,
+    /// MLServer exited for another reason; its stderr says why.
+    Exited(String),
+}
+
 impl MlServer {
     async fn start(env: &Env) -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -76,6 +93,28 @@ impl MlServer {
                 .unwrap();
             }
         }
+        let _turn = BOOTING.acquire().await.unwrap();
+        let mut dir = Some(dir);
+        for _ in 0..BOOT_TRIES {
+            match Self::boot(env, dir.take().unwrap()).await {
+                Ok(server) => return server,
+                Err((BootFailure::PortTaken, returned)) => dir = Some(returned),
+                Err((BootFailure::Exited(stderr), _)) => {
+                    panic!("MLServer exited before it was ready:\n{stderr}")
+                }
+            }
+        }
+        panic!("MLServer lost the race for a free port {BOOT_TRIES} times")
+    }
+
+    /// One boot on fresh ports. Free ports are only probed, so another
+    /// process can take one before MLServer binds it: the readiness wait
+    /// watches the child, so such a boot fails at once rather than after
+    /// [`BOOT`], and the caller tries again.
+    async fn boot(
+        env: &Env,
+        dir: tempfile::TempDir,
+    ) -> Result<Self, (BootFailure, tempfile::TempDir)> {
         let http = free_port();
         let grpc = free_port();
         let settings = json!({
@@ -83,37 +122,56 @@ impl MlServer {
             "parallel_workers": 0, "host": "127.0.0.1",
         });
         std::fs::write(dir.path().join("settings.json"), settings.to_string()).unwrap();
-        let child = Command::new(&env.mlserver)
+        let stderr_path = dir.path().join("mlserver.stderr");
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let mut child = Command::new(&env.mlserver)
             .arg("start")
             .arg(dir.path())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .expect("start mlserver");
-        let server = Self {
-            child,
-            http: ([127, 0, 0, 1], http).into(),
-            grpc: ([127, 0, 0, 1], grpc).into(),
-            _dir: dir,
-        };
         // Readiness: MLServer's own OIP readiness endpoint.
         let client = TestClient::new();
-        let ready = format!("http://{}/v2/models/cancer-gbc/ready", server.http);
-        tokio::time::timeout(BOOT, async {
+        let ready = format!("http://127.0.0.1:{http}/v2/models/cancer-gbc/ready");
+        let waited = tokio::time::timeout(BOOT, async {
             loop {
                 if let Ok(r) = client.try_send(Method::GET, &ready, &[], "").await {
                     if r.status == StatusCode::OK {
-                        return;
+                        return None;
                     }
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    return Some(std::fs::read_to_string(&stderr_path).unwrap_or_default());
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         })
-        .await
-        .expect("MLServer became ready");
-        server
+        .await;
+        match waited {
+            Ok(None) => Ok(Self {
+                child,
+                http: ([127, 0, 0, 1], http).into(),
+                grpc: ([127, 0, 0, 1], grpc).into(),
+                _dir: dir,
+            }),
+            Ok(Some(stderr)) if stderr.to_lowercase().contains("address already in use") => {
+                Err((BootFailure::PortTaken, dir))
+            }
+            Ok(Some(stderr)) => Err((BootFailure::Exited(tail(&stderr)), dir)),
+            Err(_) => {
+                let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                panic!("MLServer was not ready after {BOOT:?}:\n{}", tail(&stderr))
+            }
+        }
     }
+}
+
+/// The last lines of a log, enough to show why a process stopped.
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 /// The cascades' decision bands, shared with `cascade_matrix.py`.
