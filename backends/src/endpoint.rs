@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use cascadia_config::OutlierDetection;
 
+use crate::connections::Connections;
 use crate::latency::LatencyHistogram;
 use http::uri::Authority;
+use http::HeaderValue;
 use tokio::time::Instant;
 
 /// The latency assumed for an endpoint before its first response, so new
@@ -23,6 +25,10 @@ pub const EWMA_DECAY: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Endpoint {
     authority: Authority,
+    /// `Host` for HTTP/1.1 requests here: the authority, formatted once.
+    host: HeaderValue,
+    /// Idle and shared connections to this endpoint.
+    connections: Arc<Connections>,
     /// Reference point for the nanosecond timestamps below.
     epoch: Instant,
     /// Requests sent here whose response has not finished.
@@ -63,8 +69,12 @@ pub enum Outcome {
 impl Endpoint {
     /// A fresh endpoint.
     pub fn new(authority: Authority) -> Self {
+        let host = HeaderValue::from_str(authority.as_str())
+            .expect("an authority is a valid header value");
         Self {
             authority,
+            host,
+            connections: Arc::default(),
             epoch: Instant::now(),
             in_flight: AtomicU64::new(0),
             attempts: AtomicU64::new(0),
@@ -95,6 +105,16 @@ impl Endpoint {
     /// `host:port`. Never shown to clients.
     pub fn authority(&self) -> &Authority {
         &self.authority
+    }
+
+    /// The `Host` header naming this endpoint.
+    pub fn host_header(&self) -> &HeaderValue {
+        &self.host
+    }
+
+    /// This endpoint's upstream connections.
+    pub fn connections(&self) -> &Arc<Connections> {
+        &self.connections
     }
 
     /// Requests outstanding here.

@@ -74,7 +74,7 @@ async fn probe(endpoint: &Endpoint, client: &UpstreamClient, settings: &HealthCh
     ) else {
         return false;
     };
-    match client.send(request, settings.timeout.get()).await {
+    match client.send(endpoint, request, settings.timeout.get()).await {
         Ok(response) => {
             let ok = response.status().is_success();
             // Drain the body so the connection returns to the pool.

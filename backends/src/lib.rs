@@ -14,14 +14,16 @@
 //! - [`budget`]: the retry budget.
 //! - [`registry`]: builds the pools for a new config snapshot, carrying the
 //!   runtime state of endpoints and regions across reloads.
-//! - [`client`]: the keep-alive connection pools (HTTP/1.1 or h2c) and
-//!   [`UpstreamError`], with its side and retry flag.
+//! - [`client`]: the upstream HTTP client (HTTP/1.1 or h2c) and
+//!   [`UpstreamError`], the side an attempt failed on.
+//! - [`connections`]: each endpoint's own keep-alive connections.
 //!
 //! The gateway decides *which version* a request goes to (routing, canary
 //! split); this crate decides *which region and endpoint* serve it.
 
 pub mod budget;
 pub mod client;
+pub mod connections;
 pub mod endpoint;
 pub mod failover;
 pub mod health;
@@ -31,6 +33,7 @@ pub mod registry;
 
 pub use budget::RetryBudget;
 pub use client::{UpstreamBody, UpstreamClient, UpstreamError, UpstreamErrorKind};
+pub use connections::UpstreamResponseBody;
 pub use endpoint::{Endpoint, InFlight, Outcome};
 pub use failover::choose_pool;
 pub use latency::LatencyHistogram;

@@ -10,7 +10,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use cascadia_backends::InFlight;
+use cascadia_backends::{InFlight, UpstreamResponseBody};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -157,7 +157,7 @@ pin_project! {
     pub enum ReceivedBody {
         Wire {
             #[pin]
-            body: Incoming,
+            body: UpstreamResponseBody,
         },
         Memory { data: Option<Bytes> },
     }
@@ -173,8 +173,8 @@ impl ReceivedBody {
     }
 }
 
-impl From<Incoming> for ReceivedBody {
-    fn from(body: Incoming) -> Self {
+impl From<UpstreamResponseBody> for ReceivedBody {
+    fn from(body: UpstreamResponseBody) -> Self {
         Self::Wire { body }
     }
 }

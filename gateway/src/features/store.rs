@@ -43,7 +43,7 @@ pub async fn fetch(
         .map_err(|_| ())?;
     let _in_flight = endpoint.start_attempt();
     let sent = Instant::now();
-    let response = match store.client().send(request, timeout).await {
+    let response = match store.client().send(endpoint, request, timeout).await {
         Ok(response) => response,
         Err(_) => {
             store.record(endpoint, Outcome::Failure, Instant::now());

@@ -85,11 +85,12 @@ pub struct Exchange<'a> {
 /// Where attempts go: the backends' pooled clients ([`Pools`]) in
 /// production; a scripted mock under paused time in unit tests.
 pub trait Upstream: Sync {
-    /// Sends `request` to its endpoint (in the URI) of `pool`, giving up
-    /// after `timeout` for the response head.
+    /// Sends `request` to `endpoint` of `pool`, giving up after `timeout`
+    /// for the response head.
     fn send(
         &self,
         pool: &BackendPool,
+        endpoint: &Endpoint,
         request: Request<UpstreamBody>,
         timeout: Duration,
     ) -> impl Future<Output = Result<Response<ReceivedBody>, UpstreamError>> + Send;
@@ -103,10 +104,11 @@ impl Upstream for Pools {
     async fn send(
         &self,
         pool: &BackendPool,
+        endpoint: &Endpoint,
         request: Request<UpstreamBody>,
         timeout: Duration,
     ) -> Result<Response<ReceivedBody>, UpstreamError> {
-        let response = pool.client().send(request, timeout).await?;
+        let response = pool.client().send(endpoint, request, timeout).await?;
         Ok(response.map(ReceivedBody::from))
     }
 }
@@ -510,19 +512,24 @@ impl UpstreamHead<'_> {
         take_headers: bool,
     ) -> Result<Request<UpstreamBody>, GatewayError> {
         let pool = &target.pools[index];
-        let uri = Uri::builder()
-            .scheme("http")
-            .authority(endpoint.authority().clone())
-            .path_and_query(self.path_and_query.clone())
-            .build()
-            .map_err(|_| GatewayError::BadRequest("invalid path"))?;
+        let (uri, version) = match pool.client().protocol() {
+            // Origin form; the client names the endpoint in `Host`.
+            UpstreamProtocol::Http1 => (Uri::from(self.path_and_query.clone()), Version::HTTP_11),
+            // h2 carries the authority in the URI (`:authority`).
+            UpstreamProtocol::H2c => (
+                Uri::builder()
+                    .scheme("http")
+                    .authority(endpoint.authority().clone())
+                    .path_and_query(self.path_and_query.clone())
+                    .build()
+                    .map_err(|_| GatewayError::BadRequest("invalid path"))?,
+                Version::HTTP_2,
+            ),
+        };
         let mut request = Request::new(body.for_attempt());
         *request.method_mut() = self.parts.method.clone();
         *request.uri_mut() = uri;
-        *request.version_mut() = match pool.client().protocol() {
-            UpstreamProtocol::Http1 => Version::HTTP_11,
-            UpstreamProtocol::H2c => Version::HTTP_2,
-        };
+        *request.version_mut() = version;
         *request.headers_mut() = if take_headers {
             std::mem::take(&mut self.parts.headers)
         } else {
@@ -601,7 +608,7 @@ async fn send_attempt<'t>(
         )),
         None => {
             let left = per_try.saturating_sub(sent.elapsed());
-            match upstream.send(pool, request, left).await {
+            match upstream.send(pool, endpoint, request, left).await {
                 // Out of time while waiting on the client for its body: a
                 // slow upload, the client's failure like any other of its
                 // body's (a 408, no endpoint blamed), not the endpoint's.

@@ -41,10 +41,11 @@ impl Upstream for Scripted {
     async fn send(
         &self,
         _pool: &BackendPool,
-        request: Request<UpstreamBody>,
+        endpoint: &Endpoint,
+        _request: Request<UpstreamBody>,
         timeout: Duration,
     ) -> Result<Response<ReceivedBody>, UpstreamError> {
-        let endpoint = request.uri().authority().expect("absolute").to_string();
+        let endpoint = endpoint.authority().to_string();
         self.calls.lock().unwrap().push(endpoint.clone());
         let (delay, answer) = self.script[endpoint.as_str()];
         if delay > timeout {
