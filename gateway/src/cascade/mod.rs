@@ -33,12 +33,11 @@ use cascadia_oip::json::InferRequest;
 use cascadia_oip::path::{OipKind, OipPath};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response};
-use hyper::body::Incoming;
 
-use crate::core::body::ResponseBody;
+use crate::core::body::{DownstreamBody, ResponseBody};
 use crate::core::errors::GatewayError;
 use crate::core::{deadline, headers};
-use crate::forward::{upstream_path, Downstream};
+use crate::forward::{upstream_path, Downstream, Upstream};
 use crate::routing::choose_target;
 use crate::routing::stages::{CascadeStage, CascadeStats};
 use crate::routing::{Route, Target};
@@ -80,6 +79,8 @@ pub enum Wire {
 /// route: the request's place in the gateway.
 #[derive(Clone, Copy)]
 pub struct Stage1<'a> {
+    /// Where escalations and audits go.
+    pub upstream: &'a Arc<dyn Upstream>,
     /// Who sent the request, for the escalation's `forwarded` headers.
     pub downstream: Downstream,
     /// The snapshot the request started on.
@@ -159,7 +160,7 @@ pub async fn handle_grpc(
 /// Handles an OIP REST inference call on a cascade route.
 pub async fn handle(
     cx: Stage1<'_>,
-    request: Request<Incoming>,
+    request: Request<DownstreamBody>,
     model: (String, Option<String>),
 ) -> Result<Response<ResponseBody>, GatewayError> {
     if request.method() != Method::POST {
@@ -389,6 +390,7 @@ impl Call<'_> {
                 .map_or(Duration::from_secs(2), |p| p.timeout())
         });
         let outcome = stage2::call(stage2::Call {
+            upstream: &**self.cx.upstream,
             downstream: self.cx.downstream,
             route: self.cx.route,
             target,
@@ -753,7 +755,8 @@ fn maybe_audit(
         &settings.output,
     );
     let body = serde_json::to_vec(&sub).map(Bytes::from).unwrap_or(body);
-    let (downstream, snapshot, route) = (
+    let (upstream, downstream, snapshot, route) = (
+        Arc::clone(call.cx.upstream),
         call.cx.downstream,
         Arc::clone(call.cx.snapshot),
         Arc::clone(call.cx.route),
@@ -784,6 +787,7 @@ fn maybe_audit(
         };
         let request_id = headers::request_id(&http::HeaderMap::new());
         let outcome = stage2::call(stage2::Call {
+            upstream: &*upstream,
             downstream,
             route: &route,
             target,

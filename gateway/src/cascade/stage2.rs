@@ -29,12 +29,14 @@ use super::Wire;
 use crate::core::body::ResponseBody;
 use crate::core::errors::GatewayError;
 use crate::core::headers;
-use crate::forward::{self, Downstream, RequestBody};
+use crate::forward::{self, Downstream, RequestBody, Upstream};
 pub use crate::routing::stages::UnusableReason;
 use crate::routing::{Route, Target};
 
 /// One stage-2 call, ready to send.
 pub struct Call<'a> {
+    /// Where the call goes.
+    pub upstream: &'a dyn Upstream,
     pub downstream: Downstream,
     pub route: &'a Route,
     pub target: &'a Target,
@@ -156,16 +158,15 @@ pub fn own_headers(headers: &mut HeaderMap, wire: Wire) {
 /// reads the answer.
 pub async fn call(mut call: Call<'_>) -> Outcome {
     own_headers(&mut call.parts.headers, call.wire);
-    let sent = forward::forward(
-        call.downstream,
-        call.route,
-        call.target,
-        call.parts,
-        call.path_and_query,
-        RequestBody::Buffered(call.body),
-        call.request_id,
-    )
-    .await;
+    let exchange = forward::Exchange {
+        route: call.route,
+        target: call.target,
+        parts: call.parts,
+        path_and_query: call.path_and_query,
+        body: RequestBody::Buffered(call.body),
+        request_id: call.request_id,
+    };
+    let sent = forward::forward(call.upstream, call.downstream, exchange).await;
     let response = match sent {
         Ok(response) => response,
         Err(

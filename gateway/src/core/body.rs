@@ -151,6 +151,72 @@ impl Capture {
 }
 
 pin_project! {
+    /// A request body as a client sends it: off a hyper connection, or any
+    /// other body (a unit test's, driving the proxy with `oneshot`). An
+    /// enum so the real one costs no allocation.
+    #[project = DownstreamProj]
+    pub enum DownstreamBody {
+        Wire {
+            #[pin]
+            body: Incoming,
+        },
+        Other {
+            #[pin]
+            body: http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>,
+        },
+    }
+}
+
+impl DownstreamBody {
+    /// Any body, boxed.
+    pub fn other<B>(body: B) -> Self
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        use http_body_util::BodyExt as _;
+        Self::Other {
+            body: body.map_err(Into::into).boxed_unsync(),
+        }
+    }
+}
+
+impl From<Incoming> for DownstreamBody {
+    fn from(body: Incoming) -> Self {
+        Self::Wire { body }
+    }
+}
+
+impl Body for DownstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            DownstreamProj::Wire { body } => body.poll_frame(cx).map_err(Into::into),
+            DownstreamProj::Other { body } => body.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Wire { body } => body.is_end_stream(),
+            Self::Other { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Wire { body } => body.size_hint(),
+            Self::Other { body } => body.size_hint(),
+        }
+    }
+}
+
+pin_project! {
     /// A response body as an upstream sent it: off the wire, or whole from
     /// memory (an upstream that is not a socket: a test's mock).
     #[project = ReceivedProj]
@@ -496,7 +562,7 @@ impl<B: Body> Body for TrackedBody<B> {
 
 /// Reads a whole body, refusing more than `limit` bytes.
 pub async fn read_limited(
-    incoming: Incoming,
+    incoming: DownstreamBody,
     limit: u64,
     timeouts: BodyTimeouts,
     buffers: &std::sync::Arc<crate::core::budget::BufferBudget>,

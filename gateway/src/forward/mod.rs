@@ -46,31 +46,6 @@ pub struct Downstream {
     pub trusted: bool,
 }
 
-/// Phases select, forward and respond, shared by REST, gRPC and the
-/// cascade's escalations: up to
-/// the route's attempts, each to an endpoint this request has not tried
-/// (preferably in another region), within the request's deadline and
-/// the route's retry budget.
-pub async fn forward(
-    downstream: Downstream,
-    route: &Route,
-    target: &Target,
-    parts: http::request::Parts,
-    path_and_query: PathAndQuery,
-    body: RequestBody,
-    request_id: &HeaderValue,
-) -> Result<Response<ResponseBody>, GatewayError> {
-    let exchange = Exchange {
-        route,
-        target,
-        parts,
-        path_and_query,
-        body,
-        request_id,
-    };
-    forward_via(&Pools, downstream, exchange).await
-}
-
 /// One request to forward on its chosen version.
 pub struct Exchange<'a> {
     pub route: &'a Route,
@@ -82,18 +57,23 @@ pub struct Exchange<'a> {
     pub request_id: &'a HeaderValue,
 }
 
-/// Where attempts go: the backends' pooled clients ([`Pools`]) in
+/// The future of one upstream attempt. Boxed so that [`Upstream`] can be a
+/// trait object: the proxy holds one, and unit tests put a mock there.
+pub type UpstreamFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Response<ReceivedBody>, UpstreamError>> + Send + 'a>>;
+
+/// Where attempts go: the backends' own connections ([`Pools`]) in
 /// production; a scripted mock under paused time in unit tests.
-pub trait Upstream: Sync {
+pub trait Upstream: Send + Sync {
     /// Sends `request` to `endpoint` of `pool`, giving up after `timeout`
     /// for the response head.
-    fn send(
-        &self,
-        pool: &BackendPool,
-        endpoint: &Endpoint,
+    fn send<'a>(
+        &'a self,
+        pool: &'a BackendPool,
+        endpoint: &'a Endpoint,
         request: Request<UpstreamBody>,
         timeout: Duration,
-    ) -> impl Future<Output = Result<Response<ReceivedBody>, UpstreamError>> + Send;
+    ) -> UpstreamFuture<'a>;
 }
 
 /// The real upstreams: each pool's HTTP client.
@@ -101,21 +81,26 @@ pub trait Upstream: Sync {
 pub struct Pools;
 
 impl Upstream for Pools {
-    async fn send(
-        &self,
-        pool: &BackendPool,
-        endpoint: &Endpoint,
+    fn send<'a>(
+        &'a self,
+        pool: &'a BackendPool,
+        endpoint: &'a Endpoint,
         request: Request<UpstreamBody>,
         timeout: Duration,
-    ) -> Result<Response<ReceivedBody>, UpstreamError> {
-        let response = pool.client().send(endpoint, request, timeout).await?;
-        Ok(response.map(ReceivedBody::from))
+    ) -> UpstreamFuture<'a> {
+        Box::pin(async move {
+            let response = pool.client().send(endpoint, request, timeout).await?;
+            Ok(response.map(ReceivedBody::from))
+        })
     }
 }
 
-/// [`forward`] through any [`Upstream`].
-pub async fn forward_via(
-    upstream: &impl Upstream,
+/// Phases select, forward and respond, shared by REST, gRPC and the
+/// cascade's escalations: up to the route's attempts, each to an endpoint
+/// this request has not tried (preferably in another region), within the
+/// request's deadline and the route's retry budget.
+pub async fn forward(
+    upstream: &dyn Upstream,
     downstream: Downstream,
     exchange: Exchange<'_>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
@@ -135,7 +120,7 @@ pub async fn forward_via(
 }
 
 async fn forward_attempts<'t>(
-    upstream: &impl Upstream,
+    upstream: &dyn Upstream,
     downstream: Downstream,
     exchange: Exchange<'t>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
@@ -571,7 +556,7 @@ impl Attempt<'_> {
 /// Sends one attempt and records its outcome for balancing and outlier
 /// detection.
 async fn send_attempt<'t>(
-    upstream: &impl Upstream,
+    upstream: &dyn Upstream,
     target: &'t Target,
     index: usize,
     endpoint: &'t Arc<Endpoint>,

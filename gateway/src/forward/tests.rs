@@ -38,28 +38,30 @@ impl Scripted {
 }
 
 impl Upstream for Scripted {
-    async fn send(
-        &self,
-        _pool: &BackendPool,
-        endpoint: &Endpoint,
+    fn send<'a>(
+        &'a self,
+        _pool: &'a BackendPool,
+        endpoint: &'a Endpoint,
         _request: Request<UpstreamBody>,
         timeout: Duration,
-    ) -> Result<Response<ReceivedBody>, UpstreamError> {
+    ) -> UpstreamFuture<'a> {
         let endpoint = endpoint.authority().to_string();
         self.calls.lock().unwrap().push(endpoint.clone());
         let (delay, answer) = self.script[endpoint.as_str()];
-        if delay > timeout {
-            tokio::time::sleep(timeout).await;
-            return Err(UpstreamError::new(UpstreamErrorKind::Timeout, None));
-        }
-        tokio::time::sleep(delay).await;
-        match answer {
-            Answer::Status(status) => Ok(Response::builder()
-                .status(status)
-                .body(ReceivedBody::memory(&b"{}"[..]))
-                .expect("a valid response")),
-            Answer::Error(kind) => Err(UpstreamError::new(kind, None)),
-        }
+        Box::pin(async move {
+            if delay > timeout {
+                tokio::time::sleep(timeout).await;
+                return Err(UpstreamError::new(UpstreamErrorKind::Timeout, None));
+            }
+            tokio::time::sleep(delay).await;
+            match answer {
+                Answer::Status(status) => Ok(Response::builder()
+                    .status(status)
+                    .body(ReceivedBody::memory(&b"{}"[..]))
+                    .expect("a valid response")),
+                Answer::Error(kind) => Err(UpstreamError::new(kind, None)),
+            }
+        })
     }
 }
 
@@ -135,7 +137,7 @@ async fn send(
         body: RequestBody::Buffered(Bytes::from_static(b"{}")),
         request_id: &HeaderValue::from_static("test"),
     };
-    forward_via(upstream, DOWNSTREAM, exchange).await
+    forward(upstream, DOWNSTREAM, exchange).await
 }
 
 /// Failures counted against `endpoint` (toward its ejection).

@@ -6,11 +6,10 @@ use cascadia_oip::grpc as oip_grpc;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response};
-use hyper::body::Incoming;
 use prost::Message;
 
 use super::{admit, Proxy};
-use crate::core::body::ResponseBody;
+use crate::core::body::{DownstreamBody, ResponseBody};
 use crate::core::errors::GatewayError;
 use crate::core::{body, coding, headers};
 use crate::routing::choose_target;
@@ -25,7 +24,7 @@ pub fn is_grpc<B>(request: &Request<B>) -> bool {
 pub async fn handle(
     proxy: &Proxy,
     snapshot: &std::sync::Arc<Snapshot>,
-    request: Request<Incoming>,
+    request: Request<DownstreamBody>,
     request_id: &HeaderValue,
     matched: &mut Option<std::sync::Arc<crate::routing::Route>>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
@@ -105,6 +104,7 @@ pub async fn handle(
         if method == "ModelInfer" {
             let route = std::sync::Arc::clone(route);
             let cx = crate::cascade::Stage1 {
+                upstream: proxy.upstream(),
                 downstream: proxy.downstream(snapshot),
                 snapshot,
                 route: &route,
@@ -163,16 +163,16 @@ pub async fn handle(
     // The buffered body may have changed size.
     parts.headers.remove(header::CONTENT_LENGTH);
     let started = tokio::time::Instant::now();
-    let mut response = crate::forward::forward(
-        proxy.downstream(snapshot),
+    let exchange = crate::forward::Exchange {
         route,
         target,
         parts,
-        path_and_query.clone(),
-        crate::forward::RequestBody::Buffered(body),
+        path_and_query: path_and_query.clone(),
+        body: crate::forward::RequestBody::Buffered(body),
         request_id,
-    )
-    .await?;
+    };
+    let mut response =
+        crate::forward::forward(&**proxy.upstream(), proxy.downstream(snapshot), exchange).await?;
     if let Some(mirror) = mirror {
         // A failed call can still be HTTP 200 (its status is in the
         // trailers); the comparison then finds no answer to compare.

@@ -29,13 +29,14 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::core::body::{read_limited, LimitedBody, ResponseBody};
+use crate::core::body::{read_limited, DownstreamBody, LimitedBody, ResponseBody};
 use crate::core::errors::GatewayError;
 use crate::core::{body, budget, coding, headers};
-use crate::forward::{upstream_path, Downstream, RequestBody, REPLAY_LIMIT};
+use crate::forward::{
+    forward, upstream_path, Downstream, Exchange, Pools, RequestBody, Upstream, REPLAY_LIMIT,
+};
 use crate::routing::{choose_target, Route};
 use crate::shadow::Mirror;
 use crate::snapshot::{SharedSnapshot, Snapshot};
@@ -47,17 +48,44 @@ pub struct Proxy {
     snapshot: SharedSnapshot,
     /// The peer of the downstream connection, for `forwarded` headers.
     client: SocketAddr,
+    /// Where attempts go: the endpoints' connections, or a unit test's mock.
+    upstream: Arc<dyn Upstream>,
+}
+
+impl std::fmt::Debug for dyn Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Upstream")
+    }
 }
 
 impl Proxy {
-    /// A proxy for requests arriving from `client`.
+    /// A proxy for requests arriving from `client`, to the real upstreams.
     pub fn new(snapshot: SharedSnapshot, client: SocketAddr) -> Self {
-        Self { snapshot, client }
+        static POOLS: std::sync::OnceLock<Arc<dyn Upstream>> = std::sync::OnceLock::new();
+        let upstream = POOLS.get_or_init(|| Arc::new(Pools));
+        Self::with_upstream(snapshot, client, Arc::clone(upstream))
+    }
+
+    /// A proxy whose attempts go to `upstream`.
+    pub fn with_upstream(
+        snapshot: SharedSnapshot,
+        client: SocketAddr,
+        upstream: Arc<dyn Upstream>,
+    ) -> Self {
+        Self {
+            snapshot,
+            client,
+            upstream,
+        }
     }
 
     /// Runs one request through every phase. Never fails: errors become
     /// responses here.
-    pub async fn handle(self, request: Request<Incoming>) -> Response<ResponseBody> {
+    pub async fn handle<B: Into<DownstreamBody>>(
+        self,
+        request: Request<B>,
+    ) -> Response<ResponseBody> {
+        let request = request.map(Into::into);
         let request_id = headers::request_id(request.headers());
         // Loaded once: the request finishes on the snapshot it started with.
         let snapshot = self.snapshot.load_full();
@@ -158,6 +186,11 @@ impl Proxy {
         }
     }
 
+    /// Where this proxy's attempts go.
+    pub(crate) fn upstream(&self) -> &Arc<dyn Upstream> {
+        &self.upstream
+    }
+
     /// Who sent the request, for the `forwarded` headers upstream.
     pub(crate) fn downstream(&self, snapshot: &Snapshot) -> Downstream {
         let peer = self.client;
@@ -185,7 +218,7 @@ impl Proxy {
     async fn handle_http(
         &self,
         snapshot: &Arc<Snapshot>,
-        request: Request<Incoming>,
+        request: Request<DownstreamBody>,
         request_id: &HeaderValue,
         matched: &mut Option<Arc<Route>>,
     ) -> Result<Response<ResponseBody>, GatewayError> {
@@ -252,6 +285,7 @@ impl Proxy {
                 p.version.map(str::to_owned),
             );
             let cx = crate::cascade::Stage1 {
+                upstream: &self.upstream,
                 downstream: self.downstream(snapshot),
                 snapshot,
                 route: &route,
@@ -302,16 +336,15 @@ impl Proxy {
         };
         let started = Instant::now();
         let downstream = self.downstream(snapshot);
-        let mut response = crate::forward::forward(
-            downstream,
+        let exchange = Exchange {
             route,
             target,
             parts,
             path_and_query,
             body,
             request_id,
-        )
-        .await?;
+        };
+        let mut response = forward(&*self.upstream, downstream, exchange).await?;
         if let Some((mirror, path)) = mirror {
             if response.status().is_success() {
                 let primary = response.body_mut().capture(crate::shadow::COMPARE_LIMIT);
@@ -328,7 +361,9 @@ impl Proxy {
     }
 }
 
-impl tower::Service<Request<Incoming>> for Proxy {
+/// The proxy as a `tower` service, over any request body the gateway can
+/// take (hyper's, or a test's).
+impl<B: Into<DownstreamBody> + Send + 'static> tower::Service<Request<B>> for Proxy {
     type Response = Response<ResponseBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
@@ -337,7 +372,7 @@ impl tower::Service<Request<Incoming>> for Proxy {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, request: Request<B>) -> Self::Future {
         let proxy = self.clone();
         Box::pin(async move { Ok(proxy.handle(request).await) })
     }
@@ -495,7 +530,7 @@ pub fn match_request<'a>(
 /// retry, a hedge, or a shadow mirror: `mirrored`), streamed otherwise.
 async fn request_body(
     route: &Route,
-    incoming: Incoming,
+    incoming: DownstreamBody,
     limit: u64,
     timeouts: body::BodyTimeouts,
     mirrored: bool,
@@ -593,6 +628,9 @@ impl std::fmt::Display for ErrorChain<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod cascade_tests;
 
 #[cfg(test)]
 mod tests {
