@@ -112,14 +112,9 @@ impl UpstreamClient {
                 },
             }
         }
-        let io = self.connect(endpoint).await?;
-        let (mut sender, connection) =
-            http1::handshake(io).await.map_err(UpstreamError::connect)?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "upstream HTTP/1.1 connection ended");
-            }
-        });
+        // Boxed: connecting is the rare path, and its futures (resolve,
+        // connect, handshake) would otherwise make every request's larger.
+        let mut sender = Box::pin(self.open_http1(endpoint)).await?;
         match sender.send_request(request).await {
             Ok(response) => {
                 let home = Arc::clone(home);
@@ -129,6 +124,21 @@ impl UpstreamClient {
         }
     }
 
+    /// A new HTTP/1.1 connection to `endpoint`, its driver spawned.
+    async fn open_http1(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<http1::SendRequest<UpstreamBody>, UpstreamError> {
+        let io = self.connect(endpoint).await?;
+        let (sender, connection) = http1::handshake(io).await.map_err(UpstreamError::connect)?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "upstream HTTP/1.1 connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
     async fn send_h2(
         &self,
         endpoint: &Endpoint,
@@ -136,7 +146,7 @@ impl UpstreamClient {
     ) -> Result<Response<UpstreamResponseBody>, UpstreamError> {
         let mut sender = endpoint
             .connections()
-            .h2_or_open(async {
+            .h2_or_open(Box::pin(async {
                 let io = self.connect(endpoint).await?;
                 let (sender, connection) = http2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())
@@ -149,7 +159,7 @@ impl UpstreamClient {
                     }
                 });
                 Ok::<_, UpstreamError>(sender)
-            })
+            }))
             .await?;
         match sender.send_request(request).await {
             Ok(response) => Ok(response.map(UpstreamResponseBody::shared)),

@@ -257,9 +257,10 @@ async fn forward_attempts<'t>(
                                 let head = UpstreamHead { parts: &mut parts, path_and_query: &path_and_query, grpc };
                                 let request = head.build(&mut body, target, index, endpoint, remaining, false)?;
                                 let per_try = per_try_timeout(&target.pools[index], remaining);
-                                let secondary = send_attempt(upstream, target, index, endpoint, request, per_try, None);
-                                tokio::pin!(secondary);
-                                first_good(primary, secondary).await
+                                // Boxed: a hedge is rare, and inline it would
+                                // double every request's attempt-loop future.
+                                let mut secondary = Box::pin(send_attempt(upstream, target, index, endpoint, request, per_try, None));
+                                first_good(primary, secondary.as_mut()).await
                             }
                         }
                     }
@@ -582,7 +583,8 @@ async fn send_attempt<'t>(
             (fastrand::u32(..1_000_000) < per_million).then_some(())
         }
         Some(Fault::Latency(delay)) => {
-            tokio::time::sleep(delay.min(per_try)).await;
+            // Boxed: only drills take this path.
+            Box::pin(tokio::time::sleep(delay.min(per_try))).await;
             None
         }
     };
