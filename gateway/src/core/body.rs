@@ -385,11 +385,48 @@ pin_project! {
         inner: B,
         remaining: u64,
         limit: u64,
-        // Fails the body when no frame arrives for this long (slow bodies).
-        idle: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
-        // Fails the body when it has not ended by then, however steadily
-        // it trickles (a byte a second never trips `idle`).
-        total: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
+        // Fails the body when the client makes the gateway wait too long.
+        clock: Option<BodyClock>,
+    }
+}
+
+/// The body's timeouts, armed lazily: a body that arrives with its head
+/// (most do) never makes the gateway wait, so it costs no timer at all.
+/// One timer serves both bounds: it is set, each time the client makes
+/// the gateway wait after sending something, to the nearer of "idle from
+/// now" and "the whole body's deadline".
+struct BodyClock {
+    timeouts: BodyTimeouts,
+    started: tokio::time::Instant,
+    /// A frame arrived since the timer was last set.
+    progressed: bool,
+    /// The armed timer, and which timeout it stands for.
+    timer: Option<(Pin<Box<tokio::time::Sleep>>, Duration)>,
+}
+
+impl BodyClock {
+    /// Called when the client has nothing for the gateway: `Some(timeout)`
+    /// once the gateway has waited past one.
+    fn wait(&mut self, cx: &mut Context<'_>) -> Option<Duration> {
+        if self.progressed || self.timer.is_none() {
+            self.progressed = false;
+            let idle_at = tokio::time::Instant::now() + self.timeouts.idle;
+            let total_at = self.started + self.timeouts.total;
+            let (deadline, which) = if total_at < idle_at {
+                (total_at, self.timeouts.total)
+            } else {
+                (idle_at, self.timeouts.idle)
+            };
+            match &mut self.timer {
+                Some((sleep, armed_for)) => {
+                    sleep.as_mut().reset(deadline);
+                    *armed_for = which;
+                }
+                None => self.timer = Some((Box::pin(tokio::time::sleep_until(deadline)), which)),
+            }
+        }
+        let (sleep, which) = self.timer.as_mut()?;
+        sleep.as_mut().poll(cx).is_ready().then_some(*which)
     }
 }
 
@@ -424,22 +461,19 @@ impl<B> LimitedBody<B> {
             inner,
             remaining: limit,
             limit,
-            idle: None,
-            total: None,
+            clock: None,
         }
     }
 
-    /// Also fails the body when no data arrives for `timeout`.
-    pub fn with_idle_timeout(mut self, timeout: Duration) -> Self {
-        self.idle = Some((timeout, Box::pin(tokio::time::sleep(timeout))));
-        self
-    }
-
     /// Also fails the body on either of `timeouts`, counted from now.
-    pub fn with_timeouts(self, timeouts: BodyTimeouts) -> Self {
-        let mut body = self.with_idle_timeout(timeouts.idle);
-        body.total = Some((timeouts.total, Box::pin(tokio::time::sleep(timeouts.total))));
-        body
+    pub fn with_timeouts(mut self, timeouts: BodyTimeouts) -> Self {
+        self.clock = Some(BodyClock {
+            timeouts,
+            started: tokio::time::Instant::now(),
+            progressed: false,
+            timer: None,
+        });
+        self
     }
 }
 
@@ -456,17 +490,12 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
-        if let Some((total, timer)) = this.total.as_mut() {
-            if timer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Some(Err(Box::new(BodyReadTimeout(*total)))));
-            }
-        }
         let polled = this.inner.poll_frame(cx);
-        if let Some((timeout, timer)) = this.idle.as_mut() {
+        if let Some(clock) = this.clock.as_mut() {
             if polled.is_ready() {
-                timer.as_mut().reset(tokio::time::Instant::now() + *timeout);
-            } else if timer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Some(Err(Box::new(BodyReadTimeout(*timeout)))));
+                clock.progressed = true;
+            } else if let Some(timeout) = clock.wait(cx) {
+                return Poll::Ready(Some(Err(Box::new(BodyReadTimeout(timeout)))));
             }
         }
         match ready!(polled) {
@@ -622,6 +651,47 @@ mod tests {
         let timeout = error.downcast_ref::<BodyReadTimeout>().expect("a timeout");
         assert_eq!(timeout.0, Duration::from_secs(5));
         assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_is_cut_at_the_idle_timeout_counted_from_the_last_piece() {
+        // Two pieces 900 ms apart, then nothing.
+        let pieces = futures_util::stream::unfold(0, |sent| async move {
+            if sent == 2 {
+                std::future::pending::<()>().await;
+            }
+            if sent == 1 {
+                tokio::time::sleep(Duration::from_millis(900)).await;
+            }
+            Some((
+                Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"x"))),
+                sent + 1,
+            ))
+        });
+        let timeouts = BodyTimeouts {
+            idle: Duration::from_secs(1),
+            total: Duration::from_secs(60),
+        };
+        let body = LimitedBody::new(StreamBody::new(pieces), 1 << 20).with_timeouts(timeouts);
+        let started = tokio::time::Instant::now();
+        let error = body.collect().await.expect_err("cut off");
+        let timeout = error.downcast_ref::<BodyReadTimeout>().expect("a timeout");
+        assert_eq!(timeout.0, Duration::from_secs(1));
+        assert_eq!(started.elapsed(), Duration::from_millis(1900));
+    }
+
+    #[tokio::test]
+    async fn a_body_that_never_makes_the_gateway_wait_arms_no_timer() {
+        let timeouts = BodyTimeouts {
+            idle: Duration::from_secs(1),
+            total: Duration::from_secs(5),
+        };
+        let mut body =
+            LimitedBody::new(Full::new(Bytes::from_static(b"12345")), 5).with_timeouts(timeouts);
+        while let Some(frame) = body.frame().await {
+            frame.expect("within limit");
+        }
+        assert!(body.clock.expect("timeouts set").timer.is_none());
     }
 
     #[tokio::test]

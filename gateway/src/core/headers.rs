@@ -46,8 +46,21 @@ fn generate_request_id() -> HeaderValue {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let prefix = *PREFIX.get_or_init(|| fastrand::u32(..));
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let id = format!("{prefix:08x}-{n:012x}");
-    HeaderValue::from_str(&id).expect("hex digits and a dash are a valid header value")
+    // `{prefix:08x}-{n:012x}`, written by hand: the formatting machinery
+    // cost more than the rest of the request's header work.
+    let mut id = [b'-'; 21];
+    write_hex(&mut id[..8], u64::from(prefix));
+    write_hex(&mut id[9..], n);
+    HeaderValue::from_bytes(&id).expect("hex digits and a dash are a valid header value")
+}
+
+/// Writes the low `out.len()` hex digits of `value`, zero-padded.
+fn write_hex(out: &mut [u8], mut value: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for digit in out.iter_mut().rev() {
+        *digit = DIGITS[(value & 0xf) as usize];
+        value >>= 4;
+    }
 }
 
 /// True for gRPC requests (any `application/grpc*` content type).
@@ -81,28 +94,51 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
+/// Where `connection` and `te` are in [`HOP_BY_HOP`].
+const CONNECTION_AT: usize = 0;
+const TE_AT: usize = 5;
+
 /// Removes hop-by-hop headers: the fixed list from RFC 9110 and every
 /// header the `connection` header names. `te: trailers` is kept on
 /// requests because gRPC needs it end to end.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
-    // Most heads carry none of them: one pass over the names is cheaper
-    // than a hashed removal of each of the nine.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    // One pass over the names finds which of the nine are here; only those
+    // are removed (each removal hashes). Most heads carry `connection` at
+    // most.
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
+    }
+    if !present.contains(&true) {
         return;
     }
-    // Names listed in `connection` are hop-by-hop too; collect first since
-    // the map cannot be modified while it is borrowed.
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        headers.remove(name);
+    if present[CONNECTION_AT] {
+        // Names listed in `connection` are hop-by-hop too. The common
+        // tokens (`keep-alive`, `close`) name no other header, so nothing
+        // is allocated for them.
+        let mut listed: Vec<HeaderName> = Vec::new();
+        for value in headers.get_all(header::CONNECTION) {
+            let Ok(value) = value.to_str() else { continue };
+            for token in value.split(',').map(str::trim) {
+                let fixed = HOP_BY_HOP
+                    .iter()
+                    .any(|h| h.as_str().eq_ignore_ascii_case(token));
+                if token.is_empty() || fixed || token.eq_ignore_ascii_case("close") {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    listed.push(name);
+                }
+            }
+        }
+        for name in listed {
+            headers.remove(name);
+        }
     }
     let te_trailers = keep_te_trailers
+        && present[TE_AT]
         && headers
             .get(header::TE)
             .and_then(|v| v.to_str().ok())
@@ -110,8 +146,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
                 v.split(',')
                     .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
             });
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (name, here) in HOP_BY_HOP.iter().zip(present) {
+        if here {
+            headers.remove(name);
+        }
     }
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -211,10 +249,11 @@ pub fn append_forwarded(
     // RFC 7239: IPv6 addresses are quoted and bracketed.
     push_ip(&mut forwarded, ip, true);
     forwarded.push_str(";proto=http");
-    if let Ok(value) = HeaderValue::from_str(&xff) {
+    // `Bytes::from(String)` keeps the string's buffer: no second copy.
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
         headers.insert(X_FORWARDED_FOR, value);
     }
-    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(forwarded)) {
         headers.insert(header::FORWARDED, value);
     }
     if !headers.contains_key(X_FORWARDED_PROTO) {
@@ -230,6 +269,25 @@ pub fn append_forwarded(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hop_by_hop_positions_name_connection_and_te() {
+        assert_eq!(HOP_BY_HOP[CONNECTION_AT], header::CONNECTION);
+        assert_eq!(HOP_BY_HOP[TE_AT], header::TE);
+    }
+
+    #[test]
+    fn generated_request_ids_are_the_prefix_and_counter_in_hex() {
+        let a = generate_request_id();
+        let b = generate_request_id();
+        let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+        assert_eq!(a.len(), 21);
+        assert_eq!(&a[8..9], "-");
+        assert_eq!(a[..8], b[..8], "one prefix per process");
+        assert!(a.bytes().all(|c| c == b'-' || c.is_ascii_hexdigit()));
+        let counter = |id: &str| u64::from_str_radix(&id[9..], 16).unwrap();
+        assert!(counter(b) > counter(a));
+    }
 
     #[test]
     fn addresses_are_written_as_display_writes_them() {
