@@ -145,10 +145,11 @@ async fn serve_connection(
         // very streams it stalls, with their route slots.
         let write_timeout = limits.write_timeout.get();
         tokio::select! {
+            biased;
             _ = connection.as_mut() => return,
-            _ = stopped(&mut shutdown) => connection.as_mut().graceful_shutdown(),
-            () = activity.idle_for(idle_timeout) => connection.as_mut().graceful_shutdown(),
-            () = delivery.stalled_for(write_timeout) => {
+            () = WokenOnly::new(stopped(&mut shutdown)) => connection.as_mut().graceful_shutdown(),
+            () = WokenOnly::new(activity.idle_for(idle_timeout)) => connection.as_mut().graceful_shutdown(),
+            () = WokenOnly::new(delivery.stalled_for(write_timeout)) => {
                 tracing::info!(%peer, "h2 client took no response data within the write timeout; closing");
                 return;
             }
@@ -193,11 +194,67 @@ async fn serve_connection(
     // after a response, which it need not do: this watch closes the
     // connection whatever hyper is waiting on.
     tokio::select! {
+        biased;
         _ = connection.as_mut() => return,
-        _ = stopped(&mut shutdown) => connection.as_mut().graceful_shutdown(),
-        () = activity.idle_for(idle_timeout) => connection.as_mut().graceful_shutdown(),
+        () = WokenOnly::new(stopped(&mut shutdown)) => connection.as_mut().graceful_shutdown(),
+        () = WokenOnly::new(activity.idle_for(idle_timeout)) => connection.as_mut().graceful_shutdown(),
     }
     let _ = connection.await;
+}
+
+/// A watcher future (shutdown, idle) polled only when its own waker fired.
+/// `select!` polls every branch each time the task wakes, and a
+/// connection's task wakes several times per request; re-polling the
+/// watchers then cost more than the rest of the listener's work.
+struct WokenOnly<F> {
+    future: Pin<Box<F>>,
+    flag: Arc<WakeFlag>,
+    waker: std::task::Waker,
+}
+
+#[derive(Default)]
+struct WakeFlag {
+    woken: std::sync::atomic::AtomicBool,
+    task: futures_util::task::AtomicWaker,
+}
+
+impl std::task::Wake for WakeFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<F: Future> WokenOnly<F> {
+    fn new(future: F) -> Self {
+        let flag = Arc::new(WakeFlag::default());
+        // Polled once at the start, to register its own wakers.
+        flag.woken.store(true, Ordering::Relaxed);
+        Self {
+            future: Box::pin(future),
+            waker: std::task::Waker::from(Arc::clone(&flag)),
+            flag,
+        }
+    }
+}
+
+impl<F: Future> Future for WokenOnly<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
+        self.flag.task.register(cx.waker());
+        if !self.flag.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let this = &mut *self;
+        this.future
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(&this.waker))
+    }
 }
 
 /// Requests in flight on one connection, and when the last one began or
@@ -684,5 +741,49 @@ impl AsyncWrite for HeadTimeoutIo {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.project().stream.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    /// Counts its polls; resolves on the third.
+    struct Counted<'a>(&'a AtomicUsize);
+
+    impl Future for Counted<'_> {
+        type Output = ();
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            if self.0.fetch_add(1, Ordering::SeqCst) == 2 {
+                return Poll::Ready(());
+            }
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+
+    #[test]
+    fn a_watcher_is_polled_again_only_after_its_own_waker_fired() {
+        let polls = AtomicUsize::new(0);
+        // Woken by nothing: only the first poll may reach it.
+        let mut watcher = std::pin::pin!(WokenOnly::new(std::future::poll_fn(|_| {
+            polls.fetch_add(1, Ordering::SeqCst);
+            Poll::<()>::Pending
+        })));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        for _ in 0..5 {
+            assert!(watcher.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(polls.load(Ordering::SeqCst), 1);
+
+        // One that wakes itself is polled each time, and finishes.
+        let polls = AtomicUsize::new(0);
+        let mut watcher = std::pin::pin!(WokenOnly::new(Counted(&polls)));
+        assert!(watcher.as_mut().poll(&mut cx).is_pending());
+        assert!(watcher.as_mut().poll(&mut cx).is_pending());
+        assert!(watcher.as_mut().poll(&mut cx).is_ready());
     }
 }
