@@ -504,10 +504,12 @@ pub fn match_request<'a>(
     routes: &'a crate::routing::RouteTable,
     path: &'a str,
 ) -> Result<Matched<'a>, GatewayError> {
-    if has_dot_segment(path) {
+    // Most paths have no byte either check looks for: one pass decides.
+    let suspect = path.bytes().any(|b| matches!(b, b'.' | b'%' | b'\\'));
+    if suspect && has_dot_segment(path) {
         return Err(GatewayError::BadRequest("path has dot segments"));
     }
-    if has_encoded_separator(path) {
+    if suspect && has_encoded_separator(path) {
         return Err(GatewayError::BadRequest("path has encoded slashes"));
     }
     let oip = oip_path::parse(path);

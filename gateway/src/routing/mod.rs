@@ -11,6 +11,7 @@ pub mod split;
 pub mod stages;
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -423,9 +424,35 @@ impl Hedge {
 }
 
 /// All routes of one snapshot, indexed for matching.
+/// FNV-1a, for the model table: its keys come from the config, so a
+/// client cannot grow a collision chain in it, and a lookup per request
+/// need not pay for SipHash's resistance to that.
+#[derive(Default)]
+struct Fnv1a(u64);
+
+impl std::hash::Hasher for Fnv1a {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        let mut hash = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for byte in bytes {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(PRIME);
+        }
+        self.0 = hash;
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    by_model: HashMap<String, Arc<Route>>,
+    by_model: HashMap<String, Arc<Route>, BuildHasherDefault<Fnv1a>>,
     /// Sorted longest prefix first.
     prefixes: Vec<(String, Arc<Route>)>,
 }
