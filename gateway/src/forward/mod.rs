@@ -260,7 +260,7 @@ async fn forward_attempts<'t>(
                                 // Boxed: a hedge is rare, and inline it would
                                 // double every request's attempt-loop future.
                                 let mut secondary = Box::pin(send_attempt(upstream, target, index, endpoint, request, per_try, None));
-                                first_good(primary, secondary.as_mut()).await
+                                Box::pin(first_good(primary, secondary.as_mut())).await
                             }
                         }
                     }

@@ -102,14 +102,16 @@ impl Proxy {
         let unread_body_closes =
             request.version() < Version::HTTP_2 && !request.body().is_end_stream();
         let span = trace::request_span(request.headers(), &method, uri.path());
+        // gRPC is boxed: its future is several KB, and inline it would make
+        // every REST request's future that large too.
         let result = if is_grpc {
-            span.scope(grpc::handle(
+            span.scope(Box::pin(grpc::handle(
                 &self,
                 &snapshot,
                 request,
                 &request_id,
                 &mut matched,
-            ))
+            )))
             .await
         } else {
             span.scope(self.handle_http(&snapshot, request, &request_id, &mut matched))
@@ -292,10 +294,16 @@ impl Proxy {
                 stage: cascade,
                 request_id,
             };
+            // Boxed: the cascade's future is several KB, and inline it
+            // would make every request's future (and each move of it) that
+            // large, whatever its route.
             return match (preread, incoming) {
-                (Some(body), _) => crate::cascade::handle_body(cx, parts, body, model).await,
+                (Some(body), _) => {
+                    Box::pin(crate::cascade::handle_body(cx, parts, body, model)).await
+                }
                 (None, Some(incoming)) => {
-                    crate::cascade::handle(cx, Request::from_parts(parts, incoming), model).await
+                    let request = Request::from_parts(parts, incoming);
+                    Box::pin(crate::cascade::handle(cx, request, model)).await
                 }
                 (None, None) => unreachable!("the body is either read or not"),
             };
