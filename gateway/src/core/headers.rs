@@ -210,6 +210,60 @@ pub fn client_address(
         .unwrap_or(peer)
 }
 
+/// `x-forwarded-for` and `forwarded` for a chain that starts at `ip`,
+/// remembered per thread for the last address seen: cloning a
+/// `HeaderValue` shares its bytes.
+fn peer_values(ip: std::net::IpAddr) -> (HeaderValue, HeaderValue) {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(std::net::IpAddr, HeaderValue, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((seen, xff, forwarded)) = last.as_ref() {
+            if *seen == ip {
+                return (xff.clone(), forwarded.clone());
+            }
+        }
+        let (xff, forwarded) = chain_values(ip, None, None);
+        *last = Some((ip, xff.clone(), forwarded.clone()));
+        (xff, forwarded)
+    })
+}
+
+/// `x-forwarded-for` and `forwarded` with `ip` appended to the chains the
+/// request carried. Written by hand, not with `format!`: this runs on every
+/// request, and the formatting machinery cost more than the rest of the
+/// function.
+fn chain_values(
+    ip: std::net::IpAddr,
+    previous_xff: Option<&str>,
+    previous_forwarded: Option<&str>,
+) -> (HeaderValue, HeaderValue) {
+    let mut xff = String::with_capacity(48);
+    if let Some(previous) = previous_xff {
+        xff.push_str(previous);
+        xff.push_str(", ");
+    }
+    push_ip(&mut xff, ip, false);
+    let mut forwarded = String::with_capacity(64);
+    if let Some(previous) = previous_forwarded {
+        forwarded.push_str(previous);
+        forwarded.push_str(", ");
+    }
+    forwarded.push_str("for=");
+    // RFC 7239: IPv6 addresses are quoted and bracketed.
+    push_ip(&mut forwarded, ip, true);
+    forwarded.push_str(";proto=http");
+    // The parts were valid header values and an address adds only
+    // visible ASCII, so neither can fail.
+    let value = |text: String| {
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    };
+    (value(xff), value(forwarded))
+}
+
 /// Appends the client to `x-forwarded-for` and `forwarded`, sets
 /// `x-forwarded-proto`, and records the original host. A chain the client
 /// sent is kept only from a `trusted` peer (a configured proxy): from
@@ -231,31 +285,19 @@ pub fn append_forwarded(
             headers.remove(name);
         }
     }
-    // Written by hand, not with `format!`: this runs on every request, and
-    // the formatting machinery cost more than the rest of the function.
     let ip = client.ip();
-    let mut xff = String::with_capacity(48);
-    if let Some(previous) = headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        xff.push_str(previous);
-        xff.push_str(", ");
-    }
-    push_ip(&mut xff, ip, false);
-    let mut forwarded = String::with_capacity(64);
-    if let Some(previous) = headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        forwarded.push_str(previous);
-        forwarded.push_str(", ");
-    }
-    forwarded.push_str("for=");
-    // RFC 7239: IPv6 addresses are quoted and bracketed.
-    push_ip(&mut forwarded, ip, true);
-    forwarded.push_str(";proto=http");
-    // `Bytes::from(String)` keeps the string's buffer: no second copy.
-    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
-        headers.insert(X_FORWARDED_FOR, value);
-    }
-    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(forwarded)) {
-        headers.insert(header::FORWARDED, value);
-    }
+    let previous_xff = headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
+    let previous_forwarded = headers.get(header::FORWARDED).and_then(|v| v.to_str().ok());
+    let (xff, forwarded) = if previous_xff.is_none() && previous_forwarded.is_none() {
+        // The usual case: the chain starts here, and its values depend on
+        // the address alone. Requests from one address (a connection, or
+        // a load balancer's) share one copy.
+        peer_values(ip)
+    } else {
+        chain_values(ip, previous_xff, previous_forwarded)
+    };
+    headers.insert(X_FORWARDED_FOR, xff);
+    headers.insert(header::FORWARDED, forwarded);
     if !headers.contains_key(X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
@@ -269,6 +311,35 @@ pub fn append_forwarded(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarded_values_follow_each_peer_whatever_was_remembered() {
+        let forwarded = |peer: &str, chain: Option<&str>| {
+            let mut headers = HeaderMap::new();
+            if let Some(chain) = chain {
+                headers.insert(X_FORWARDED_FOR, HeaderValue::from_str(chain).unwrap());
+            }
+            append_forwarded(&mut headers, peer.parse().unwrap(), None, true);
+            (
+                headers[X_FORWARDED_FOR].to_str().unwrap().to_owned(),
+                headers[header::FORWARDED].to_str().unwrap().to_owned(),
+            )
+        };
+        for _ in 0..2 {
+            assert_eq!(
+                forwarded("10.0.0.1:1", None),
+                ("10.0.0.1".into(), "for=10.0.0.1;proto=http".into())
+            );
+            assert_eq!(
+                forwarded("[::1]:2", None),
+                ("::1".into(), "for=\"[::1]\";proto=http".into())
+            );
+            assert_eq!(
+                forwarded("10.0.0.1:1", Some("1.2.3.4")).0,
+                "1.2.3.4, 10.0.0.1"
+            );
+        }
+    }
 
     #[test]
     fn the_hop_by_hop_positions_name_connection_and_te() {
