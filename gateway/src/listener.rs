@@ -498,11 +498,16 @@ pin_project_lite::pin_project! {
         stream: TcpStream,
         phase: Arc<AtomicU8>,
         // Boxed so the wrapper stays `Unpin`, as hyper requires of its IO.
+        // It may be set earlier than `deadline` (a past phase's), never
+        // later: when it fires early it is set again, so moving the
+        // deadline later, as every request does, costs no timer work.
         timer: Pin<Box<Sleep>>,
         head_timeout: Duration,
         idle_timeout: Duration,
-        // Set while the timer is armed for the current phase.
+        // The phase `deadline` was set for; `None` when not timed.
         armed_for: Option<u8>,
+        // When the current phase times out.
+        deadline: Instant,
         // hyper's own answer to a head it could not parse (400, 431) has no
         // body; it is replaced by a JSON one, written from here (bytes and
         // how many are out).
@@ -524,13 +529,15 @@ impl HeadTimeoutIo {
         idle_timeout: Duration,
         write_timeout: Duration,
     ) -> Self {
+        let deadline = Instant::now() + head_timeout;
         Self {
             stream,
             phase: Arc::new(AtomicU8::new(AWAIT_HEAD)),
-            timer: Box::pin(tokio::time::sleep(head_timeout)),
+            timer: Box::pin(tokio::time::sleep_until(deadline)),
             head_timeout,
             idle_timeout,
             armed_for: Some(AWAIT_HEAD),
+            deadline,
             replacement: None,
             write_timeout,
             write_stall: None,
@@ -559,9 +566,7 @@ impl AsyncRead for HeadTimeoutIo {
             if phase == IDLE || phase == RESPONDING {
                 // First bytes of the next request head.
                 this.phase.store(AWAIT_HEAD, Ordering::Relaxed);
-                this.timer
-                    .as_mut()
-                    .reset(Instant::now() + *this.head_timeout);
+                *this.deadline = Instant::now() + *this.head_timeout;
                 *this.armed_for = Some(AWAIT_HEAD);
             }
             return result;
@@ -585,10 +590,19 @@ impl AsyncRead for HeadTimeoutIo {
                     } else {
                         *this.head_timeout
                     };
-                    this.timer.as_mut().reset(Instant::now() + timeout);
+                    *this.deadline = Instant::now() + timeout;
                     *this.armed_for = Some(phase);
                 }
-                if this.timer.as_mut().poll(cx).is_ready() {
+                let deadline = *this.deadline;
+                if this.timer.deadline() > deadline {
+                    this.timer.as_mut().reset(deadline);
+                }
+                while this.timer.as_mut().poll(cx).is_ready() {
+                    if this.timer.deadline() < deadline {
+                        // It fired for an earlier phase's deadline.
+                        this.timer.as_mut().reset(deadline);
+                        continue;
+                    }
                     if phase == AWAIT_HEAD {
                         // Best effort: a slowloris client rarely has a full
                         // receive window, so this write completes at once.
