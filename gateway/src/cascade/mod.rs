@@ -28,7 +28,7 @@ pub use stage2::UnusableReason;
 
 use cascadia_cascade::rows::{self, Layout};
 use cascadia_cascade::{Decision, RowStage, StageCounts};
-use cascadia_config::{Cascade, OnUnavailable};
+use cascadia_config::OnUnavailable;
 use cascadia_oip::json::InferRequest;
 use cascadia_oip::path::{OipKind, OipPath};
 use http::header::{self, HeaderName, HeaderValue};
@@ -562,13 +562,8 @@ impl Call<'_> {
         let map = response.headers_mut();
         map.insert(headers::X_REQUEST_ID, self.cx.request_id.clone());
         map.insert(X_CASCADIA_STAGE, HeaderValue::from_static(stage));
-        map.insert(X_CASCADIA_STAGE1_MODEL, stage1_header(settings));
-        if let Ok(rows) = HeaderValue::from_str(&format!(
-            "local={}, stage2={}, degraded={}",
-            counts.local, counts.stage2, counts.degraded
-        )) {
-            map.insert(X_CASCADIA_ROWS, rows);
-        }
+        map.insert(X_CASCADIA_STAGE1_MODEL, self.cx.stage.model_header.clone());
+        map.insert(X_CASCADIA_ROWS, rows_header(counts));
         if let Some(why) = stamp.degraded {
             map.insert(X_CASCADIA_DEGRADED, HeaderValue::from_static(why));
         }
@@ -709,12 +704,34 @@ impl Stamp {
     }
 }
 
-fn stage1_header(settings: &Cascade) -> HeaderValue {
-    HeaderValue::from_str(&format!(
-        "{}/{}",
-        settings.model.name, settings.model.version
-    ))
-    .unwrap_or_else(|_| HeaderValue::from_static("stage1"))
+/// `x-cascadia-rows`: `local=L, stage2=S, degraded=D`, written by hand
+/// (the formatting machinery cost more than the rest of the answer's
+/// headers).
+fn rows_header(counts: StageCounts) -> HeaderValue {
+    let mut text = String::with_capacity(48);
+    for (label, count) in [
+        ("local=", counts.local),
+        (", stage2=", counts.stage2),
+        (", degraded=", counts.degraded),
+    ] {
+        text.push_str(label);
+        push_decimal(&mut text, count);
+    }
+    HeaderValue::from_str(&text).expect("digits, letters and punctuation")
+}
+
+fn push_decimal(out: &mut String, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"));
 }
 
 /// Stage 2's recent p95: the preferred pool's, which is where an escalation

@@ -557,7 +557,12 @@ impl RouteTable {
                             lookup_stats,
                         ))
                     });
+                    let model = &settings.model;
+                    let model_header =
+                        http::HeaderValue::from_str(&format!("{}/{}", model.name, model.version))
+                            .unwrap_or_else(|_| http::HeaderValue::from_static("stage1"));
                     stages::CascadeStage {
+                        model_header,
                         settings,
                         entity,
                         stats: Arc::clone(&carried.cascade_stats),

@@ -17,6 +17,9 @@ use crate::routing::Target;
 #[derive(Debug)]
 pub struct CascadeStage {
     pub settings: Cascade,
+    /// `x-cascadia-stage1-model`: `name/version` of the model, formatted
+    /// once per config rather than per answer.
+    pub model_header: http::HeaderValue,
     /// Entity features through the feature cache, when configured.
     pub entity: Option<crate::features::EntityLookup>,
     /// Carried across reloads with the route.
