@@ -173,10 +173,13 @@ async fn serve_connection(
         phase.store(IN_REQUEST, Ordering::Relaxed);
         let proxy = proxy.clone();
         let activity = Arc::clone(&watched);
-        async move {
+        // Boxed: hyper keeps a slot the size of this future in every
+        // connection, idle or not, so inline it would cost each idle
+        // connection the request future's 3 KB.
+        Box::pin(async move {
             let _request = activity.begin();
             Ok::<_, Infallible>(proxy.handle(request).await)
-        }
+        })
     });
     let mut builder = http1::Builder::new();
     // hyper's own limits sit above the configured ones so that a request
