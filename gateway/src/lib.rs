@@ -2,36 +2,40 @@
 //!
 //! # A request's path
 //! ```text
-//!  client ──► listener ──► proxy ─────────────────────────────────────────► upstream
-//!            (h1 / h2c,    admit ──► match ──► split ──► select ──► forward ──► respond
-//!             timeouts)    limits    route     version   pool +     rewrite     stream back,
-//!                          req id    (model,   (forced,  endpoint   headers,    stamp version
-//!                                    gRPC,     sticky,   (backends  stream      and backend
-//!                                    prefix)   random)   crate)     body
+//!  client ──► listener ──► proxy ────────────────────────────────────────────────────► upstream
+//!            (h1 / h2c,    admit ──► match ──► stage 1 ──► split ──► select ──► forward ──► respond
+//!             timeouts)    limits    route     cascade     version   pool +     attempts    stream back,
+//!                          req id    (model,   routes:     (forced,  endpoint   (retry,     stamp version
+//!                                    gRPC,     score,      sticky,   (backends  hedge,      and backend
+//!                                    prefix)   answer or   random)   crate)     deadline)
+//!                                              escalate
 //! ```
-//! Every failure on the way becomes a response in [`errors`], in one place.
+//! [`proxy`] is the one place this order is written. Every failure on the
+//! way becomes a response in [`core::errors`], in one place.
 //!
-//! # Layout
-//! - [`cli`] and [`demo`]: the binary's commands (`run`, `check`, `demo`).
-//! - [`server`]: starts the listeners and the reloader around one snapshot.
-//! - [`listener`]: accepts connections, HTTP/1.1 and HTTP/2 on one port,
-//!   head-read and idle timeouts, graceful drain.
-//! - [`proxy`]: the request phases, header rules and bodies.
-//! - [`cascade`]: stage 1 of cascade routes: score in the gateway, escalate
-//!   the uncertain rows, merge.
-//! - [`routing`]: the route table and the canary [`routing::split`].
-//! - [`snapshot`] and [`reload`]: the config snapshot behind one `ArcSwap`,
-//!   and the task that rebuilds and swaps it.
-//! - [`features`]: the feature cache (in-process, Redis, feature store).
-//! - [`admin`]: the admin API on its own port; [`metrics`]: its `/metrics`;
-//!   [`drills`]: failover drills it runs.
-//! - [`errors`]: every failure mapped to an HTTP or gRPC status.
-//! - [`rollout`]: automated canary analysis, promotion and rollback.
-//! - [`shadow`]: shadow traffic to a candidate version, compared online.
-//! - [`telemetry`]: logs, and OpenTelemetry traces over OTLP.
+//! # Layers
+//! Each module uses only the layers below it; `layers.rs` is the test that
+//! fails on an upward `use crate::` edge.
+//! - L0 [`core`] (bodies, headers, errors, budgets, deadlines, stats) and
+//!   [`telemetry`] (logs, OpenTelemetry traces over OTLP).
+//! - L1 [`routing`] (the route table, the canary [`routing::split`], stage
+//!   and shadow data), [`features`] (the feature cache: in-process, Redis,
+//!   store) and [`snapshot`] (the config snapshot behind one `ArcSwap`).
+//! - L2 [`forward`]: the attempt loop behind the [`forward::Upstream`] trait.
+//! - L3 [`cascade`] (stage 1: score in the gateway, escalate the uncertain
+//!   rows, merge) and [`shadow`] (mirrors to a candidate, compared online).
+//! - L4 [`proxy`] (the phases) and [`listener`] (HTTP/1.1 and h2c on one
+//!   port, head-read, idle and write timeouts, graceful drain).
+//! - L5 [`reload`] (rebuilds and swaps the snapshot), [`rollout`]
+//!   (automated canary analysis, promotion and rollback) and [`drills`]
+//!   (failover drills).
+//! - L6 [`metrics`], [`admin`] (the admin API on its own port), [`server`]
+//!   (starts the listeners and the reloader), [`demo`] and [`cli`] (the
+//!   binary's commands).
 //!
-//! Config parsing lives in `cascadia-config`, upstream pools and the HTTP
-//! client in `cascadia-backends`, and the OIP wire types in `cascadia-oip`.
+//! Config parsing lives in `cascadia-config`, upstream pools, connections
+//! and the HTTP client in `cascadia-backends`, and the OIP wire types in
+//! `cascadia-oip`.
 
 pub mod admin;
 pub mod cascade;

@@ -12,7 +12,7 @@
 //! h2) closes it, gracefully, once no request has been in flight for
 //! `limits.idle_timeout`, whether or not hyper polls the socket. An h2
 //! client that takes no response data for `limits.write_timeout` (its
-//! flow-control window stays shut) is cut off ([`Delivery`]). Shutdown
+//! flow-control window stays shut) is cut off (`Delivery`). Shutdown
 //! stops accepting, lets every connection finish
 //! its in-flight requests (hyper's graceful shutdown), and then returns.
 

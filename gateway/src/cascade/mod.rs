@@ -9,7 +9,7 @@
 //! 2. score and decide per row (`accept_below` / `reject_above`);
 //! 3. if any row is uncertain: answer from stage 1 when the deadline is
 //!    shorter than stage 2's recent p95, else escalate those rows with a
-//!    request the gateway owns ([`stage2`]); an answer it cannot use is a
+//!    request the gateway owns (`stage2`); an answer it cannot use is a
 //!    502, never stage 1's numbers;
 //! 4. merge, stamp `x-cascadia-stage`, the row counts and the model
 //!    versions, record per row who answered (the `cascadia_rows`

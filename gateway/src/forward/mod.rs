@@ -3,7 +3,7 @@
 //! the request has not tried (preferably in another region), within the
 //! request's deadline and the route's retry budget; a slow first attempt
 //! may be hedged. Whose fault a failed attempt was is decided here, in
-//! [`blame`], the same way for REST and gRPC. Used by the proxy, the
+//! `blame`, the same way for REST and gRPC. Used by the proxy, the
 //! cascade's escalations and shadow mirrors; knows none of them.
 
 mod blame;

@@ -1,17 +1,29 @@
-//! The proxy: the tower [`Service`] that takes a downstream request through
+//! The proxy: the [`tower::Service`] that takes a downstream request through
 //! its phases and streams the upstream response back.
 //!
 //! # Phases
-//! Each request runs these phases in order, once (see the crate docs' chart):
-//! 1. **admit**: assign the request id; enforce the head and body limits.
-//! 2. **match**: find the route (OIP model, gRPC `model_name`, or path prefix),
-//!    or answer the gateway's own health endpoints.
-//! 3. **split**: pick the version (forced, sticky by key, or weighted random).
-//! 4. **select**, 5. **forward**, 6. **respond**: [`crate::forward`] picks
-//!    the endpoint, sends the attempts and stamps the answer with the
-//!    request id, version and backend name. Every failure becomes a
-//!    response in [`crate::core::errors`]; nothing is dropped without an
-//!    answer.
+//! This is the one place their order is written: [`Proxy::handle`] runs
+//! them for REST in `handle_http`, and `grpc::handle` in the same order for
+//! gRPC. Each runs once per request, in this order, and each is a function:
+//! 1. **admit** (`admit`, then `admit_to_route` once the route is known):
+//!    the request id; head and declared-body limits; the route's rate limits
+//!    and load shedding.
+//! 2. **match** ([`match_request`]): the route (OIP model, gRPC
+//!    `model_name`, or path prefix), or the gateway's own health answers.
+//! 3. **stage 1** ([`crate::cascade`], cascade routes' inference calls
+//!    only): score the rows, answer the confident ones, escalate the rest
+//!    through phases 4–5 and merge the answers.
+//! 4. **split** ([`choose_target`]): the version (forced, sticky by key, or
+//!    weighted random).
+//! 5. **select**, **forward**, **respond** ([`crate::forward::forward`]):
+//!    the endpoint, the attempts (retry, hedge, deadline, blame) and the
+//!    answer stamped with the request id, version and backend.
+//!
+//! Every failure becomes a response in [`crate::core::errors`]; nothing is
+//! dropped without an answer. The per-phase context is explicit: the
+//! cascade gets a [`crate::cascade::Stage1`], forwarding an
+//! [`Exchange`], and the [`Upstream`] they send to is this proxy's (the
+//! endpoints' connections, or a unit test's mock).
 
 mod grpc;
 
