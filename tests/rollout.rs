@@ -185,6 +185,58 @@ async fn a_healthy_canary_is_promoted_through_every_step() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_identical_to_stable_passes_twenty_windows_with_a_tight_latency_check() {
+    // Both versions' p95 sits at about 10 ms, a bound of the Prometheus
+    // buckets: judged by bucket bounds, one window reads 10 ms and the next
+    // 25 ms, and the canary is rolled back for nothing.
+    let fixture = CanaryFixture::start().await;
+    let latency = LatencyModel::LogNormal {
+        // With the gateway's and the sim's own time, about 10 ms at p95.
+        p50: Duration::from_micros(6_500),
+        p99: Duration::from_micros(9_000),
+    };
+    fixture.stable.control.set_latency(latency);
+    fixture.canary.control.set_latency(latency);
+    let steps: Vec<String> = (1..=20)
+        .map(|s| s.to_string())
+        .chain(["100".into()])
+        .collect();
+    let plan = format!(
+        r#"steps = [{}]
+min_dwell = "100ms"
+min_requests = 20
+interval = "100ms"
+max_p95_ratio = 1.5
+max_p99_ratio = 2.0
+latency_slack = "1ms""#,
+        steps.join(", ")
+    );
+    let gateway = GatewayProcess::start(&config(&fixture, &plan, "")).await;
+    let client = TestClient::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (failures, tasks) = load(
+        &client,
+        gateway.url("/v2/models/fraud/infer"),
+        8,
+        stop.clone(),
+    );
+    let plan = wait_for_rollout(&client, &gateway, |p| {
+        p["status"] == "promoted" || p["status"] == "rolled_back"
+    })
+    .await;
+    stop_load(stop, tasks).await;
+    // Twenty steps after the first, each judged over its own window.
+    assert_eq!(plan["status"], "promoted", "{plan}");
+    assert_eq!(plan["weight"], 100, "{plan}");
+    let history = plan["history"].as_array().unwrap();
+    assert!(
+        history.iter().all(|d| d["action"] == "promote"),
+        "no window failed: {plan}"
+    );
+    assert_eq!(failures.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_canary_is_rolled_back_without_failing_a_request() {
     let fixture = CanaryFixture::start().await;
     fixture

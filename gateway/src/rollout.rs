@@ -370,9 +370,9 @@ impl Rollouts {
         let mut stable_window = stable.stats.counts().since(&live.window.stable);
         let floor = (plan.min_requests / 10).max(1);
         if stable_window.requests() >= floor {
-            live.stable_reference = Some(stable_window);
-        } else if let Some(reference) = live.stable_reference {
-            stable_window = reference;
+            live.stable_reference = Some(stable_window.clone());
+        } else if let Some(reference) = &live.stable_reference {
+            stable_window = reference.clone();
         }
         let disagreement = route.shadow.as_ref().and_then(|shadow| {
             let pair = shadow

@@ -10,4 +10,5 @@ pub mod coding;
 pub mod deadline;
 pub mod errors;
 pub mod headers;
+pub mod histogram;
 pub mod stats;

@@ -71,17 +71,18 @@ pub struct RouteStats {
 #[derive(Debug, Default)]
 pub struct VersionStats {
     by_class: [AtomicU64; 5],
-    buckets: [AtomicU64; BUCKETS.len()],
+    /// Fine enough for real quantiles (canary analysis compares them).
+    latency: crate::core::histogram::LatencyHistogram,
     /// Cascade rows of this version's requests by who answered them:
     /// stage 1, stage 2, stage 1 standing in for stage 2.
     cascade_rows: [AtomicU64; 3],
 }
 
 /// A point-in-time copy of [`VersionStats`]; windows are differences.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct VersionCounts {
     pub by_class: [u64; 5],
-    pub buckets: [u64; BUCKETS.len()],
+    pub latency: crate::core::histogram::HistogramCounts,
 }
 
 impl VersionStats {
@@ -90,7 +91,7 @@ impl VersionStats {
         if let Some(counter) = self.by_class.get(usize::from(status / 100).wrapping_sub(1)) {
             counter.fetch_add(1, Ordering::Relaxed);
         }
-        self.buckets[latency_bucket(latency)].fetch_add(1, Ordering::Relaxed);
+        self.latency.record(latency);
     }
 
     /// Counts a cascade answer's rows by the stage that answered them.
@@ -114,7 +115,7 @@ impl VersionStats {
     pub fn counts(&self) -> VersionCounts {
         VersionCounts {
             by_class: std::array::from_fn(|i| self.by_class[i].load(Ordering::Relaxed)),
-            buckets: std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed)),
+            latency: self.latency.snapshot(),
         }
     }
 }
@@ -124,7 +125,7 @@ impl VersionCounts {
     pub fn since(&self, earlier: &VersionCounts) -> VersionCounts {
         VersionCounts {
             by_class: std::array::from_fn(|i| self.by_class[i].saturating_sub(earlier.by_class[i])),
-            buckets: std::array::from_fn(|i| self.buckets[i].saturating_sub(earlier.buckets[i])),
+            latency: self.latency.since(&earlier.latency),
         }
     }
 
@@ -142,9 +143,10 @@ impl VersionCounts {
         }
     }
 
-    /// Upper bound (ms) of the bucket holding quantile `q`.
+    /// The latency (ms) at quantile `q`, estimated to within a few
+    /// percent (not a bucket's bound).
     pub fn percentile_ms(&self, q: f64) -> Option<f64> {
-        bucket_quantile_ms(&self.buckets, q)
+        self.latency.quantile_ms(q)
     }
 }
 
