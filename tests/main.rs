@@ -10,6 +10,7 @@ mod check;
 mod demo;
 mod failover;
 mod features;
+mod fleet;
 mod grpc;
 mod lifecycle;
 mod limits;

@@ -21,6 +21,28 @@
 //! otherwise in a JSON file beside the config, and read back at start-up:
 //! a restart or a reload resumes the plan where it was. Every decision goes
 //! to the audit log and to `cascadia_rollout_*` metrics.
+//!
+//! # A fleet of replicas (Redis)
+//! With Redis, every replica of the gateway runs the same plan, and one
+//! decides for all:
+//! - **One decider.** A lease (`cascadia:rollout-lease:{route}`), taken by
+//!   whichever replica finds it free and renewed every tick, for
+//!   [`lease_ttl`]; when the decider dies another takes over once it lapses.
+//! - **The fleet's numbers.** Every replica writes its own per-version
+//!   counts, latency histogram included, into `cascadia:rollout-stats:{route}`
+//!   every tick; the decider judges the sum over the replicas heard from in
+//!   the last [`STATS_FRESH`].
+//! - **Fenced decisions.** Every change bumps the state's `generation`, and
+//!   Redis stores it only over a lower one, so a decider that lost its
+//!   lease cannot overwrite a newer decision.
+//! - **Everyone follows.** Every replica reads the state every tick (100 ms)
+//!   and applies a newer generation; at start-up this happens before the
+//!   listener serves. An operator's action through any replica is such a
+//!   change, so it applies to all.
+//! - **Without Redis** a replica keeps the last state it saw and decides
+//!   nothing (it cannot know it is the only decider).
+//!
+//! The file store has none of this: it is for a single replica.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -76,6 +98,10 @@ pub struct RolloutState {
     /// The canary's weight now.
     pub weight: u32,
     pub history: Vec<Decision>,
+    /// Bumped by every change; the store keeps only a higher one, so a
+    /// stale decider cannot overwrite a newer decision.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 /// A window's numbers, shown with the state.
@@ -93,10 +119,21 @@ pub struct Window {
     pub disagreement: Option<f64>,
 }
 
+/// How long a replica's published counts count toward the fleet's.
+pub const STATS_FRESH: Duration = Duration::from_secs(5);
+
+/// How long the decider's lease lasts unless renewed: three intervals, at
+/// least a second, so a missed tick or two does not hand it over.
+pub fn lease_ttl(plan: &Plan) -> Duration {
+    (plan.interval.get() * 3).max(Duration::from_secs(1))
+}
+
 /// Every plan this gateway runs.
 pub struct Rollouts {
     plans: Mutex<HashMap<String, Arc<Mutex<Live>>>>,
     store: Store,
+    /// This replica's name in the fleet's shared state.
+    replica: String,
     pub decisions: AtomicU64,
     pub rollbacks: AtomicU64,
 }
@@ -108,6 +145,13 @@ struct Live {
     /// Stable's numbers from the last window that had enough of them.
     stable_reference: Option<VersionCounts>,
     last_window: Window,
+    /// With Redis: whether this replica holds the lease now.
+    decider: bool,
+    /// With Redis: the (canary, stable) counts each replica published last.
+    fleet: HashMap<String, (VersionCounts, VersionCounts)>,
+    /// A write of ours was refused (a newer generation was stored): the
+    /// next read adopts what is stored, whatever its generation.
+    stale: bool,
 }
 
 struct Baseline {
@@ -115,6 +159,8 @@ struct Baseline {
     canary: VersionCounts,
     stable: VersionCounts,
     shadow_rows: (u64, u64),
+    /// Each replica's counts when the window opened.
+    fleet: HashMap<String, (VersionCounts, VersionCounts)>,
 }
 
 /// Where state is persisted.
@@ -154,6 +200,7 @@ impl Rollouts {
                 Some(redis) => Store::Redis(redis),
                 None => Store::Files(config_dir.to_owned()),
             },
+            replica: replica_name(),
             decisions: AtomicU64::new(0),
             rollbacks: AtomicU64::new(0),
         }
@@ -184,6 +231,11 @@ impl Rollouts {
                 let live = live.lock().unwrap_or_else(|e| e.into_inner());
                 let mut value = serde_json::json!(live.state);
                 value["window"] = serde_json::json!(live.last_window);
+                value["replica"] = serde_json::json!(self.replica);
+                value["decider"] = serde_json::json!(match self.store {
+                    Store::Redis(_) => live.decider,
+                    Store::Files(_) => true,
+                });
                 value["last_decision"] = serde_json::json!(live.state.history.last());
                 value
             })
@@ -206,6 +258,14 @@ impl Rollouts {
             .get(route)
             .cloned()
             .ok_or_else(|| format!("no rollout on route {route:?}"))?;
+        // An action applies to the fleet's plan as it stands now.
+        if let Store::Redis(redis) = &self.store {
+            let current = snapshot.load_full();
+            let route_now = current.routes.iter().find(|r| &*r.name == route).cloned();
+            if let Some(route_now) = route_now {
+                self.follow(redis, &route_now, &live).await;
+            }
+        }
         let state = {
             let mut live = live.lock().unwrap_or_else(|e| e.into_inner());
             let current = snapshot.load();
@@ -226,7 +286,7 @@ impl Rollouts {
                 }
                 Action::Resume if live.state.status == Status::Paused => {
                     live.state.status = Status::Running;
-                    live.window = Baseline::now(&route_now, &live.state);
+                    live.reopen_window(&route_now);
                     self.decide(&mut live, "resume", "resumed by an operator".into());
                 }
                 Action::Promote if !finished => {
@@ -246,7 +306,10 @@ impl Rollouts {
             apply_weights(&route_now, &live.state);
             live.state.clone()
         };
-        self.save(&state).await;
+        if !self.save(&state).await {
+            live.lock().unwrap_or_else(|e| e.into_inner()).stale = true;
+            return Err("another replica changed the plan meanwhile; try again".to_owned());
+        }
         Ok(serde_json::json!(state))
     }
 
@@ -266,11 +329,19 @@ impl Rollouts {
         let mut changed = Vec::new();
         for route in current.routes.iter() {
             let Some(plan) = &route.rollout else { continue };
-            let live = match self.live(route, plan).await {
+            let handle = match self.live(route, plan).await {
                 Some(live) => live,
                 None => continue,
             };
-            let mut live = live.lock().unwrap_or_else(|e| e.into_inner());
+            let decides = match &self.store {
+                Store::Redis(redis) => self.coordinate(redis, route, plan, &handle).await,
+                Store::Files(_) => true,
+            };
+            let mut live = handle.lock().unwrap_or_else(|e| e.into_inner());
+            if !decides {
+                apply_weights(route, &live.state);
+                continue;
+            }
             if live.window.at.elapsed() < plan.interval.get()
                 && live.state.status == Status::Running
             {
@@ -283,12 +354,102 @@ impl Rollouts {
             }
             apply_weights(route, &live.state);
             if (live.state.step, live.state.status) != before {
-                changed.push(live.state.clone());
+                changed.push((Arc::clone(&handle), live.state.clone()));
             }
         }
-        for state in changed {
-            self.save(&state).await;
+        for (live, state) in changed {
+            if !self.save(&state).await {
+                live.lock().unwrap_or_else(|e| e.into_inner()).stale = true;
+            }
         }
+    }
+
+    /// Reads every plan once and applies its weights: at start-up, before
+    /// the listener serves, so a restarted replica serves the fleet's plan
+    /// from its first request.
+    pub async fn prime(&self, snapshot: &SharedSnapshot) {
+        let current = snapshot.load_full();
+        for route in current.routes.iter() {
+            let Some(plan) = &route.rollout else { continue };
+            if let Some(live) = self.live(route, plan).await {
+                if let Store::Redis(redis) = &self.store {
+                    self.follow(redis, route, &live).await;
+                }
+            }
+        }
+    }
+
+    /// Adopts the shared state when it is newer than this replica's (or
+    /// when a write of ours was refused).
+    async fn follow(&self, redis: &RedisTier, route: &Route, live: &Arc<Mutex<Live>>) {
+        let Some(Some(bytes)) = redis.get_raw(&redis_key(&route.name)).await else {
+            return;
+        };
+        let Ok(stored) = serde_json::from_slice::<RolloutState>(&bytes) else {
+            return;
+        };
+        let mut live = live.lock().unwrap_or_else(|e| e.into_inner());
+        let same_plan = stored.canary == live.state.canary
+            && stored.steps == live.state.steps
+            && stored.stable == live.state.stable;
+        if same_plan && (stored.generation > live.state.generation || live.stale) {
+            if stored.generation != live.state.generation {
+                tracing::info!(route = %route.name, generation = stored.generation, step = stored.step, status = ?stored.status, "rollout: following the fleet's plan");
+            }
+            live.state = stored;
+            live.stale = false;
+            live.stable_reference = None;
+            live.reopen_window(route);
+            apply_weights(route, &live.state);
+        }
+    }
+
+    /// One tick of the fleet protocol for `route`: follow the shared plan,
+    /// publish this replica's counts, take or renew the lease, and, as the
+    /// decider, read the fleet's counts. Whether this replica decides.
+    async fn coordinate(
+        &self,
+        redis: &RedisTier,
+        route: &Route,
+        plan: &Plan,
+        live: &Arc<Mutex<Live>>,
+    ) -> bool {
+        self.follow(redis, route, live).await;
+        let record = {
+            let live = live.lock().unwrap_or_else(|e| e.into_inner());
+            own_record(route, &live.state)
+        };
+        let stats_key = stats_key(&route.name);
+        redis
+            .put_field(&stats_key, &self.replica, &record, STATS_FRESH * 2)
+            .await;
+        let held = redis
+            .hold_lease(&lease_key(&route.name), &self.replica, lease_ttl(plan))
+            .await
+            == Some(true);
+        let fleet = if held {
+            redis
+                .all_fields(&stats_key)
+                .await
+                .map(|fields| fresh_records(&fields))
+        } else {
+            None
+        };
+        let mut live = live.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(fleet) = fleet else {
+            // Without the lease, or without the fleet's numbers: decide
+            // nothing.
+            live.decider = false;
+            return false;
+        };
+        live.fleet = fleet;
+        if !live.decider {
+            live.decider = true;
+            tracing::info!(route = %route.name, replica = %self.replica, "rollout: this replica decides for the fleet");
+            // A fresh window over the whole fleet.
+            live.reopen_window(route);
+        }
+        true
     }
 
     /// The live plan for `route`: loaded from the store the first time, and
@@ -330,12 +491,16 @@ impl Rollouts {
             status: Status::Running,
             weight: plan.steps[0],
             history: Vec::new(),
+            generation: 0,
         });
         let mut live = Live {
-            window: Baseline::now(route, &state),
+            window: Baseline::now(route, &state, &HashMap::new()),
             state,
             stable_reference: None,
             last_window: Window::default(),
+            decider: false,
+            fleet: HashMap::new(),
+            stale: false,
         };
         if !resumed {
             let first = live.state.weight;
@@ -366,8 +531,13 @@ impl Rollouts {
             return;
         };
         let now = Instant::now();
-        let canary_window = canary.stats.counts().since(&live.window.canary);
-        let mut stable_window = stable.stats.counts().since(&live.window.stable);
+        let (canary_window, mut stable_window) = match self.store {
+            Store::Redis(_) => live.fleet_windows(),
+            Store::Files(_) => (
+                canary.stats.counts().since(&live.window.canary),
+                stable.stats.counts().since(&live.window.stable),
+            ),
+        };
         let floor = (plan.min_requests / 10).max(1);
         if stable_window.requests() >= floor {
             live.stable_reference = Some(stable_window.clone());
@@ -428,7 +598,7 @@ impl Rollouts {
             live.state.status = Status::Promoted;
             live.state.weight = 100;
         }
-        live.window = Baseline::now(route, &live.state);
+        live.reopen_window(route);
         self.decide(live, "promote", reason);
     }
 
@@ -446,6 +616,7 @@ impl Rollouts {
 
     fn decide(&self, live: &mut Live, action: &str, reason: String) {
         self.decisions.fetch_add(1, Ordering::Relaxed);
+        live.state.generation += 1;
         tracing::info!(
             target: "cascadia::audit",
             route = %live.state.route,
@@ -474,14 +645,26 @@ impl Rollouts {
         serde_json::from_slice(&bytes).ok()
     }
 
-    async fn save(&self, state: &RolloutState) {
+    /// Persists `state`; false when the store holds a newer generation
+    /// (another replica decided meanwhile), which this one must adopt.
+    async fn save(&self, state: &RolloutState) -> bool {
         let Ok(bytes) = serde_json::to_vec(state) else {
-            return;
+            return true;
         };
         match &self.store {
             Store::Redis(redis) => {
-                if !redis.set_raw(&redis_key(&state.route), bytes).await {
-                    tracing::warn!(route = %state.route, "cannot save the rollout state to Redis");
+                match redis
+                    .set_if_newer(&redis_key(&state.route), state.generation, &bytes)
+                    .await
+                {
+                    Some(true) => {}
+                    Some(false) => {
+                        tracing::info!(route = %state.route, generation = state.generation, "rollout: a newer decision is stored; adopting it");
+                        return false;
+                    }
+                    None => {
+                        tracing::warn!(route = %state.route, "cannot save the rollout state to Redis")
+                    }
                 }
             }
             Store::Files(dir) => {
@@ -495,6 +678,7 @@ impl Rollouts {
                 }
             }
         }
+        true
     }
 
     /// Current canary weight and step per route, for `/metrics`.
@@ -581,8 +765,43 @@ fn apply_weights(route: &Route, state: &RolloutState) {
     ]);
 }
 
+impl Live {
+    /// Opens a new window now, over this replica's counts and the fleet's.
+    fn reopen_window(&mut self, route: &Route) {
+        self.window = Baseline::now(route, &self.state, &self.fleet);
+    }
+
+    /// The fleet's (canary, stable) counts since the window opened: each
+    /// replica's own difference, summed. A replica first heard from
+    /// mid-window counts from then; one whose counts went backwards (it
+    /// restarted) counts from zero.
+    fn fleet_windows(&mut self) -> (VersionCounts, VersionCounts) {
+        let mut canary = VersionCounts::default();
+        let mut stable = VersionCounts::default();
+        for (replica, (now_canary, now_stable)) in &self.fleet {
+            let base = self
+                .window
+                .fleet
+                .entry(replica.clone())
+                .or_insert_with(|| (now_canary.clone(), now_stable.clone()));
+            if now_canary.requests() < base.0.requests()
+                || now_stable.requests() < base.1.requests()
+            {
+                *base = Default::default();
+            }
+            canary.add(&now_canary.since(&base.0));
+            stable.add(&now_stable.since(&base.1));
+        }
+        (canary, stable)
+    }
+}
+
 impl Baseline {
-    fn now(route: &Route, state: &RolloutState) -> Self {
+    fn now(
+        route: &Route,
+        state: &RolloutState,
+        fleet: &HashMap<String, (VersionCounts, VersionCounts)>,
+    ) -> Self {
         let counts = |version: &str| {
             route
                 .split
@@ -610,8 +829,94 @@ impl Baseline {
             canary: counts(&state.canary),
             stable: counts(&state.stable),
             shadow_rows,
+            fleet: fleet.clone(),
         }
     }
+}
+
+/// This replica's name in the fleet's state: its host, process and a
+/// random part, so two processes never share one.
+fn replica_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "gateway".to_owned());
+    format!("{host}-{}-{:08x}", std::process::id(), fastrand::u32(..))
+}
+
+/// What this replica publishes for the fleet: when, and its cumulative
+/// (canary, stable) counts.
+fn own_record(route: &Route, state: &RolloutState) -> Vec<u8> {
+    let counts = |version: &str| {
+        let counts = route
+            .split
+            .target(version)
+            .map(|t| t.stats.counts())
+            .unwrap_or_default();
+        counts_json(&counts)
+    };
+    serde_json::to_vec(&serde_json::json!({
+        "at_unix_ms": unix_ms(),
+        "canary": counts(&state.canary),
+        "stable": counts(&state.stable),
+    }))
+    .unwrap_or_default()
+}
+
+/// Counts as JSON: the status classes, and the latency histogram's
+/// non-empty buckets as `[index, count]` pairs.
+fn counts_json(counts: &VersionCounts) -> serde_json::Value {
+    let latency: Vec<[u64; 2]> = counts
+        .latency
+        .counts()
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(i, n)| [i as u64, *n])
+        .collect();
+    serde_json::json!({"by_class": counts.by_class, "latency": latency})
+}
+
+fn counts_from_json(value: &serde_json::Value) -> Option<VersionCounts> {
+    let by_class: [u64; 5] = serde_json::from_value(value.get("by_class")?.clone()).ok()?;
+    let pairs: Vec<[u64; 2]> = serde_json::from_value(value.get("latency")?.clone()).ok()?;
+    let mut dense = vec![0u64; crate::core::histogram::BUCKETS];
+    for [i, n] in pairs {
+        *dense.get_mut(usize::try_from(i).ok()?)? = n;
+    }
+    Some(VersionCounts {
+        by_class,
+        latency: crate::core::histogram::HistogramCounts::from_counts(dense)?,
+    })
+}
+
+/// The replicas' records written within [`STATS_FRESH`], by replica.
+fn fresh_records(fields: &[(String, Vec<u8>)]) -> HashMap<String, (VersionCounts, VersionCounts)> {
+    let now = unix_ms();
+    let fresh_ms = STATS_FRESH.as_millis() as u64;
+    fields
+        .iter()
+        .filter_map(|(replica, bytes)| {
+            let record: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+            let at = record.get("at_unix_ms")?.as_u64()?;
+            if now.saturating_sub(at) > fresh_ms {
+                return None;
+            }
+            let canary = counts_from_json(record.get("canary")?)?;
+            let stable = counts_from_json(record.get("stable")?)?;
+            Some((replica.clone(), (canary, stable)))
+        })
+        .collect()
+}
+
+fn lease_key(route: &str) -> String {
+    format!("cascadia:rollout-lease:{route}")
+}
+
+fn stats_key(route: &str) -> String {
+    format!("cascadia:rollout-stats:{route}")
 }
 
 fn redis_key(route: &str) -> String {

@@ -85,12 +85,6 @@ impl Gateway {
 
         let listen_addr = listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
-        let mut tasks = JoinSet::new();
-        tasks.spawn(listener::serve(
-            listener,
-            Arc::clone(&snapshot),
-            shutdown_rx.clone(),
-        ));
         let config_dir = loaded
             .source
             .parent()
@@ -99,6 +93,15 @@ impl Gateway {
         let rollouts = Arc::new(crate::rollout::Rollouts::new(
             snapshot.load().redis.clone(),
             &config_dir,
+        ));
+        // A replica (re)starting mid-rollout serves the plan's weights from
+        // its first request, not the config file's.
+        rollouts.prime(&snapshot).await;
+        let mut tasks = JoinSet::new();
+        tasks.spawn(listener::serve(
+            listener,
+            Arc::clone(&snapshot),
+            shutdown_rx.clone(),
         ));
         tasks.spawn(Arc::clone(&rollouts).run(Arc::clone(&snapshot), shutdown_rx.clone()));
         tasks.spawn(admin::serve(

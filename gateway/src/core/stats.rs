@@ -133,6 +133,14 @@ impl VersionCounts {
         self.by_class.iter().sum()
     }
 
+    /// Adds `other`'s counts (another replica's) to these.
+    pub fn add(&mut self, other: &VersionCounts) {
+        for (mine, theirs) in self.by_class.iter_mut().zip(other.by_class) {
+            *mine = mine.saturating_add(theirs);
+        }
+        self.latency.merge(&other.latency);
+    }
+
     /// Share of 5xx answers.
     pub fn error_rate(&self) -> f64 {
         let requests = self.requests();

@@ -211,6 +211,102 @@ impl RedisTier {
         }
     }
 
+    /// Runs a script off the request path (fleet state): its reply, or
+    /// `None` when Redis could not answer.
+    async fn run_script<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        key: &str,
+        args: &[&[u8]],
+    ) -> Option<T> {
+        if !self.may_call() {
+            return None;
+        }
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let mut connection = self.connection.clone();
+        let mut invocation = script.key(key);
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        let call = invocation.invoke_async::<T>(&mut connection);
+        match tokio::time::timeout(self.settings.response_timeout.get() * 10, call).await {
+            Ok(Ok(value)) => {
+                self.breaker.success();
+                Some(value)
+            }
+            _ => {
+                self.failed();
+                None
+            }
+        }
+    }
+
+    /// Stores `value` at `key` only if its `generation` is above the one
+    /// stored there (a JSON field; absent counts as 0): a stale writer
+    /// cannot overwrite a newer decision. `Some(stored?)`, or `None` when
+    /// Redis could not answer.
+    pub async fn set_if_newer(&self, key: &str, generation: u64, value: &[u8]) -> Option<bool> {
+        let generation = generation.to_string();
+        let stored: Option<i64> = self
+            .run_script(&SET_IF_NEWER, key, &[generation.as_bytes(), value])
+            .await;
+        stored.map(|n| n == 1)
+    }
+
+    /// Takes or renews the lease at `key` for `holder`, for `ttl`: whether
+    /// `holder` holds it now. `None` when Redis could not answer (nobody
+    /// can be sure to hold it then).
+    pub async fn hold_lease(&self, key: &str, holder: &str, ttl: Duration) -> Option<bool> {
+        let ttl_ms = ttl.as_millis().max(1).to_string();
+        let held: Option<i64> = self
+            .run_script(&HOLD_LEASE, key, &[holder.as_bytes(), ttl_ms.as_bytes()])
+            .await;
+        held.map(|n| n == 1)
+    }
+
+    /// Gives up the lease at `key` if `holder` has it.
+    pub async fn release_lease(&self, key: &str, holder: &str) {
+        let _: Option<i64> = self
+            .run_script(&RELEASE_LEASE, key, &[holder.as_bytes()])
+            .await;
+    }
+
+    /// `HSET key field value`, and the hash expires after `ttl` unless
+    /// written again (a fleet that stops writing leaves nothing behind).
+    pub async fn put_field(&self, key: &str, field: &str, value: &[u8], ttl: Duration) -> bool {
+        let ttl_ms = ttl.as_millis().max(1).to_string();
+        let done: Option<i64> = self
+            .run_script(
+                &PUT_FIELD,
+                key,
+                &[field.as_bytes(), value, ttl_ms.as_bytes()],
+            )
+            .await;
+        done.is_some()
+    }
+
+    /// `HGETALL key`; `None` when Redis could not answer.
+    pub async fn all_fields(&self, key: &str) -> Option<Vec<(String, Vec<u8>)>> {
+        if !self.may_call() {
+            return None;
+        }
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let mut connection = self.connection.clone();
+        let mut command = redis::cmd("HGETALL");
+        command.arg(key);
+        let call = command.query_async::<Vec<(String, Vec<u8>)>>(&mut connection);
+        match tokio::time::timeout(self.settings.response_timeout.get() * 10, call).await {
+            Ok(Ok(fields)) => {
+                self.breaker.success();
+                Some(fields)
+            }
+            _ => {
+                self.failed();
+                None
+            }
+        }
+    }
+
     /// Takes Redis out of (or back into) every request path, for a drill.
     pub fn set_drill_down(&self, down: bool) {
         self.drill_down.store(down, Ordering::Relaxed);
@@ -245,6 +341,61 @@ impl RedisTier {
 /// arrival time (µs, Redis's clock, so replicas need not agree on time);
 /// ARGV is the emission interval in µs and the burst. Returns 0 when the
 /// request may go, else the µs until it could. The key expires once idle.
+/// `SET` only over a lower `generation` (fencing for fleet decisions).
+static SET_IF_NEWER: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local stored = redis.call('GET', KEYS[1])
+if stored then
+  local ok, decoded = pcall(cjson.decode, stored)
+  local current = (ok and type(decoded) == 'table' and tonumber(decoded['generation'])) or 0
+  if current >= tonumber(ARGV[1]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+",
+    )
+});
+
+/// Takes a free lease or renews one's own.
+static HOLD_LEASE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local holder = redis.call('GET', KEYS[1])
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+",
+    )
+});
+
+/// Deletes a lease only if one still holds it.
+static RELEASE_LEASE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+",
+    )
+});
+
+/// One field of a hash, and the hash's expiry moved on.
+static PUT_FIELD: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+",
+    )
+});
+
 static GCRA: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
         r"
