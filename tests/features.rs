@@ -230,6 +230,38 @@ async fn a_second_gateway_finds_entities_in_redis() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entities_are_shared_through_a_redis_that_speaks_only_tls() {
+    let redis = RedisServer::start_tls().await;
+    let ensemble = sim("ensemble", "1", "us-east").await;
+    let store = sim("store", "1", "us-east").await;
+    // The CA file is read beside the config, like a model.
+    let text = config(&ensemble, &store, Some(&redis), "").replacen(
+        "response_timeout = \"20ms\"\n",
+        "response_timeout = \"200ms\"\ntls_ca_file = \"redis-ca.pem\"\n",
+        1,
+    );
+    assert!(text.contains("rediss://"), "{text}");
+    let files = [("screen.json", MODEL), ("redis-ca.pem", &redis.ca_pem())];
+    let first = GatewayProcess::start_with_files(&text, &files).await;
+    let client = TestClient::new();
+    assert_eq!(
+        infer(&client, &first, 10.0, "tls.com").await.status,
+        StatusCode::OK
+    );
+    tokio::time::timeout(WAIT, async {
+        while redis.cli(&["EXISTS", "cascadia:features:tls.com"]) != "1" {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("entry written to Redis over TLS");
+    let second = GatewayProcess::start_with_files(&text, &files).await;
+    let response = infer(&client, &second, 10.0, "tls.com").await;
+    assert_eq!(response.status, StatusCode::OK);
+    assert_eq!(store.control.requests(), 1, "the second gateway read Redis");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_paused_or_full_never_fails_a_request() {
     let mut redis = RedisServer::start().await;
     let ensemble = sim("ensemble", "1", "us-east").await;

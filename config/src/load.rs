@@ -66,7 +66,21 @@ pub fn load_file(path: &Path) -> Result<LoadedConfig, LoadError> {
         parts.push((model_path.to_owned(), model_bytes));
         Ok(model)
     };
-    let config = crate::parse_with_models(text, &mut load_model).map_err(LoadError::Invalid)?;
+    let mut config = crate::parse_with_models(text, &mut load_model).map_err(LoadError::Invalid)?;
+    // The Redis CA file is part of the config too.
+    if let Some(redis) = config.gateway.redis.as_mut() {
+        if let Some(file) = &redis.tls_ca_file {
+            let full = base.join(file);
+            let pem = read_input(&full, MAX_CA_BYTES).map_err(|e| {
+                LoadError::Invalid(ConfigErrors(vec![ConfigError {
+                    path: "gateway.redis.tls_ca_file".to_owned(),
+                    message: format!("cannot read {}: {e}", full.display()),
+                }]))
+            })?;
+            parts.push(("redis ca".to_owned(), pem.clone()));
+            redis.tls_ca_pem = Some(pem);
+        }
+    }
     let admin_token = match &config.gateway.admin_token {
         None => None,
         Some(source) => Some(read_token(source, base).map_err(|message| {
@@ -110,6 +124,8 @@ pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
 pub const MAX_MODEL_BYTES: u64 = 16 * 1024 * 1024;
 /// Most bytes of a token file.
 pub const MAX_TOKEN_BYTES: u64 = 64 * 1024;
+/// Most bytes of a CA bundle (a system's whole bundle is about 200 KiB).
+pub const MAX_CA_BYTES: u64 = 1024 * 1024;
 
 /// Reads a file the config names: a regular file (never a FIFO, socket or
 /// device, which could block the reader forever or never end) of at most

@@ -543,6 +543,12 @@ pub struct RedisSettings {
     pub response_timeout: Timeout,
     /// Prefix of every key. Default `cascadia:features:`.
     pub key_prefix: String,
+    /// With `rediss://`: a PEM file of the CA certificates to trust instead
+    /// of the system's, relative to the config file.
+    pub tls_ca_file: Option<String>,
+    /// That file's bytes, read with the config (so a changed CA is a
+    /// changed config).
+    pub tls_ca_pem: Option<Vec<u8>>,
 }
 
 impl RedisSettings {
@@ -559,6 +565,7 @@ impl std::fmt::Debug for RedisSettings {
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("key_prefix", &self.key_prefix)
+            .field("tls_ca_file", &self.tls_ca_file)
             .finish()
     }
 }

@@ -257,6 +257,7 @@ pub(crate) struct RawRedis {
     pub connect_timeout: Option<String>,
     pub response_timeout: Option<String>,
     pub key_prefix: Option<String>,
+    pub tls_ca_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

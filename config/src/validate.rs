@@ -660,10 +660,17 @@ fn tracing_settings(raw: RawTracing, errors: &mut Collector) -> TracingSettings 
 
 fn redis(raw: RawRedis, errors: &mut Collector) -> RedisSettings {
     let url = required(raw.url, "gateway.redis.url", errors);
-    if !(url.is_empty() || url.starts_with("redis://") || url.starts_with("unix://")) {
+    let tls = url.starts_with("rediss://");
+    if !(url.is_empty() || tls || url.starts_with("redis://") || url.starts_with("unix://")) {
         errors.push(
             "gateway.redis.url",
-            format!("{url:?} must start with redis:// or unix://"),
+            "must start with redis://, rediss:// (TLS) or unix://",
+        );
+    }
+    if raw.tls_ca_file.is_some() && !tls {
+        errors.push(
+            "gateway.redis.tls_ca_file",
+            "a CA file needs a rediss:// (TLS) url",
         );
     }
     RedisSettings {
@@ -683,6 +690,8 @@ fn redis(raw: RawRedis, errors: &mut Collector) -> RedisSettings {
         key_prefix: raw
             .key_prefix
             .unwrap_or_else(|| "cascadia:features:".to_owned()),
+        tls_ca_file: raw.tls_ca_file,
+        tls_ca_pem: None,
     }
 }
 
@@ -1794,6 +1803,29 @@ name = "r"
 match = { model = "m" }
 backends = ["a"]
 "#;
+
+    #[test]
+    fn redis_speaks_tls_with_rediss_and_a_bad_url_is_refused_without_its_password() {
+        let redis = |extra: &str| format!("[gateway.redis]\n{extra}\n{}", with_backends(ROUTE_M));
+        let config = parse(&redis(
+            "url = \"rediss://:secret@redis:6380\"\ntls_ca_file = \"ca.pem\"",
+        ))
+        .unwrap();
+        let settings = config.gateway.redis.unwrap();
+        assert_eq!(settings.tls_ca_file.as_deref(), Some("ca.pem"));
+
+        let errs = errors(&redis("url = \"redis://r:6379\"\ntls_ca_file = \"ca.pem\""));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].starts_with("gateway.redis.tls_ca_file"), "{errs:?}");
+
+        let errs = errors(&redis("url = \"http://:hunter2@r:6379\""));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].starts_with("gateway.redis.url"), "{errs:?}");
+        assert!(
+            !errs[0].contains("hunter2"),
+            "the error leaks the password: {errs:?}"
+        );
+    }
 
     #[test]
     fn a_shared_rate_limit_needs_redis() {

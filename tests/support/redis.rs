@@ -13,6 +13,8 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// Serving TLS only (`rediss://`), with a test CA in `dir`.
+    tls: bool,
 }
 
 impl RedisServer {
@@ -28,23 +30,122 @@ impl RedisServer {
             child: None,
             port,
             dir,
+            tls: false,
         };
         server.spawn().await;
         server
     }
 
+    /// A server that speaks TLS only, with a certificate for 127.0.0.1
+    /// from a CA made for the test ([`Self::ca_pem`]).
+    pub async fn start_tls() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let openssl = |args: &[&str]| {
+            let output = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .expect("openssl is installed");
+            assert!(
+                output.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=cascadia test CA",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(
+            dir.path().join("san.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ]);
+        let mut server = Self {
+            child: None,
+            port,
+            dir,
+            tls: true,
+        };
+        server.spawn().await;
+        server
+    }
+
+    /// The test CA's certificate (PEM), for a TLS server.
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("ca.crt")).unwrap()
+    }
+
     async fn spawn(&mut self) {
+        let (plain_port, tls_args) = if self.tls {
+            let file = |name: &str| self.dir.path().join(name).display().to_string();
+            (
+                "0".to_owned(),
+                vec![
+                    "--tls-port".to_owned(),
+                    self.port.to_string(),
+                    "--tls-cert-file".to_owned(),
+                    file("server.crt"),
+                    "--tls-key-file".to_owned(),
+                    file("server.key"),
+                    "--tls-ca-cert-file".to_owned(),
+                    file("ca.crt"),
+                    "--tls-auth-clients".to_owned(),
+                    "no".to_owned(),
+                ],
+            )
+        } else {
+            (self.port.to_string(), Vec::new())
+        };
         let mut child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(["--port", &plain_port])
+            .args(&tls_args)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::piped())
@@ -68,7 +169,8 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     fn signal(&self, signal: &str) {
@@ -109,11 +211,15 @@ impl RedisServer {
 
     /// Runs a `redis-cli` command and returns its output.
     pub fn cli(&self, args: &[&str]) -> String {
-        let output = std::process::Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli");
+        let mut command = std::process::Command::new("redis-cli");
+        command.args(["-p", &self.port.to_string()]);
+        if self.tls {
+            command
+                .arg("--tls")
+                .arg("--cacert")
+                .arg(self.dir.path().join("ca.crt"));
+        }
+        let output = command.args(args).output().expect("redis-cli");
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 }

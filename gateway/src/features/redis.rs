@@ -55,7 +55,20 @@ impl RedisTier {
     /// Connects lazily: a Redis that is down at start-up only means
     /// misses until it comes up.
     pub fn new(settings: RedisSettings) -> Result<Self, String> {
-        let client = redis::Client::open(settings.url.as_str()).map_err(|e| e.to_string())?;
+        let client = if settings.url.starts_with("rediss://") {
+            // rustls needs one crypto provider for the process; a second
+            // install (another tier, a test) is a harmless no-op.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let certificates = redis::TlsCertificates {
+                client_tls: None,
+                // `None`: the system's roots.
+                root_cert: settings.tls_ca_pem.clone(),
+            };
+            redis::Client::build_with_tls(settings.url.as_str(), certificates)
+        } else {
+            redis::Client::open(settings.url.as_str())
+        }
+        .map_err(|e| e.to_string())?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.connect_timeout.get()))
             .set_response_timeout(Some(settings.response_timeout.get()))
