@@ -367,3 +367,56 @@ async fn when_the_decider_dies_another_takes_over_and_no_step_is_lost_or_repeate
         "every step exactly once: {promoted}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_every_replica_holds_the_last_plan_and_nothing_changes_it() {
+    let mut redis = RedisServer::start().await;
+    let fixture = CanaryFixture::start().await;
+    let text = config(&fixture, &redis, HELD_PLAN);
+    let replicas = fleet(&text).await;
+    let client = TestClient::new();
+    until_any(&client, &replicas, |p| p["status"] == "running").await;
+    let promoted = act(&client, &replicas[0], "promote").await;
+    let all: Vec<&GatewayProcess> = replicas.iter().collect();
+    all_follow(&client, &all, &promoted, FOLLOW).await;
+
+    redis.kill().await;
+    // The lease cannot be renewed: nobody decides.
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let mut plans = Vec::new();
+            for replica in &replicas {
+                plans.push(plan(&client, replica).await);
+            }
+            if deciders(&plans) == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("no replica decides without Redis");
+    // An operator's change cannot be shared, so it is refused...
+    let refused = client
+        .send(
+            Method::POST,
+            &replicas[1].admin_url("/admin/rollouts/fraud/pause"),
+            JSON,
+            "",
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{:?}", refused.json());
+    // ...and every replica keeps serving the plan it had.
+    for replica in &replicas {
+        let plan = plan(&client, replica).await;
+        assert_eq!(plan["weight"], 50, "{plan}");
+        assert_eq!(plan["status"], "running", "{plan}");
+        assert_eq!(
+            client
+                .infer(&replica.url("/v2/models/fraud/infer"), &[])
+                .await
+                .status,
+            StatusCode::OK
+        );
+    }
+}

@@ -163,6 +163,17 @@ struct Baseline {
     fleet: HashMap<String, (VersionCounts, VersionCounts)>,
 }
 
+/// What became of a save.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Saved {
+    Stored,
+    /// The store holds a newer generation (another replica decided
+    /// meanwhile): this replica must adopt it.
+    Newer,
+    /// The store could not be reached.
+    Unavailable,
+}
+
 /// Where state is persisted.
 enum Store {
     Redis(Arc<RedisTier>),
@@ -266,8 +277,9 @@ impl Rollouts {
                 self.follow(redis, &route_now, &live).await;
             }
         }
-        let state = {
+        let (state, previous) = {
             let mut live = live.lock().unwrap_or_else(|e| e.into_inner());
+            let previous = live.state.clone();
             let current = snapshot.load();
             let route_now = current
                 .routes
@@ -304,13 +316,27 @@ impl Rollouts {
                 }
             }
             apply_weights(&route_now, &live.state);
-            live.state.clone()
+            (live.state.clone(), previous)
         };
-        if !self.save(&state).await {
-            live.lock().unwrap_or_else(|e| e.into_inner()).stale = true;
-            return Err("another replica changed the plan meanwhile; try again".to_owned());
+        match self.save(&state).await {
+            Saved::Stored => Ok(serde_json::json!(state)),
+            saved => {
+                // Not stored: the fleet's plan stands. This replica goes
+                // back to what it had, and to the stored plan at the next
+                // read.
+                let mut live = live.lock().unwrap_or_else(|e| e.into_inner());
+                live.state = previous;
+                live.stale = true;
+                if let Some(route_now) = snapshot.load().routes.iter().find(|r| &*r.name == route) {
+                    apply_weights(route_now, &live.state);
+                }
+                Err(match saved {
+                    Saved::Newer => "another replica changed the plan meanwhile; try again",
+                    _ => "Redis is unavailable: the fleet's plan cannot change now",
+                }
+                .to_owned())
+            }
         }
-        Ok(serde_json::json!(state))
     }
 
     async fn evaluate(&self, snapshot: &SharedSnapshot) {
@@ -358,7 +384,7 @@ impl Rollouts {
             }
         }
         for (live, state) in changed {
-            if !self.save(&state).await {
+            if self.save(&state).await != Saved::Stored {
                 live.lock().unwrap_or_else(|e| e.into_inner()).stale = true;
             }
         }
@@ -515,8 +541,10 @@ impl Rollouts {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(route.name.to_string(), Arc::clone(&live));
-        if !resumed {
-            self.save(&state).await;
+        // Another replica may have started the plan first: then its state
+        // is the fleet's, read at the next tick.
+        if !resumed && self.save(&state).await != Saved::Stored {
+            live.lock().unwrap_or_else(|e| e.into_inner()).stale = true;
         }
         Some(live)
     }
@@ -645,11 +673,10 @@ impl Rollouts {
         serde_json::from_slice(&bytes).ok()
     }
 
-    /// Persists `state`; false when the store holds a newer generation
-    /// (another replica decided meanwhile), which this one must adopt.
-    async fn save(&self, state: &RolloutState) -> bool {
+    /// Persists `state`.
+    async fn save(&self, state: &RolloutState) -> Saved {
         let Ok(bytes) = serde_json::to_vec(state) else {
-            return true;
+            return Saved::Unavailable;
         };
         match &self.store {
             Store::Redis(redis) => {
@@ -660,10 +687,11 @@ impl Rollouts {
                     Some(true) => {}
                     Some(false) => {
                         tracing::info!(route = %state.route, generation = state.generation, "rollout: a newer decision is stored; adopting it");
-                        return false;
+                        return Saved::Newer;
                     }
                     None => {
-                        tracing::warn!(route = %state.route, "cannot save the rollout state to Redis")
+                        tracing::warn!(route = %state.route, "cannot save the rollout state to Redis");
+                        return Saved::Unavailable;
                     }
                 }
             }
@@ -674,11 +702,12 @@ impl Rollouts {
                 let written =
                     std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &path));
                 if let Err(error) = written {
+                    // A single replica's own state: it goes on with it.
                     tracing::warn!(route = %state.route, %error, "cannot save the rollout state");
                 }
             }
         }
-        true
+        Saved::Stored
     }
 
     /// Current canary weight and step per route, for `/metrics`.
