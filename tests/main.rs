@@ -15,6 +15,7 @@ mod grpc;
 mod lifecycle;
 mod limits;
 mod mlserver;
+mod redis_cluster;
 mod reload;
 mod rollout;
 mod routing;

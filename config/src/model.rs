@@ -549,6 +549,9 @@ pub struct RedisSettings {
     /// That file's bytes, read with the config (so a changed CA is a
     /// changed config).
     pub tls_ca_pem: Option<Vec<u8>>,
+    /// A Redis Cluster's seed nodes (`redis://` or `rediss://` URLs); empty
+    /// for one server at `url`.
+    pub cluster_nodes: Vec<String>,
 }
 
 impl RedisSettings {
@@ -566,6 +569,14 @@ impl std::fmt::Debug for RedisSettings {
             .field("response_timeout", &self.response_timeout)
             .field("key_prefix", &self.key_prefix)
             .field("tls_ca_file", &self.tls_ca_file)
+            .field(
+                "cluster_nodes",
+                &self
+                    .cluster_nodes
+                    .iter()
+                    .map(|n| redact_url(n))
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }

@@ -258,6 +258,7 @@ pub(crate) struct RawRedis {
     pub response_timeout: Option<String>,
     pub key_prefix: Option<String>,
     pub tls_ca_file: Option<String>,
+    pub cluster_nodes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

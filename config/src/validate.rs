@@ -659,7 +659,28 @@ fn tracing_settings(raw: RawTracing, errors: &mut Collector) -> TracingSettings 
 }
 
 fn redis(raw: RawRedis, errors: &mut Collector) -> RedisSettings {
-    let url = required(raw.url, "gateway.redis.url", errors);
+    let cluster_nodes = raw.cluster_nodes.unwrap_or_default();
+    let url = match (raw.url, cluster_nodes.first()) {
+        (Some(_), Some(_)) => {
+            errors.push(
+                "gateway.redis",
+                "set either url (one server) or cluster_nodes (a Redis Cluster), not both",
+            );
+            String::new()
+        }
+        // A cluster is named by its first seed in logs.
+        (None, Some(first)) => first.clone(),
+        (url, None) => required(url, "gateway.redis.url", errors),
+    };
+    for (i, node) in cluster_nodes.iter().enumerate() {
+        let scheme_matches = node.starts_with("rediss://") == url.starts_with("rediss://");
+        if !(node.starts_with("redis://") || node.starts_with("rediss://")) || !scheme_matches {
+            errors.push(
+                format!("gateway.redis.cluster_nodes[{i}]"),
+                "must start with redis:// or rediss://, the same for every node",
+            );
+        }
+    }
     let tls = url.starts_with("rediss://");
     if !(url.is_empty() || tls || url.starts_with("redis://") || url.starts_with("unix://")) {
         errors.push(
@@ -692,6 +713,7 @@ fn redis(raw: RawRedis, errors: &mut Collector) -> RedisSettings {
             .unwrap_or_else(|| "cascadia:features:".to_owned()),
         tls_ca_file: raw.tls_ca_file,
         tls_ca_pem: None,
+        cluster_nodes,
     }
 }
 
@@ -1824,6 +1846,34 @@ backends = ["a"]
         assert!(
             !errs[0].contains("hunter2"),
             "the error leaks the password: {errs:?}"
+        );
+    }
+
+    #[test]
+    fn a_redis_cluster_is_named_by_its_seed_nodes_alone() {
+        let redis = |table: &str| format!("[gateway.redis]\n{table}\n{}", with_backends(ROUTE_M));
+        let config = parse(&redis(
+            "cluster_nodes = [\"redis://a:7000\", \"redis://b:7001\"]",
+        ))
+        .unwrap();
+        let settings = config.gateway.redis.unwrap();
+        assert_eq!(settings.cluster_nodes.len(), 2);
+        assert_eq!(settings.url, "redis://a:7000");
+
+        let errs = errors(&redis(
+            "url = \"redis://a:6379\"\ncluster_nodes = [\"redis://a:7000\"]",
+        ));
+        assert!(
+            errs.iter().any(|e| e.starts_with("gateway.redis:")),
+            "{errs:?}"
+        );
+        let errs = errors(&redis(
+            "cluster_nodes = [\"redis://a:7000\", \"rediss://b:7001\"]",
+        ));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("gateway.redis.cluster_nodes[1]"),
+            "{errs:?}"
         );
     }
 

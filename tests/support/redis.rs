@@ -15,6 +15,8 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     /// Serving TLS only (`rediss://`), with a test CA in `dir`.
     tls: bool,
+    /// A node of a Redis Cluster.
+    cluster: bool,
 }
 
 impl RedisServer {
@@ -31,6 +33,7 @@ impl RedisServer {
             port,
             dir,
             tls: false,
+            cluster: false,
         };
         server.spawn().await;
         server
@@ -111,6 +114,7 @@ impl RedisServer {
             port,
             dir,
             tls: true,
+            cluster: false,
         };
         server.spawn().await;
         server
@@ -142,9 +146,22 @@ impl RedisServer {
         } else {
             (self.port.to_string(), Vec::new())
         };
+        let cluster_args: Vec<&str> = if self.cluster {
+            vec![
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "1000",
+            ]
+        } else {
+            Vec::new()
+        };
         let mut child = Command::new("redis-server")
             .args(["--port", &plain_port])
             .args(&tls_args)
+            .args(&cluster_args)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -220,6 +237,80 @@ impl RedisServer {
                 .arg(self.dir.path().join("ca.crt"));
         }
         let output = command.args(args).output().expect("redis-cli");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+}
+
+/// A real Redis Cluster of three masters (no replicas) on free ports,
+/// created with `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub async fn start() -> Self {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut node = RedisServer {
+                child: None,
+                port,
+                dir: tempfile::tempdir().unwrap(),
+                tls: false,
+                cluster: true,
+            };
+            node.spawn().await;
+            nodes.push(node);
+        }
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let output = std::process::Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli");
+        assert!(
+            output.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        // Ready once every node agrees the cluster is whole.
+        tokio::time::timeout(WAIT, async {
+            loop {
+                if nodes
+                    .iter()
+                    .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+                {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the cluster became ready");
+        Self { nodes }
+    }
+
+    /// The seed nodes, as `cluster_nodes` takes them.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// `redis-cli -c` against the cluster (follows redirects).
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = std::process::Command::new("redis-cli")
+            .args(["-c", "-p", &self.nodes[0].port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 }

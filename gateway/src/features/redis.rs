@@ -22,9 +22,74 @@ pub const TRIP_AFTER: u32 = 3;
 /// How long an open breaker keeps Redis out of the request path.
 pub const OPEN_FOR: Duration = Duration::from_secs(1);
 
+/// The connection to one Redis server or to a Redis Cluster. Both are
+/// cheap to clone (one multiplexed connection per server underneath), and
+/// every command the tier sends works on both: the scripts take one key,
+/// and the cluster client splits an `MGET` by slot.
+#[derive(Clone)]
+enum Connection {
+    Server(ConnectionManager),
+    Cluster(Arc<LazyCluster>),
+}
+
+/// A cluster connection made on first use, and made again after a failed
+/// attempt, so a cluster that is down at start-up only means misses.
+struct LazyCluster {
+    client: redis::cluster::ClusterClient,
+    connection: tokio::sync::OnceCell<redis::cluster_async::ClusterConnection>,
+}
+
+impl LazyCluster {
+    async fn get(&self) -> redis::RedisResult<redis::cluster_async::ClusterConnection> {
+        self.connection
+            .get_or_try_init(|| self.client.get_async_connection())
+            .await
+            .cloned()
+    }
+}
+
+impl redis::aio::ConnectionLike for Connection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Server(connection) => connection.req_packed_command(cmd),
+            Self::Cluster(lazy) => Box::pin(async move {
+                let mut connection = lazy.get().await?;
+                connection.req_packed_command(cmd).await
+            }),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Server(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(lazy) => Box::pin(async move {
+                let mut connection = lazy.get().await?;
+                connection
+                    .req_packed_commands(pipeline, offset, count)
+                    .await
+            }),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Server(connection) => connection.get_db(),
+            Self::Cluster(_) => 0,
+        }
+    }
+}
+
 /// The shared Redis tier.
 pub struct RedisTier {
-    connection: ConnectionManager,
+    connection: Connection,
     settings: RedisSettings,
     breaker: Breaker,
     /// Set by a "Redis unavailable" drill: every call is skipped, as if
@@ -55,27 +120,48 @@ impl RedisTier {
     /// Connects lazily: a Redis that is down at start-up only means
     /// misses until it comes up.
     pub fn new(settings: RedisSettings) -> Result<Self, String> {
-        let client = if settings.url.starts_with("rediss://") {
+        let tls = settings.url.starts_with("rediss://");
+        let certificates = || redis::TlsCertificates {
+            client_tls: None,
+            // `None`: the system's roots.
+            root_cert: settings.tls_ca_pem.clone(),
+        };
+        if tls {
             // rustls needs one crypto provider for the process; a second
             // install (another tier, a test) is a harmless no-op.
             let _ = rustls::crypto::ring::default_provider().install_default();
-            let certificates = redis::TlsCertificates {
-                client_tls: None,
-                // `None`: the system's roots.
-                root_cert: settings.tls_ca_pem.clone(),
-            };
-            redis::Client::build_with_tls(settings.url.as_str(), certificates)
-        } else {
-            redis::Client::open(settings.url.as_str())
         }
-        .map_err(|e| e.to_string())?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.connect_timeout.get()))
-            .set_response_timeout(Some(settings.response_timeout.get()))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(200));
-        let connection =
-            ConnectionManager::new_lazy_with_config(client, config).map_err(|e| e.to_string())?;
+        let connection = if settings.cluster_nodes.is_empty() {
+            let client = if tls {
+                redis::Client::build_with_tls(settings.url.as_str(), certificates())
+            } else {
+                redis::Client::open(settings.url.as_str())
+            }
+            .map_err(|e| e.to_string())?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(settings.connect_timeout.get()))
+                .set_response_timeout(Some(settings.response_timeout.get()))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(200));
+            Connection::Server(
+                ConnectionManager::new_lazy_with_config(client, config)
+                    .map_err(|e| e.to_string())?,
+            )
+        } else {
+            let mut builder = redis::cluster::ClusterClient::builder(
+                settings.cluster_nodes.iter().map(String::as_str),
+            )
+            .connection_timeout(settings.connect_timeout.get())
+            .response_timeout(settings.response_timeout.get())
+            .retries(1);
+            if tls {
+                builder = builder.certs(certificates());
+            }
+            Connection::Cluster(Arc::new(LazyCluster {
+                client: builder.build().map_err(|e| e.to_string())?,
+                connection: tokio::sync::OnceCell::new(),
+            }))
+        };
         Ok(Self {
             connection,
             settings,
