@@ -168,8 +168,11 @@ for round in $(seq 1 "$ROUNDS"); do
             addr=${GW_ADDR[$redis]}
             log "round $round/$ROUNDS  $use on $redis"
             if [[ $use == feature ]]; then
-                out=$(run_load "http://$addr/v2/models/feature/infer" "$RATE" "$CONNECTIONS" "${GW_PID[$redis]}" \
-                    "$use-$redis" --rows "$WORK/rows.csv" --input x --datatype FP64 \
+                # run_load's fixed --oip-rows body does not fit a cascade's input.
+                out=$("${PIN_LOAD[@]}" "$BIN/cascadia-load" --url "http://$addr/v2/models/feature/infer" \
+                    --rate "$RATE" --connections "$CONNECTIONS" --warmup "$WARMUP" --duration "$DURATION" \
+                    --workers 1 --pid "${GW_PID[$redis]}" --label "$use-$redis" --json \
+                    --rows "$WORK/rows.csv" --input x --datatype FP64 \
                     --user-ids "$ENTITIES" --key-header x-entity)
             else
                 out=$(run_load "http://$addr/v2/models/fraud/infer" "$RATE" "$CONNECTIONS" "${GW_PID[$redis]}" \
@@ -184,10 +187,14 @@ print(json.dumps(r))
         done
     done
 done
+# Where the feature lookups were answered (in-process, Redis, store), per gateway.
 for redis in standalone cluster; do
-    curl -s "http://${GW_ADMIN[$redis]}/admin/cascade" >"$WORK/cascade-$redis.json" || true
-    printf '{"kind": "cascade", "redis": "%s", "report": %s}\n' "$redis" \
-        "$(cat "$WORK/cascade-$redis.json" 2>/dev/null || echo null)" >>"$RESULTS"
+    curl -s "http://${GW_ADMIN[$redis]}/metrics" | python3 -c '
+import json, re, sys
+tiers = {m.group(1): float(m.group(2)) for m in
+         re.finditer(r"cascadia_feature_lookups_total\{route=\"feature\",tier=\"(\w+)\"\} (\S+)", sys.stdin.read())}
+print(json.dumps({"kind": "lookups", "redis": sys.argv[1], "tiers": tiers}))
+' "$redis" >>"$RESULTS"
 done
 
 python3 - "$RESULTS" <<'PY'
@@ -207,4 +214,7 @@ for use in ("feature", "limit"):
         rps = statistics.median(r["achieved_rps"] for r in mine)
         errors = sum(r["errors"]["status"] + r["errors"]["transport"] + r["errors"]["timeout"] for r in mine)
         print(f"| {use} | {redis} | {', '.join(f'{c:.1f}' for c in cpu)} | {p50:.0f} | {p99:.0f} | {rps:,.0f} | {errors} |")
+for r in lines:
+    if r.get("kind") == "lookups":
+        print(f"feature lookups through {r['redis']}: {r['tiers']}")
 PY
