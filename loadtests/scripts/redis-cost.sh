@@ -63,9 +63,26 @@ start_redis() {
 
 STANDALONE_PORT=$(free_port)
 start_redis "$WORK/redis-standalone" "$STANDALONE_PORT"
+# cluster_port: a free port whose cluster bus port (+10000) is free and valid too.
+cluster_port() {
+    python3 -c '
+import socket
+while True:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    if port > 55535:
+        continue
+    bus = socket.socket()
+    try:
+        bus.bind(("127.0.0.1", port + 10000))
+    except OSError:
+        continue
+    print(port)
+    break
+'
+}
 CLUSTER_PORTS=()
 for i in 1 2 3; do
-    port=$(free_port)
+    port=$(cluster_port)
     CLUSTER_PORTS+=("$port")
     start_redis "$WORK/redis-cluster-$i" "$port" --cluster-enabled yes \
         --cluster-config-file nodes.conf --cluster-node-timeout 1000

@@ -251,11 +251,7 @@ impl RedisCluster {
     pub async fn start() -> Self {
         let mut nodes = Vec::new();
         for _ in 0..3 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+            let port = cluster_port();
             let mut node = RedisServer {
                 child: None,
                 port,
@@ -312,5 +308,19 @@ impl RedisCluster {
             .output()
             .expect("redis-cli");
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+}
+
+/// A free port whose cluster bus port (10000 higher) is free and valid too.
+fn cluster_port() -> u16 {
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if port <= 55535 && std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+            return port;
+        }
     }
 }
