@@ -1,7 +1,8 @@
-//! A real three-master Redis Cluster behind every shared use: the feature
-//! cache (keys on every node, one `MGET` split by slot), the shared rate
-//! limit, and a fleet's rollout; and a master killed under load fails no
-//! request.
+//! Redis beyond one server. A real three-master Redis Cluster behind every
+//! shared use: the feature cache (keys on every node, one `MGET` split by
+//! slot), the shared rate limit, and a fleet's rollout; a master killed
+//! under load fails no request. And Redis Sentinel: the gateway follows a
+//! failover to the new master.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::support::redis::RedisCluster;
+use crate::support::redis::{RedisCluster, RedisSentinel};
 use crate::support::{sim, single_backend_config, GatewayProcess, TestClient, JSON, WAIT};
 
 /// `[gateway.redis]` for `cluster`.
@@ -26,6 +27,10 @@ fn redis_table(cluster: &RedisCluster) -> String {
 const MODEL: &str = r#"{"name":"screen-lr","version":"1","features":["a","b"],"coefficients":[1.0,1.0],"intercept":-5.0}"#;
 
 fn cascade_config(cluster: &RedisCluster, ensemble: &str, store: &str) -> String {
+    cascade_config_with(&redis_table(cluster), ensemble, store)
+}
+
+fn cascade_config_with(redis: &str, ensemble: &str, store: &str) -> String {
     format!(
         r#"
 [gateway]
@@ -60,7 +65,6 @@ store = "feature-store"
 ttl = "60s"
 negative_ttl = "60s"
 "#,
-        redis = redis_table(cluster),
     )
 }
 
@@ -262,4 +266,63 @@ async fn a_fleet_shares_its_rollout_through_a_cluster() {
     .await
     .expect("the other replica followed within 1 s");
     assert_eq!(followed["generation"], promoted.json()["generation"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_follows_a_sentinel_failover_to_the_new_master() {
+    let mut sentinel = RedisSentinel::start().await;
+    let ensemble = sim("ensemble", "1", "us-east").await;
+    let store = sim("store", "1", "us-east").await;
+    let nodes: Vec<String> = sentinel.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let redis = format!(
+        "[gateway.redis]\nsentinel_nodes = [{}]\nsentinel_master = \"{}\"\nresponse_timeout = \"200ms\"\n",
+        nodes.join(", "),
+        RedisSentinel::MASTER
+    );
+    let text = cascade_config_with(&redis, &ensemble.addr.to_string(), &store.addr.to_string());
+    let gateway = GatewayProcess::start_with_files(&text, &[("screen.json", MODEL)]).await;
+    let client = TestClient::new();
+    assert_eq!(
+        infer_entity(&client, &gateway, "before.example").await,
+        StatusCode::OK
+    );
+    let key = |entity: &str| format!("cascadia:features:{entity}");
+    tokio::time::timeout(WAIT, async {
+        while sentinel.master.cli(&["EXISTS", &key("before.example")]) != "1" {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("written to the master the sentinels named");
+
+    let old = sentinel.master.port;
+    sentinel.master.kill().await;
+    tokio::time::timeout(WAIT, async {
+        while sentinel.master_port() == Some(old) || sentinel.master_port().is_none() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the sentinels promoted the replica");
+    assert_eq!(sentinel.master_port(), Some(sentinel.replica.port));
+
+    // New entities land on the new master: the gateway found it. Until it
+    // does, lookups fall back to the store, and no request fails.
+    let mut i = 0;
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let entity = format!("after-{i}.example");
+            i += 1;
+            assert_eq!(
+                infer_entity(&client, &gateway, &entity).await,
+                StatusCode::OK
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if sentinel.replica.cli(&["EXISTS", &key(&entity)]) == "1" {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the gateway wrote to the new master");
 }

@@ -552,6 +552,19 @@ pub struct RedisSettings {
     /// A Redis Cluster's seed nodes (`redis://` or `rediss://` URLs); empty
     /// for one server at `url`.
     pub cluster_nodes: Vec<String>,
+    /// Redis Sentinel: the sentinels' URLs and the name of the master they
+    /// watch; the gateway asks them where the master is, and asks again
+    /// after a failover.
+    pub sentinel: Option<SentinelSettings>,
+}
+
+/// Where a Sentinel-managed master is found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentinelSettings {
+    /// `redis://host:26379` of each sentinel.
+    pub nodes: Vec<String>,
+    /// The master's name in the sentinels' config (`sentinel monitor NAME ...`).
+    pub master: String,
 }
 
 impl RedisSettings {
@@ -576,6 +589,10 @@ impl std::fmt::Debug for RedisSettings {
                     .iter()
                     .map(|n| redact_url(n))
                     .collect::<Vec<_>>(),
+            )
+            .field(
+                "sentinel_master",
+                &self.sentinel.as_ref().map(|s| &s.master),
             )
             .finish()
     }

@@ -259,6 +259,8 @@ pub(crate) struct RawRedis {
     pub key_prefix: Option<String>,
     pub tls_ca_file: Option<String>,
     pub cluster_nodes: Option<Vec<String>>,
+    pub sentinel_nodes: Option<Vec<String>>,
+    pub sentinel_master: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

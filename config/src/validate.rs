@@ -660,17 +660,52 @@ fn tracing_settings(raw: RawTracing, errors: &mut Collector) -> TracingSettings 
 
 fn redis(raw: RawRedis, errors: &mut Collector) -> RedisSettings {
     let cluster_nodes = raw.cluster_nodes.unwrap_or_default();
-    let url = match (raw.url, cluster_nodes.first()) {
-        (Some(_), Some(_)) => {
+    let sentinel_nodes = raw.sentinel_nodes.unwrap_or_default();
+    let modes = usize::from(raw.url.is_some())
+        + usize::from(!cluster_nodes.is_empty())
+        + usize::from(!sentinel_nodes.is_empty());
+    let url = if modes > 1 {
+        errors.push(
+            "gateway.redis",
+            "set one of url (one server), cluster_nodes (a Redis Cluster) and sentinel_nodes (Redis Sentinel)",
+        );
+        String::new()
+    } else if let Some(first) = cluster_nodes.first().or(sentinel_nodes.first()) {
+        // A cluster or a set of sentinels is named by its first node in logs.
+        first.clone()
+    } else {
+        required(raw.url, "gateway.redis.url", errors)
+    };
+    let sentinel = match (sentinel_nodes.is_empty(), raw.sentinel_master) {
+        (true, None) => None,
+        (true, Some(_)) => {
             errors.push(
-                "gateway.redis",
-                "set either url (one server) or cluster_nodes (a Redis Cluster), not both",
+                "gateway.redis.sentinel_master",
+                "a master name needs sentinel_nodes",
             );
-            String::new()
+            None
         }
-        // A cluster is named by its first seed in logs.
-        (None, Some(first)) => first.clone(),
-        (url, None) => required(url, "gateway.redis.url", errors),
+        (false, None) => {
+            errors.push(
+                "gateway.redis.sentinel_master",
+                "missing: the name the sentinels monitor the master under",
+            );
+            None
+        }
+        (false, Some(master)) => {
+            for (i, node) in sentinel_nodes.iter().enumerate() {
+                if !node.starts_with("redis://") {
+                    errors.push(
+                        format!("gateway.redis.sentinel_nodes[{i}]"),
+                        "must start with redis://",
+                    );
+                }
+            }
+            Some(crate::model::SentinelSettings {
+                nodes: sentinel_nodes,
+                master,
+            })
+        }
     };
     for (i, node) in cluster_nodes.iter().enumerate() {
         let scheme_matches = node.starts_with("rediss://") == url.starts_with("rediss://");
@@ -714,6 +749,7 @@ fn redis(raw: RawRedis, errors: &mut Collector) -> RedisSettings {
         tls_ca_file: raw.tls_ca_file,
         tls_ca_pem: None,
         cluster_nodes,
+        sentinel,
     }
 }
 
@@ -1873,6 +1909,32 @@ backends = ["a"]
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(
             errs[0].starts_with("gateway.redis.cluster_nodes[1]"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn sentinel_needs_its_nodes_and_the_master_name_together() {
+        let redis = |table: &str| format!("[gateway.redis]\n{table}\n{}", with_backends(ROUTE_M));
+        let config = parse(&redis(
+            "sentinel_nodes = [\"redis://s1:26379\", \"redis://s2:26379\"]\nsentinel_master = \"mymaster\"",
+        ))
+        .unwrap();
+        let sentinel = config.gateway.redis.unwrap().sentinel.unwrap();
+        assert_eq!(sentinel.master, "mymaster");
+        assert_eq!(sentinel.nodes.len(), 2);
+
+        let errs = errors(&redis("sentinel_nodes = [\"redis://s1:26379\"]"));
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("gateway.redis.sentinel_master")),
+            "{errs:?}"
+        );
+        let errs = errors(&redis(
+            "url = \"redis://r:6379\"\nsentinel_nodes = [\"redis://s1:26379\"]\nsentinel_master = \"m\"",
+        ));
+        assert!(
+            errs.iter().any(|e| e.starts_with("gateway.redis:")),
             "{errs:?}"
         );
     }

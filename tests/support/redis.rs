@@ -17,6 +17,8 @@ pub struct RedisServer {
     tls: bool,
     /// A node of a Redis Cluster.
     cluster: bool,
+    /// More `redis-server` arguments (`--replicaof`, say).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -34,6 +36,7 @@ impl RedisServer {
             dir,
             tls: false,
             cluster: false,
+            extra: Vec::new(),
         };
         server.spawn().await;
         server
@@ -115,6 +118,7 @@ impl RedisServer {
             dir,
             tls: true,
             cluster: false,
+            extra: Vec::new(),
         };
         server.spawn().await;
         server
@@ -162,6 +166,7 @@ impl RedisServer {
             .args(["--port", &plain_port])
             .args(&tls_args)
             .args(&cluster_args)
+            .args(&self.extra)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -258,6 +263,7 @@ impl RedisCluster {
                 dir: tempfile::tempdir().unwrap(),
                 tls: false,
                 cluster: true,
+                extra: Vec::new(),
             };
             node.spawn().await;
             nodes.push(node);
@@ -323,4 +329,122 @@ fn cluster_port() -> u16 {
             return port;
         }
     }
+}
+
+/// Redis Sentinel on free ports: one master, one replica of it, and three
+/// sentinels watching the master as `mymaster` (quorum 2, down after
+/// 500 ms).
+pub struct RedisSentinel {
+    pub master: RedisServer,
+    pub replica: RedisServer,
+    sentinels: Vec<(u16, Child, tempfile::TempDir)>,
+}
+
+impl RedisSentinel {
+    pub const MASTER: &'static str = "mymaster";
+
+    pub async fn start() -> Self {
+        let master = RedisServer::start().await;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut replica = RedisServer {
+            child: None,
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            tls: false,
+            cluster: false,
+            extra: vec![
+                "--replicaof".to_owned(),
+                "127.0.0.1".to_owned(),
+                master.port.to_string(),
+            ],
+        };
+        replica.spawn().await;
+        let mut sentinels = Vec::new();
+        for _ in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let dir = tempfile::tempdir().unwrap();
+            let conf = dir.path().join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor {} 127.0.0.1 {} 2\n\
+                     sentinel down-after-milliseconds {} 500\nsentinel failover-timeout {} 3000\n",
+                    dir.path().display(),
+                    Self::MASTER,
+                    master.port,
+                    Self::MASTER,
+                    Self::MASTER,
+                ),
+            )
+            .unwrap();
+            let child = Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("redis-server --sentinel");
+            sentinels.push((port, child, dir));
+        }
+        let set = Self {
+            master,
+            replica,
+            sentinels,
+        };
+        // Ready once every sentinel knows the replica and the two others,
+        // so a failover can be agreed on.
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let ready = set.sentinels.iter().all(|(port, _, _)| {
+                    let replicas = sentinel_cli(*port, &["SENTINEL", "REPLICAS", Self::MASTER]);
+                    let others = sentinel_cli(*port, &["SENTINEL", "SENTINELS", Self::MASTER]);
+                    replicas.contains(&set.replica.port.to_string())
+                        && others.matches("runid").count() >= 2
+                });
+                if ready {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .expect("the sentinels became ready");
+        set
+    }
+
+    /// The sentinels, as `sentinel_nodes` takes them.
+    pub fn urls(&self) -> Vec<String> {
+        self.sentinels
+            .iter()
+            .map(|(port, _, _)| format!("redis://127.0.0.1:{port}"))
+            .collect()
+    }
+
+    /// The port the sentinels name as the master now.
+    pub fn master_port(&self) -> Option<u16> {
+        let (port, _, _) = &self.sentinels[0];
+        let reply = sentinel_cli(
+            *port,
+            &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", Self::MASTER],
+        );
+        reply.lines().nth(1)?.trim().parse().ok()
+    }
+}
+
+fn sentinel_cli(port: u16, args: &[&str]) -> String {
+    let output = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }

@@ -30,6 +30,71 @@ pub const OPEN_FOR: Duration = Duration::from_secs(1);
 enum Connection {
     Server(ConnectionManager),
     Cluster(Arc<LazyCluster>),
+    Sentinel(Arc<SentinelLink>),
+}
+
+/// The master that Redis Sentinel names, connected on first use and found
+/// again (the sentinels asked anew) after a call fails on it: a failover
+/// moves the master, and the old one refuses writes (`READONLY`) or is
+/// gone.
+struct SentinelLink {
+    sentinel: tokio::sync::Mutex<redis::sentinel::SentinelClient>,
+    master: std::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+    /// A master that hangs (cut off, not dead) is given up on past this.
+    timeout: Duration,
+}
+
+impl SentinelLink {
+    async fn get(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        if let Some(connection) = self.current() {
+            return Ok(connection);
+        }
+        let mut sentinel = self.sentinel.lock().await;
+        // Another call may have found it while this one waited.
+        if let Some(connection) = self.current() {
+            return Ok(connection);
+        }
+        let client = sentinel.async_get_client().await?;
+        let connection = client.get_multiplexed_async_connection().await?;
+        *self.master.lock().unwrap_or_else(|e| e.into_inner()) = Some(connection.clone());
+        Ok(connection)
+    }
+
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> redis::RedisResult<T> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the master did not answer in time",
+            ))),
+        }
+    }
+
+    fn current(&self) -> Option<redis::aio::MultiplexedConnection> {
+        self.master
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// After a failed call: ask the sentinels again next time, unless the
+    /// error was about the command itself (a script's, say).
+    fn settle<T>(&self, result: redis::RedisResult<T>) -> redis::RedisResult<T> {
+        if let Err(error) = &result {
+            let moved = error.is_io_error()
+                || error.is_connection_dropped()
+                || error.is_connection_refusal()
+                || error.is_timeout()
+                || error.code() == Some("READONLY");
+            if moved {
+                *self.master.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            }
+        }
+        result
+    }
 }
 
 /// A cluster connection made on first use, and made again after a failed
@@ -59,6 +124,11 @@ impl redis::aio::ConnectionLike for Connection {
                 let mut connection = lazy.get().await?;
                 connection.req_packed_command(cmd).await
             }),
+            Self::Sentinel(link) => Box::pin(async move {
+                let mut connection = link.get().await?;
+                let call = connection.req_packed_command(cmd);
+                link.settle(link.bounded(call).await)
+            }),
         }
     }
 
@@ -76,13 +146,18 @@ impl redis::aio::ConnectionLike for Connection {
                     .req_packed_commands(pipeline, offset, count)
                     .await
             }),
+            Self::Sentinel(link) => Box::pin(async move {
+                let mut connection = link.get().await?;
+                let call = connection.req_packed_commands(pipeline, offset, count);
+                link.settle(link.bounded(call).await)
+            }),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Self::Server(connection) => connection.get_db(),
-            Self::Cluster(_) => 0,
+            Self::Cluster(_) | Self::Sentinel(_) => 0,
         }
     }
 }
@@ -131,7 +206,22 @@ impl RedisTier {
             // install (another tier, a test) is a harmless no-op.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let connection = if settings.cluster_nodes.is_empty() {
+        let connection = if let Some(sentinel) = &settings.sentinel {
+            let client = redis::sentinel::SentinelClient::build(
+                sentinel.nodes.iter().map(String::as_str).collect(),
+                sentinel.master.as_str(),
+                None,
+                redis::sentinel::SentinelServerType::Master,
+            )
+            .map_err(|e| e.to_string())?;
+            Connection::Sentinel(Arc::new(SentinelLink {
+                sentinel: tokio::sync::Mutex::new(client),
+                master: std::sync::Mutex::new(None),
+                // The request path's own bound: past it the caller has
+                // given up anyway, and the next call asks the sentinels.
+                timeout: settings.response_timeout.get(),
+            }))
+        } else if settings.cluster_nodes.is_empty() {
             let client = if tls {
                 redis::Client::build_with_tls(settings.url.as_str(), certificates())
             } else {
