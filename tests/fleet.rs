@@ -420,3 +420,152 @@ async fn without_redis_every_replica_holds_the_last_plan_and_nothing_changes_it(
         );
     }
 }
+
+/// Two regions, us-east preferred, over `redis`.
+async fn regional(redis: &RedisServer) -> (String, Vec<cascadia_sim::SimHandle>) {
+    let east = crate::support::sim("us-east-a", "1", "us-east").await;
+    let west = crate::support::sim("eu-west-a", "1", "eu-west").await;
+    let text = format!(
+        r#"
+[gateway]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[gateway.redis]
+url = "{redis}"
+
+[[backends]]
+name = "fraud-us-east"
+region = "us-east"
+endpoints = ["{east}"]
+
+[[backends]]
+name = "fraud-eu-west"
+region = "eu-west"
+endpoints = ["{west}"]
+
+[[routes]]
+name = "fraud"
+match = {{ model = "fraud" }}
+backends = ["fraud-us-east", "fraud-eu-west"]
+"#,
+        redis = redis.url(),
+        east = east.addr,
+        west = west.addr,
+    );
+    (text, vec![east, west])
+}
+
+/// The region `us-east` as `replica` reports it.
+async fn us_east(client: &TestClient, replica: &GatewayProcess) -> Value {
+    let regions = client
+        .get(&replica.admin_url("/admin/regions"), &[])
+        .await
+        .json();
+    regions["regions"]
+        .as_array()
+        .and_then(|all| all.iter().find(|r| r["region"] == "us-east"))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Waits up to `within` until every replica in `replicas` reports
+/// `us-east` as `check` wants it.
+async fn regions_agree(
+    client: &TestClient,
+    replicas: &[&GatewayProcess],
+    within: Duration,
+    check: impl Fn(&Value) -> bool,
+) {
+    let started = Instant::now();
+    loop {
+        let mut states = Vec::new();
+        for replica in replicas {
+            states.push(us_east(client, replica).await);
+        }
+        if states.iter().all(&check) {
+            return;
+        }
+        assert!(
+            started.elapsed() < within,
+            "not every replica got there within {within:?}: {states:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_through_one_replica_drains_the_fleet_and_a_restore_through_another_undoes_it() {
+    let redis = RedisServer::start().await;
+    let (text, _sims) = regional(&redis).await;
+    let mut replicas = fleet(&text).await;
+    let client = TestClient::new();
+    let drained = replicas[0]
+        .admin_post(&client, "/admin/regions/us-east/drain")
+        .await;
+    assert_eq!(drained.status, StatusCode::OK);
+    let all: Vec<&GatewayProcess> = replicas.iter().collect();
+    regions_agree(&client, &all, FOLLOW, |r| r["drained"] == true).await;
+    // The others send nothing to the drained region.
+    for _ in 0..10 {
+        let response = client
+            .infer(&replicas[2].url("/v2/models/fraud/infer"), &[])
+            .await;
+        assert_eq!(response.backend(), "fraud-eu-west");
+    }
+    let restored = replicas[1]
+        .admin_post(&client, "/admin/regions/us-east/restore")
+        .await;
+    assert_eq!(restored.status, StatusCode::OK);
+    regions_agree(&client, &all, FOLLOW, |r| r["drained"] == false).await;
+    let response = client
+        .infer(&replicas[0].url("/v2/models/fraud/infer"), &[])
+        .await;
+    assert_eq!(response.backend(), "fraud-us-east");
+
+    // A replica that drains and dies cannot leave the region drained: its
+    // entry lapses, and the others restore the region.
+    replicas[2]
+        .admin_post(&client, "/admin/regions/us-east/drain")
+        .await;
+    let all: Vec<&GatewayProcess> = replicas.iter().collect();
+    regions_agree(&client, &all, FOLLOW, |r| r["drained"] == true).await;
+    drop(replicas.remove(2));
+    let rest: Vec<&GatewayProcess> = replicas.iter().collect();
+    regions_agree(&client, &rest, Duration::from_secs(4), |r| {
+        r["drained"] == false
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drill_through_one_replica_faults_the_region_on_every_replica_and_ends_on_all() {
+    let redis = RedisServer::start().await;
+    let (text, _sims) = regional(&redis).await;
+    let replicas = fleet(&text).await;
+    let client = TestClient::new();
+    let started = client
+        .send(
+            Method::POST,
+            &replicas[0].admin_url("/admin/drills"),
+            JSON,
+            r#"{"region": "us-east", "fault": "blackhole", "duration_s": 2.0}"#,
+        )
+        .await;
+    assert_eq!(started.status, StatusCode::ACCEPTED, "{:?}", started.json());
+    let all: Vec<&GatewayProcess> = replicas.iter().collect();
+    regions_agree(&client, &all, FOLLOW, |r| r["drill_fault"] == "Blackhole").await;
+    // Another replica's traffic fails over too.
+    for _ in 0..5 {
+        let response = client
+            .infer(&replicas[1].url("/v2/models/fraud/infer"), &[])
+            .await;
+        assert_eq!(response.status, StatusCode::OK);
+        assert_eq!(response.backend(), "fraud-eu-west");
+    }
+    // The drill ends on the replica that ran it, and so on every replica.
+    regions_agree(&client, &all, Duration::from_secs(5), |r| {
+        r["drill_fault"].is_null()
+    })
+    .await;
+}

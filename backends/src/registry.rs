@@ -123,6 +123,16 @@ impl Registry {
         state.regions.get(region).cloned()
     }
 
+    /// Every region some backend has been in, with its operator state.
+    pub fn regions(&self) -> Vec<(String, Arc<RegionState>)> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state
+            .regions
+            .iter()
+            .map(|(name, region)| (name.clone(), Arc::clone(region)))
+            .collect()
+    }
+
     /// Drains or restores a region; false when no backend has ever been in
     /// that region.
     pub fn set_region_drained(&self, region: &str, drained: bool) -> bool {

@@ -27,8 +27,9 @@
 //! - L4 [`proxy`] (the phases) and [`listener`] (HTTP/1.1 and h2c on one
 //!   port, head-read, idle and write timeouts, graceful drain).
 //! - L5 [`reload`] (rebuilds and swaps the snapshot), [`rollout`]
-//!   (automated canary analysis, promotion and rollback) and [`drills`]
-//!   (failover drills).
+//!   (automated canary analysis, promotion and rollback), [`drills`]
+//!   (failover drills) and [`fleet`] (drains and drill faults shared by
+//!   every replica).
 //! - L6 [`metrics`], [`admin`] (the admin API on its own port), [`server`]
 //!   (starts the listeners and the reloader), [`demo`] and [`cli`] (the
 //!   binary's commands).
@@ -44,6 +45,7 @@ pub mod core;
 pub mod demo;
 pub mod drills;
 pub mod features;
+pub mod fleet;
 pub mod forward;
 pub mod listener;
 pub mod metrics;

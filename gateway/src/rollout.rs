@@ -233,6 +233,11 @@ impl Rollouts {
         }
     }
 
+    /// This replica's name in the fleet's shared state.
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
     /// Every plan's state and current window, sorted by route.
     pub fn status(&self) -> Vec<serde_json::Value> {
         let plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());

@@ -104,6 +104,15 @@ impl Gateway {
             shutdown_rx.clone(),
         ));
         tasks.spawn(Arc::clone(&rollouts).run(Arc::clone(&snapshot), shutdown_rx.clone()));
+        // With Redis, drains and drill faults reach every replica.
+        if let Some(redis) = snapshot.load().redis.clone() {
+            tasks.spawn(crate::fleet::run(
+                redis,
+                Arc::clone(&registry),
+                rollouts.replica().to_owned(),
+                shutdown_rx.clone(),
+            ));
+        }
         tasks.spawn(admin::serve(
             admin_listener,
             Admin::new(Arc::clone(&snapshot), reload.clone(), registry, rollouts),
