@@ -569,3 +569,38 @@ async fn a_drill_through_one_replica_faults_the_region_on_every_replica_and_ends
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drills_report_adds_up_what_every_replicas_clients_saw() {
+    let redis = RedisServer::start().await;
+    let (text, _sims) = regional(&redis).await;
+    let replicas = fleet(&text).await;
+    let client = TestClient::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (failures, tasks) = load(&client, &replicas, stop.clone());
+    // Every replica has published its counts before the drill reads them.
+    tokio::time::timeout(WAIT, async {
+        while redis.cli(&["HLEN", "cascadia:fleet:traffic"]) != "3" {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("every replica published its traffic");
+    let report = replicas[0]
+        .run_drill(
+            &client,
+            r#"{"region": "us-east", "fault": "blackhole", "duration_s": 1.5}"#,
+        )
+        .await;
+    stop_load(stop, tasks).await;
+    let fleet = &report["fleet"];
+    assert_eq!(fleet["replicas"], 3, "{report}");
+    let own = report["requests"].as_u64().unwrap();
+    let all = fleet["requests"].as_u64().unwrap();
+    assert!(
+        all > own * 2,
+        "the fleet's {all} requests are about three replicas' worth of {own}: {report}"
+    );
+    assert_eq!(fleet["errors"], 0, "{report}");
+    assert_eq!(failures.load(Ordering::Relaxed), 0);
+}

@@ -103,6 +103,21 @@ pub struct DrillReport {
     pub flaps: u64,
     pub steady_ms: Option<u64>,
     pub abort_reason: Option<String>,
+    /// With Redis: what every replica's clients saw during the fault (each
+    /// replica's published counts, at most 200 ms old, summed).
+    pub fleet: Option<FleetTraffic>,
+}
+
+/// A drill's numbers over the whole fleet.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetTraffic {
+    /// Replicas heard from both when the fault went in and when it came out.
+    pub replicas: usize,
+    pub requests: u64,
+    pub errors: u64,
+    pub error_rate: f64,
+    /// Upper bound of the histogram bucket holding the 99th percentile.
+    pub p99_ms: Option<f64>,
 }
 
 /// The drills this gateway ran or is running.
@@ -144,6 +159,7 @@ impl Drills {
             flaps: 0,
             steady_ms: None,
             abort_reason: None,
+            fleet: None,
         };
         {
             let mut reports = self.reports.lock().unwrap_or_else(|e| e.into_inner());
@@ -191,6 +207,11 @@ impl Drills {
 
     async fn run(&self, id: u64, spec: DrillSpec, target: DrillTarget, snapshot: SharedSnapshot) {
         let before = Counters::read(&snapshot.load(), &target);
+        let redis = snapshot.load().redis.clone();
+        let fleet_before = match &redis {
+            Some(redis) => crate::fleet::fleet_traffic(redis).await,
+            None => None,
+        };
         let started = Instant::now();
         target.inject(&spec.fault, true);
         tracing::warn!(drill = id, fault = %describe(&spec.fault), "drill started");
@@ -250,6 +271,12 @@ impl Drills {
         target.inject(&spec.fault, false);
         let reverted = Instant::now();
         let after = Counters::read(&snapshot.load(), &target);
+        let fleet = match (&redis, fleet_before) {
+            (Some(redis), Some(before)) => crate::fleet::fleet_traffic(redis)
+                .await
+                .map(|after| fleet_totals(&before, &after)),
+            _ => None,
+        };
         let (requests, errors) = after.since(&before);
         self.update(id, |r| {
             r.state = "reverted";
@@ -265,6 +292,7 @@ impl Drills {
             };
             r.p99_ms = after.p99_since(&before);
             r.abort_reason = abort.clone();
+            r.fleet = fleet;
         });
         tracing::warn!(drill = id, "drill fault reverted");
 
@@ -289,6 +317,33 @@ impl Drills {
                 "completed"
             };
         });
+    }
+}
+
+/// The fleet's traffic between two readings: each replica's own
+/// difference (a replica missing from either, or restarted, is left out).
+fn fleet_totals(
+    before: &std::collections::HashMap<String, crate::fleet::Traffic>,
+    after: &std::collections::HashMap<String, crate::fleet::Traffic>,
+) -> FleetTraffic {
+    let mut sum = crate::fleet::Traffic::default();
+    let mut replicas = 0;
+    for (replica, now) in after {
+        if let Some(delta) = before.get(replica).and_then(|then| now.since(then)) {
+            sum.add(&delta);
+            replicas += 1;
+        }
+    }
+    FleetTraffic {
+        replicas,
+        requests: sum.requests,
+        errors: sum.errors,
+        error_rate: if sum.requests == 0 {
+            0.0
+        } else {
+            sum.errors as f64 / sum.requests as f64
+        },
+        p99_ms: crate::core::stats::bucket_quantile_ms(&sum.buckets, 0.99),
     }
 }
 

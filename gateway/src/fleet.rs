@@ -18,8 +18,12 @@
 //! that must outlive it belongs in the config (take the region's backends
 //! out of the route).
 //!
+//! Every replica also publishes its traffic totals every tick
+//! (`cascadia:fleet:traffic`), so a drill's report can add what the whole
+//! fleet's clients saw ([`fleet_traffic`]).
+//!
 //! Without Redis nothing is shared: drains and drills stay on the replica
-//! they were sent to. Drill reports are each replica's own.
+//! they were sent to, and a drill reports its own replica's traffic only.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,6 +41,88 @@ pub const TICK: Duration = Duration::from_millis(200);
 pub const LEASE: Duration = Duration::from_secs(2);
 
 const KEY: &str = "cascadia:fleet:regions";
+const TRAFFIC_KEY: &str = "cascadia:fleet:traffic";
+/// A replica's published traffic counts as the fleet's while this fresh.
+const TRAFFIC_FRESH: Duration = Duration::from_secs(5);
+
+/// One replica's answers so far, over every route.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Traffic {
+    pub requests: u64,
+    /// 5xx answers.
+    pub errors: u64,
+    /// Per `stats::BUCKETS` bucket.
+    pub buckets: Vec<u64>,
+    #[serde(default)]
+    at_ms: u64,
+}
+
+impl Traffic {
+    /// This replica's totals now.
+    pub fn of(snapshot: &crate::snapshot::Snapshot) -> Self {
+        let mut traffic = Traffic {
+            buckets: vec![0; crate::core::stats::BUCKETS.len()],
+            ..Self::default()
+        };
+        for route in snapshot.routes.iter() {
+            let (requests, errors) = route.stats.totals();
+            traffic.requests += requests;
+            traffic.errors += errors;
+            for (sum, n) in traffic.buckets.iter_mut().zip(route.stats.bucket_counts()) {
+                *sum += n;
+            }
+        }
+        traffic
+    }
+
+    /// What happened between `earlier` and `self`; `None` when the counts
+    /// went backwards (the replica restarted in between).
+    pub fn since(&self, earlier: &Traffic) -> Option<Traffic> {
+        if self.requests < earlier.requests || self.buckets.len() != earlier.buckets.len() {
+            return None;
+        }
+        Some(Traffic {
+            requests: self.requests - earlier.requests,
+            errors: self.errors.saturating_sub(earlier.errors),
+            buckets: self
+                .buckets
+                .iter()
+                .zip(&earlier.buckets)
+                .map(|(a, b)| a.saturating_sub(*b))
+                .collect(),
+            at_ms: self.at_ms,
+        })
+    }
+
+    /// Adds another replica's counts.
+    pub fn add(&mut self, other: &Traffic) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        if self.buckets.len() < other.buckets.len() {
+            self.buckets.resize(other.buckets.len(), 0);
+        }
+        for (sum, n) in self.buckets.iter_mut().zip(&other.buckets) {
+            *sum += n;
+        }
+    }
+}
+
+/// Every replica's published traffic (fresh ones only), by replica; `None`
+/// when Redis cannot answer.
+pub async fn fleet_traffic(redis: &RedisTier) -> Option<HashMap<String, Traffic>> {
+    let now = unix_ms();
+    let fields = redis.all_fields(TRAFFIC_KEY).await?;
+    Some(
+        fields
+            .into_iter()
+            .filter_map(|(replica, bytes)| {
+                let traffic: Traffic = serde_json::from_slice(&bytes).ok()?;
+                (now.saturating_sub(traffic.at_ms) <= TRAFFIC_FRESH.as_millis() as u64)
+                    .then_some((replica, traffic))
+            })
+            .collect(),
+    )
+}
 
 /// What a region should be, as one replica set it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,6 +172,7 @@ type Wanted = (bool, Option<SharedFault>);
 pub async fn run(
     redis: Arc<RedisTier>,
     registry: Arc<Registry>,
+    snapshot: crate::snapshot::SharedSnapshot,
     replica: String,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -98,7 +185,16 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => sharing.tick(&redis, &registry).await,
+            _ = tick.tick() => {
+                sharing.tick(&redis, &registry).await;
+                let mut traffic = Traffic::of(&snapshot.load());
+                traffic.at_ms = unix_ms();
+                if let Ok(bytes) = serde_json::to_vec(&traffic) {
+                    redis
+                        .put_field(TRAFFIC_KEY, &sharing.replica, &bytes, TRAFFIC_FRESH * 2)
+                        .await;
+                }
+            }
             _ = shutdown.changed() => return,
         }
     }

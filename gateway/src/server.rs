@@ -109,6 +109,7 @@ impl Gateway {
             tasks.spawn(crate::fleet::run(
                 redis,
                 Arc::clone(&registry),
+                Arc::clone(&snapshot),
                 rollouts.replica().to_owned(),
                 shutdown_rx.clone(),
             ));
