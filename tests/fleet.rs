@@ -604,3 +604,81 @@ async fn a_drills_report_adds_up_what_every_replicas_clients_saw() {
     assert_eq!(fleet["errors"], 0, "{report}");
     assert_eq!(failures.load(Ordering::Relaxed), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_shared_ejections_an_endpoint_one_replica_ejects_is_avoided_by_all() {
+    let redis = RedisServer::start().await;
+    let healthy = crate::support::sim("us-east-a", "1", "us-east").await;
+    // Nobody listens here: every attempt is refused.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let text = format!(
+        r#"
+[gateway]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+shared_ejections = true
+
+[gateway.redis]
+url = "{redis}"
+
+[[backends]]
+name = "fraud-us-east"
+region = "us-east"
+endpoints = ["{healthy}", "{dead}"]
+balancer = "round-robin"
+outlier = {{ consecutive_failures = 2, base_ejection = "30s", max_ejected_percent = 50 }}
+
+[[routes]]
+name = "fraud"
+match = {{ model = "fraud" }}
+backends = ["fraud-us-east"]
+retries = {{ attempts = 2, budget_percent = 100 }}
+"#,
+        redis = redis.url(),
+        healthy = healthy.addr,
+    );
+    let replicas = fleet(&text).await;
+    let client = TestClient::new();
+    let ejected = |replica: &GatewayProcess| {
+        let client = client.clone();
+        let url = replica.admin_url("/admin/backends");
+        let dead = dead.to_string();
+        async move {
+            let backends = client.get(&url, &[]).await.json();
+            backends.to_string().contains(&dead)
+                && backends["backends"][0]["endpoints"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e["address"] == dead.as_str() && e["ejected"] == true)
+        }
+    };
+    // Only replica 0 sends traffic: it ejects the dead endpoint.
+    let url = replicas[0].url("/v2/models/fraud/infer");
+    tokio::time::timeout(WAIT, async {
+        while !ejected(&replicas[0]).await {
+            assert_eq!(client.infer(&url, &[]).await.status, StatusCode::OK);
+        }
+    })
+    .await
+    .expect("replica 0 ejected the dead endpoint");
+    let since = Instant::now();
+    // The others avoid it without having tried it.
+    for replica in &replicas[1..] {
+        tokio::time::timeout(Duration::from_secs(1), async {
+            while !ejected(replica).await {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "another replica still uses the endpoint after {:?}",
+                since.elapsed()
+            )
+        });
+    }
+}

@@ -266,6 +266,20 @@ impl Endpoint {
         }
     }
 
+    /// How much longer the endpoint stays ejected, if it is.
+    pub fn ejected_for(&self, now: Instant) -> Option<Duration> {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        let at = self.nanos(now);
+        (until > at).then(|| Duration::from_nanos(until - at))
+    }
+
+    /// Ejects the endpoint until `until` (another replica's ejection), unless
+    /// it already is for longer.
+    pub fn eject_until(&self, until: Instant) {
+        self.ejected_until
+            .fetch_max(self.nanos(until), Ordering::Relaxed);
+    }
+
     /// Ends an ejection now (used when a region is restored by an operator).
     pub fn clear_ejection(&self) {
         self.ejected_until.store(0, Ordering::Relaxed);

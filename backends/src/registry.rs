@@ -123,6 +123,18 @@ impl Registry {
         state.regions.get(region).cloned()
     }
 
+    /// Every endpoint, as `backend/authority` with its state.
+    pub fn endpoints(&self) -> Vec<(String, Arc<Endpoint>)> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state
+            .endpoints
+            .iter()
+            .map(|((backend, authority), endpoint)| {
+                (format!("{backend}/{authority}"), Arc::clone(endpoint))
+            })
+            .collect()
+    }
+
     /// Every region some backend has been in, with its operator state.
     pub fn regions(&self) -> Vec<(String, Arc<RegionState>)> {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());

@@ -138,6 +138,10 @@ pub struct GatewaySettings {
     /// file (an in-place write, a failed template render, `> file`) is
     /// rejected instead of turning every request into a 404.
     pub allow_no_routes: bool,
+    /// With `[gateway.redis]`: an endpoint one replica ejects is avoided by
+    /// every replica until that ejection ends. Default false (each replica
+    /// judges endpoints by its own attempts).
+    pub shared_ejections: bool,
 }
 
 /// OpenTelemetry traces, exported over OTLP/gRPC. Read at start-up: a

@@ -32,6 +32,7 @@ pub(crate) struct RawGateway {
     pub admin: Option<RawAdmin>,
     pub tracing: Option<RawTracing>,
     pub allow_no_routes: Option<bool>,
+    pub shared_ejections: Option<bool>,
     pub trusted_proxies: Option<Vec<String>>,
 }
 

@@ -190,6 +190,7 @@ fn gateway(raw: RawGateway, errors: &mut Collector) -> GatewaySettings {
         redis: raw.redis.map(|r| redis(r, errors)),
         tracing: raw.tracing.map(|t| tracing_settings(t, errors)),
         allow_no_routes: raw.allow_no_routes.unwrap_or(false),
+        shared_ejections: raw.shared_ejections.unwrap_or(false),
         trusted_proxies: raw
             .trusted_proxies
             .iter()

@@ -18,6 +18,11 @@
 //! that must outlive it belongs in the config (take the region's backends
 //! out of the route).
 //!
+//! With `gateway.shared_ejections`, an endpoint one replica's outlier
+//! detection ejects is avoided by every replica until that ejection ends
+//! (`cascadia:fleet:ejections`, one field per endpoint with the wall-clock
+//! end), within a tick.
+//!
 //! Every replica also publishes its traffic totals every tick
 //! (`cascadia:fleet:traffic`), so a drill's report can add what the whole
 //! fleet's clients saw ([`fleet_traffic`]).
@@ -42,6 +47,7 @@ pub const LEASE: Duration = Duration::from_secs(2);
 
 const KEY: &str = "cascadia:fleet:regions";
 const TRAFFIC_KEY: &str = "cascadia:fleet:traffic";
+const EJECTIONS_KEY: &str = "cascadia:fleet:ejections";
 /// A replica's published traffic counts as the fleet's while this fresh.
 const TRAFFIC_FRESH: Duration = Duration::from_secs(5);
 
@@ -180,6 +186,7 @@ pub async fn run(
         replica,
         applied: HashMap::new(),
         seen: HashMap::new(),
+        ejections: HashMap::new(),
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -187,6 +194,9 @@ pub async fn run(
         tokio::select! {
             _ = tick.tick() => {
                 sharing.tick(&redis, &registry).await;
+                if snapshot.load().config.gateway.shared_ejections {
+                    sharing.share_ejections(&redis, &registry).await;
+                }
                 let mut traffic = Traffic::of(&snapshot.load());
                 traffic.at_ms = unix_ms();
                 if let Ok(bytes) = serde_json::to_vec(&traffic) {
@@ -206,6 +216,9 @@ struct Sharing {
     applied: HashMap<String, Wanted>,
     /// The newest entry this replica has acted on, per region.
     seen: HashMap<String, Entry>,
+    /// The end (wall-clock ms) of each endpoint's ejection, published or
+    /// applied, so an ejection is shared once and not echoed back.
+    ejections: HashMap<String, u64>,
 }
 
 impl Sharing {
@@ -270,6 +283,59 @@ impl Sharing {
                 _ => {}
             }
         }
+    }
+
+    /// Publishes this replica's new ejections, and applies the others'.
+    async fn share_ejections(&mut self, redis: &RedisTier, registry: &Registry) {
+        let now = unix_ms();
+        let instant = tokio::time::Instant::now();
+        let endpoints = registry.endpoints();
+        for (name, endpoint) in &endpoints {
+            let Some(left) = endpoint.ejected_for(instant) else {
+                continue;
+            };
+            let until = now + left.as_millis() as u64;
+            // Already shared (by us or to us) if it ends when we know it
+            // ends, give or take a tick.
+            let known = self
+                .ejections
+                .get(name)
+                .is_some_and(|&end| end + TICK.as_millis() as u64 >= until);
+            if !known {
+                // The hash outlives any ejection; each field carries its end.
+                if redis
+                    .put_field(
+                        EJECTIONS_KEY,
+                        name,
+                        until.to_string().as_bytes(),
+                        Duration::from_secs(3600),
+                    )
+                    .await
+                {
+                    tracing::info!(endpoint = %name, ejected_ms = left.as_millis() as u64, "fleet: shared an ejection");
+                    self.ejections.insert(name.clone(), until);
+                }
+            }
+        }
+        let Some(fields) = redis.all_fields(EJECTIONS_KEY).await else {
+            return;
+        };
+        for (name, bytes) in fields {
+            let Some(until) = std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if until <= now || self.ejections.get(&name).is_some_and(|&end| end >= until) {
+                continue;
+            }
+            if let Some((_, endpoint)) = endpoints.iter().find(|(n, _)| *n == name) {
+                endpoint.eject_until(instant + Duration::from_millis(until - now));
+                self.ejections.insert(name, until);
+            }
+        }
+        self.ejections.retain(|_, end| *end > now);
     }
 
     async fn publish(&mut self, redis: &RedisTier, region: &str, wanted: Wanted, now: u64) {
