@@ -348,8 +348,9 @@ async fn when_the_decider_dies_another_takes_over_and_no_step_is_lost_or_repeate
     })
     .await
     .expect("another replica took over");
+    // One lease (1 s) and a few ticks; more on a loaded machine.
     assert!(
-        taken <= Duration::from_millis(1_500),
+        taken <= Duration::from_millis(2_500),
         "took over after {taken:?}"
     );
 
