@@ -13,7 +13,7 @@ use crate::support::redis::RedisServer;
 use crate::support::{sim, GatewayProcess, TestClient, TestResponse, WAIT};
 
 /// p = sigmoid(a + b); `a` comes with the request, `b` from the store.
-const MODEL: &str = r#"{"name":"screen-lr","version":"1","features":["a","b"],"coefficients":[1.0,1.0],"intercept":-5.0}"#;
+pub(crate) const MODEL: &str = r#"{"name":"screen-lr","version":"1","features":["a","b"],"coefficients":[1.0,1.0],"intercept":-5.0}"#;
 
 fn config(
     ensemble: &SimHandle,
@@ -29,6 +29,17 @@ fn config(
             )
         })
         .unwrap_or_default();
+    config_with_redis(ensemble, store, &redis, entity_extra)
+}
+
+/// A cascade route `fraud` whose feature `b` comes from the store through
+/// the cache, over the `[gateway.redis]` table `redis` (may be empty).
+pub(crate) fn config_with_redis(
+    ensemble: &SimHandle,
+    store: &SimHandle,
+    redis: &str,
+    entity_extra: &str,
+) -> String {
     format!(
         r#"
 [gateway]

@@ -11,6 +11,8 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
+use cascadia_sim::SimHandle;
+
 use crate::support::redis::{RedisCluster, RedisSentinel};
 use crate::support::{sim, single_backend_config, GatewayProcess, TestClient, JSON, WAIT};
 
@@ -23,49 +25,10 @@ fn redis_table(cluster: &RedisCluster) -> String {
     )
 }
 
-/// p = sigmoid(a + b - 5); `b` comes from the feature store.
-const MODEL: &str = r#"{"name":"screen-lr","version":"1","features":["a","b"],"coefficients":[1.0,1.0],"intercept":-5.0}"#;
+use crate::features::{config_with_redis, MODEL};
 
-fn cascade_config(cluster: &RedisCluster, ensemble: &str, store: &str) -> String {
-    cascade_config_with(&redis_table(cluster), ensemble, store)
-}
-
-fn cascade_config_with(redis: &str, ensemble: &str, store: &str) -> String {
-    format!(
-        r#"
-[gateway]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-{redis}
-[[backends]]
-name = "ensemble"
-region = "us-east"
-endpoints = ["{ensemble}"]
-
-[[backends]]
-name = "feature-store"
-region = "us-east"
-endpoints = ["{store}"]
-
-[[routes]]
-name = "fraud"
-match = {{ model = "fraud" }}
-backends = ["ensemble"]
-
-[routes.cascade]
-model = "screen.json"
-input = "x"
-accept_below = 0.2
-reject_above = 0.8
-
-[routes.cascade.entity]
-key_header = "x-entity"
-features = ["b"]
-store = "feature-store"
-ttl = "60s"
-negative_ttl = "60s"
-"#,
-    )
+fn cascade_config(cluster: &RedisCluster, ensemble: &SimHandle, store: &SimHandle) -> String {
+    config_with_redis(ensemble, store, &redis_table(cluster), "")
 }
 
 async fn infer_entity(client: &TestClient, gateway: &GatewayProcess, entity: &str) -> StatusCode {
@@ -87,11 +50,7 @@ async fn the_feature_cache_and_the_shared_limit_work_on_a_cluster() {
     let cluster = RedisCluster::start().await;
     let ensemble = sim("ensemble", "1", "us-east").await;
     let store = sim("store", "1", "us-east").await;
-    let text = cascade_config(
-        &cluster,
-        &ensemble.addr.to_string(),
-        &store.addr.to_string(),
-    );
+    let text = cascade_config(&cluster, &ensemble, &store);
     let files = [("screen.json", MODEL)];
     let first = GatewayProcess::start_with_files(&text, &files).await;
     let client = TestClient::new();
@@ -161,11 +120,7 @@ async fn a_master_killed_under_load_fails_no_request() {
     let mut cluster = RedisCluster::start().await;
     let ensemble = sim("ensemble", "1", "us-east").await;
     let store = sim("store", "1", "us-east").await;
-    let text = cascade_config(
-        &cluster,
-        &ensemble.addr.to_string(),
-        &store.addr.to_string(),
-    );
+    let text = cascade_config(&cluster, &ensemble, &store);
     let gateway = GatewayProcess::start_with_files(&text, &[("screen.json", MODEL)]).await;
     let client = TestClient::new();
     let stop = Arc::new(AtomicBool::new(false));
@@ -279,7 +234,7 @@ async fn the_gateway_follows_a_sentinel_failover_to_the_new_master() {
         nodes.join(", "),
         RedisSentinel::MASTER
     );
-    let text = cascade_config_with(&redis, &ensemble.addr.to_string(), &store.addr.to_string());
+    let text = config_with_redis(&ensemble, &store, &redis, "");
     let gateway = GatewayProcess::start_with_files(&text, &[("screen.json", MODEL)]).await;
     let client = TestClient::new();
     assert_eq!(

@@ -24,11 +24,7 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts a server on a free port and waits for it to accept connections.
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let mut server = Self {
             child: None,
@@ -45,11 +41,7 @@ impl RedisServer {
     /// A server that speaks TLS only, with a certificate for 127.0.0.1
     /// from a CA made for the test ([`Self::ca_pem`]).
     pub async fn start_tls() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let openssl = |args: &[&str]| {
             let output = std::process::Command::new("openssl")
@@ -317,14 +309,19 @@ impl RedisCluster {
     }
 }
 
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A free port whose cluster bus port (10000 higher) is free and valid too.
 fn cluster_port() -> u16 {
     loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         if port <= 55535 && std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
             return port;
         }
@@ -345,11 +342,7 @@ impl RedisSentinel {
 
     pub async fn start() -> Self {
         let master = RedisServer::start().await;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let mut replica = RedisServer {
             child: None,
             port,
@@ -365,11 +358,7 @@ impl RedisSentinel {
         replica.spawn().await;
         let mut sentinels = Vec::new();
         for _ in 0..3 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+            let port = free_port();
             let dir = tempfile::tempdir().unwrap();
             let conf = dir.path().join("sentinel.conf");
             std::fs::write(

@@ -355,17 +355,24 @@ impl RedisTier {
         }
     }
 
-    /// `GET key`: `Some(None)` when absent, `None` when Redis could not
-    /// answer. Off the request path (rollout state).
-    pub async fn get_raw(&self, key: &str) -> Option<Option<Vec<u8>>> {
+    /// Sends `command` off the request path (rollout and fleet state),
+    /// bounded by ten response timeouts: its reply, or `None` when Redis
+    /// could not answer (counted by the breaker).
+    async fn off_path<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Option<T> {
         if !self.may_call() {
             return None;
         }
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let mut connection = self.connection.clone();
-        let mut command = redis::cmd("GET");
-        command.arg(key);
-        let call = command.query_async::<Option<Vec<u8>>>(&mut connection);
+        self.bounded(command.query_async::<T>(&mut connection))
+            .await
+    }
+
+    /// Waits up to ten response timeouts for an off-path call.
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Option<T> {
         match tokio::time::timeout(self.settings.response_timeout.get() * 10, call).await {
             Ok(Ok(value)) => {
                 self.breaker.success();
@@ -378,26 +385,10 @@ impl RedisTier {
         }
     }
 
-    /// `SET key value` (no expiry); whether it was stored.
-    pub async fn set_raw(&self, key: &str, value: Vec<u8>) -> bool {
-        if !self.may_call() {
-            return false;
-        }
-        self.stats.calls.fetch_add(1, Ordering::Relaxed);
-        let mut connection = self.connection.clone();
-        let mut command = redis::cmd("SET");
-        command.arg(key).arg(value);
-        let call = command.query_async::<()>(&mut connection);
-        match tokio::time::timeout(self.settings.response_timeout.get() * 10, call).await {
-            Ok(Ok(())) => {
-                self.breaker.success();
-                true
-            }
-            _ => {
-                self.failed();
-                false
-            }
-        }
+    /// `GET key`: `Some(None)` when absent, `None` when Redis could not
+    /// answer. Off the request path (rollout state).
+    pub async fn get_raw(&self, key: &str) -> Option<Option<Vec<u8>>> {
+        self.off_path(redis::cmd("GET").arg(key)).await
     }
 
     /// Runs a script off the request path (fleet state): its reply, or
@@ -408,26 +399,17 @@ impl RedisTier {
         key: &str,
         args: &[&[u8]],
     ) -> Option<T> {
+        let mut invocation = script.key(key);
+        for arg in args {
+            invocation.arg(*arg);
+        }
         if !self.may_call() {
             return None;
         }
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let mut connection = self.connection.clone();
-        let mut invocation = script.key(key);
-        for arg in args {
-            invocation.arg(*arg);
-        }
-        let call = invocation.invoke_async::<T>(&mut connection);
-        match tokio::time::timeout(self.settings.response_timeout.get() * 10, call).await {
-            Ok(Ok(value)) => {
-                self.breaker.success();
-                Some(value)
-            }
-            _ => {
-                self.failed();
-                None
-            }
-        }
+        self.bounded(invocation.invoke_async::<T>(&mut connection))
+            .await
     }
 
     /// Stores `value` at `key` only if its `generation` is above the one
@@ -476,24 +458,7 @@ impl RedisTier {
 
     /// `HGETALL key`; `None` when Redis could not answer.
     pub async fn all_fields(&self, key: &str) -> Option<Vec<(String, Vec<u8>)>> {
-        if !self.may_call() {
-            return None;
-        }
-        self.stats.calls.fetch_add(1, Ordering::Relaxed);
-        let mut connection = self.connection.clone();
-        let mut command = redis::cmd("HGETALL");
-        command.arg(key);
-        let call = command.query_async::<Vec<(String, Vec<u8>)>>(&mut connection);
-        match tokio::time::timeout(self.settings.response_timeout.get() * 10, call).await {
-            Ok(Ok(fields)) => {
-                self.breaker.success();
-                Some(fields)
-            }
-            _ => {
-                self.failed();
-                None
-            }
-        }
+        self.off_path(redis::cmd("HGETALL").arg(key)).await
     }
 
     /// Takes Redis out of (or back into) every request path, for a drill.
