@@ -683,3 +683,48 @@ retries = {{ attempts = 2, budget_percent = 100 }}
         });
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_identical_to_stable_passes_twenty_fleet_windows() {
+    // Both versions' p95 near 10 ms, a Prometheus bucket bound: judged by
+    // bucket bounds, the fleet's canary would flip between 10 and 25 ms.
+    let redis = RedisServer::start().await;
+    let fixture = CanaryFixture::start().await;
+    let latency = LatencyModel::LogNormal {
+        p50: Duration::from_micros(6_500),
+        p99: Duration::from_micros(9_000),
+    };
+    fixture.stable.control.set_latency(latency);
+    fixture.canary.control.set_latency(latency);
+    let steps: Vec<String> = (1..=20)
+        .map(|s| s.to_string())
+        .chain(["100".into()])
+        .collect();
+    let text = config(
+        &fixture,
+        &redis,
+        &format!(
+            "steps = [{}]\nmin_dwell = \"100ms\"\nmin_requests = 20\ninterval = \"100ms\"\nlatency_slack = \"1ms\"",
+            steps.join(", ")
+        ),
+    );
+    let replicas = fleet(&text).await;
+    let client = TestClient::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (failures, tasks) = load(&client, &replicas, stop.clone());
+    let done = until_any(&client, &replicas, |p| {
+        p["status"] == "promoted" || p["status"] == "rolled_back"
+    })
+    .await;
+    stop_load(stop, tasks).await;
+    assert_eq!(done["status"], "promoted", "{done}");
+    assert!(
+        done["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["action"] == "promote"),
+        "no window failed: {done}"
+    );
+    assert_eq!(failures.load(Ordering::Relaxed), 0);
+}
