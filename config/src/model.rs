@@ -142,6 +142,12 @@ pub struct GatewaySettings {
     /// every replica until that ejection ends. Default false (each replica
     /// judges endpoints by its own attempts).
     pub shared_ejections: bool,
+    /// After SIGTERM: how long the gateway goes on serving, with readiness
+    /// already failing, so the load balancer stops sending before the
+    /// listener closes. Default 5s; `"0s"` stops at once.
+    pub drain_delay: std::time::Duration,
+    /// Then: how long in-flight requests may take to finish. Default 30s.
+    pub drain_timeout: Timeout,
 }
 
 /// OpenTelemetry traces, exported over OTLP/gRPC. Read at start-up: a

@@ -33,6 +33,8 @@ pub(crate) struct RawGateway {
     pub tracing: Option<RawTracing>,
     pub allow_no_routes: Option<bool>,
     pub shared_ejections: Option<bool>,
+    pub drain_delay: Option<String>,
+    pub drain_timeout: Option<String>,
     pub trusted_proxies: Option<Vec<String>>,
 }
 

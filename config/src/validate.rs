@@ -191,6 +191,19 @@ fn gateway(raw: RawGateway, errors: &mut Collector) -> GatewaySettings {
         tracing: raw.tracing.map(|t| tracing_settings(t, errors)),
         allow_no_routes: raw.allow_no_routes.unwrap_or(false),
         shared_ejections: raw.shared_ejections.unwrap_or(false),
+        drain_delay: match raw.drain_delay.as_deref() {
+            None => std::time::Duration::from_secs(5),
+            // Zero is a real choice here (stop at once), not a typo.
+            Some("0" | "0s" | "0ms") => std::time::Duration::ZERO,
+            Some(text) => timeout(Some(text), "gateway.drain_delay", errors)
+                .map_or(std::time::Duration::from_secs(5), |t| t.get()),
+        },
+        drain_timeout: timeout(
+            raw.drain_timeout.as_deref(),
+            "gateway.drain_timeout",
+            errors,
+        )
+        .unwrap_or(Timeout::from_secs_unchecked(30)),
         trusted_proxies: raw
             .trusted_proxies
             .iter()

@@ -189,8 +189,8 @@ pub async fn run(cli: Cli) -> ExitCode {
                 Ok(gateway) => {
                     announce(&gateway);
                     wait_for_shutdown_signal().await;
-                    tracing::info!("shutting down: draining in-flight requests");
-                    gateway.shutdown().await;
+                    tracing::info!("shutting down: draining");
+                    gateway.drain().await;
                     ExitCode::SUCCESS
                 }
                 Err(error) => {

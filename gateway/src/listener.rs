@@ -37,8 +37,6 @@ use tokio::time::{Instant, Sleep};
 use crate::proxy::Proxy;
 use crate::snapshot::SharedSnapshot;
 
-/// How long shutdown waits for in-flight requests before giving up.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The HTTP/2 client preface every h2 prior-knowledge connection starts with.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -83,7 +81,8 @@ pub async fn serve(
         ));
     }
     drop(listener);
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+    let drain_timeout = snapshot.load().config.gateway.drain_timeout.get();
+    let drained = tokio::time::timeout(drain_timeout, async {
         while connections.join_next().await.is_some() {}
     })
     .await;

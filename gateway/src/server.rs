@@ -139,8 +139,22 @@ impl Gateway {
         &self.reload
     }
 
+    /// The Kubernetes way out (SIGTERM): readiness fails at once, serving
+    /// goes on for `gateway.drain_delay` while the load balancer stops
+    /// sending, then [`Self::shutdown`].
+    pub async fn drain(self) {
+        crate::core::lifecycle::begin_draining();
+        let delay = self.snapshot.load().config.gateway.drain_delay;
+        tracing::info!(
+            ?delay,
+            "draining: readiness fails; serving until the drain delay passes"
+        );
+        tokio::time::sleep(delay).await;
+        self.shutdown().await;
+    }
+
     /// Stops accepting, lets in-flight requests finish (bounded by
-    /// [`listener::DRAIN_TIMEOUT`]), and returns.
+    /// `gateway.drain_timeout`), and returns.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}

@@ -168,6 +168,16 @@ backends = ["{name}"]
     )
 }
 
+/// `config` with `gateway.drain_delay = "0s"` unless it sets one: tests
+/// that stop a gateway with SIGTERM need not wait out the 5 s default
+/// meant for a load balancer (the drain tests set their own).
+fn without_drain_delay(config: &str) -> String {
+    if config.contains("drain_delay") || !config.contains("[gateway]\n") {
+        return config.to_owned();
+    }
+    config.replacen("[gateway]\n", "[gateway]\ndrain_delay = \"0s\"\n", 1)
+}
+
 /// A running gateway process. Killed when dropped.
 pub struct GatewayProcess {
     pub child: Child,
@@ -205,6 +215,7 @@ impl GatewayProcess {
     }
 
     async fn start_full(config: &str, extra_args: &[&str], files: &[(&str, &str)]) -> Self {
+        let config = &without_drain_delay(config);
         let dir = tempfile::tempdir().expect("tempdir");
         for (name, contents) in files {
             std::fs::write(dir.path().join(name), contents).expect("write file");
@@ -307,6 +318,7 @@ impl GatewayProcess {
 
     /// Rewrites the config file in place (atomically, by rename).
     pub fn write_config(&self, config: &str) {
+        let config = without_drain_delay(config);
         let tmp = self.config_path.with_extension("tmp");
         std::fs::write(&tmp, config).expect("write config");
         std::fs::rename(&tmp, &self.config_path).expect("replace config");

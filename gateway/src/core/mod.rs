@@ -11,4 +11,5 @@ pub mod deadline;
 pub mod errors;
 pub mod headers;
 pub mod histogram;
+pub mod lifecycle;
 pub mod stats;

@@ -46,7 +46,9 @@ pub async fn handle(
         }
         "ServerReady" => {
             return Ok(local_reply(
-                oip_grpc::ServerReadyResponse { ready: true },
+                oip_grpc::ServerReadyResponse {
+                    ready: !crate::core::lifecycle::is_draining(),
+                },
                 request_id,
             ))
         }

@@ -620,12 +620,16 @@ fn health_response(
     if method != Method::GET && method != Method::HEAD {
         return GatewayError::MethodNotAllowed.to_http(request_id);
     }
-    let body: &'static [u8] = match kind {
-        OipKind::ServerLive => br#"{"live":true}"#,
-        _ => br#"{"ready":true}"#,
+    // Draining (after SIGTERM): still live, no longer ready, so the load
+    // balancer takes this replica out while it finishes its work.
+    let draining = crate::core::lifecycle::is_draining();
+    let (status, body): (StatusCode, &'static [u8]) = match kind {
+        OipKind::ServerLive => (StatusCode::OK, br#"{"live":true}"#),
+        _ if draining => (StatusCode::SERVICE_UNAVAILABLE, br#"{"ready":false}"#),
+        _ => (StatusCode::OK, br#"{"ready":true}"#),
     };
     let mut response = Response::new(ResponseBody::full(Bytes::from_static(body)));
-    *response.status_mut() = StatusCode::OK;
+    *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
