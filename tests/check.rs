@@ -97,3 +97,47 @@ fn an_unreadable_admin_token_is_a_config_error() {
     assert!(!ok);
     assert!(stderr.contains("gateway.admin.token_env: environment variable CASCADIA_TEST_TOKEN_THAT_IS_NOT_SET is not set"), "{stderr}");
 }
+
+#[test]
+fn what_check_refuses_run_refuses_the_same_way_without_a_panic() {
+    // An https:// OTLP endpoint once passed `check` and then made `run`
+    // panic (exit 101).
+    let config = r#"
+[gateway]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[gateway.tracing]
+otlp_endpoint = "https://collector.example:4317"
+
+[[backends]]
+name = "a"
+region = "us-east"
+endpoints = ["127.0.0.1:9000"]
+
+[[routes]]
+name = "r"
+match = { model = "m" }
+backends = ["a"]
+"#;
+    let (ok, _, stderr) = check(config);
+    assert!(!ok);
+    assert!(stderr.contains("gateway.tracing.otlp_endpoint"), "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, config).unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_cascadia"))
+        .args(["run", "--no-watch", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run cascadia run");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(
+        run.status.code(),
+        Some(1),
+        "a clean refusal, not a panic: {stderr}"
+    );
+    assert!(stderr.contains("gateway.tracing.otlp_endpoint"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -267,13 +267,22 @@ impl RuntimeExporter {
             .enable_all()
             .build()?;
         // tonic sets up its channel on the current runtime.
-        let inner = {
+        let built = {
             let _entered = runtime.enter();
             opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
                 .with_endpoint(endpoint)
                 .with_timeout(EXPORT_TIMEOUT)
-                .build()?
+                .build()
+        };
+        let inner = match built {
+            Ok(inner) => inner,
+            Err(error) => {
+                // Dropping a runtime blocks, which panics inside the
+                // gateway's own: let it go in the background instead.
+                runtime.shutdown_background();
+                return Err(error.into());
+            }
         };
         Ok(Self {
             inner: Arc::new(inner),
