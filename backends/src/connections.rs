@@ -74,7 +74,9 @@ impl Connections {
     /// response was read, but hyper has not seen the end yet) goes back to
     /// the queue for a later checkout.
     pub(crate) fn checkout_http1(&self, now: Instant) -> Option<http1::SendRequest<UpstreamBody>> {
-        let mut busy = None;
+        // Not ready yet: back in after the loop, so this checkout does not
+        // pop them again. (No allocation unless one is found.)
+        let mut busy = Vec::new();
         let mut found = None;
         for _ in 0..CHECKOUT_TRIES {
             let Some(idle) = self.http1.pop() else { break };
@@ -85,12 +87,9 @@ impl Connections {
                 found = Some(idle.sender);
                 break;
             }
-            // Back in after the loop, so this checkout does not see it again.
-            if let Some(earlier) = busy.replace(idle) {
-                self.release(earlier);
-            }
+            busy.push(idle);
         }
-        if let Some(idle) = busy {
+        for idle in busy {
             self.release(idle);
         }
         found
