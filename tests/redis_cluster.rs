@@ -152,19 +152,29 @@ async fn a_master_killed_under_load_fails_no_request() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let wait_for = |count: u64| {
+        let answered = answered.clone();
+        async move {
+            tokio::time::timeout(WAIT, async {
+                while answered.load(Ordering::Relaxed) < count {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await
+            .is_ok()
+        }
+    };
+    assert!(wait_for(50).await, "load flows before the kill");
     let before = answered.load(Ordering::Relaxed);
     cluster.nodes[1].kill().await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Keys on the dead master now miss: enough requests after the kill to
+    // hit it many times over (50 entities per worker).
+    let went_on = wait_for(before + 400).await;
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await.unwrap();
     }
-    assert!(before > 0);
-    assert!(
-        answered.load(Ordering::Relaxed) > before,
-        "requests went on after the kill"
-    );
+    assert!(went_on, "requests went on after the kill");
     assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed");
 }
 
