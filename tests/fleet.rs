@@ -690,24 +690,8 @@ async fn a_canary_identical_to_stable_passes_twenty_fleet_windows() {
     // bucket bounds, the fleet's canary would flip between 10 and 25 ms.
     let redis = RedisServer::start().await;
     let fixture = CanaryFixture::start().await;
-    let latency = LatencyModel::LogNormal {
-        p50: Duration::from_micros(6_500),
-        p99: Duration::from_micros(9_000),
-    };
-    fixture.stable.control.set_latency(latency);
-    fixture.canary.control.set_latency(latency);
-    let steps: Vec<String> = (1..=20)
-        .map(|s| s.to_string())
-        .chain(["100".into()])
-        .collect();
-    let text = config(
-        &fixture,
-        &redis,
-        &format!(
-            "steps = [{}]\nmin_dwell = \"100ms\"\nmin_requests = 20\ninterval = \"100ms\"\nlatency_slack = \"1ms\"",
-            steps.join(", ")
-        ),
-    );
+    let plan = crate::rollout::identical_versions_plan(&fixture);
+    let text = config(&fixture, &redis, &plan);
     let replicas = fleet(&text).await;
     let client = TestClient::new();
     let stop = Arc::new(AtomicBool::new(false));

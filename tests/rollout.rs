@@ -184,14 +184,12 @@ async fn a_healthy_canary_is_promoted_through_every_step() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_canary_identical_to_stable_passes_twenty_windows_with_a_tight_latency_check() {
-    // Both versions' p95 sits at about 10 ms, a bound of the Prometheus
-    // buckets: judged by bucket bounds, one window reads 10 ms and the next
-    // 25 ms, and the canary is rolled back for nothing.
-    let fixture = CanaryFixture::start().await;
+/// Gives both of `fixture`'s versions one latency whose p95, with the
+/// gateway's and the sim's own time, sits at about 10 ms (a Prometheus
+/// bucket bound), and returns a plan of 20 steps after the first with a
+/// tight latency check (1 ms slack).
+pub(crate) fn identical_versions_plan(fixture: &CanaryFixture) -> String {
     let latency = LatencyModel::LogNormal {
-        // With the gateway's and the sim's own time, about 10 ms at p95.
         p50: Duration::from_micros(6_500),
         p99: Duration::from_micros(9_000),
     };
@@ -201,7 +199,7 @@ async fn a_canary_identical_to_stable_passes_twenty_windows_with_a_tight_latency
         .map(|s| s.to_string())
         .chain(["100".into()])
         .collect();
-    let plan = format!(
+    format!(
         r#"steps = [{}]
 min_dwell = "100ms"
 min_requests = 20
@@ -210,7 +208,16 @@ max_p95_ratio = 1.5
 max_p99_ratio = 2.0
 latency_slack = "1ms""#,
         steps.join(", ")
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_identical_to_stable_passes_twenty_windows_with_a_tight_latency_check() {
+    // Both versions' p95 sits at about 10 ms, a bound of the Prometheus
+    // buckets: judged by bucket bounds, one window reads 10 ms and the next
+    // 25 ms, and the canary is rolled back for nothing.
+    let fixture = CanaryFixture::start().await;
+    let plan = identical_versions_plan(&fixture);
     let gateway = GatewayProcess::start(&config(&fixture, &plan, "")).await;
     let client = TestClient::new();
     let stop = Arc::new(AtomicBool::new(false));
