@@ -6,7 +6,12 @@
 //! # Checks, per window (since the step began or the last evaluation)
 //! - 5xx share: canary's may exceed stable's by `max_error_rate_increase`;
 //! - p95 and p99: canary's may be `max_p95_ratio` / `max_p99_ratio` times
-//!   stable's, plus `latency_slack`;
+//!   stable's, plus `latency_slack`. Judged so that a canary's small
+//!   window does not fail by chance: the check fails when more of the
+//!   canary's answers are slower than that bound than the quantile allows
+//!   (5%, 1%) with a binomial p-value below [`LATENCY_SIGNIFICANCE`]. At 20
+//!   answers that takes 6 slower than the p95 bound, or 4 than the p99's;
+//!   a canary slower across the board fails at its first window;
 //! - class disagreement with stable, from the route's shadow comparison
 //!   (pair primary = canary), when the route has one.
 //!
@@ -116,8 +121,17 @@ pub struct Window {
     pub stable_p95_ms: Option<f64>,
     pub canary_p99_ms: Option<f64>,
     pub stable_p99_ms: Option<f64>,
+    /// Canary answers slower than stable's p95 × `max_p95_ratio` +
+    /// `latency_slack`, and than the same bound for p99.
+    pub canary_over_p95_bound: u64,
+    pub canary_over_p99_bound: u64,
     pub disagreement: Option<f64>,
 }
+
+/// The chance a latency check may fail a canary no slower than allowed:
+/// small, because a rollout runs two checks per window over many windows,
+/// and a loaded machine's stalls hit a few answers in a row.
+pub const LATENCY_SIGNIFICANCE: f64 = 0.001;
 
 /// How long a replica's published counts count toward the fleet's.
 pub const STATS_FRESH: Duration = Duration::from_secs(5);
@@ -588,16 +602,26 @@ impl Rollouts {
             let agree = pair.rows_agree.load(Ordering::Relaxed) - live.window.shadow_rows.1;
             (rows > 0).then(|| 1.0 - agree as f64 / rows as f64)
         });
+        let slack = plan.latency_slack.get().as_secs_f64() * 1000.0;
+        let over = |stable_ms: Option<f64>, ratio: f64| {
+            stable_ms.map_or(0, |stable| {
+                canary_window.slower_than_ms(stable * ratio + slack)
+            })
+        };
+        let stable_p95_ms = stable_window.percentile_ms(0.95);
+        let stable_p99_ms = stable_window.percentile_ms(0.99);
         let window = Window {
             seconds: (now - live.window.at).as_secs_f64(),
+            canary_over_p95_bound: over(stable_p95_ms, plan.max_p95_ratio),
+            canary_over_p99_bound: over(stable_p99_ms, plan.max_p99_ratio),
             canary_requests: canary_window.requests(),
             stable_requests: stable_window.requests(),
             canary_error_rate: canary_window.error_rate(),
             stable_error_rate: stable_window.error_rate(),
             canary_p95_ms: canary_window.percentile_ms(0.95),
-            stable_p95_ms: stable_window.percentile_ms(0.95),
+            stable_p95_ms,
             canary_p99_ms: canary_window.percentile_ms(0.99),
-            stable_p99_ms: stable_window.percentile_ms(0.99),
+            stable_p99_ms,
             disagreement,
         };
         live.last_window = window.clone();
@@ -610,13 +634,13 @@ impl Rollouts {
         }
         if now - live.window.at >= plan.min_dwell.get() {
             let reason = format!(
-                "every check passed over {:.1}s: canary {} answers, errors {:.2}% vs {:.2}%, p99 {:?} vs {:?} ms",
+                "every check passed over {:.1}s: canary {} answers, errors {:.2}% vs {:.2}%, p99 {} vs {} ms",
                 window.seconds,
                 window.canary_requests,
                 100.0 * window.canary_error_rate,
                 100.0 * window.stable_error_rate,
-                window.canary_p99_ms,
-                window.stable_p99_ms,
+                shown_ms(window.canary_p99_ms),
+                shown_ms(window.stable_p99_ms),
             );
             self.advance(live, route, reason);
         }
@@ -745,26 +769,35 @@ fn failed_check(window: &Window, plan: &Plan) -> Option<String> {
         ));
     }
     let slack = plan.latency_slack.get().as_secs_f64() * 1000.0;
-    for (name, canary, stable, ratio) in [
+    for (name, allowed, canary, stable, ratio, over) in [
         (
             "p95",
+            0.05,
             window.canary_p95_ms,
             window.stable_p95_ms,
             plan.max_p95_ratio,
+            window.canary_over_p95_bound,
         ),
         (
             "p99",
+            0.01,
             window.canary_p99_ms,
             window.stable_p99_ms,
             plan.max_p99_ratio,
+            window.canary_over_p99_bound,
         ),
     ] {
-        if let (Some(canary), Some(stable)) = (canary, stable) {
-            if canary > stable * ratio + slack {
-                return Some(format!(
-                    "{name} {canary} ms vs stable {stable} ms (tolerance {ratio}x + {slack} ms)"
-                ));
-            }
+        let (Some(canary), Some(stable)) = (canary, stable) else {
+            continue;
+        };
+        let p_value = binomial_tail(window.canary_requests, allowed, over);
+        if p_value < LATENCY_SIGNIFICANCE {
+            return Some(format!(
+                "{name} {canary:.1} ms vs stable {stable:.1} ms: {over} of {} canary answers slower than {:.1} ms \
+                 (tolerance {ratio}x + {slack} ms; p = {p_value:.1e})",
+                window.canary_requests,
+                stable * ratio + slack,
+            ));
         }
     }
     if let Some(disagreement) = window.disagreement {
@@ -777,6 +810,45 @@ fn failed_check(window: &Window, plan: &Plan) -> Option<String> {
         }
     }
     None
+}
+
+/// P(X ≥ k) for X ~ Binomial(n, p): how likely `k` or more of `n` answers
+/// fall past a quantile that a share `p` may pass. Summed from `k` up, in
+/// logs, until the terms stop mattering: past the mean they shrink
+/// geometrically, so the loop is short even for large windows.
+fn binomial_tail(n: u64, p: f64, k: u64) -> f64 {
+    if k == 0 {
+        return 1.0;
+    }
+    if k > n {
+        return 0.0;
+    }
+    if k as f64 <= n as f64 * p {
+        // At or below the mean: nowhere near significant.
+        return 1.0;
+    }
+    let (n_f, k_f) = (n as f64, k as f64);
+    // ln C(n, k), as a sum of ln((n - k + i) / i).
+    let ln_choose: f64 = (1..=k)
+        .map(|i| ((n_f - k_f + i as f64) / i as f64).ln())
+        .sum();
+    let mut ln_term = ln_choose + k_f * p.ln() + (n_f - k_f) * (1.0 - p).ln();
+    let odds = (p / (1.0 - p)).ln();
+    let mut tail = 0.0;
+    for j in k..=n {
+        let term = ln_term.exp();
+        tail += term;
+        if term < tail * 1e-12 {
+            break;
+        }
+        ln_term += ((n - j) as f64 / (j + 1) as f64).ln() + odds;
+    }
+    tail.min(1.0)
+}
+
+/// A latency for a decision's reason: `12.3`, or `none` without answers.
+fn shown_ms(ms: Option<f64>) -> String {
+    ms.map_or_else(|| "none".to_owned(), |ms| format!("{ms:.1}"))
 }
 
 /// Sets the split's weights to the plan's: the canary's, and the rest to
@@ -1016,6 +1088,46 @@ canary = "canary"
     }
 
     #[test]
+    fn the_binomial_tail_matches_known_values() {
+        // P(X >= 5) for Binomial(20, 0.05) = 0.002574; P(X >= 6) = 0.000329;
+        // for Binomial(20, 0.01), P(X >= 3) = 0.001004 (summed exactly in
+        // Python with math.comb).
+        assert!((binomial_tail(20, 0.05, 5) - 0.002_574).abs() < 1e-6);
+        assert!((binomial_tail(20, 0.05, 6) - 0.000_329).abs() < 1e-6);
+        assert!((binomial_tail(20, 0.01, 3) - 0.001_004).abs() < 1e-6);
+        assert_eq!(binomial_tail(20, 0.05, 0), 1.0);
+        assert_eq!(binomial_tail(20, 0.05, 21), 0.0);
+        assert!((binomial_tail(20, 0.05, 20) - 0.05f64.powi(20)).abs() < 1e-30);
+        // A large window stays exact and quick: 600 of 10,000 at 5% is
+        // 4.5e-6.
+        let tail = binomial_tail(10_000, 0.05, 600);
+        assert!((tail - 4.509e-6).abs() < 1e-8, "{tail}");
+    }
+
+    #[test]
+    fn a_small_window_fails_a_latency_check_only_on_many_slow_answers() {
+        let plan = plan();
+        // 20 answers, 2 past the p95 bound: the p95 reads slow, but two in
+        // twenty happen to an equal canary one time in four.
+        let unlucky = Window {
+            canary_requests: 20,
+            canary_p95_ms: Some(40.0),
+            canary_over_p95_bound: 2,
+            ..window()
+        };
+        assert_eq!(failed_check(&unlucky, &plan), None);
+        let slow = Window {
+            canary_over_p95_bound: 12,
+            ..unlucky
+        };
+        let reason = failed_check(&slow, &plan).unwrap();
+        assert!(
+            reason.starts_with("p95 40.0 ms vs stable 10.0 ms: 12 of 20"),
+            "{reason}"
+        );
+    }
+
+    #[test]
     fn each_check_fails_past_its_tolerance_only() {
         let plan = plan();
         assert_eq!(failed_check(&window(), &plan), None);
@@ -1028,10 +1140,11 @@ canary = "canary"
             .starts_with("error rate"));
         let slow = Window {
             canary_p99_ms: Some(100.0),
+            canary_over_p99_bound: 10,
             ..window()
         };
         assert!(failed_check(&slow, &plan).unwrap().starts_with("p99"));
-        // Within ratio plus slack: 25 × 2 + 5 = 55 ms.
+        // Within ratio plus slack (25 × 2 + 5 = 55 ms): no answer over it.
         let a_bit_slower = Window {
             canary_p99_ms: Some(50.0),
             ..window()

@@ -152,6 +152,19 @@ impl HistogramCounts {
         None
     }
 
+    /// Latencies certainly slower than `threshold_ms`: those in buckets
+    /// that start at or above it (a bucket straddling it counts as not
+    /// slower, so a check built on this never blames a canary for the
+    /// histogram's resolution).
+    pub fn slower_than_ms(&self, threshold_ms: f64) -> u64 {
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| bounds(i).0 as f64 / 1000.0 >= threshold_ms)
+            .map(|(_, &n)| n)
+            .sum()
+    }
+
     /// The counts, bucket by bucket (for sharing with other replicas).
     pub fn counts(&self) -> &[u64] {
         &self.counts
@@ -169,6 +182,20 @@ impl HistogramCounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slower_than_counts_only_buckets_wholly_above_the_threshold() {
+        let histogram = LatencyHistogram::default();
+        for ms in [1, 5, 9, 20, 40] {
+            histogram.record(Duration::from_millis(ms));
+        }
+        let counts = histogram.snapshot();
+        assert_eq!(counts.slower_than_ms(10.0), 2);
+        assert_eq!(counts.slower_than_ms(0.0), 5);
+        assert_eq!(counts.slower_than_ms(100.0), 0);
+        // 9 ms shares its bucket with values just above 9 ms: not counted.
+        assert_eq!(counts.slower_than_ms(9.001), 2);
+    }
 
     #[test]
     fn every_value_falls_inside_its_bucket_and_buckets_are_narrow() {

@@ -156,6 +156,11 @@ impl VersionCounts {
     pub fn percentile_ms(&self, q: f64) -> Option<f64> {
         self.latency.quantile_ms(q)
     }
+
+    /// Answers certainly slower than `threshold_ms`.
+    pub fn slower_than_ms(&self, threshold_ms: f64) -> u64 {
+        self.latency.slower_than_ms(threshold_ms)
+    }
 }
 
 /// Responses by status class, for one (route, version, backend).
