@@ -101,7 +101,7 @@ fn an_unreadable_admin_token_is_a_config_error() {
 #[test]
 fn what_check_refuses_run_refuses_the_same_way_without_a_panic() {
     // An https:// OTLP endpoint once passed `check` and then made `run`
-    // panic (exit 101).
+    // panic (exit 101). It is served now; its CA file is what is wrong here.
     let config = r#"
 [gateway]
 listen = "127.0.0.1:0"
@@ -109,6 +109,7 @@ admin_listen = "127.0.0.1:0"
 
 [gateway.tracing]
 otlp_endpoint = "https://collector.example:4317"
+tls_ca_file = "no-such-ca.pem"
 
 [[backends]]
 name = "a"
@@ -122,7 +123,7 @@ backends = ["a"]
 "#;
     let (ok, _, stderr) = check(config);
     assert!(!ok);
-    assert!(stderr.contains("gateway.tracing.otlp_endpoint"), "{stderr}");
+    assert!(stderr.contains("gateway.tracing.tls_ca_file"), "{stderr}");
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
@@ -138,6 +139,56 @@ backends = ["a"]
         Some(1),
         "a clean refusal, not a panic: {stderr}"
     );
-    assert!(stderr.contains("gateway.tracing.otlp_endpoint"), "{stderr}");
+    assert!(stderr.contains("gateway.tracing.tls_ca_file"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn tls_files_that_cannot_serve_are_refused_with_their_field() {
+    let ca = crate::support::tls::TestCa::new("check ca");
+    let one = ca.issue(&["localhost"]);
+    let other = ca.issue(&["localhost"]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("server.crt"), &one.cert_pem).unwrap();
+    // Another certificate's key: a pair that does not belong together.
+    std::fs::write(dir.path().join("server.key"), &other.key_pem).unwrap();
+    std::fs::write(dir.path().join("ca.crt"), &ca.pem).unwrap();
+    std::fs::write(dir.path().join("client.key"), "not a key").unwrap();
+    let route = "\n[[routes]]\nname = \"r\"\nmatch = { model = \"m\" }\nbackends = [\"a\"]\n";
+    let listener = format!(
+        "[gateway.tls]\ncert_file = \"server.crt\"\nkey_file = \"server.key\"\n\n[[backends]]\nname = \"a\"\nregion = \"r\"\nendpoints = [\"127.0.0.1:9000\"]\n{route}"
+    );
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, &listener).unwrap();
+    let (ok, _, stderr) = check_path(&path);
+    assert!(!ok);
+    assert!(stderr.contains("gateway.tls.key_file"), "{stderr}");
+    assert!(stderr.contains("does not match"), "{stderr}");
+
+    let upstream = format!(
+        "[[backends]]\nname = \"a\"\nregion = \"r\"\nendpoints = [\"127.0.0.1:9000\"]\ntls = {{ ca_file = \"ca.crt\", cert_file = \"server.crt\", key_file = \"client.key\" }}\n{route}"
+    );
+    std::fs::write(&path, &upstream).unwrap();
+    let (ok, _, stderr) = check_path(&path);
+    assert!(!ok);
+    assert!(stderr.contains("backends[0].tls.key_file"), "{stderr}");
+    assert!(
+        !stderr.contains("not a key"),
+        "a key file's text is never shown: {stderr}"
+    );
+
+    // A good pair: accepted, and the summary says what was read.
+    std::fs::write(dir.path().join("server.key"), &one.key_pem).unwrap();
+    std::fs::write(
+        &path,
+        listener.replace(
+            "[gateway.tls]",
+            "[gateway.tls]\nclient_ca_file = \"ca.crt\"",
+        ),
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = check_path(&path);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("tls: "), "{stdout}");
+    assert!(stdout.contains("client certificates required"), "{stdout}");
 }

@@ -21,3 +21,4 @@ mod rollout;
 mod routing;
 mod shadow;
 mod telemetry;
+mod tls;

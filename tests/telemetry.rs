@@ -49,6 +49,55 @@ async fn start_receiver() -> (std::net::SocketAddr, mpsc::UnboundedReceiver<Span
     (addr, rx)
 }
 
+/// The same receiver behind TLS, with a certificate for `localhost`.
+async fn start_tls_receiver(
+    identity: &crate::support::tls::Issued,
+) -> (std::net::SocketAddr, mpsc::UnboundedReceiver<Span>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let tls = tonic::transport::ServerTlsConfig::new().identity(
+        tonic::transport::Identity::from_pem(&identity.cert_pem, &identity.key_pem),
+    );
+    let server = tonic::transport::Server::builder()
+        .tls_config(tls)
+        .unwrap()
+        .add_service(TraceServiceServer::new(Receiver(tx)));
+    tokio::spawn(server.serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)));
+    (addr, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_https_collector_that_the_configured_ca_vouches_for() {
+    let ca = crate::support::tls::TestCa::new("collector ca");
+    let (collector, mut spans) = start_tls_receiver(&ca.issue(&["localhost"])).await;
+    let backend = crate::support::sim("b", "1", "us-east").await;
+    let config = single_backend_config("b", backend.addr, "").replacen(
+        "[[backends]]",
+        &format!(
+            "[gateway.tracing]\notlp_endpoint = \"https://localhost:{}\"\ntls_ca_file = \"ca.crt\"\n\n[[backends]]",
+            collector.port()
+        ),
+        1,
+    );
+    let gateway = GatewayProcess::start_with_files(&config, &[("ca.crt", &ca.pem)]).await;
+    let response = TestClient::new()
+        .infer(&gateway.url("/v2/models/fraud/infer"), &[])
+        .await;
+    assert_eq!(response.status, StatusCode::OK);
+    let span = tokio::time::timeout(WAIT, async {
+        loop {
+            let span = spans.recv().await.expect("receiver open");
+            if span.name == "cascadia.request" {
+                return span;
+            }
+        }
+    })
+    .await
+    .expect("the request span arrives over TLS");
+    assert!(!span.trace_id.is_empty());
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

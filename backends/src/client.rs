@@ -1,7 +1,8 @@
 //! The upstream HTTP client, over each endpoint's own connections, and the
 //! error an upstream attempt can end with.
 //!
-//! One [`UpstreamClient`] exists per backend protocol and connect timeout.
+//! One [`UpstreamClient`] exists per backend protocol and connect timeout
+//! (and per backend when it speaks TLS).
 //! It holds no connections: they live in each [`Endpoint`] (see
 //! [`connections`](crate::connections)), so a request reaches its
 //! connection without a lookup, and a reload that keeps an endpoint keeps
@@ -24,6 +25,7 @@ use tokio::time::Instant;
 
 use crate::connections::UpstreamResponseBody;
 use crate::endpoint::Endpoint;
+use crate::tls::{UpstreamStream, UpstreamTlsConnector};
 
 /// Errors a request body stream may produce while it is forwarded.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -37,6 +39,7 @@ pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 pub struct UpstreamClient {
     protocol: UpstreamProtocol,
     connect_timeout: Duration,
+    tls: Option<UpstreamTlsConnector>,
 }
 
 impl UpstreamClient {
@@ -46,7 +49,19 @@ impl UpstreamClient {
         Self {
             protocol,
             connect_timeout,
+            tls: None,
         }
+    }
+
+    /// The same client, speaking TLS through `tls` after each connect.
+    pub fn with_tls(mut self, tls: UpstreamTlsConnector) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The TLS this client speaks, if any.
+    pub fn tls(&self) -> Option<&UpstreamTlsConnector> {
+        self.tls.as_ref()
     }
 
     /// The protocol this client speaks upstream.
@@ -167,22 +182,35 @@ impl UpstreamClient {
         }
     }
 
-    /// A new TCP connection to `endpoint`, within the connect timeout.
-    async fn connect(&self, endpoint: &Endpoint) -> Result<TokioIo<TcpStream>, UpstreamError> {
+    /// A new connection to `endpoint`, TLS included when configured, all
+    /// within the connect timeout.
+    async fn connect(&self, endpoint: &Endpoint) -> Result<TokioIo<UpstreamStream>, UpstreamError> {
+        let timed_out =
+            || UpstreamError::new(UpstreamErrorKind::Connect, Some("connect timed out".into()));
+        let deadline = Instant::now() + self.connect_timeout;
         let authority = endpoint.authority().as_str();
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(authority)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => return Err(UpstreamError::connect(error)),
-                Err(_elapsed) => {
-                    return Err(UpstreamError::new(
-                        UpstreamErrorKind::Connect,
-                        Some("connect timed out".into()),
-                    ))
-                }
-            };
+        let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(authority)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => return Err(UpstreamError::connect(error)),
+            Err(_elapsed) => return Err(timed_out()),
+        };
         stream.set_nodelay(true).map_err(UpstreamError::connect)?;
-        Ok(TokioIo::new(stream))
+        let Some(tls) = &self.tls else {
+            return Ok(TokioIo::new(UpstreamStream::Plain(stream)));
+        };
+        // A failed handshake (an unknown CA, a wrong name, a refused client
+        // certificate) is the endpoint's side: it counts like a refused
+        // connect.
+        match tokio::time::timeout_at(deadline, tls.connect(endpoint.authority().host(), stream))
+            .await
+        {
+            Ok(Ok(stream)) => Ok(TokioIo::new(UpstreamStream::Tls(Box::new(stream)))),
+            Ok(Err(error)) => Err(UpstreamError::new(
+                UpstreamErrorKind::Connect,
+                Some(format!("TLS handshake failed: {error}").into()),
+            )),
+            Err(_elapsed) => Err(timed_out()),
+        }
     }
 }
 

@@ -30,6 +30,7 @@ pub mod health;
 pub mod latency;
 pub mod pool;
 pub mod registry;
+pub mod tls;
 
 pub use budget::RetryBudget;
 pub use client::{UpstreamBody, UpstreamClient, UpstreamError, UpstreamErrorKind};

@@ -3,7 +3,8 @@
 //! A reload must not reset what the gateway has learned about endpoints that
 //! stay in the config, nor drop their warm connections or their health. The
 //! registry keeps every live [`Endpoint`] keyed by backend name and
-//! authority, one [`UpstreamClient`] per protocol and connect timeout, the
+//! authority, one [`UpstreamClient`] per protocol and connect timeout (and
+//! per TLS backend), the
 //! operator state of each region, and the active health checkers, and hands
 //! them to the next snapshot.
 
@@ -17,9 +18,15 @@ use crate::client::UpstreamClient;
 use crate::endpoint::Endpoint;
 use crate::health::{self, Checker};
 use crate::pool::{BackendPool, PoolSettings, RegionState};
+use crate::tls::UpstreamTlsConnector;
 
-type EndpointKey = (String, String);
-type ClientKey = (UpstreamProtocol, Duration);
+/// Backend name, authority, and whether it speaks TLS: an endpoint that
+/// turns TLS on or off starts afresh, so no plaintext connection is reused
+/// for it.
+type EndpointKey = (String, String, bool);
+/// Protocol, connect timeout, and the backend's name when it speaks TLS
+/// (each such backend has its own client config).
+type ClientKey = (UpstreamProtocol, Duration, Option<String>);
 
 /// Long-lived owner of endpoint state and connection pools, shared across
 /// snapshots. Only touched while a snapshot is built or by the admin API
@@ -58,20 +65,42 @@ impl Registry {
         let mut pools = HashMap::with_capacity(config.backends.len());
 
         for backend in &config.backends {
-            let client_key = (backend.protocol, backend.connect_timeout.get());
+            let client_key = (
+                backend.protocol,
+                backend.connect_timeout.get(),
+                backend.tls.as_ref().map(|_| backend.name.clone()),
+            );
+            let same_tls = |client: &&UpstreamClient| {
+                client.tls().map(|tls| tls.settings()) == backend.tls.as_ref()
+            };
             let client = state
                 .clients
                 .get(&client_key)
                 .or_else(|| clients.get(&client_key))
+                .filter(same_tls)
                 .cloned()
-                .unwrap_or_else(|| UpstreamClient::new(backend.protocol, client_key.1));
+                .unwrap_or_else(|| {
+                    let client = UpstreamClient::new(backend.protocol, client_key.1);
+                    match &backend.tls {
+                        None => client,
+                        Some(tls) => client.with_tls(UpstreamTlsConnector::new(
+                            &backend.name,
+                            tls,
+                            backend.protocol,
+                        )),
+                    }
+                });
             clients.insert(client_key, client.clone());
 
             let region_state = Arc::clone(state.regions.entry(backend.region.clone()).or_default());
 
             let mut members = Vec::with_capacity(backend.endpoints.len());
             for endpoint in &backend.endpoints {
-                let key = (backend.name.clone(), endpoint.authority.to_string());
+                let key = (
+                    backend.name.clone(),
+                    endpoint.authority.to_string(),
+                    backend.tls.is_some(),
+                );
                 let shared = state
                     .endpoints
                     .get(&key)
@@ -129,7 +158,7 @@ impl Registry {
         state
             .endpoints
             .iter()
-            .map(|((backend, authority), endpoint)| {
+            .map(|((backend, authority, _tls), endpoint)| {
                 (format!("{backend}/{authority}"), Arc::clone(endpoint))
             })
             .collect()

@@ -37,6 +37,20 @@ pub enum LoadError {
     Invalid(ConfigErrors),
 }
 
+/// Checks an upstream's TLS files, already read into `tls`.
+fn check_upstream_tls(tls: &crate::model::UpstreamTls) -> Result<(), (&'static str, String)> {
+    if let Some(pem) = &tls.ca_pem {
+        crate::tls::root_store(pem).map_err(|m| ("ca_file", m))?;
+    }
+    if let (Some(cert), Some(key)) = (&tls.cert_pem, &tls.key_pem) {
+        crate::tls::certified_key(cert, key.expose()).map_err(|e| match e {
+            crate::tls::TlsFileError::Cert(m) => ("cert_file", m),
+            crate::tls::TlsFileError::Key(m) => ("key_file", m),
+        })?;
+    }
+    Ok(())
+}
+
 /// Reads, hashes, parses and validates the file at `path`.
 ///
 /// The hash is of exactly the bytes that were parsed, so it always describes
@@ -80,6 +94,83 @@ pub fn load_file(path: &Path) -> Result<LoadedConfig, LoadError> {
             parts.push(("redis ca".to_owned(), pem.clone()));
             redis.tls_ca_pem = Some(pem);
         }
+    }
+    if let Some(tracing) = config.gateway.tracing.as_mut() {
+        if let Some(file) = &tracing.tls_ca_file {
+            let full = base.join(file);
+            let invalid = |message: String| {
+                LoadError::Invalid(ConfigErrors(vec![ConfigError {
+                    path: "gateway.tracing.tls_ca_file".to_owned(),
+                    message,
+                }]))
+            };
+            let pem = read_input(&full, MAX_CA_BYTES)
+                .map_err(|e| invalid(format!("cannot read {}: {e}", full.display())))?;
+            crate::tls::root_store(&pem)
+                .map_err(|m| invalid(format!("{}: {m}", full.display())))?;
+            parts.push(("tracing ca".to_owned(), pem.clone()));
+            tracing.tls_ca_pem = Some(pem);
+        }
+    }
+    // The listener's certificate files are watched by the gateway itself;
+    // here they are only placed relative to the config file.
+    if let Some(tls) = config.gateway.tls.as_mut() {
+        tls.cert_file = base.join(&tls.cert_file);
+        tls.key_file = base.join(&tls.key_file);
+        if let Some(ca) = tls.client_ca_file.as_mut() {
+            *ca = base.join(&*ca);
+        }
+        crate::tls::listener_pair(tls)
+            .and_then(|_| crate::tls::client_roots(tls))
+            .map_err(|(field, message)| {
+                LoadError::Invalid(ConfigErrors(vec![ConfigError {
+                    path: format!("gateway.tls.{field}"),
+                    message,
+                }]))
+            })?;
+    }
+    // An upstream's TLS files are part of the config, like the Redis CA.
+    for (i, backend) in config.backends.iter_mut().enumerate() {
+        let Some(tls) = backend.tls.as_mut() else {
+            continue;
+        };
+        let read = |field: &str, file: &str| {
+            let full = base.join(file);
+            read_input(&full, MAX_CA_BYTES).map_err(|e| {
+                LoadError::Invalid(ConfigErrors(vec![ConfigError {
+                    path: format!("backends[{i}].tls.{field}"),
+                    message: format!("cannot read {}: {e}", full.display()),
+                }]))
+            })
+        };
+        if let Some(file) = &tls.ca_file {
+            let pem = read("ca_file", file)?;
+            parts.push((format!("backend {i} ca"), pem.clone()));
+            tls.ca_pem = Some(pem);
+        }
+        if let Some(file) = &tls.cert_file {
+            let pem = read("cert_file", file)?;
+            parts.push((format!("backend {i} cert"), pem.clone()));
+            tls.cert_pem = Some(pem);
+        }
+        if let Some(file) = &tls.key_file {
+            let pem = read("key_file", file)?;
+            let text = String::from_utf8(pem.clone()).map_err(|_| {
+                LoadError::Invalid(ConfigErrors(vec![ConfigError {
+                    path: format!("backends[{i}].tls.key_file"),
+                    message: "is not a PEM file".to_owned(),
+                }]))
+            })?;
+            // Only its digest, mixed with the rest, ever leaves this function.
+            parts.push((format!("backend {i} key"), pem));
+            tls.key_pem = Some(crate::model::Secret::new(text));
+        }
+        check_upstream_tls(tls).map_err(|(field, message)| {
+            LoadError::Invalid(ConfigErrors(vec![ConfigError {
+                path: format!("backends[{i}].tls.{field}"),
+                message,
+            }]))
+        })?;
     }
     let admin_token = match &config.gateway.admin_token {
         None => None,

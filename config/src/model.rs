@@ -37,6 +37,22 @@ impl Config {
         let l = &g.limits;
         // Writing to a String cannot fail.
         let _ = writeln!(out, "listen {}  admin {}", g.listen, g.admin_listen);
+        if let Some(tls) = &g.tls {
+            let clients = match (&tls.client_ca_file, tls.require_client_cert) {
+                (None, _) => "no client certificates".to_owned(),
+                (Some(ca), true) => format!("client certificates required ({})", ca.display()),
+                (Some(ca), false) => {
+                    format!("client certificates verified if sent ({})", ca.display())
+                }
+            };
+            let _ = writeln!(
+                out,
+                "tls: {} / {}, reloaded on change every {}; {clients}",
+                tls.cert_file.display(),
+                tls.key_file.display(),
+                tls.reload_interval
+            );
+        }
         let _ = writeln!(
             out,
             "limits: body {} B, headers {} B / {} max, header read timeout {}",
@@ -65,6 +81,24 @@ impl Config {
                 b.connect_timeout,
                 endpoints.join(", ")
             );
+            if let Some(tls) = &b.tls {
+                let verify = if tls.insecure_skip_verify {
+                    "certificates NOT verified".to_owned()
+                } else {
+                    format!("CA {}", tls.ca_file.as_deref().unwrap_or("of the system"))
+                };
+                let identity = tls
+                    .cert_file
+                    .as_deref()
+                    .map_or("no client certificate".to_owned(), |c| {
+                        format!("client certificate {c}")
+                    });
+                let name = tls
+                    .server_name
+                    .as_deref()
+                    .map_or("each endpoint's host".to_owned(), |n| format!("{n:?}"));
+                let _ = writeln!(out, "    tls: {verify}; {identity}; server name {name}");
+            }
         }
         let _ = writeln!(out, "routes ({}):", self.routes.len());
         for r in &self.routes {
@@ -148,9 +182,64 @@ pub struct GatewaySettings {
     pub drain_delay: std::time::Duration,
     /// Then: how long in-flight requests may take to finish. Default 30s.
     pub drain_timeout: Timeout,
+    /// TLS on `listen`; `None` serves plaintext (h2 by prior knowledge).
+    pub tls: Option<ListenerTls>,
 }
 
-/// OpenTelemetry traces, exported over OTLP/gRPC. Read at start-up: a
+/// TLS on the client listener. The certificate and key are the gateway's
+/// to watch: read at start-up and again whenever they change, without a
+/// config reload (cert-manager and Kubernetes secrets rotate them in place).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerTls {
+    /// PEM certificate chain, leaf first. Relative paths are relative to
+    /// the config file once loaded from one.
+    pub cert_file: std::path::PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the leaf.
+    pub key_file: std::path::PathBuf,
+    /// PEM CA certificates client certificates must chain to; `None`
+    /// asks no client for one.
+    pub client_ca_file: Option<std::path::PathBuf>,
+    /// With `client_ca_file`: refuse a client without a certificate.
+    /// Default true; false verifies a certificate only when one is sent.
+    pub require_client_cert: bool,
+    /// How often the files are looked at for a change. Default 1s.
+    pub reload_interval: Timeout,
+}
+
+/// TLS to a backend's endpoints. The files are read with the config, so a
+/// renewed client certificate applies at the next reload.
+#[derive(Clone, PartialEq)]
+pub struct UpstreamTls {
+    /// PEM CA certificates to trust instead of the system's.
+    pub ca_file: Option<String>,
+    pub ca_pem: Option<Vec<u8>>,
+    /// The client certificate (PEM chain) and key for mTLS; both or neither.
+    pub cert_file: Option<String>,
+    pub cert_pem: Option<Vec<u8>>,
+    pub key_file: Option<String>,
+    pub key_pem: Option<Secret>,
+    /// The name sent as SNI and checked against the certificate; default
+    /// the endpoint's host.
+    pub server_name: Option<String>,
+    /// Accept any certificate. Default false; true is logged as a warning
+    /// at every load, since it gives up what TLS is for.
+    pub insecure_skip_verify: bool,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("server_name", &self.server_name)
+            .field("insecure_skip_verify", &self.insecure_skip_verify)
+            .finish_non_exhaustive()
+    }
+}
+
+/// OpenTelemetry traces, exported over OTLP/gRPC (`http://`, or `https://`
+/// with rustls). Read at start-up: a
 /// change needs a restart.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TracingSettings {
@@ -161,6 +250,11 @@ pub struct TracingSettings {
     pub sample_ratio: f64,
     /// `service.name` of the exported spans. Default `cascadia`.
     pub service_name: String,
+    /// With an `https://` endpoint: a PEM file of the CAs to trust instead
+    /// of the system's, relative to the config file.
+    pub tls_ca_file: Option<String>,
+    /// That file's bytes, read with the config.
+    pub tls_ca_pem: Option<Vec<u8>>,
 }
 
 /// An IP network, `addr/prefix` (a bare address is a /32 or /128).
@@ -332,6 +426,9 @@ pub struct Backend {
     /// How long a recovered endpoint must stay healthy before failover
     /// sends traffic back to it. Default 5s.
     pub hold_down: Timeout,
+    /// TLS to the endpoints (`https`, or h2 over TLS with `h2c`'s framing);
+    /// `None` is plaintext.
+    pub tls: Option<UpstreamTls>,
 }
 
 /// How an endpoint is picked within a pool.

@@ -36,6 +36,27 @@ pub(crate) struct RawGateway {
     pub drain_delay: Option<String>,
     pub drain_timeout: Option<String>,
     pub trusted_proxies: Option<Vec<String>>,
+    pub tls: Option<RawListenerTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawListenerTls {
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    pub client_ca_file: Option<String>,
+    pub require_client_cert: Option<bool>,
+    pub reload_interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstreamTls {
+    pub ca_file: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    pub server_name: Option<String>,
+    pub insecure_skip_verify: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -44,6 +65,7 @@ pub(crate) struct RawTracing {
     pub otlp_endpoint: Option<String>,
     pub sample_ratio: Option<f64>,
     pub service_name: Option<String>,
+    pub tls_ca_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -85,6 +107,7 @@ pub(crate) struct RawBackend {
     #[serde(default)]
     pub outlier: RawOutlier,
     pub hold_down: Option<String>,
+    pub tls: Option<RawUpstreamTls>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -16,13 +16,14 @@ use http::HeaderName;
 use crate::error::{Collector, ConfigError, ConfigErrors};
 use crate::model::{
     Backend, Cascade, Config, Endpoint, EntityFeatures, EntityKey, GatewaySettings, HealthCheck,
-    HedgePolicy, Limits, OnUnavailable, OutlierDetection, RateLimit, RedisSettings, RetryPolicy,
-    Rollout, Route, RouteMatch, Shadow, Split, SplitTarget, TokenSource, TracingSettings,
+    HedgePolicy, Limits, ListenerTls, OnUnavailable, OutlierDetection, RateLimit, RedisSettings,
+    RetryPolicy, Rollout, Route, RouteMatch, Shadow, Split, SplitTarget, TokenSource,
+    TracingSettings, UpstreamTls,
 };
 use crate::raw::{
     RawBackend, RawCascade, RawConfig, RawEndpoint, RawEntity, RawGateway, RawHealthCheck,
-    RawHedge, RawLimits, RawMatch, RawOutlier, RawRedis, RawRetries, RawRollout, RawRoute,
-    RawShadow, RawSplitTarget, RawTracing,
+    RawHedge, RawLimits, RawListenerTls, RawMatch, RawOutlier, RawRedis, RawRetries, RawRollout,
+    RawRoute, RawShadow, RawSplitTarget, RawTracing, RawUpstreamTls,
 };
 use crate::value::{Timeout, Weight};
 
@@ -198,6 +199,7 @@ fn gateway(raw: RawGateway, errors: &mut Collector) -> GatewaySettings {
             Some(text) => timeout(Some(text), "gateway.drain_delay", errors)
                 .map_or(std::time::Duration::from_secs(5), |t| t.get()),
         },
+        tls: raw.tls.map(|t| listener_tls(t, errors)),
         drain_timeout: timeout(
             raw.drain_timeout.as_deref(),
             "gateway.drain_timeout",
@@ -399,9 +401,73 @@ fn backends(raw: Vec<RawBackend>, errors: &mut Collector) -> Vec<Backend> {
                 outlier: outlier(b.outlier, &format!("{at}.outlier"), errors),
                 hold_down: timeout(b.hold_down.as_deref(), &format!("{at}.hold_down"), errors)
                     .unwrap_or(Timeout::from_secs_unchecked(5)),
+                tls: b.tls.map(|t| upstream_tls(t, &format!("{at}.tls"), errors)),
             }
         })
         .collect()
+}
+
+fn upstream_tls(raw: RawUpstreamTls, at: &str, errors: &mut Collector) -> UpstreamTls {
+    if raw.cert_file.is_some() != raw.key_file.is_some() {
+        let missing = if raw.cert_file.is_some() {
+            "key_file"
+        } else {
+            "cert_file"
+        };
+        errors.push(
+            format!("{at}.{missing}"),
+            "a client certificate needs both cert_file and key_file",
+        );
+    }
+    if let Some(name) = &raw.server_name {
+        if name.is_empty() || name.contains(['/', ':', ' ']) {
+            errors.push(
+                format!("{at}.server_name"),
+                format!("{name:?} is not a DNS name or IP address"),
+            );
+        }
+    }
+    let insecure = raw.insecure_skip_verify.unwrap_or(false);
+    if insecure && raw.ca_file.is_some() {
+        errors.push(
+            format!("{at}.insecure_skip_verify"),
+            "contradicts ca_file: a CA is only of use when certificates are verified",
+        );
+    }
+    UpstreamTls {
+        ca_file: raw.ca_file,
+        ca_pem: None,
+        cert_file: raw.cert_file,
+        cert_pem: None,
+        key_file: raw.key_file,
+        key_pem: None,
+        server_name: raw.server_name,
+        insecure_skip_verify: insecure,
+    }
+}
+
+fn listener_tls(raw: RawListenerTls, errors: &mut Collector) -> ListenerTls {
+    let at = "gateway.tls";
+    let cert_file = required(raw.cert_file, &format!("{at}.cert_file"), errors);
+    let key_file = required(raw.key_file, &format!("{at}.key_file"), errors);
+    if raw.require_client_cert.is_some() && raw.client_ca_file.is_none() {
+        errors.push(
+            format!("{at}.require_client_cert"),
+            "needs client_ca_file: the CA that client certificates chain to",
+        );
+    }
+    ListenerTls {
+        cert_file: cert_file.into(),
+        key_file: key_file.into(),
+        require_client_cert: raw.require_client_cert.unwrap_or(true),
+        client_ca_file: raw.client_ca_file.map(Into::into),
+        reload_interval: timeout(
+            raw.reload_interval.as_deref(),
+            &format!("{at}.reload_interval"),
+            errors,
+        )
+        .unwrap_or(Timeout::from_secs_unchecked(1)),
+    }
 }
 
 fn health_check(raw: RawHealthCheck, at: &str, errors: &mut Collector) -> HealthCheck {
@@ -649,17 +715,17 @@ fn shadow(
 
 fn tracing_settings(raw: RawTracing, errors: &mut Collector) -> TracingSettings {
     let otlp_endpoint = required(raw.otlp_endpoint, "gateway.tracing.otlp_endpoint", errors);
-    if otlp_endpoint.starts_with("https://") {
-        // What `check` accepts, `run` must start with: the exporter has no
-        // TLS yet, so say so here rather than fail at start-up.
+    let https = otlp_endpoint.starts_with("https://");
+    if !(otlp_endpoint.is_empty() || https || otlp_endpoint.starts_with("http://")) {
         errors.push(
             "gateway.tracing.otlp_endpoint",
-            "https:// is not supported yet: send to a collector (an OpenTelemetry Collector sidecar, say) over http://",
+            format!("{otlp_endpoint:?} must start with http:// or https://"),
         );
-    } else if !(otlp_endpoint.is_empty() || otlp_endpoint.starts_with("http://")) {
+    }
+    if raw.tls_ca_file.is_some() && !https {
         errors.push(
-            "gateway.tracing.otlp_endpoint",
-            format!("{otlp_endpoint:?} must start with http://"),
+            "gateway.tracing.tls_ca_file",
+            "needs an https:// otlp_endpoint",
         );
     }
     let sample_ratio = raw.sample_ratio.unwrap_or(1.0);
@@ -673,6 +739,8 @@ fn tracing_settings(raw: RawTracing, errors: &mut Collector) -> TracingSettings 
         otlp_endpoint,
         sample_ratio,
         service_name: raw.service_name.unwrap_or_else(|| "cascadia".to_owned()),
+        tls_ca_file: raw.tls_ca_file,
+        tls_ca_pem: None,
     }
 }
 
@@ -1843,9 +1911,10 @@ connect_timeout = "250ms"
         assert_eq!(tracing.sample_ratio, 1.0);
         assert_eq!(tracing.service_name, "cascadia");
 
-        let errs = errors("[gateway]\nallow_no_routes = true\n[gateway.tracing]\notlp_endpoint = \"https://collector:4317\"\n");
+        assert!(parse("[gateway]\nallow_no_routes = true\n[gateway.tracing]\notlp_endpoint = \"https://collector:4317\"\n").is_ok());
+        let errs = errors("[gateway]\nallow_no_routes = true\n[gateway.tracing]\notlp_endpoint = \"http://collector:4317\"\ntls_ca_file = \"ca.pem\"\n");
         assert_eq!(errs.len(), 1, "{errs:?}");
-        assert!(errs[0].contains("https:// is not supported"), "{errs:?}");
+        assert!(errs[0].contains("gateway.tracing.tls_ca_file"), "{errs:?}");
         let errs =
             errors("[gateway]\nallow_no_routes = true\n[gateway.tracing]\notlp_endpoint = \"collector:4317\"\nsample_ratio = 1.5\n");
         assert_eq!(errs.len(), 2, "{errs:?}");

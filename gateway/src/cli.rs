@@ -343,6 +343,19 @@ async fn admin_request(
 fn check(path: &std::path::Path) -> ExitCode {
     match cascadia_config::load_file(path) {
         Ok(loaded) => {
+            // What `run` builds from the files beyond the config's own
+            // checks: an upstream's TLS client config.
+            for (i, backend) in loaded.config.backends.iter().enumerate() {
+                if let Some(tls) = &backend.tls {
+                    if let Err(message) =
+                        cascadia_backends::tls::UpstreamTlsConnector::check(tls, backend.protocol)
+                    {
+                        eprintln!("{}: 1 problem(s)", path.display());
+                        eprintln!("  backends[{i}].tls: {message}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
             println!("{}: ok (sha256 {})", path.display(), &loaded.hash[..12]);
             println!();
             print!("{}", loaded.config.summary());

@@ -207,6 +207,11 @@ impl Reloader {
                 {
                     tracing::warn!("listen addresses changed; they apply at the next restart");
                 }
+                if loaded.config.gateway.tls != current.config.gateway.tls {
+                    tracing::warn!(
+                        "gateway.tls changed; it applies at the next restart (the certificate files themselves are reloaded when they change)"
+                    );
+                }
                 let registry = Arc::clone(&self.registry);
                 let redis = current.redis.clone();
                 let runtimes = Arc::clone(&current.runtimes);

@@ -48,6 +48,16 @@ impl Gateway {
         let settings = &loaded.config.gateway;
         let listen = options.listen.unwrap_or(settings.listen);
         let admin_listen = options.admin_listen.unwrap_or(settings.admin_listen);
+        // Before binding: a certificate that cannot serve stops the start.
+        let tls = match &settings.tls {
+            None => None,
+            Some(tls) => Some(listener::TlsListener::new(tls).map_err(|(field, message)| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("gateway.tls.{field}: {message}"),
+                )
+            })?),
+        };
         let listener = bind(listen, "listen").await?;
         let admin_listener = bind(admin_listen, "admin_listen").await?;
 
@@ -98,9 +108,13 @@ impl Gateway {
         // its first request, not the config file's.
         rollouts.prime(&snapshot).await;
         let mut tasks = JoinSet::new();
+        if let Some(tls) = &tls {
+            tasks.spawn(Arc::clone(tls).watch(shutdown_rx.clone()));
+        }
         tasks.spawn(listener::serve(
             listener,
             Arc::clone(&snapshot),
+            tls,
             shutdown_rx.clone(),
         ));
         tasks.spawn(Arc::clone(&rollouts).run(Arc::clone(&snapshot), shutdown_rx.clone()));
@@ -178,9 +192,14 @@ async fn bind(addr: SocketAddr, field: &str) -> io::Result<TcpListener> {
 pub fn announce(gateway: &Gateway) {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
+    let scheme = if gateway.snapshot.load().config.gateway.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let _ = writeln!(
         out,
-        "cascadia gateway listening on http://{}",
+        "cascadia gateway listening on {scheme}://{}",
         gateway.listen_addr
     );
     let _ = writeln!(

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod redis;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -286,7 +287,10 @@ impl GatewayProcess {
                     .await
                     .expect("read stdout")
                     .expect("gateway exited before it was ready");
-                if let Some(a) = line.strip_prefix("cascadia gateway listening on http://") {
+                let data_plane = line
+                    .strip_prefix("cascadia gateway listening on http://")
+                    .or_else(|| line.strip_prefix("cascadia gateway listening on https://"));
+                if let Some(a) = data_plane {
                     addr = Some(a.parse().expect("gateway addr"));
                 } else if let Some(a) = line.strip_prefix("cascadia admin listening on http://") {
                     admin = Some(a.parse().expect("admin addr"));

@@ -32,7 +32,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue, Value};
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
@@ -75,7 +75,7 @@ pub fn install(settings: &TracingSettings) -> Result<(), TracingError> {
     if TRACING.get().is_some() {
         return Err(TracingError::AlreadyInstalled);
     }
-    let exporter = RuntimeExporter::new(&settings.otlp_endpoint)?;
+    let exporter = RuntimeExporter::new(settings)?;
     let batch = BatchConfigBuilder::default()
         .with_scheduled_delay(EXPORT_DELAY)
         .with_max_queue_size(QUEUE_SPANS)
@@ -260,7 +260,8 @@ struct RuntimeExporter {
 }
 
 impl RuntimeExporter {
-    fn new(endpoint: &str) -> Result<Self, TracingError> {
+    fn new(settings: &TracingSettings) -> Result<Self, TracingError> {
+        let endpoint = settings.otlp_endpoint.as_str();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("cascadia-otlp")
@@ -269,11 +270,21 @@ impl RuntimeExporter {
         // tonic sets up its channel on the current runtime.
         let built = {
             let _entered = runtime.enter();
-            opentelemetry_otlp::SpanExporter::builder()
+            let builder = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
                 .with_endpoint(endpoint)
-                .with_timeout(EXPORT_TIMEOUT)
-                .build()
+                .with_timeout(EXPORT_TIMEOUT);
+            if endpoint.starts_with("https://") {
+                use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig};
+                let tls = ClientTlsConfig::new();
+                let tls = match &settings.tls_ca_pem {
+                    Some(pem) => tls.ca_certificate(Certificate::from_pem(pem)),
+                    None => tls.with_native_roots(),
+                };
+                builder.with_tls_config(tls).build()
+            } else {
+                builder.build()
+            }
         };
         let inner = match built {
             Ok(inner) => inner,

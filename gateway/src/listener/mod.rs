@@ -2,8 +2,9 @@
 //! HTTP/2 (prior knowledge, so gRPC clients work) on the same port.
 //!
 //! # How it works
-//! Each connection is sniffed for the HTTP/2 preface, then handed to the
-//! matching hyper connection. HTTP/1.1 connections are wrapped in
+//! Each plaintext connection is sniffed for the HTTP/2 preface, then
+//! handed to the matching hyper connection; a TLS one (`[gateway.tls]`,
+//! see [`TlsListener`]) goes by the protocol ALPN agreed. HTTP/1.1 connections are wrapped in
 //! [`HeadTimeoutIo`], which enforces two timers hyper does not answer the
 //! way we want: a request head that takes longer than
 //! `limits.header_read_timeout` gets a JSON `408` and the connection closes
@@ -37,6 +38,9 @@ use tokio::time::{Instant, Sleep};
 use crate::proxy::Proxy;
 use crate::snapshot::SharedSnapshot;
 
+mod tls;
+pub use tls::TlsListener;
+
 /// The HTTP/2 client preface every h2 prior-knowledge connection starts with.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -50,10 +54,12 @@ connection: close\r\n\
 {\"error\":\"timed out reading request headers\"}";
 
 /// Accepts connections on `listener` until `shutdown` turns true, then
-/// drains the open connections.
+/// drains the open connections. With `tls`, every connection is TLS, and
+/// ALPN chooses HTTP/2 or HTTP/1.1.
 pub async fn serve(
     listener: TcpListener,
     snapshot: SharedSnapshot,
+    tls: Option<Arc<TlsListener>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
@@ -77,6 +83,7 @@ pub async fn serve(
             stream,
             peer,
             Arc::clone(&snapshot),
+            tls.clone(),
             shutdown.clone(),
         ));
     }
@@ -98,19 +105,48 @@ async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     snapshot: SharedSnapshot,
-    mut shutdown: watch::Receiver<bool>,
+    tls: Option<Arc<TlsListener>>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
     let limits = snapshot.load().config.gateway.limits.clone();
     let head_timeout = limits.header_read_timeout.get();
-    let is_h2 = match tokio::time::timeout(head_timeout, sniff_h2(&stream)).await {
-        Ok(Ok(is_h2)) => is_h2,
-        Ok(Err(_)) => return,
-        Err(_elapsed) => {
-            write_head_timeout(stream).await;
-            return;
-        }
+    let Some(tls) = tls else {
+        let is_h2 = match tokio::time::timeout(head_timeout, sniff_h2(&stream)).await {
+            Ok(Ok(is_h2)) => is_h2,
+            Ok(Err(_)) => return,
+            Err(_elapsed) => {
+                write_head_timeout(stream).await;
+                return;
+            }
+        };
+        return serve_http(stream, is_h2, peer, snapshot, &limits, shutdown).await;
     };
+    // The handshake counts against the head timeout: a client that opens a
+    // connection and never says hello holds nothing for long.
+    match tokio::time::timeout(head_timeout, tls.accept(stream)).await {
+        Ok(Ok(stream)) => {
+            let is_h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            serve_http(stream, is_h2, peer, snapshot, &limits, shutdown).await;
+        }
+        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+        Err(_elapsed) => tracing::debug!(%peer, "TLS handshake timed out"),
+    }
+}
+
+/// Serves one connection's requests, HTTP/2 or HTTP/1.1, over plaintext or
+/// TLS.
+async fn serve_http<S>(
+    stream: S,
+    is_h2: bool,
+    peer: SocketAddr,
+    snapshot: SharedSnapshot,
+    limits: &cascadia_config::Limits,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let head_timeout = limits.header_read_timeout.get();
     let proxy = Proxy::new(snapshot, peer);
     let idle_timeout = limits.idle_timeout.get();
     let activity = Arc::new(Activity::new());
@@ -495,9 +531,9 @@ pin_project_lite::pin_project! {
     /// The first write after that means the response is going out; the next
     /// read that finds no bytes means hyper is waiting for another request,
     /// so the connection is idle again.
-    pub struct HeadTimeoutIo {
+    pub struct HeadTimeoutIo<S> {
         #[pin]
-        stream: TcpStream,
+        stream: S,
         phase: Arc<AtomicU8>,
         // Boxed so the wrapper stays `Unpin`, as hyper requires of its IO.
         // It may be set earlier than `deadline` (a past phase's), never
@@ -522,11 +558,11 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl HeadTimeoutIo {
+impl<S> HeadTimeoutIo<S> {
     /// Wraps a freshly accepted stream; its first request head is due
     /// within `head_timeout`.
     pub fn new(
-        stream: TcpStream,
+        stream: S,
         head_timeout: Duration,
         idle_timeout: Duration,
         write_timeout: Duration,
@@ -552,7 +588,7 @@ impl HeadTimeoutIo {
     }
 }
 
-impl AsyncRead for HeadTimeoutIo {
+impl<S: AsyncRead + AsyncWrite> AsyncRead for HeadTimeoutIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -645,10 +681,10 @@ fn stall_bound<T>(
 /// a JSON error body, as every other refusal has. `None`: not such a write.
 /// Reports the original `consumed` bytes as written once the replacement
 /// is out, so hyper goes on to close the connection as it meant to.
-fn replace_parse_error(
+fn replace_parse_error<S: AsyncWrite>(
     phase: &AtomicU8,
     replacement: &mut Option<(Vec<u8>, usize)>,
-    mut stream: Pin<&mut TcpStream>,
+    mut stream: Pin<&mut S>,
     cx: &mut Context<'_>,
     first: &[u8],
     consumed: usize,
@@ -697,7 +733,7 @@ fn mark_writing(phase: &AtomicU8, armed_for: &mut Option<u8>) {
     *armed_for = None;
 }
 
-impl AsyncWrite for HeadTimeoutIo {
+impl<S: AsyncWrite> AsyncWrite for HeadTimeoutIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
