@@ -8,6 +8,7 @@ mod support;
 mod cascade;
 mod check;
 mod demo;
+mod discovery;
 mod failover;
 mod features;
 mod fleet;

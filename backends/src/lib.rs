@@ -24,6 +24,7 @@
 pub mod budget;
 pub mod client;
 pub mod connections;
+pub mod discovery;
 pub mod endpoint;
 pub mod failover;
 pub mod health;

@@ -212,7 +212,8 @@ impl BackendPool {
     /// none. `tried` holds `Arc::as_ptr` addresses of endpoints this request
     /// already used.
     pub fn pick(&self, now: Instant, tried: &[usize]) -> Option<&Arc<Endpoint>> {
-        if self.region_state.is_drained() {
+        // Empty: a DNS name that has not resolved to anything yet.
+        if self.region_state.is_drained() || self.endpoints.is_empty() {
             return None;
         }
         let eligible = |i: usize| {
@@ -450,6 +451,19 @@ mod tests {
         }
         // 50% of two endpoints: only one is ejected.
         assert_eq!(pool.healthy_fraction(now), 0.5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_pool_picks_nothing_and_has_no_healthy_share() {
+        for balancer in [
+            Balancer::RoundRobin,
+            Balancer::P2cEwma,
+            Balancer::LeastRequest,
+        ] {
+            let pool = pool(balancer, &[]);
+            assert!(pool.pick(Instant::now(), &[]).is_none());
+            assert_eq!(pool.healthy_fraction(Instant::now()), 0.0);
+        }
     }
 
     #[tokio::test(start_paused = true)]

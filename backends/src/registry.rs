@@ -38,6 +38,10 @@ pub struct Registry {
 
 #[derive(Debug, Default)]
 struct RegistryState {
+    /// The addresses each `dns` backend resolved to last, by backend name
+    /// and the `host:port` it names (a reload that changes the name does
+    /// not inherit the old name's addresses).
+    resolved: HashMap<(String, String), Vec<std::net::SocketAddr>>,
     endpoints: HashMap<EndpointKey, Arc<Endpoint>>,
     clients: HashMap<ClientKey, UpstreamClient>,
     regions: HashMap<String, Arc<RegionState>>,
@@ -50,6 +54,24 @@ impl Registry {
         Self::default()
     }
 
+    /// Records what `backend`'s DNS name `name` (`host:port`) resolved
+    /// to; true when that differs from before (the pools must be built
+    /// again to use it).
+    pub fn set_resolved(
+        &self,
+        backend: &str,
+        name: &str,
+        addresses: Vec<std::net::SocketAddr>,
+    ) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (backend.to_owned(), name.to_owned());
+        if state.resolved.get(&key) == Some(&addresses) {
+            return false;
+        }
+        state.resolved.insert(key, addresses);
+        true
+    }
+
     /// Builds one pool per configured backend, keyed by backend name.
     ///
     /// Endpoints, clients, region states and health checkers that the
@@ -59,6 +81,13 @@ impl Registry {
     /// any backend has active health checks.
     pub fn build(&self, config: &Config) -> HashMap<String, Arc<BackendPool>> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        // Only the names the config still has are remembered.
+        state.resolved.retain(|(backend, name), _| {
+            config
+                .backends
+                .iter()
+                .any(|b| b.name == *backend && b.dns.as_ref().is_some_and(|d| d.name() == *name))
+        });
         let mut endpoints = HashMap::new();
         let mut clients = HashMap::new();
         let mut checkers = HashMap::new();
@@ -94,8 +123,27 @@ impl Registry {
 
             let region_state = Arc::clone(state.regions.entry(backend.region.clone()).or_default());
 
-            let mut members = Vec::with_capacity(backend.endpoints.len());
-            for endpoint in &backend.endpoints {
+            // A `dns` backend's endpoints are the addresses its name
+            // resolved to last (none before the first answer).
+            let discovered: Vec<cascadia_config::Endpoint> = backend
+                .dns
+                .as_ref()
+                .and_then(|dns| {
+                    let key = (backend.name.clone(), dns.name());
+                    state.resolved.get(&key)
+                })
+                .into_iter()
+                .flatten()
+                .filter_map(|addr| {
+                    let authority = addr.to_string().parse().ok()?;
+                    Some(cascadia_config::Endpoint {
+                        authority,
+                        weight: 1,
+                    })
+                })
+                .collect();
+            let mut members = Vec::with_capacity(backend.endpoints.len() + discovered.len());
+            for endpoint in backend.endpoints.iter().chain(&discovered) {
                 let key = (
                     backend.name.clone(),
                     endpoint.authority.to_string(),

@@ -60,7 +60,7 @@ impl Config {
         );
         let _ = writeln!(out, "backends ({}):", self.backends.len());
         for b in &self.backends {
-            let endpoints: Vec<String> = b
+            let mut endpoints: Vec<String> = b
                 .endpoints
                 .iter()
                 .map(|e| {
@@ -71,6 +71,12 @@ impl Config {
                     }
                 })
                 .collect();
+            if let Some(dns) = &b.dns {
+                endpoints.push(format!(
+                    "every address of {}:{} (resolved every {})",
+                    dns.host, dns.port, dns.resolve_interval
+                ));
+            }
             let _ = writeln!(
                 out,
                 "  {} [{}, {}] timeout {} connect {}: {}",
@@ -411,8 +417,12 @@ pub struct Backend {
     /// Free-form (e.g. `us-east`); used for locality and in metrics labels.
     pub region: String,
     pub protocol: UpstreamProtocol,
-    /// Never empty.
+    /// Never empty unless `dns` is set; then empty (the addresses the name
+    /// resolves to are the endpoints).
     pub endpoints: Vec<Endpoint>,
+    /// A DNS name whose addresses are the endpoints (a headless Service),
+    /// re-resolved every `resolve_interval`.
+    pub dns: Option<DnsDiscovery>,
     /// Deadline for the upstream response; then 504. Default 2s.
     pub timeout: Timeout,
     /// Deadline for opening a connection. Default 1s.
@@ -429,6 +439,22 @@ pub struct Backend {
     /// TLS to the endpoints (`https`, or h2 over TLS with `h2c`'s framing);
     /// `None` is plaintext.
     pub tls: Option<UpstreamTls>,
+}
+
+/// Endpoints from DNS: every address `host` resolves to, at `port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsDiscovery {
+    pub host: String,
+    pub port: u16,
+    /// How often the name is resolved again. Default 5s.
+    pub resolve_interval: Timeout,
+}
+
+impl DnsDiscovery {
+    /// `host:port`, as the config gives it.
+    pub fn name(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
 }
 
 /// How an endpoint is picked within a pool.

@@ -108,6 +108,8 @@ pub(crate) struct RawBackend {
     pub outlier: RawOutlier,
     pub hold_down: Option<String>,
     pub tls: Option<RawUpstreamTls>,
+    pub dns: Option<String>,
+    pub resolve_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -15,10 +15,10 @@ use http::HeaderName;
 
 use crate::error::{Collector, ConfigError, ConfigErrors};
 use crate::model::{
-    Backend, Cascade, Config, Endpoint, EntityFeatures, EntityKey, GatewaySettings, HealthCheck,
-    HedgePolicy, Limits, ListenerTls, OnUnavailable, OutlierDetection, RateLimit, RedisSettings,
-    RetryPolicy, Rollout, Route, RouteMatch, Shadow, Split, SplitTarget, TokenSource,
-    TracingSettings, UpstreamTls,
+    Backend, Cascade, Config, DnsDiscovery, Endpoint, EntityFeatures, EntityKey, GatewaySettings,
+    HealthCheck, HedgePolicy, Limits, ListenerTls, OnUnavailable, OutlierDetection, RateLimit,
+    RedisSettings, RetryPolicy, Rollout, Route, RouteMatch, Shadow, Split, SplitTarget,
+    TokenSource, TracingSettings, UpstreamTls,
 };
 use crate::raw::{
     RawBackend, RawCascade, RawConfig, RawEndpoint, RawEntity, RawGateway, RawHealthCheck,
@@ -366,9 +366,27 @@ fn backends(raw: Vec<RawBackend>, errors: &mut Collector) -> Vec<Backend> {
                 );
             }
             let region = required(b.region, &format!("{at}.region"), errors);
+            let dns = b
+                .dns
+                .as_deref()
+                .and_then(|text| dns_discovery(text, b.resolve_interval.as_deref(), &at, errors));
+            if b.dns.is_none() && b.resolve_interval.is_some() {
+                errors.push(
+                    format!("{at}.resolve_interval"),
+                    "only applies with dns: endpoints listed by address are not resolved again",
+                );
+            }
             let endpoints = match b.endpoints {
+                None if b.dns.is_some() => Vec::new(),
+                Some(_) if b.dns.is_some() => {
+                    errors.push(
+                        format!("{at}.endpoints"),
+                        "give either endpoints or dns, not both",
+                    );
+                    Vec::new()
+                }
                 None => {
-                    errors.push(format!("{at}.endpoints"), "missing");
+                    errors.push(format!("{at}.endpoints"), "missing (or set dns)");
                     Vec::new()
                 }
                 Some(list) if list.is_empty() => {
@@ -402,9 +420,51 @@ fn backends(raw: Vec<RawBackend>, errors: &mut Collector) -> Vec<Backend> {
                 hold_down: timeout(b.hold_down.as_deref(), &format!("{at}.hold_down"), errors)
                     .unwrap_or(Timeout::from_secs_unchecked(5)),
                 tls: b.tls.map(|t| upstream_tls(t, &format!("{at}.tls"), errors)),
+                dns,
             }
         })
         .collect()
+}
+
+fn dns_discovery(
+    text: &str,
+    interval: Option<&str>,
+    at: &str,
+    errors: &mut Collector,
+) -> Option<DnsDiscovery> {
+    let field = format!("{at}.dns");
+    let Some((host, port)) = text.rsplit_once(':') else {
+        errors.push(field, format!("{text:?} needs a port: name:port"));
+        return None;
+    };
+    let port = match port.parse::<u16>() {
+        Ok(port) if port > 0 => port,
+        _ => {
+            errors.push(field, format!("{port:?} is not a port"));
+            return None;
+        }
+    };
+    let is_name = !host.is_empty()
+        && host.parse::<std::net::IpAddr>().is_err()
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if !is_name {
+        errors.push(
+            field,
+            format!("{host:?} is not a DNS name (list addresses under endpoints instead)"),
+        );
+        return None;
+    }
+    let resolve_interval = timeout(interval, &format!("{at}.resolve_interval"), errors)
+        .unwrap_or(Timeout::from_secs_unchecked(5));
+    Some(DnsDiscovery {
+        host: host.to_ascii_lowercase(),
+        port,
+        resolve_interval,
+    })
 }
 
 fn upstream_tls(raw: RawUpstreamTls, at: &str, errors: &mut Collector) -> UpstreamTls {
@@ -1895,6 +1955,45 @@ connect_timeout = "250ms"
         );
         assert!(
             parse("[gateway]\nallow_no_routes = true\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n").is_ok()
+        );
+    }
+
+    #[test]
+    fn a_backend_takes_endpoints_or_a_dns_name_with_a_port() {
+        let backend = |lines: &str| {
+            format!(
+                "[[backends]]\nname = \"a\"\nregion = \"r\"\n{lines}\n[[routes]]\nname = \"r\"\nmatch = {{ model = \"m\" }}\nbackends = [\"a\"]\n"
+            )
+        };
+        let config = parse(&backend(
+            "dns = \"Fraud.models.svc.cluster.local:8080\"\nresolve_interval = \"2s\"",
+        ))
+        .unwrap();
+        let dns = config.backends[0].dns.clone().unwrap();
+        assert_eq!(dns.host, "fraud.models.svc.cluster.local");
+        assert_eq!(dns.port, 8080);
+        assert_eq!(
+            dns.resolve_interval.get(),
+            std::time::Duration::from_secs(2)
+        );
+        assert!(config.backends[0].endpoints.is_empty());
+        assert_eq!(
+            errors(&backend("dns = \"svc:8080\"\nendpoints = [\"10.0.0.1:1\"]")),
+            ["backends[0].endpoints: give either endpoints or dns, not both"]
+        );
+        assert_eq!(
+            errors(&backend("dns = \"svc\"")),
+            [r#"backends[0].dns: "svc" needs a port: name:port"#]
+        );
+        assert_eq!(
+            errors(&backend("dns = \"10.0.0.1:80\"")),
+            [
+                r#"backends[0].dns: "10.0.0.1" is not a DNS name (list addresses under endpoints instead)"#
+            ]
+        );
+        assert_eq!(
+            errors(&backend("endpoints = [\"10.0.0.1:1\"]\nresolve_interval = \"1s\"")),
+            ["backends[0].resolve_interval: only applies with dns: endpoints listed by address are not resolved again"]
         );
     }
 

@@ -184,6 +184,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                 listen,
                 admin_listen,
                 watch_config: !no_watch,
+                resolver: None,
             };
             match Gateway::start(loaded, options).await {
                 Ok(gateway) => {

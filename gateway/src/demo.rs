@@ -97,6 +97,7 @@ async fn run_inner(
             listen: Some(listen),
             admin_listen: Some(admin_listen),
             watch_config: true,
+            resolver: None,
         },
     )
     .await

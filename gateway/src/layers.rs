@@ -15,7 +15,7 @@ const ORDER: &[&[&str]] = &[
     // L4: the phase order, and the listener that feeds it.
     &["proxy", "listener"],
     // L5: what changes the snapshot or the traffic over time.
-    &["reload", "rollout", "fleet", "drills"],
+    &["reload", "discovery", "rollout", "fleet", "drills"],
     // L6: the admin API, metrics exposition, the process and its CLI.
     &["metrics", "admin", "server", "demo", "cli"],
 ];

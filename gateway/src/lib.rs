@@ -43,6 +43,7 @@ pub mod cascade;
 pub mod cli;
 pub mod core;
 pub mod demo;
+pub mod discovery;
 pub mod drills;
 pub mod features;
 pub mod fleet;

@@ -27,6 +27,9 @@ pub enum Trigger {
     FileChange,
     Signal,
     Admin,
+    /// A `dns` backend's addresses changed: the serving config is built
+    /// again (same version and hash), the file is not read.
+    Discovery,
 }
 
 /// The result of one reload attempt.
@@ -174,7 +177,37 @@ struct Reloader {
 }
 
 impl Reloader {
+    /// Builds the serving config again, with the registry's latest DNS
+    /// answers: new endpoints join, gone ones leave, and those that stay
+    /// keep their state (the registry hands them over).
+    async fn rebuild(&self) -> ReloadOutcome {
+        let current = self.snapshot.load_full();
+        let loaded = cascadia_config::LoadedConfig {
+            config: Arc::clone(&current.config),
+            hash: current.hash.clone(),
+            source: self.source.clone(),
+            admin_token: current.admin_token.clone(),
+        };
+        let registry = Arc::clone(&self.registry);
+        let redis = current.redis.clone();
+        let runtimes = Arc::clone(&current.runtimes);
+        let version = current.version;
+        let next = tokio::task::spawn_blocking(move || {
+            Snapshot::build(version, &loaded, &registry, redis, runtimes)
+        })
+        .await
+        .expect("snapshot build does not panic");
+        self.snapshot.store(Arc::new(next));
+        ReloadOutcome::Unchanged {
+            version,
+            hash: current.hash.clone(),
+        }
+    }
+
     async fn reload(&self, trigger: Trigger) -> ReloadOutcome {
+        if trigger == Trigger::Discovery {
+            return self.rebuild().await;
+        }
         let path = self.source.clone();
         // Bounded: inputs are regular files under a size cap, but a stalled
         // filesystem (or a file swapped for a FIFO after its check) could

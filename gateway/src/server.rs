@@ -18,8 +18,8 @@ use crate::listener;
 use crate::reload::{self, ReloadHandle};
 use crate::snapshot::{SharedSnapshot, Snapshot};
 
-/// Overrides for the addresses in the config file.
-#[derive(Clone, Debug, Default)]
+/// Overrides for the addresses in the config file, and the seams tests use.
+#[derive(Clone, Default)]
 pub struct GatewayOptions {
     /// Data-plane address; the config's `gateway.listen` when `None`.
     pub listen: Option<SocketAddr>,
@@ -28,6 +28,19 @@ pub struct GatewayOptions {
     /// Reload when the config file changes (SIGHUP and the admin API
     /// always work).
     pub watch_config: bool,
+    /// Resolves `dns` backends; the system's resolver when `None`.
+    pub resolver: Option<Arc<dyn cascadia_backends::discovery::Resolver>>,
+}
+
+impl std::fmt::Debug for GatewayOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayOptions")
+            .field("listen", &self.listen)
+            .field("admin_listen", &self.admin_listen)
+            .field("watch_config", &self.watch_config)
+            .field("resolver", &self.resolver.as_ref().map(|_| "custom"))
+            .finish()
+    }
 }
 
 /// A running gateway.
@@ -93,6 +106,23 @@ impl Gateway {
             shutdown_rx.clone(),
         );
 
+        // `dns` backends get their first endpoints before the listener
+        // serves, so the first requests do not find empty pools.
+        let resolver = options
+            .resolver
+            .clone()
+            .unwrap_or_else(|| Arc::new(cascadia_backends::discovery::SystemResolver));
+        let mut discovery = crate::discovery::Discovery::new(
+            Arc::clone(&snapshot),
+            Arc::clone(&registry),
+            reload.clone(),
+            resolver,
+        );
+        let discovering = loaded.config.backends.iter().any(|b| b.dns.is_some());
+        if discovering {
+            discovery.resolve_due().await;
+        }
+
         let listen_addr = listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
         let config_dir = loaded
@@ -118,6 +148,8 @@ impl Gateway {
             shutdown_rx.clone(),
         ));
         tasks.spawn(Arc::clone(&rollouts).run(Arc::clone(&snapshot), shutdown_rx.clone()));
+        // Always running: a reload may add a `dns` backend.
+        tasks.spawn(discovery.run(shutdown_rx.clone()));
         // With Redis, drains and drill faults reach every replica.
         if let Some(redis) = snapshot.load().redis.clone() {
             tasks.spawn(crate::fleet::run(
