@@ -7,6 +7,7 @@ mod support;
 
 mod cascade;
 mod check;
+mod cli;
 mod demo;
 mod discovery;
 mod failover;

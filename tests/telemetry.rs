@@ -190,3 +190,74 @@ async fn without_tracing_the_clients_traceparent_passes_through_unchanged() {
     assert_eq!(response.status, StatusCode::OK);
     assert_eq!(response.header("x-sim-saw-traceparent"), Some(traceparent));
 }
+
+/// The JSON access lines in a captured log.
+fn access_lines(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["target"] == "cascadia::access")
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_gets_one_access_line_with_its_route_backend_and_status() {
+    let backend = crate::support::sim("fraud-us-east", "1", "us-east").await;
+    let config = single_backend_config(
+        "fraud-us-east",
+        backend.addr,
+        "rate_limit = { per_second = 1, burst = 1 }",
+    );
+    let gateway =
+        GatewayProcess::start_with(&config, &["--capture-log", "--log-format", "json"]).await;
+    let log = gateway.log.clone().expect("captured");
+    let client = TestClient::new();
+    let ok = client
+        .infer(&gateway.url("/v2/models/fraud/infer?api_key=secret"), &[])
+        .await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let limited = client
+        .infer(&gateway.url("/v2/models/fraud/infer"), &[])
+        .await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    let unmatched = client
+        .infer(&gateway.url("/v2/models/nosuch/infer"), &[])
+        .await;
+    assert_eq!(unmatched.status, StatusCode::NOT_FOUND);
+
+    let lines = tokio::time::timeout(WAIT, async {
+        loop {
+            let lines = access_lines(&log.lock().unwrap());
+            if lines.len() >= 3 {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("three access lines");
+    assert_eq!(lines.len(), 3, "one line per request: {lines:?}");
+    let fields = |i: usize| lines[i]["fields"].clone();
+    let first = fields(0);
+    assert_eq!(first["route"], "fraud");
+    assert_eq!(first["backend"], "fraud-us-east");
+    assert_eq!(first["region"], "us-east");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["method"], "POST");
+    assert_eq!(first["path"], "/v2/models/fraud/infer", "no query: {first}");
+    assert_eq!(first["request_id"], ok.header("x-request-id").unwrap());
+    assert!(first["duration_ms"].as_f64().unwrap() > 0.0);
+    assert_ne!(first["bytes_in"], "-");
+    assert_ne!(first["bytes_out"], "-");
+    assert!(first["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert_eq!(fields(1)["status"], 429, "a 429 is logged at any level");
+    assert_eq!(fields(2)["status"], 404);
+    assert_eq!(fields(2)["route"], "-");
+    assert!(
+        !log.lock().unwrap().contains("secret"),
+        "the query never reaches the log"
+    );
+    assert!(
+        !log.lock().unwrap().contains('\u{1b}'),
+        "no colour codes off a terminal"
+    );
+}

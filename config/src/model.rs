@@ -190,6 +190,27 @@ pub struct GatewaySettings {
     pub drain_timeout: Timeout,
     /// TLS on `listen`; `None` serves plaintext (h2 by prior knowledge).
     pub tls: Option<ListenerTls>,
+    /// One line per request, target `cascadia::access`.
+    pub access_log: AccessLog,
+}
+
+/// The access log: one structured line per request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AccessLog {
+    /// Default true.
+    pub enabled: bool,
+    /// Share of successful (below 400) requests logged, 0..=1; every
+    /// 4xx and 5xx is logged. Default 1.0.
+    pub sample: f64,
+}
+
+impl Default for AccessLog {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            sample: 1.0,
+        }
+    }
 }
 
 /// TLS on the client listener. The certificate and key are the gateway's

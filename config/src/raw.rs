@@ -37,6 +37,14 @@ pub(crate) struct RawGateway {
     pub drain_timeout: Option<String>,
     pub trusted_proxies: Option<Vec<String>>,
     pub tls: Option<RawListenerTls>,
+    pub access_log: Option<RawAccessLog>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAccessLog {
+    pub enabled: Option<bool>,
+    pub sample: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

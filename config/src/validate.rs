@@ -200,6 +200,20 @@ fn gateway(raw: RawGateway, errors: &mut Collector) -> GatewaySettings {
                 .map_or(std::time::Duration::from_secs(5), |t| t.get()),
         },
         tls: raw.tls.map(|t| listener_tls(t, errors)),
+        access_log: {
+            let raw = raw.access_log.unwrap_or_default();
+            let sample = raw.sample.unwrap_or(1.0);
+            if !(0.0..=1.0).contains(&sample) {
+                errors.push(
+                    "gateway.access_log.sample",
+                    format!("{sample} must be between 0.0 and 1.0"),
+                );
+            }
+            crate::model::AccessLog {
+                enabled: raw.enabled.unwrap_or(true),
+                sample,
+            }
+        },
         drain_timeout: timeout(
             raw.drain_timeout.as_deref(),
             "gateway.drain_timeout",

@@ -13,7 +13,7 @@ use crate::telemetry::LogFormat;
 
 /// Cascadia: a latency-aware API gateway for ML model routing.
 #[derive(Debug, Parser)]
-#[command(name = "cascadia", version, about)]
+#[command(name = "cascadia", version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("CASCADIA_COMMIT"), ")"), about)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -67,9 +67,9 @@ pub enum Command {
         /// The region to drill (not needed for `--fault redis`).
         #[arg(long)]
         region: Option<String>,
-        /// blackhole, latency, errors, or redis (Redis unavailable).
-        #[arg(long, default_value = "blackhole")]
-        fault: String,
+        /// The fault to inject.
+        #[arg(long, value_enum, default_value_t = DrillFault::Blackhole)]
+        fault: DrillFault,
         /// Added latency for `--fault latency`.
         #[arg(long)]
         latency_ms: Option<u64>,
@@ -92,8 +92,9 @@ pub enum Command {
     /// Show or steer canary rollouts through a running gateway's admin API:
     /// `status`, or `pause`, `resume`, `promote`, `abort` with `--route`.
     Rollout {
-        /// status, pause, resume, promote or abort.
-        action: String,
+        /// What to do.
+        #[arg(value_enum)]
+        action: RolloutAction,
         /// The route whose rollout to steer (every route for `status`).
         #[arg(long)]
         route: Option<String>,
@@ -113,6 +114,57 @@ pub enum Command {
     },
 }
 
+/// The faults `cascadia drill` injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DrillFault {
+    /// Attempts to the region time out.
+    Blackhole,
+    /// Attempts to the region are delayed by `--latency-ms`.
+    Latency,
+    /// A share (`--error-rate`) of attempts to the region fail.
+    Errors,
+    /// Redis is unavailable to the gateway.
+    Redis,
+}
+
+impl DrillFault {
+    fn as_str(self) -> &'static str {
+        match self {
+            DrillFault::Blackhole => "blackhole",
+            DrillFault::Latency => "latency",
+            DrillFault::Errors => "errors",
+            DrillFault::Redis => "redis",
+        }
+    }
+}
+
+/// What `cascadia rollout` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RolloutAction {
+    /// Show every rollout, or `--route`'s.
+    Status,
+    /// Hold the canary at its step.
+    Pause,
+    /// Go on from a pause.
+    Resume,
+    /// Send all traffic to the canary now.
+    Promote,
+    /// Roll back to stable now.
+    Abort,
+}
+
+impl RolloutAction {
+    fn as_str(self) -> &'static str {
+        match self {
+            RolloutAction::Status => "status",
+            RolloutAction::Pause => "pause",
+            RolloutAction::Resume => "resume",
+            RolloutAction::Promote => "promote",
+            RolloutAction::Abort => "abort",
+        }
+    }
+}
+
 /// Runs a parsed command line to completion.
 pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
@@ -127,21 +179,14 @@ pub async fn run(cli: Cli) -> ExitCode {
                 Ok(token) => token,
                 Err(code) => return code,
             };
-            let (method, path) = match (action.as_str(), &route) {
-                ("status", None) => (http::Method::GET, "/admin/rollouts".to_owned()),
-                ("status", Some(_)) => (http::Method::GET, "/admin/rollouts".to_owned()),
-                ("pause" | "resume" | "promote" | "abort", Some(route)) => (
+            let (method, path) = match (action, &route) {
+                (RolloutAction::Status, _) => (http::Method::GET, "/admin/rollouts".to_owned()),
+                (_, Some(route)) => (
                     http::Method::POST,
-                    format!("/admin/rollouts/{route}/{action}"),
+                    format!("/admin/rollouts/{route}/{}", action.as_str()),
                 ),
-                ("pause" | "resume" | "promote" | "abort", None) => {
-                    eprintln!("error: {action} needs --route");
-                    return ExitCode::from(2);
-                }
-                _ => {
-                    eprintln!(
-                        "error: unknown action {action:?} (status, pause, resume, promote, abort)"
-                    );
+                (_, None) => {
+                    eprintln!("error: {} needs --route", action.as_str());
                     return ExitCode::from(2);
                 }
             };
@@ -153,6 +198,19 @@ pub async fn run(cli: Cli) -> ExitCode {
                             .filter(|r| r["route"] == route.as_str())
                             .cloned()
                             .collect();
+                        if one.is_empty() {
+                            let known: Vec<&str> =
+                                all.iter().filter_map(|r| r["route"].as_str()).collect();
+                            eprintln!(
+                                "error: route {route:?} has no rollout (rollouts: {})",
+                                if known.is_empty() {
+                                    "none".to_owned()
+                                } else {
+                                    known.join(", ")
+                                }
+                            );
+                            return ExitCode::FAILURE;
+                        }
                         answer["rollouts"] = serde_json::json!(one);
                     }
                     println!(
@@ -222,7 +280,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             };
             let request = serde_json::json!({
                 "region": region,
-                "fault": fault,
+                "fault": fault.as_str(),
                 "latency_ms": latency_ms,
                 "error_rate": error_rate,
                 "duration_s": duration.get().as_secs_f64(),
@@ -331,13 +389,19 @@ async fn admin_request(
         .to_bytes();
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     if status.is_success() {
-        Ok(json)
-    } else {
-        Err(format!(
-            "{status}: {}",
-            json["error"].as_str().unwrap_or("request failed")
-        ))
+        return Ok(json);
     }
+    let message = json["error"].as_str().unwrap_or("request failed");
+    let hint = match (status, token.is_some()) {
+        (http::StatusCode::UNAUTHORIZED, false) => {
+            "\n  the admin API needs its token: pass --token-file FILE (the file gateway.admin.token_file names)"
+        }
+        (http::StatusCode::UNAUTHORIZED, true) => {
+            "\n  the token in --token-file is not the gateway's (gateway.admin.token_file or token_env)"
+        }
+        _ => "",
+    };
+    Err(format!("{status}: {message}{hint}"))
 }
 
 /// `cascadia check`.

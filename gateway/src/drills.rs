@@ -15,6 +15,8 @@
 //!   failover (an ejected endpoint's trial, say) while the fault lasted;
 //! - `failback_ms`: from the revert until the target served again;
 //! - `flaps`: times the target lost its traffic again after failing back;
+//! - `note`: why fail-back is missing when no traffic reached the target
+//!   after the revert (a Redis drill on a route that never calls Redis);
 //! - `steady_ms`: from the revert until the target had served for
 //!   [`STEADY_WINDOW`] without a pause and without a failed request.
 //!
@@ -103,6 +105,9 @@ pub struct DrillReport {
     pub flaps: u64,
     pub steady_ms: Option<u64>,
     pub abort_reason: Option<String>,
+    /// Why a number is missing from a completed report: fail-back could
+    /// not be seen because no traffic reached the target after the revert.
+    pub note: Option<String>,
     /// With Redis: what every replica's clients saw during the fault (each
     /// replica's published counts, at most 200 ms old, summed).
     pub fleet: Option<FleetTraffic>,
@@ -156,6 +161,7 @@ impl Drills {
             p99_ms: None,
             reentries: 0,
             failback_ms: None,
+            note: None,
             flaps: 0,
             steady_ms: None,
             abort_reason: None,
@@ -311,6 +317,19 @@ impl Drills {
             r.failback_ms = settle.failback.map(millis);
             r.flaps = settle.flaps;
             r.steady_ms = settle.steady.map(millis);
+            if settle.failback.is_none() {
+                r.note = Some(match &target {
+                    DrillTarget::Redis(_) => format!(
+                        "no request called Redis within {}s of the revert, so fail-back was not seen; \
+                         drill under traffic that uses the feature cache or a shared rate limit",
+                        FAILBACK_WAIT.as_secs()
+                    ),
+                    _ => format!(
+                        "no attempt reached the region within {}s of the revert, so fail-back was not seen",
+                        FAILBACK_WAIT.as_secs()
+                    ),
+                });
+            }
             r.state = if abort.is_some() {
                 "aborted"
             } else {

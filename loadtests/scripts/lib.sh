@@ -102,7 +102,7 @@ wait_for_address() {
 start_sim() {
     local name=$1 out=$2
     shift 2
-    "${PIN_LOAD[@]}" "$BIN/cascadia-sim" --listen 127.0.0.1:0 --model fraud --version 1 "$@" \
+    "${PIN_LOAD[@]}" "$BIN/cascadia-sim" --listen 127.0.0.1:0 --model fraud --model-version 1 "$@" \
         >"$out" 2>"$out.err" &
     SIM_PID[$name]=$!
     CHILDREN+=("$!")
@@ -114,8 +114,10 @@ start_sim() {
 # and GW_ADMIN[NAME] once it listens.
 start_gateway() {
     local name=$1 out=$WORK/gateway-$1.out
+    # The access log is off, as nginx's is in the peer configs: the
+    # benchmarks measure proxying, not log writing (GATEWAY_LOG overrides).
     "${PIN_GATEWAY[@]}" "$BIN/cascadia" run --config "$WORK/gateway-$name.toml" --workers 1 \
-        >"$out" 2>"$out.err" &
+        --log "${GATEWAY_LOG:-info,cascadia::access=off}" >"$out" 2>"$out.err" &
     GW_PID[$name]=$!
     CHILDREN+=("$!")
     GW_ADDR[$name]=$(wait_for_address "$out" "cascadia gateway listening on http://" "${GW_PID[$name]}")

@@ -249,8 +249,15 @@ impl GatewayProcess {
             .copied()
             .filter(|a| !matches!(*a, "--watch" | "--no-watch" | "--capture-log"))
             .collect();
+        // The access log (a line per request) only where a test reads the
+        // log: elsewhere it would bury the warnings in the test's output.
+        let log = if capture {
+            "warn"
+        } else {
+            "warn,cascadia::access=off"
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_cascadia"))
-            .args(["run", "--workers", "2", "--log", "warn", "--config"])
+            .args(["run", "--workers", "2", "--log", log, "--config"])
             .arg(&config_path)
             .args(&extra_args)
             .args((!watch).then_some("--no-watch"))

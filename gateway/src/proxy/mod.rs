@@ -25,6 +25,7 @@
 //! [`Exchange`], and the [`Upstream`] they send to is this proxy's (the
 //! endpoints' connections, or a unit test's mock).
 
+mod access;
 mod grpc;
 
 use std::convert::Infallible;
@@ -113,6 +114,12 @@ impl Proxy {
         // the connection fails (a broken pipe).
         let unread_body_closes =
             request.version() < Version::HTTP_2 && !request.body().is_end_stream();
+        let http_version = request.version();
+        let bytes_in = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .or_else(|| request.body().is_end_stream().then_some(0));
         let span = trace::request_span(request.headers(), &method, uri.path());
         // gRPC is boxed: its future is several KB, and inline it would make
         // every REST request's future that large too.
@@ -166,7 +173,7 @@ impl Proxy {
             }
             _ => {}
         }
-        match result {
+        let response = match result {
             Ok(response) => response,
             Err(error) => {
                 let status = error.status();
@@ -197,7 +204,23 @@ impl Proxy {
                     response
                 }
             }
-        }
+        };
+        access::log(
+            &snapshot,
+            access::AccessRecord {
+                method: &method,
+                path: uri.path(),
+                version: http_version,
+                route: matched.as_ref().map(|r| &*r.name),
+                status: response.status().as_u16(),
+                elapsed: started.elapsed(),
+                request_headers_length: bytes_in,
+                response_headers: Some(response.headers()),
+                request_id: request_id.to_str().unwrap_or_default(),
+                peer: self.client,
+            },
+        );
+        response
     }
 
     /// Where this proxy's attempts go.

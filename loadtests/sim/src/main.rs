@@ -9,7 +9,16 @@ use clap::Parser;
 
 /// A simulated OIP model server (REST + gRPC on one port).
 #[derive(Debug, Parser)]
-#[command(name = "cascadia-sim")]
+#[command(
+    name = "cascadia-sim",
+    version,
+    after_help = "Endpoints:
+  /v2/...                    Open Inference Protocol REST (health, metadata, infer); gRPC on the same port
+  GET  /features/{key}       a feature store: ?features=a,b answers stable values per key; keys starting
+                             with `unknown` are 404 (for negative caching)
+  GET  /sim/stats            requests seen and the current settings
+  POST /sim/control          change latency, error rate and more while running (JSON)"
+)]
 struct Args {
     /// Address to bind; port 0 picks a free port (printed on stdout).
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -17,9 +26,9 @@ struct Args {
     /// The model name to serve.
     #[arg(long)]
     model: String,
-    /// The model version to report.
+    /// The model version to report (`--version` prints the program's).
     #[arg(long, default_value = "1")]
-    version: String,
+    model_version: String,
     /// Region label returned in `x-sim-region`.
     #[arg(long, default_value = "local")]
     region: String,
@@ -80,7 +89,7 @@ async fn run(args: Args, latency: LatencyModel) -> Result<(), Box<dyn std::error
     let config = SimConfig {
         name: args.name.unwrap_or_else(|| addr.to_string()),
         model: args.model,
-        version: args.version,
+        version: args.model_version,
         region: args.region,
         latency,
         error_rate: args.error_rate,

@@ -23,7 +23,7 @@ fn prints_listening_line_and_serves() {
                 "127.0.0.1:0",
                 "--model",
                 "fraud",
-                "--version",
+                "--model-version",
                 "1",
             ])
             .args(["--region", "us-east", "--latency-ms", "1"])
@@ -51,4 +51,33 @@ fn prints_listening_line_and_serves() {
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(resp.contains("x-sim-region: us-east"), "{resp}");
     assert!(resp.contains(&format!("x-sim-name: {addr}")), "{resp}");
+}
+
+#[test]
+fn version_prints_the_programs_version_and_help_lists_the_endpoints() {
+    let version = Command::new(env!("CARGO_BIN_EXE_cascadia-sim"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(version.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("cascadia-sim {}", env!("CARGO_PKG_VERSION"))
+    );
+    let help = Command::new(env!("CARGO_BIN_EXE_cascadia-sim"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for endpoint in [
+        "/features/{key}",
+        "/sim/control",
+        "/sim/stats",
+        "--model-version",
+    ] {
+        assert!(
+            help.contains(endpoint),
+            "{endpoint} missing from --help:\n{help}"
+        );
+    }
 }
