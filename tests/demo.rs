@@ -1,5 +1,6 @@
 //! `cascadia demo`, the README's first command: it starts, routes the
-//! canary split, runs the cascade and the shadow, and stops cleanly.
+//! canary split, runs the cascade and the shadow, walks through a drill and
+//! a rolled-back canary, and stops cleanly, leaving no files behind.
 
 use std::process::Stdio;
 
@@ -25,7 +26,8 @@ async fn the_demo_serves_its_samples_and_stops_on_sigterm() {
         .expect("spawn cascadia demo");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut output = Vec::new();
-    tokio::time::timeout(WAIT, async {
+    // The walkthrough (samples, a drill, a rollout) takes several seconds.
+    tokio::time::timeout(WAIT * 3, async {
         while let Some(line) = lines.next_line().await.expect("read stdout") {
             let done = line.starts_with("Press Ctrl-C");
             output.push(line);
@@ -66,6 +68,32 @@ async fn the_demo_serves_its_samples_and_stops_on_sigterm() {
         "the shadow compared identical models:\n{text}"
     );
 
+    // The walkthrough: a drill that failed over and back, and a rollout
+    // the gateway rolled back by itself, neither failing a request.
+    assert!(text.contains("Failover drill:"), "{text}");
+    assert!(text.contains("failed over to eu-west in "), "{text}");
+    assert!(!text.contains("failover drill failed"), "{text}");
+    assert!(text.contains("rolled_back at weight 0: p95"), "{text}");
+    let failures: Vec<&str> = output
+        .iter()
+        .filter(|l| l.contains("requests answered"))
+        .map(|l| l.as_str())
+        .collect();
+    assert_eq!(failures.len(), 2, "{text}");
+    assert!(failures.iter().all(|l| l.contains(", 0 failed")), "{text}");
+    let folder = output
+        .iter()
+        .find_map(|l| l.trim_start().strip_prefix("config   "))
+        .and_then(|l| l.split_whitespace().next())
+        .map(|path| {
+            std::path::PathBuf::from(path)
+                .parent()
+                .unwrap()
+                .to_path_buf()
+        })
+        .unwrap_or_else(|| panic!("no config line in:\n{text}"));
+    assert!(folder.exists());
+
     let pid = child.id().expect("running").to_string();
     assert!(std::process::Command::new("kill")
         .args(["-TERM", &pid])
@@ -77,4 +105,9 @@ async fn the_demo_serves_its_samples_and_stops_on_sigterm() {
         .expect("the demo stops on SIGTERM")
         .unwrap();
     assert!(status.success(), "{status}");
+    assert!(
+        !folder.exists(),
+        "the demo's folder is removed: {}",
+        folder.display()
+    );
 }

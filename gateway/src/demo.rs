@@ -3,9 +3,10 @@
 //! `eu-west`) run behind the gateway with the config from
 //! `config/examples/demo.toml`, pointed at their real ports.
 //!
-//! The demo writes that config to a temporary file and serves it like
-//! `cascadia run` does, so editing the file (say, the canary weight) reloads
-//! the gateway live.
+//! The demo writes that config to a temporary folder (removed when the demo
+//! stops) and serves it like `cascadia run` does, so editing the file (say,
+//! the canary weight) reloads the gateway live. After its samples it walks
+//! through a failover drill and a canary rollout that rolls back.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -88,7 +89,8 @@ async fn run_inner(
         sims.push(sim);
     }
 
-    let config_path = write_demo_config(&config_text)?;
+    let demo_dir = DemoDir::create()?;
+    let config_path = demo_dir.write_config(&config_text)?;
     let loaded =
         cascadia_config::load_file(&config_path).map_err(|e| format!("demo config: {e}"))?;
     let gateway = Gateway::start(
@@ -163,6 +165,17 @@ async fn run_inner(
             }
             Err(error) => println!("shadow summary unavailable: {error}"),
         }
+        let admin = format!("http://{}", gateway.admin_addr);
+        println!();
+        match failover_drill(&base, &admin).await {
+            Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
+            Err(error) => println!("failover drill failed: {error}"),
+        }
+        println!();
+        match canary_rollback(&base, &admin, &config_path, &config_text, &sims[2..]).await {
+            Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
+            Err(error) => println!("canary rollout failed: {error}"),
+        }
     }
     println!();
     println!("Press Ctrl-C to stop.");
@@ -170,19 +183,206 @@ async fn run_inner(
     wait_for_shutdown_signal().await;
     gateway.shutdown().await;
     drop(sims);
-    let _ = std::fs::remove_file(&config_path);
+    // `demo_dir` goes last, with everything the gateway wrote into it.
+    drop(demo_dir);
     Ok(())
 }
 
-fn write_demo_config(text: &str) -> Result<PathBuf, String> {
-    let dir = std::env::temp_dir().join(format!("cascadia-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let path = dir.join("demo.toml");
-    std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    let model = dir.join(DEMO_MODEL.0);
-    std::fs::write(&model, DEMO_MODEL.1)
-        .map_err(|e| format!("cannot write {}: {e}", model.display()))?;
-    Ok(path)
+/// The demo's folder: the config, the stage-1 model, and whatever the
+/// gateway writes beside them (a rollout's state). Removed when dropped,
+/// on every way out of the demo.
+struct DemoDir(PathBuf);
+
+impl DemoDir {
+    fn create() -> Result<Self, String> {
+        let dir = std::env::temp_dir().join(format!("cascadia-demo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        Ok(Self(dir))
+    }
+
+    fn write_config(&self, text: &str) -> Result<PathBuf, String> {
+        let path = self.0.join("demo.toml");
+        std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        let model = self.0.join(DEMO_MODEL.0);
+        std::fs::write(&model, DEMO_MODEL.1)
+            .map_err(|e| format!("cannot write {}: {e}", model.display()))?;
+        Ok(path)
+    }
+}
+
+impl Drop for DemoDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Background requests to the fraud route from many users until dropped;
+/// counts answers and failures.
+struct Traffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<(u64, u64)>,
+}
+
+impl Traffic {
+    fn start(base: &str) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let url = format!("{base}/v2/models/fraud/infer");
+        let stopping = std::sync::Arc::clone(&stop);
+        let task = tokio::spawn(async move {
+            let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+            let (mut served, mut failed) = (0u64, 0u64);
+            let mut user = 0u64;
+            while !stopping.load(Ordering::Relaxed) {
+                user += 1;
+                let request = Request::builder()
+                    .method(Method::POST)
+                    .uri(&url)
+                    .header("content-type", "application/json")
+                    .header("x-user-id", format!("walk-{user}"))
+                    .body(Full::new(Bytes::from_static(SAMPLE_BODY.as_bytes())));
+                let Ok(request) = request else { break };
+                match client.request(request).await {
+                    Ok(response) if response.status().is_success() => {
+                        let _ = response.into_body().collect().await;
+                        served += 1;
+                    }
+                    _ => failed += 1,
+                }
+            }
+            (served, failed)
+        });
+        Self { stop, task }
+    }
+
+    async fn stop(self) -> (u64, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.unwrap_or((0, 0))
+    }
+}
+
+/// One admin API call with a JSON answer.
+async fn admin_call(method: Method, url: &str, body: &str) -> Result<serde_json::Value, String> {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let request = Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .map_err(|e| e.to_string())?;
+    let response = client.request(request).await.map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    if status.is_success() {
+        Ok(json)
+    } else {
+        Err(format!("{status}: {json}"))
+    }
+}
+
+/// A two-second blackhole drill on us-east under traffic: how fast the
+/// gateway noticed, failed over to eu-west and came back.
+async fn failover_drill(base: &str, admin: &str) -> Result<Vec<String>, String> {
+    let traffic = Traffic::start(base);
+    let started = admin_call(
+        Method::POST,
+        &format!("{admin}/admin/drills"),
+        r#"{"region": "us-east", "fault": "blackhole", "duration_s": 2}"#,
+    )
+    .await?;
+    let id = started["id"].as_u64().ok_or("no drill id")?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    let report = loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let report = admin_call(Method::GET, &format!("{admin}/admin/drills/{id}"), "").await?;
+        // Fail-back is seen once us-east serves again; steady state after.
+        let back = report["failback_ms"].is_u64() || report["state"] == "completed";
+        if back || tokio::time::Instant::now() > deadline {
+            break report;
+        }
+    };
+    let (served, failed) = traffic.stop().await;
+    let ms = |key: &str| {
+        report[key]
+            .as_u64()
+            .map_or("not seen".to_owned(), |v| format!("{v} ms"))
+    };
+    Ok(vec![
+        "Failover drill: us-east blackholed for 2 s under traffic (POST /admin/drills):".to_owned(),
+        format!(
+            "  detected in {}, failed over to eu-west in {}, failed back in {} after the revert",
+            ms("detect_ms"),
+            ms("failover_ms"),
+            ms("failback_ms")
+        ),
+        format!(
+            "  {served} requests answered, {failed} failed (`cascadia drill` runs the same from the shell)"
+        ),
+    ])
+}
+
+/// A canary rollout whose canary turns slow: the plan starts through a
+/// config edit (hot reload), the gateway rolls it back on its own, and the
+/// original config comes back.
+async fn canary_rollback(
+    base: &str,
+    admin: &str,
+    config_path: &std::path::Path,
+    config_text: &str,
+    canaries: &[SimHandle],
+) -> Result<Vec<String>, String> {
+    const PLAN: &str = "[routes.rollout]\ncanary = \"canary\"\nsteps = [10, 50, 100]\n\
+        min_dwell = \"2s\"\nmin_requests = 20\ninterval = \"200ms\"\n\n";
+    let with_plan = config_text.replacen("[routes.shadow]", &format!("{PLAN}[routes.shadow]"), 1);
+    if with_plan == config_text {
+        return Err("the demo config has no place for a rollout".to_owned());
+    }
+    let usual: Vec<LatencyModel> = canaries.iter().map(|c| c.control.latency()).collect();
+    for canary in canaries {
+        canary
+            .control
+            .set_latency(LatencyModel::Fixed(Duration::from_millis(40)));
+    }
+    let traffic = Traffic::start(base);
+    std::fs::write(config_path, &with_plan).map_err(|e| e.to_string())?;
+    admin_call(Method::POST, &format!("{admin}/admin/config/reload"), "").await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let plan = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let status = admin_call(Method::GET, &format!("{admin}/admin/rollouts"), "").await?;
+        let plan = status["rollouts"]
+            .as_array()
+            .and_then(|all| all.iter().find(|r| r["route"] == "fraud"))
+            .cloned()
+            .unwrap_or_default();
+        if plan["status"] == "rolled_back" || tokio::time::Instant::now() > deadline {
+            break plan;
+        }
+    };
+    let (served, failed) = traffic.stop().await;
+    for (canary, latency) in canaries.iter().zip(usual) {
+        canary.control.set_latency(latency);
+    }
+    // Back to the file as it was: the plan ends, the 90/10 split returns.
+    std::fs::write(config_path, config_text).map_err(|e| e.to_string())?;
+    admin_call(Method::POST, &format!("{admin}/admin/config/reload"), "").await?;
+    Ok(vec![
+        "Canary rollout: a [routes.rollout] plan added by a config edit, with the canary made 40 ms slow:".to_owned(),
+        format!(
+            "  {} at weight {}: {}",
+            plan["status"].as_str().unwrap_or("unknown"),
+            plan["weight"],
+            plan["last_decision"]["reason"].as_str().unwrap_or("no decision")
+        ),
+        format!("  {served} requests answered, {failed} failed; the original config is back"),
+    ])
 }
 
 /// One line on the fraud route's shadow comparison, read from the admin API
