@@ -41,9 +41,22 @@ use cascadia_loadtests::scenario::{expand_vars, Scenario};
 #[derive(Debug, Parser)]
 #[command(name = "cascadia-load", version)]
 struct Args {
-    /// Target URL, http:// only (e.g. http://127.0.0.1:8080/v2/models/fraud/infer).
+    /// Target URL, http:// or https:// (e.g. http://127.0.0.1:8080/v2/models/fraud/infer);
+    /// https:// needs --tls-ca.
     #[arg(long)]
     url: String,
+
+    /// PEM file of the CA certificate(s) to trust for an https:// URL (the system's CAs are
+    /// not used). ALPN offers http/1.1, or h2 with --http2/--grpc; TLS 1.3 or 1.2 (rustls,
+    /// ring). The client keeps no TLS sessions: every new connection is a full handshake.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+
+    /// Open a new connection for every request (HTTP/1.1 only), sending `connection: close`,
+    /// so each request pays a TCP connect and, over https://, a full TLS handshake.
+    /// --connections is then how many requests are in flight at most.
+    #[arg(long, conflicts_with_all = ["http2", "grpc"])]
+    connection_per_request: bool,
 
     /// Arrival rate, requests per second (fractions allowed).
     #[arg(
@@ -325,6 +338,15 @@ fn build_config(
 ) -> Result<Config, (ErrorKind, String)> {
     let invalid = |message: String| (ErrorKind::ValueValidation, message);
     let target = Target::parse(&args.url).map_err(|e| invalid(format!("--url: {e}")))?;
+    let tls = match (&args.tls_ca, target.is_tls()) {
+        (None, true) => return Err(invalid("--url: an https:// URL needs --tls-ca".into())),
+        (Some(_), false) => return Err(invalid("--tls-ca needs an https:// --url".into())),
+        (None, false) => None,
+        (Some(ca), true) => Some(
+            tls_client(ca, args.http2 || args.grpc)
+                .map_err(|e| invalid(format!("--tls-ca {}: {e}", ca.display())))?,
+        ),
+    };
     if args.duration.is_zero() {
         return Err(invalid("--duration must be greater than 0".into()));
     }
@@ -430,6 +452,8 @@ fn build_config(
         steps,
         connections: args.connections,
         http2: args.http2 || args.grpc,
+        tls,
+        connection_per_request: args.connection_per_request,
         grpc: args.grpc,
         method: args.method.unwrap_or(if bodies.is_some() {
             Method::POST
@@ -453,6 +477,37 @@ fn build_config(
         scenario,
         progress,
     })
+}
+
+/// The client TLS config for `--tls-ca`: trusts the CAs in the PEM file, offers `h2` or
+/// `http/1.1` over ALPN, and keeps no sessions (every connection a full handshake).
+fn tls_client(ca: &std::path::Path, http2: bool) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let pem = std::fs::read(ca).map_err(|e| e.to_string())?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("not a PEM certificate file: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("holds a certificate that is not a usable CA: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("holds no PEM certificate".into());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![if http2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(Arc::new(config))
 }
 
 /// Reads `--rows` and encodes one body per distinct `--batch`: OIP JSON, or a framed
@@ -796,6 +851,46 @@ mod tests {
             Scenario::parse("[[event]]\nat = \"10s\"\naction = \"exec\"\ncommand = \"true\"\n")
                 .unwrap();
         assert!(build_config(Args::try_parse_from(argv).unwrap(), on_time, None).is_ok());
+    }
+
+    #[test]
+    fn tls_flags() {
+        fn https(extra: &[&str]) -> Result<Config, (ErrorKind, String)> {
+            let mut v = vec![
+                "cascadia-load",
+                "--url",
+                "https://127.0.0.1:1/",
+                "--rate",
+                "1",
+            ];
+            v.extend_from_slice(extra);
+            build_config(Args::try_parse_from(v).unwrap(), Scenario::default(), None)
+        }
+        let (_, message) = https(&[]).unwrap_err();
+        assert!(message.contains("needs --tls-ca"), "{message}");
+        let (_, message) = parse(&["--tls-ca", "/nonexistent/ca.pem"]).unwrap_err();
+        assert!(message.contains("needs an https://"), "{message}");
+        let not_pem = temp_file("ca.txt", b"not a certificate\n");
+        let (_, message) = https(&["--tls-ca", not_pem.to_str().unwrap()]).unwrap_err();
+        assert!(message.ends_with("holds no PEM certificate"), "{message}");
+        std::fs::remove_file(not_pem).unwrap();
+        assert!(
+            parse(&["--connection-per-request"])
+                .unwrap()
+                .connection_per_request
+        );
+        for bad in [&["--http2"][..], &["--grpc"]] {
+            let mut v = vec![
+                "cascadia-load",
+                "--url",
+                "http://x/v2/models/m/infer",
+                "--rate",
+                "1",
+                "--connection-per-request",
+            ];
+            v.extend_from_slice(bad);
+            assert!(Args::try_parse_from(v).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -2,13 +2,16 @@
 //!
 //! # How it works
 //! 1. Resolve the URL and open `connections` connections (HTTP/1.1 or h2c prior knowledge,
-//!    `TCP_NODELAY` on, keep-alive on). A failure here aborts the run: it is a setup error,
-//!    not a result.
+//!    `TCP_NODELAY` on, keep-alive on; over TLS for `https://`, ALPN `http/1.1` or `h2`). A
+//!    failure here aborts the run: it is a setup error, not a result.
 //! 2. A pacer thread (tokio's blocking pool) walks the [`Schedule`] and sends request `i` to
 //!    connection `i % connections` through its unbounded channel, at its due time.
 //! 3. Each connection task sends its queue in order. Over HTTP/1.1 that is one request at a
 //!    time, so a busy connection delays the next request, and that delay counts. Over h2
-//!    requests are multiplexed. A broken connection is reopened for the next request.
+//!    requests are multiplexed. A broken connection is reopened for the next request. With
+//!    `connection_per_request` (HTTP/1.1 only) every request says `connection: close` and the
+//!    next one opens a new connection (a full TLS handshake over `https://`: the client
+//!    keeps no sessions), so the connect and handshake are part of each request.
 //! 4. At the end of warm-up, and at the start of every later step, we sample `/proc` for each
 //!    `--pid` and for ourselves; once every measured request has finished we sample again.
 //! 5. Alongside: the scenario's events fire at their times ([`crate::scenario`]), and a
@@ -34,6 +37,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -53,10 +57,15 @@ type Body = Full<Bytes>;
 /// Any error, boxed, as hyper and tonic return them.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
-/// Where to send requests: a parsed `http://` URL.
+/// Where to send requests: a parsed `http://` or `https://` URL.
 #[derive(Clone, Debug)]
 pub struct Target {
     url: String,
+    /// `https://`: connections are TLS, verified against `Config::tls`.
+    tls: bool,
+    /// The name the server's certificate must carry (and the SNI, for a DNS name): the
+    /// URL's host, without brackets.
+    server_name: String,
     /// `host:port` to resolve.
     connect_to: String,
     /// `Host` header for HTTP/1.1.
@@ -75,7 +84,7 @@ pub enum TargetError {
         url: String,
         source: http::uri::InvalidUri,
     },
-    #[error("URL {0:?} must start with http:// (TLS is not supported)")]
+    #[error("URL {0:?} must start with http:// or https://")]
     Scheme(String),
     #[error("URL {0:?} has no host")]
     NoHost(String),
@@ -87,15 +96,17 @@ impl Target {
             url: url.to_owned(),
             source,
         })?;
-        if uri.scheme() != Some(&http::uri::Scheme::HTTP) {
-            return Err(TargetError::Scheme(url.to_owned()));
-        }
+        let tls = match uri.scheme() {
+            Some(s) if *s == http::uri::Scheme::HTTP => false,
+            Some(s) if *s == http::uri::Scheme::HTTPS => true,
+            _ => return Err(TargetError::Scheme(url.to_owned())),
+        };
         let authority = uri
             .authority()
             .cloned()
             .ok_or_else(|| TargetError::NoHost(url.to_owned()))?;
         let host = authority.host();
-        let port = authority.port_u16().unwrap_or(80);
+        let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let connect_to = if host.contains(':') && !host.starts_with('[') {
             format!("[{host}]:{port}")
         } else {
@@ -106,7 +117,7 @@ impl Target {
             .map_or("/", |pq| pq.as_str())
             .to_owned();
         let absolute = Uri::builder()
-            .scheme("http")
+            .scheme(if tls { "https" } else { "http" })
             .authority(authority.clone())
             .path_and_query(path_and_query.as_str())
             .build()
@@ -117,6 +128,11 @@ impl Target {
             .expect("a parsed path and query is a valid URI");
         Ok(Target {
             url: url.to_owned(),
+            tls,
+            server_name: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
             connect_to,
             host: HeaderValue::from_str(authority.as_str())
                 .expect("a parsed authority is a valid header value"),
@@ -136,6 +152,11 @@ impl Target {
     pub fn path(&self) -> &str {
         self.absolute.path()
     }
+
+    /// Whether the URL is `https://`.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
 }
 
 /// A validated run configuration; `main.rs` builds it from the command line.
@@ -149,8 +170,15 @@ pub struct Config {
     pub steps: Vec<Step>,
     /// Connections, at least 1. Default 4.
     pub connections: usize,
-    /// h2c with prior knowledge instead of HTTP/1.1.
+    /// h2c with prior knowledge instead of HTTP/1.1 (h2 over ALPN for `https://`).
     pub http2: bool,
+    /// The client TLS config for an `https://` target (its ALPN must offer `h2` when
+    /// `http2` is set, and it should keep no sessions, so every connection is a full
+    /// handshake); `None` for `http://`.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// HTTP/1.1 only: every request carries `connection: close` and goes on a new
+    /// connection, so each pays a connect (and a TLS handshake).
+    pub connection_per_request: bool,
     /// OIP gRPC `ModelInfer`: `body` is a framed message, it goes to the method path over
     /// h2c, and success is `grpc-status: 0`. Implies `http2`.
     pub grpc: bool,
@@ -220,12 +248,24 @@ pub enum RunError {
     Connect { addr: SocketAddr, message: String },
     #[error("cannot read /proc for pid {pid}: {source}")]
     Proc { pid: u32, source: std::io::Error },
+    #[error("{0}")]
+    Tls(String),
+}
+
+/// How to open one connection: TCP, then TLS for an `https://` target.
+#[derive(Clone)]
+struct Dialer {
+    addr: SocketAddr,
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    /// Over TLS, insist that ALPN picked `h2`.
+    http2: bool,
 }
 
 /// Fixed per-run request data shared by the connection tasks.
 struct Shared {
-    addr: SocketAddr,
+    dialer: Dialer,
     http2: bool,
+    connection_per_request: bool,
     grpc: bool,
     method: Method,
     uri: Uri,
@@ -261,6 +301,10 @@ impl Shared {
         *req.headers_mut() = self.headers.clone();
         if self.http2 {
             *req.version_mut() = Version::HTTP_2;
+        }
+        if self.connection_per_request {
+            req.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let Some(id) = job.user_id {
             req.headers_mut()
@@ -330,6 +374,25 @@ pub async fn run(mut config: Config) -> Result<RunOutput, RunError> {
     }
     let ticks_per_second = cpu::clock_ticks_per_second();
     let http2 = config.http2 || config.grpc;
+    let tls = match (config.target.tls, &config.tls) {
+        (false, _) => None,
+        (true, None) => {
+            return Err(RunError::Tls(format!(
+                "{}: an https:// URL needs a TLS client config (--tls-ca)",
+                config.target.url
+            )))
+        }
+        (true, Some(client)) => {
+            let name = ServerName::try_from(config.target.server_name.clone()).map_err(|e| {
+                RunError::Tls(format!(
+                    "{:?} is not a TLS server name: {e}",
+                    config.target.server_name
+                ))
+            })?;
+            Some((tokio_rustls::TlsConnector::from(Arc::clone(client)), name))
+        }
+    };
+    let dialer = Dialer { addr, tls, http2 };
 
     let mut headers = if config.grpc {
         grpc::default_headers()
@@ -346,7 +409,7 @@ pub async fn run(mut config: Config) -> Result<RunOutput, RunError> {
     // Connect first, so connection set-up is not part of any request's latency.
     let mut conns = Vec::with_capacity(config.connections);
     for _ in 0..config.connections {
-        let conn = tokio::time::timeout(config.timeout, connect(addr, http2))
+        let conn = tokio::time::timeout(config.timeout, connect(&dialer))
             .await
             .unwrap_or_else(|_| Err("connect timed out".into()))
             .map_err(|e| RunError::Connect {
@@ -361,8 +424,9 @@ pub async fn run(mut config: Config) -> Result<RunOutput, RunError> {
     let steps = schedule.steps();
     let live = config.progress.is_some().then(|| Arc::new(Live::default()));
     let shared = Arc::new(Shared {
-        addr,
+        dialer,
         http2,
+        connection_per_request: config.connection_per_request && !http2,
         grpc: config.grpc,
         method: if config.grpc {
             Method::POST
@@ -731,22 +795,50 @@ enum Conn {
     H2(http2::SendRequest<Body>),
 }
 
-async fn connect(addr: SocketAddr, http2: bool) -> Result<Conn, BoxError> {
-    Ok(if http2 {
-        Conn::H2(connect_h2(addr).await?)
+async fn connect(dialer: &Dialer) -> Result<Conn, BoxError> {
+    Ok(if dialer.http2 {
+        Conn::H2(connect_h2(dialer).await?)
     } else {
-        Conn::H1(connect_h1(addr).await?)
+        Conn::H1(connect_h1(dialer).await?)
     })
 }
 
-async fn connect_tcp(addr: SocketAddr) -> std::io::Result<TokioIo<TcpStream>> {
+async fn connect_tcp(addr: SocketAddr) -> std::io::Result<TcpStream> {
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
-    Ok(TokioIo::new(stream))
+    Ok(stream)
 }
 
-async fn connect_h1(addr: SocketAddr) -> Result<http1::SendRequest<Body>, BoxError> {
-    let (sender, conn) = http1::handshake(connect_tcp(addr).await?).await?;
+/// TCP, then the TLS handshake when the target is `https://`.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+async fn dial(dialer: &Dialer) -> Result<Stream, BoxError> {
+    let tcp = connect_tcp(dialer.addr).await?;
+    let Some((connector, name)) = &dialer.tls else {
+        return Ok(Stream::Plain(tcp));
+    };
+    let stream = connector.connect(name.clone(), tcp).await?;
+    if dialer.http2 && stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+        return Err("the server did not choose h2 over ALPN".into());
+    }
+    Ok(Stream::Tls(Box::new(stream)))
+}
+
+async fn connect_h1(dialer: &Dialer) -> Result<http1::SendRequest<Body>, BoxError> {
+    match dial(dialer).await? {
+        Stream::Plain(s) => h1_over(TokioIo::new(s)).await,
+        Stream::Tls(s) => h1_over(TokioIo::new(s)).await,
+    }
+}
+
+async fn h1_over<I>(io: I) -> Result<http1::SendRequest<Body>, BoxError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::handshake(io).await?;
     // The connection's own error surfaces through the next `send_request`.
     tokio::spawn(async move {
         let _ = conn.await;
@@ -754,8 +846,18 @@ async fn connect_h1(addr: SocketAddr) -> Result<http1::SendRequest<Body>, BoxErr
     Ok(sender)
 }
 
-async fn connect_h2(addr: SocketAddr) -> Result<http2::SendRequest<Body>, BoxError> {
-    let (sender, conn) = http2::handshake(TokioExecutor::new(), connect_tcp(addr).await?).await?;
+async fn connect_h2(dialer: &Dialer) -> Result<http2::SendRequest<Body>, BoxError> {
+    match dial(dialer).await? {
+        Stream::Plain(s) => h2_over(TokioIo::new(s)).await,
+        Stream::Tls(s) => h2_over(TokioIo::new(s)).await,
+    }
+}
+
+async fn h2_over<I>(io: I) -> Result<http2::SendRequest<Body>, BoxError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = http2::handshake(TokioExecutor::new(), io).await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -798,12 +900,17 @@ async fn exchange_h1(
     job: &Job,
 ) -> Result<bool, BoxError> {
     if sender.as_ref().is_none_or(|s| s.is_closed()) {
-        *sender = Some(connect_h1(shared.addr).await?);
+        *sender = Some(connect_h1(&shared.dialer).await?);
     }
-    let sender = sender.as_mut().expect("connected above");
-    sender.ready().await?;
-    let response = sender.send_request(shared.request(job)).await?;
-    shared.read_response(response).await
+    let conn = sender.as_mut().expect("connected above");
+    conn.ready().await?;
+    let response = conn.send_request(shared.request(job)).await?;
+    let ok = shared.read_response(response).await?;
+    if shared.connection_per_request {
+        // `connection: close`: hyper closes it; the next request dials again.
+        *sender = None;
+    }
+    Ok(ok)
 }
 
 /// h2: requests are multiplexed, each in its own task, on one connection.
@@ -830,7 +937,7 @@ async fn drive_h2(
                 }
                 let deadline = tokio::time::Instant::from((now + shared.timeout).min(shared.hard_deadline));
                 if sender.as_ref().is_none_or(|s| s.is_closed()) {
-                    match tokio::time::timeout_at(deadline, connect_h2(shared.addr)).await {
+                    match tokio::time::timeout_at(deadline, connect_h2(&shared.dialer)).await {
                         Ok(Ok(s)) => sender = Some(s),
                         Ok(Err(e)) => {
                             stats.record(&job, Outcome::Transport(e));
@@ -904,8 +1011,19 @@ mod tests {
         assert_eq!(t.origin_form, "/");
         let t = Target::parse("http://[::1]:9/").unwrap();
         assert_eq!(t.connect_to, "[::1]:9");
+        let t = Target::parse("https://[::1]/p").unwrap();
+        assert!(t.is_tls());
+        assert_eq!(t.connect_to, "[::1]:443");
+        assert_eq!(t.server_name, "::1");
+        assert_eq!(t.absolute, "https://[::1]/p");
+        let t = Target::parse("https://localhost:8443/").unwrap();
+        assert_eq!(
+            (t.connect_to.as_str(), t.server_name.as_str()),
+            ("localhost:8443", "localhost")
+        );
+        assert!(!Target::parse("http://localhost/").unwrap().is_tls());
         assert!(matches!(
-            Target::parse("https://x/"),
+            Target::parse("ftp://x/"),
             Err(TargetError::Scheme(_))
         ));
         assert!(matches!(
