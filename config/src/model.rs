@@ -55,9 +55,87 @@ impl Config {
         }
         let _ = writeln!(
             out,
-            "limits: body {} B, headers {} B / {} max, header read timeout {}",
-            l.max_body_bytes, l.max_header_bytes, l.max_headers, l.header_read_timeout
+            "limits: body {} B (buffered at most {} B in all), headers {} B / {} max; timeouts: header read {}, body read {}, body total {}, idle {}, write {}",
+            l.max_body_bytes,
+            l.max_buffered_bytes,
+            l.max_header_bytes,
+            l.max_headers,
+            l.header_read_timeout,
+            l.body_read_timeout,
+            l.body_total_timeout,
+            l.idle_timeout,
+            l.write_timeout
         );
+        let token = match &g.admin_token {
+            Some(TokenSource::File(f)) => format!("token from file {f}"),
+            Some(TokenSource::Env(v)) => format!("token from ${v}"),
+            None if g.admin_insecure => "no token (insecure = true)".to_owned(),
+            None => "no token (loopback only)".to_owned(),
+        };
+        let hosts = if g.admin_allowed_hosts.is_empty() {
+            String::new()
+        } else {
+            format!("; also answers to {}", g.admin_allowed_hosts.join(", "))
+        };
+        let _ = writeln!(out, "admin: {token}{hosts}");
+        let _ = writeln!(
+            out,
+            "shutdown: drain delay {:?}, drain timeout {}; access log {}",
+            g.drain_delay,
+            g.drain_timeout,
+            if !g.access_log.enabled {
+                "off".to_owned()
+            } else if g.access_log.sample < 1.0 {
+                format!(
+                    "on, {:.0}% of successes sampled (every 4xx/5xx)",
+                    100.0 * g.access_log.sample
+                )
+            } else {
+                "on".to_owned()
+            }
+        );
+        if !g.trusted_proxies.is_empty() {
+            let _ = writeln!(
+                out,
+                "trusted proxies: {} network(s)",
+                g.trusted_proxies.len()
+            );
+        }
+        if let Some(redis) = &g.redis {
+            let target = if !redis.cluster_nodes.is_empty() {
+                format!("cluster of {} seed node(s)", redis.cluster_nodes.len())
+            } else if let Some(sentinel) = &redis.sentinel {
+                format!(
+                    "master {:?} from {} sentinel(s)",
+                    sentinel.master,
+                    sentinel.nodes.len()
+                )
+            } else {
+                redis.redacted_url()
+            };
+            let _ = writeln!(
+                out,
+                "redis: {target}, connect {} / response {}, keys {:?}{}; shared ejections {}",
+                redis.connect_timeout,
+                redis.response_timeout,
+                redis.key_prefix,
+                if redis.tls_ca_file.is_some() {
+                    ", private CA"
+                } else {
+                    ""
+                },
+                if g.shared_ejections { "on" } else { "off" }
+            );
+        }
+        if let Some(tracing) = &g.tracing {
+            let _ = writeln!(
+                out,
+                "tracing: OTLP to {}, {:.0}% sampled, service {:?}",
+                tracing.otlp_endpoint,
+                100.0 * tracing.sample_ratio,
+                tracing.service_name
+            );
+        }
         let _ = writeln!(out, "backends ({}):", self.backends.len());
         for b in &self.backends {
             let mut endpoints: Vec<String> = b
@@ -87,6 +165,24 @@ impl Config {
                 b.connect_timeout,
                 endpoints.join(", ")
             );
+            let o = &b.outlier;
+            let _ = writeln!(
+                out,
+                "    {}; outlier: eject after {} failures for {}..{}, at most {}%; hold-down {}",
+                b.balancer,
+                o.consecutive_failures,
+                o.base_ejection,
+                o.max_ejection,
+                o.max_ejected_percent,
+                b.hold_down
+            );
+            if let Some(h) = &b.health_check {
+                let _ = writeln!(
+                    out,
+                    "    health check: {} every {}, timeout {}, rise {} / fall {}",
+                    h.path, h.interval, h.timeout, h.rise, h.fall
+                );
+            }
             if let Some(tls) = &b.tls {
                 let verify = if tls.insecure_skip_verify {
                     "certificates NOT verified".to_owned()
@@ -125,6 +221,94 @@ impl Config {
                 "  {}: {matcher}, {key}, force {}{timeout}",
                 r.name, r.force_header
             );
+            let mut guards = vec![format!(
+                "retries {} (budget {}% + {}/s)",
+                r.retries.attempts, r.retries.budget_percent, r.retries.min_per_second
+            )];
+            if let Some(limit) = &r.rate_limit {
+                guards.push(format!(
+                    "rate limit {}/s burst {}{}{}",
+                    limit.per_second,
+                    limit.burst,
+                    limit
+                        .key_header
+                        .as_ref()
+                        .map_or(String::new(), |h| format!(" per {h}")),
+                    if limit.shared { ", shared" } else { "" }
+                ));
+            }
+            if let Some(n) = r.max_concurrency {
+                guards.push(format!("max {n} in flight"));
+            }
+            if let Some(h) = &r.hedge {
+                guards.push(format!(
+                    "hedge at p{} ({}..{}, budget {}%)",
+                    h.percentile, h.floor, h.cap, h.budget_percent
+                ));
+            }
+            if let Some(slo) = r.latency_slo {
+                guards.push(format!("latency SLO {slo}"));
+            }
+            let _ = writeln!(out, "    {}", guards.join("; "));
+            if let Some(c) = &r.cascade {
+                let _ = writeln!(
+                    out,
+                    "    cascade: {} ({} {}), input {}, local below {} and above {}{}, output {:?}, stage 2 down: {}, audit {:.1}%",
+                    c.model_path,
+                    c.model.name,
+                    c.model.version,
+                    c.input.as_deref().unwrap_or("the first"),
+                    c.thresholds.accept_below(),
+                    c.thresholds.reject_above(),
+                    if c.confirm_positives { " (positives confirmed by stage 2)" } else { "" },
+                    c.output,
+                    match c.on_unavailable {
+                        OnUnavailable::Degrade => "answer from stage 1, marked",
+                        OnUnavailable::Error => "503",
+                    },
+                    100.0 * c.audit_fraction
+                );
+                if let Some(e) = &c.entity {
+                    let key = match &e.key {
+                        EntityKey::Header(h) => format!("header {h}"),
+                        EntityKey::Input(i) => format!("input {i:?}"),
+                    };
+                    let _ = writeln!(
+                        out,
+                        "    features: {} from {} by {key}, ttl {} (misses {}), timeout {}",
+                        e.features.join(", "),
+                        e.store,
+                        e.ttl,
+                        e.negative_ttl,
+                        e.timeout
+                    );
+                }
+            }
+            if let Some(sh) = &r.shadow {
+                let _ = writeln!(
+                    out,
+                    "    shadow: {:.1}% to {} ({}), at most {} in flight, timeout {}",
+                    100.0 * sh.fraction,
+                    sh.version,
+                    sh.backends.join(" > "),
+                    sh.max_in_flight,
+                    sh.timeout
+                );
+            }
+            if let Some(ro) = &r.rollout {
+                let _ = writeln!(
+                    out,
+                    "    rollout: {} through {:?}%, each step {} and {} answers; p95 {}x, p99 {}x + {}, errors +{:.1}%",
+                    ro.canary,
+                    ro.steps,
+                    ro.min_dwell,
+                    ro.min_requests,
+                    ro.max_p95_ratio,
+                    ro.max_p99_ratio,
+                    ro.latency_slack,
+                    100.0 * ro.max_error_rate_increase
+                );
+            }
             for t in r.split.targets() {
                 let mut upstream = String::new();
                 if let Some(m) = &t.upstream_model {

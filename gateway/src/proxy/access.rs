@@ -5,7 +5,7 @@
 //! `route`, `version`, `backend`, `region`, `stage` (`local`, `remote` or
 //! `-` for a cascade route's provenance), `status`, `grpc_status` (for gRPC, when the answer carries it in its
 //! head), `duration_ms` (to the
-//! response head), `bytes_in` and `bytes_out` (the declared lengths;
+//! response head), `bytes_in` and `bytes_out` (the declared or known lengths;
 //! `-` when a body streams without one), `request_id`, `peer` (the TCP
 //! peer) and `protocol`. Every 4xx and 5xx is logged; successful requests
 //! are sampled at `gateway.access_log.sample`.
@@ -27,6 +27,8 @@ pub(crate) struct AccessRecord<'a> {
     pub elapsed: Duration,
     pub request_headers_length: Option<u64>,
     pub response_headers: Option<&'a HeaderMap>,
+    /// The response body's exact size when known (a body the gateway made).
+    pub response_body_length: Option<u64>,
     pub request_id: &'a str,
     pub peer: SocketAddr,
 }
@@ -49,7 +51,9 @@ pub(crate) fn log(snapshot: &Snapshot, record: AccessRecord<'_>) {
     let region = backend
         .and_then(|b| snapshot.pools.get(b))
         .map(|pool| pool.region());
-    let bytes_out = header(http::header::CONTENT_LENGTH.as_str());
+    let bytes_out = header(http::header::CONTENT_LENGTH.as_str())
+        .and_then(|n| n.parse().ok())
+        .or(record.response_body_length);
     let bytes_in = record.request_headers_length;
     tracing::info!(
         target: "cascadia::access",
@@ -64,7 +68,7 @@ pub(crate) fn log(snapshot: &Snapshot, record: AccessRecord<'_>) {
         grpc_status = header("grpc-status").unwrap_or("-"),
         duration_ms = (record.elapsed.as_secs_f64() * 1e6).round() / 1e3,
         bytes_in = %bytes_in.map_or_else(|| "-".to_owned(), |n| n.to_string()),
-        bytes_out = bytes_out.unwrap_or("-"),
+        bytes_out = %bytes_out.map_or_else(|| "-".to_owned(), |n| n.to_string()),
         request_id = record.request_id,
         peer = %record.peer,
         protocol = ?record.version,

@@ -216,6 +216,7 @@ impl Proxy {
                 elapsed: started.elapsed(),
                 request_headers_length: bytes_in,
                 response_headers: Some(response.headers()),
+                response_body_length: http_body::Body::size_hint(response.body()).exact(),
                 request_id: request_id.to_str().unwrap_or_default(),
                 peer: self.client,
             },
