@@ -13,6 +13,7 @@
 //! | GET | `/admin/rollouts` | rollout plans: step, weight, status, the open window's numbers, decisions |
 //! | POST | `/admin/rollouts/{route}/{pause,resume,promote,abort}` | steers a rollout |
 //! | GET | `/admin/shadow` | shadow traffic: class agreement, score difference, latency per version pair |
+//! | GET | `/admin/openapi.json` | this table as OpenAPI 3.1, with every answer's schema |
 //! | GET | `/admin/regions` | per region: drained, drill fault, available endpoints, attempts |
 //! | POST | `/admin/regions/{region}/drain` | moves traffic away from a region (failover drill) |
 //! | POST | `/admin/regions/{region}/restore` | lets traffic back into a drained region |
@@ -166,7 +167,9 @@ impl Admin {
         match request.uri().path() {
             "/admin/config" if method == Method::GET => self.config(),
             "/admin/config/reload" if method == Method::POST => {
-                tracing::info!(peer = "admin", "reload requested through the admin API");
+                tracing::info!(
+                    "reload requested through the admin API (the audit line names the caller)"
+                );
                 match self.reload.reload(Trigger::Admin).await {
                     Some(outcome) => reload_outcome(outcome),
                     None => json_response(
@@ -174,6 +177,14 @@ impl Admin {
                         json!({"error": "reloader is not running"}),
                     ),
                 }
+            }
+            "/admin/openapi.json" if method == Method::GET => {
+                let mut response =
+                    Response::new(ResponseBody::full(Bytes::from_static(OPENAPI.as_bytes())));
+                response
+                    .headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                response
             }
             "/admin/backends" if method == Method::GET => self.backends(),
             "/admin/regions" if method == Method::GET => self.regions(),
@@ -187,16 +198,21 @@ impl Admin {
                 StatusCode::OK,
                 json!({ "rollouts": self.rollouts.status() }),
             ),
-            "/metrics" if method == Method::GET => {
-                let mut body = crate::metrics::render(&self.snapshot.load(), &self.reload.status());
-                self.rollout_metrics(&mut body);
+            // HEAD gets GET's headers (its Content-Length included) and no
+            // body: hyper leaves the body out of an answer to HEAD.
+            "/metrics" if method == Method::GET || method == Method::HEAD => {
+                let body =
+                    crate::metrics::render(&self.snapshot.load(), &self.reload.status(), |out| {
+                        self.rollout_metrics(out)
+                    });
                 let mut response = Response::new(ResponseBody::full(Bytes::from(body)));
                 response.headers_mut().insert(
                     CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                    HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
                 );
                 response
             }
+            "/metrics" => method_not_allowed("GET, HEAD"),
             "/admin/config" | "/admin/backends" | "/admin/regions" | "/admin/cascade"
             | "/admin/shadow" | "/admin/rollouts" => method_not_allowed("GET"),
             "/admin/config/reload" => method_not_allowed("POST"),
@@ -281,29 +297,55 @@ impl Admin {
         )
     }
 
+    /// The rollouts' samples for `/metrics` (headers come from
+    /// [`crate::metrics::FAMILIES`]). `cascadia_rollout_state` has a series
+    /// per state, 1 for the current one and 0 for the others, so an alert
+    /// can ask for `state="rolled_back"` and a panel can chart every state.
     fn rollout_metrics(&self, out: &mut String) {
+        use crate::rollout::Status;
         use std::fmt::Write;
-        let gauges = self.rollouts.gauges();
+        const STATES: [Status; 5] = [
+            Status::Running,
+            Status::Paused,
+            Status::Promoted,
+            Status::RolledBack,
+            Status::Aborted,
+        ];
+        let mut gauges = self.rollouts.gauges();
         if gauges.is_empty() {
             return;
         }
-        let _ = writeln!(out, "# TYPE cascadia_rollout_canary_weight gauge");
-        let _ = writeln!(out, "# TYPE cascadia_rollout_step gauge");
-        let _ = writeln!(out, "# TYPE cascadia_rollout_state gauge");
+        // The plans live in a map: sorted, so scrapes list them alike.
+        gauges.sort_by(|a, b| a.0.cmp(&b.0));
+        let name = |status: Status| {
+            serde_json::to_value(status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| "unknown".to_owned())
+        };
         for (route, weight, step, status) in gauges {
+            // A new Status stops this compiling until STATES lists it.
+            match status {
+                Status::Running
+                | Status::Paused
+                | Status::Promoted
+                | Status::RolledBack
+                | Status::Aborted => {}
+            }
             let _ = writeln!(
                 out,
                 "cascadia_rollout_canary_weight{{route=\"{route}\"}} {weight}"
             );
             let _ = writeln!(out, "cascadia_rollout_step{{route=\"{route}\"}} {step}");
-            let status = serde_json::to_value(status).unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "cascadia_rollout_state{{route=\"{route}\",state=\"{}\"}} 1",
-                status.as_str().unwrap_or("unknown")
-            );
+            for state in STATES {
+                let _ = writeln!(
+                    out,
+                    "cascadia_rollout_state{{route=\"{route}\",state=\"{}\"}} {}",
+                    name(state),
+                    u8::from(state == status)
+                );
+            }
         }
-        let _ = writeln!(out, "# TYPE cascadia_rollout_decisions_total counter");
         let _ = writeln!(
             out,
             "cascadia_rollout_decisions_total {}",
@@ -311,7 +353,6 @@ impl Admin {
                 .decisions
                 .load(std::sync::atomic::Ordering::Relaxed)
         );
-        let _ = writeln!(out, "# TYPE cascadia_rollout_rollbacks_total counter");
         let _ = writeln!(
             out,
             "cascadia_rollout_rollbacks_total {}",
@@ -605,6 +646,10 @@ fn region_action(path: &str) -> Option<(&str, bool)> {
         _ => None,
     }
 }
+
+/// The admin API described in OpenAPI 3.1, served at `/admin/openapi.json`;
+/// `tests/openapi.rs` checks real answers against it.
+const OPENAPI: &str = include_str!("../openapi/admin.json");
 
 fn reload_outcome(outcome: ReloadOutcome) -> Response<ResponseBody> {
     match outcome {
