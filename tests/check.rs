@@ -192,3 +192,38 @@ fn tls_files_that_cannot_serve_are_refused_with_their_field() {
     assert!(stdout.contains("tls: "), "{stdout}");
     assert!(stdout.contains("client certificates required"), "{stdout}");
 }
+
+#[test]
+fn the_published_json_schema_is_the_one_check_prints_and_is_closed() {
+    let output = Command::new(env!("CARGO_BIN_EXE_cascadia"))
+        .args(["check", "--schema"])
+        .output()
+        .expect("run cascadia check --schema");
+    assert!(output.status.success());
+    let printed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let published: serde_json::Value =
+        serde_json::from_str(include_str!("../config/cascadia.schema.json")).unwrap();
+    assert_eq!(
+        printed, published,
+        "config/cascadia.schema.json is stale: regenerate it with `cascadia check --schema > config/cascadia.schema.json`"
+    );
+    assert_eq!(
+        printed["$schema"],
+        "https://json-schema.org/draft/2020-12/schema"
+    );
+    // Every table refuses unknown keys, as the parser does.
+    for (name, def) in printed["$defs"].as_object().unwrap() {
+        if def["type"] == "object" {
+            assert_eq!(def["additionalProperties"], false, "{name} is open");
+        }
+    }
+    // New settings are in it.
+    let gateway = &printed["$defs"]["Gateway"]["properties"];
+    for key in ["tls", "access_log", "redis", "drain_delay"] {
+        assert!(gateway.get(key).is_some(), "gateway.{key} missing");
+    }
+    let backend = &printed["$defs"]["Backend"]["properties"];
+    for key in ["dns", "resolve_interval", "tls", "endpoints"] {
+        assert!(backend.get(key).is_some(), "backends.{key} missing");
+    }
+}

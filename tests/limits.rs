@@ -544,6 +544,12 @@ async fn a_redis_password_never_reaches_the_log() {
         "the URL is logged, redacted: {log}"
     );
     assert!(!log.contains("hunter2"), "the password leaked: {log}");
+    drop(log);
+    // The effective config the admin API shows redacts it too.
+    let shown = client.get(&gateway.admin_url("/admin/config"), &[]).await;
+    let text = String::from_utf8_lossy(&shown.body);
+    assert!(text.contains("cascadia:***@"), "{text}");
+    assert!(!text.contains("hunter2"), "the password leaked: {text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

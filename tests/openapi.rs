@@ -253,7 +253,8 @@ fn the_checker_catches_undocumented_fields_wrong_types_and_missing_ones() {
     let schema = serde_json::json!({"$ref": "#/components/schemas/Config"});
     let good = serde_json::json!({
         "version": 1, "hash": "ab", "source": "c.toml", "loaded_at_unix": 5,
-        "reloads": {"applied": 0, "rejected": 0}, "last_error": null
+        "reloads": {"applied": 0, "rejected": 0}, "last_error": null,
+        "effective": ["listen 127.0.0.1:8080  admin 127.0.0.1:9901"]
     });
     let mut found = Vec::new();
     violations(&schema, &good, &doc, "", &mut found);

@@ -36,5 +36,6 @@ pub use model::{
     Route, RouteMatch, Secret, Shadow, Split, SplitTarget, TokenSource, TracingSettings,
     UpstreamProtocol, UpstreamTls,
 };
+pub use raw::json_schema;
 pub use validate::{parse, parse_with_models, ModelLoader};
 pub use value::{Timeout, TimeoutError, Weight, WeightError};

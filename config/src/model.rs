@@ -595,7 +595,9 @@ impl Default for Limits {
 }
 
 /// How the gateway speaks to a backend's endpoints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamProtocol {
     /// HTTP/1.1. The default, since every model server speaks it.
@@ -663,7 +665,9 @@ impl DnsDiscovery {
 }
 
 /// How an endpoint is picked within a pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Balancer {
     /// Power of two choices over peak-EWMA latency × (in-flight + 1).

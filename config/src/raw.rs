@@ -10,8 +10,9 @@ use serde::Deserialize;
 
 use crate::model::{Balancer, UpstreamProtocol};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Config")]
 pub(crate) struct RawConfig {
     #[serde(default)]
     pub gateway: RawGateway,
@@ -21,8 +22,9 @@ pub(crate) struct RawConfig {
     pub routes: Vec<RawRoute>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Gateway")]
 pub(crate) struct RawGateway {
     pub listen: Option<String>,
     pub admin_listen: Option<String>,
@@ -40,15 +42,17 @@ pub(crate) struct RawGateway {
     pub access_log: Option<RawAccessLog>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "AccessLog")]
 pub(crate) struct RawAccessLog {
     pub enabled: Option<bool>,
     pub sample: Option<f64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "ListenerTls")]
 pub(crate) struct RawListenerTls {
     pub cert_file: Option<String>,
     pub key_file: Option<String>,
@@ -57,8 +61,9 @@ pub(crate) struct RawListenerTls {
     pub reload_interval: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "UpstreamTls")]
 pub(crate) struct RawUpstreamTls {
     pub ca_file: Option<String>,
     pub cert_file: Option<String>,
@@ -67,8 +72,9 @@ pub(crate) struct RawUpstreamTls {
     pub insecure_skip_verify: Option<bool>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Tracing")]
 pub(crate) struct RawTracing {
     pub otlp_endpoint: Option<String>,
     pub sample_ratio: Option<f64>,
@@ -76,8 +82,9 @@ pub(crate) struct RawTracing {
     pub tls_ca_file: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Admin")]
 pub(crate) struct RawAdmin {
     pub token_file: Option<String>,
     pub token_env: Option<String>,
@@ -85,8 +92,9 @@ pub(crate) struct RawAdmin {
     pub allowed_hosts: Option<Vec<String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Limits")]
 pub(crate) struct RawLimits {
     pub max_body_bytes: Option<u64>,
     pub max_buffered_bytes: Option<u64>,
@@ -99,8 +107,9 @@ pub(crate) struct RawLimits {
     pub write_timeout: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Backend")]
 pub(crate) struct RawBackend {
     pub name: Option<String>,
     pub region: Option<String>,
@@ -120,8 +129,9 @@ pub(crate) struct RawBackend {
     pub resolve_interval: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "HealthCheck")]
 pub(crate) struct RawHealthCheck {
     pub path: Option<String>,
     pub interval: Option<String>,
@@ -130,8 +140,9 @@ pub(crate) struct RawHealthCheck {
     pub fall: Option<u32>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Outlier")]
 pub(crate) struct RawOutlier {
     pub consecutive_failures: Option<u32>,
     pub base_ejection: Option<String>,
@@ -140,8 +151,9 @@ pub(crate) struct RawOutlier {
     pub failure_statuses: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "RateLimit")]
 pub(crate) struct RawRateLimit {
     pub per_second: Option<u32>,
     pub burst: Option<u32>,
@@ -149,8 +161,9 @@ pub(crate) struct RawRateLimit {
     pub shared: Option<bool>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Retries")]
 pub(crate) struct RawRetries {
     pub attempts: Option<u32>,
     pub budget_percent: Option<u32>,
@@ -194,15 +207,17 @@ impl<'de> Deserialize<'de> for RawEndpoint {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "EndpointTable")]
 pub(crate) struct RawEndpointTable {
     pub address: String,
     pub weight: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Route")]
 pub(crate) struct RawRoute {
     pub name: Option<String>,
     #[serde(rename = "match")]
@@ -227,8 +242,9 @@ pub(crate) struct RawRoute {
     pub rollout: Option<RawRollout>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Rollout")]
 pub(crate) struct RawRollout {
     pub canary: Option<String>,
     pub steps: Option<Vec<u32>>,
@@ -243,8 +259,9 @@ pub(crate) struct RawRollout {
     pub state_file: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Shadow")]
 pub(crate) struct RawShadow {
     pub version: Option<String>,
     pub backends: Option<Vec<String>>,
@@ -255,8 +272,9 @@ pub(crate) struct RawShadow {
     pub timeout: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Cascade")]
 pub(crate) struct RawCascade {
     pub model: Option<String>,
     pub input: Option<String>,
@@ -273,8 +291,9 @@ pub(crate) struct RawCascade {
     pub entity: Option<RawEntity>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Entity")]
 pub(crate) struct RawEntity {
     pub key_header: Option<String>,
     pub key_input: Option<String>,
@@ -286,8 +305,9 @@ pub(crate) struct RawEntity {
     pub timeout: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Redis")]
 pub(crate) struct RawRedis {
     pub url: Option<String>,
     pub connect_timeout: Option<String>,
@@ -299,8 +319,9 @@ pub(crate) struct RawRedis {
     pub sentinel_master: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Hedge")]
 pub(crate) struct RawHedge {
     pub percentile: Option<f64>,
     pub floor: Option<String>,
@@ -310,15 +331,17 @@ pub(crate) struct RawHedge {
 
 /// Both keys are optional here so that "neither" and "both" get a clear
 /// message from `validate` instead of serde's enum wording.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Match")]
 pub(crate) struct RawMatch {
     pub model: Option<String>,
     pub path_prefix: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "SplitTarget")]
 pub(crate) struct RawSplitTarget {
     pub version: Option<String>,
     /// A plain integer so that an out-of-range weight is one collected error
@@ -327,4 +350,28 @@ pub(crate) struct RawSplitTarget {
     pub backends: Option<Vec<String>>,
     pub upstream_model: Option<String>,
     pub upstream_version: Option<String>,
+}
+
+/// An endpoint is `"host:port"` or `{ address = "host:port", weight = N }`.
+impl schemars::JsonSchema for RawEndpoint {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Endpoint".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "anyOf": [
+                { "type": "string", "description": "host:port" },
+                generator.subschema_for::<RawEndpointTable>()
+            ]
+        })
+    }
+}
+
+/// The config file's JSON Schema (draft 2020-12), from these structs: what
+/// `cascadia check --schema` prints and `config/cascadia.schema.json` holds.
+pub fn json_schema() -> String {
+    let mut schema = schemars::schema_for!(RawConfig);
+    schema.insert("title".into(), "Cascadia config".into());
+    serde_json::to_string_pretty(&schema).unwrap_or_default()
 }

@@ -266,6 +266,10 @@ impl Admin {
                 "loaded_at_unix": snapshot.loaded_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
                 "reloads": { "applied": status.applied, "rejected": status.rejected },
                 "last_error": status.last_error.as_ref().map(failure_json),
+                // What the gateway read, defaults applied, secrets never
+                // (Redis passwords redacted, the admin token's source
+                // only): the lines `cascadia check` prints.
+                "effective": snapshot.config.summary().lines().collect::<Vec<_>>(),
             }),
         )
     }

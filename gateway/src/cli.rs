@@ -106,11 +106,15 @@ pub enum Command {
         token_file: Option<PathBuf>,
     },
     /// Validate a config file: print every problem with its field path and
-    /// exit 1, or print a summary and exit 0.
+    /// exit 1, or print a summary and exit 0. `--schema` prints the config's
+    /// JSON Schema instead (for editors and CI linters).
     Check {
         /// The config file (TOML).
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, required_unless_present = "schema")]
+        config: Option<PathBuf>,
+        /// Print the config file's JSON Schema and exit.
+        #[arg(long, conflicts_with = "config")]
+        schema: bool,
     },
 }
 
@@ -168,7 +172,14 @@ impl RolloutAction {
 /// Runs a parsed command line to completion.
 pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Check { config } => check(&config),
+        Command::Check { schema: true, .. } => {
+            println!("{}", cascadia_config::json_schema());
+            ExitCode::SUCCESS
+        }
+        Command::Check { config, .. } => match config {
+            Some(config) => check(&config),
+            None => ExitCode::from(2),
+        },
         Command::Rollout {
             action,
             route,
