@@ -36,7 +36,6 @@ use crate::features::RedisTier;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::core::stats::BUCKETS;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 
 /// How often a running drill samples the gateway's counters.
@@ -98,7 +97,8 @@ pub struct DrillReport {
     pub requests: u64,
     pub errors: u64,
     pub error_rate: f64,
-    /// Upper bound of the histogram bucket holding the 99th percentile.
+    /// The 99th percentile of the answers during the drill, to within a
+    /// few percent (a log-linear histogram, not Prometheus buckets).
     pub p99_ms: Option<f64>,
     pub reentries: u64,
     pub failback_ms: Option<u64>,
@@ -453,7 +453,9 @@ impl DrillTarget {
 struct Counters {
     requests: u64,
     errors: u64,
-    buckets: [u64; BUCKETS.len()],
+    /// Every version's answers, in the log-linear histogram rollouts use:
+    /// a p99 to within a few percent, not a Prometheus bucket's bound.
+    latency: crate::core::histogram::HistogramCounts,
     /// Attempts sent to the region, or calls sent to Redis.
     target_traffic: u64,
     redis_skipped: u64,
@@ -464,7 +466,7 @@ impl Counters {
         let mut counters = Counters {
             requests: 0,
             errors: 0,
-            buckets: [0; BUCKETS.len()],
+            latency: Default::default(),
             target_traffic: 0,
             redis_skipped: 0,
         };
@@ -472,8 +474,8 @@ impl Counters {
             let (requests, errors) = route.stats.totals();
             counters.requests += requests;
             counters.errors += errors;
-            for (sum, n) in counters.buckets.iter_mut().zip(route.stats.bucket_counts()) {
-                *sum += n;
+            for target in route.split.targets() {
+                counters.latency.merge(&target.stats.counts().latency);
             }
         }
         match target {
@@ -502,13 +504,7 @@ impl Counters {
     }
 
     fn p99_since(&self, before: &Counters) -> Option<f64> {
-        let deltas: Vec<u64> = self
-            .buckets
-            .iter()
-            .zip(before.buckets)
-            .map(|(a, b)| a.saturating_sub(b))
-            .collect();
-        crate::core::stats::bucket_quantile_ms(&deltas, 0.99)
+        self.latency.since(&before.latency).quantile_ms(0.99)
     }
 }
 
