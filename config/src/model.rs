@@ -795,6 +795,10 @@ pub struct Cascade {
     /// Share of confident requests also sent to stage 2 in the background
     /// to measure disagreement, 0..=1. Default 0.
     pub audit_fraction: f64,
+    /// Sent with every escalation as the request's `priority` parameter,
+    /// which Triton's scheduler reads (1 is the highest); `None` (default)
+    /// sends none, and the server's default applies.
+    pub priority: Option<u32>,
     /// Most rows per request. Default 1024.
     pub max_batch: usize,
     /// Value for a feature the request does not carry; `None` (default)

@@ -284,6 +284,7 @@ pub(crate) struct RawCascade {
     pub output: Option<String>,
     pub on_unavailable: Option<String>,
     pub audit_fraction: Option<f64>,
+    pub priority: Option<u32>,
     pub max_batch: Option<usize>,
     pub missing_feature_default: Option<f64>,
     pub output_columns: Option<usize>,

@@ -1027,6 +1027,12 @@ fn cascade(
             format!("{audit_fraction} is not within 0..=1"),
         );
     }
+    if raw.priority == Some(0) {
+        errors.push(
+            format!("{at}.priority"),
+            "0 means the server's default: leave priority out instead (1 is the highest)",
+        );
+    }
     let max_batch = raw.max_batch.unwrap_or(1024);
     if !(1..=65_536).contains(&max_batch) {
         errors.push(
@@ -1074,6 +1080,7 @@ fn cascade(
         output: raw.output.unwrap_or_else(|| "probability".to_owned()),
         on_unavailable,
         audit_fraction,
+        priority: raw.priority,
         max_batch,
         missing_feature_default: raw.missing_feature_default,
     })

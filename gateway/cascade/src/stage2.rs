@@ -73,6 +73,31 @@ pub fn request(
     sub
 }
 
+/// Tells stage 2 how long the gateway will wait and how urgent the rows
+/// are, as request `parameters` the way Triton reads them: `timeout` in
+/// microseconds (the time left of the client's deadline; the server may
+/// drop the request rather than answer late) and `priority`. A client's
+/// own values are replaced: the gateway's deadline is the one that holds.
+pub fn schedule(
+    request: &mut InferRequest,
+    remaining: Option<std::time::Duration>,
+    priority: Option<u32>,
+) {
+    if remaining.is_none() && priority.is_none() {
+        return;
+    }
+    let parameters = request.parameters.get_or_insert_with(Default::default);
+    if let Some(remaining) = remaining {
+        let micros = u64::try_from(remaining.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        parameters.insert("timeout".to_owned(), micros.into());
+    }
+    if let Some(priority) = priority {
+        parameters.insert("priority".to_owned(), priority.into());
+    }
+}
+
 /// Why a stage-2 answer cannot be used. The text goes to the log; clients
 /// see a generic 502.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -163,6 +188,35 @@ pub fn scores(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_deadline_and_priority_go_into_the_parameters_triton_reads() {
+        let mut request: InferRequest = serde_json::from_str(
+            r#"{"parameters":{"timeout":999999999,"keep":1},"inputs":[{"name":"x","shape":[1,1],"datatype":"FP32","data":[1]}]}"#,
+        )
+        .unwrap();
+        schedule(
+            &mut request,
+            Some(std::time::Duration::from_micros(12_500)),
+            Some(2),
+        );
+        let parameters = request.parameters.clone().unwrap();
+        assert_eq!(
+            parameters["timeout"], 12_500,
+            "the gateway's deadline replaces the client's"
+        );
+        assert_eq!(parameters["priority"], 2);
+        assert_eq!(parameters["keep"], 1);
+        let mut plain: InferRequest = serde_json::from_str(
+            r#"{"inputs":[{"name":"x","shape":[1,1],"datatype":"FP32","data":[1]}]}"#,
+        )
+        .unwrap();
+        schedule(&mut plain, None, None);
+        assert!(
+            plain.parameters.is_none(),
+            "nothing added without a deadline or priority"
+        );
+    }
+
     use super::*;
     use serde_json::{json, Value};
 

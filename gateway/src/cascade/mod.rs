@@ -372,14 +372,13 @@ impl Call<'_> {
             }
         }
         bump(&stats.rows_escalated, escalate.len() as u64);
-        let sub = cascadia_cascade::stage2::request(
+        let mut sub = cascadia_cascade::stage2::request(
             &infer,
             features.rows,
             &escalate,
             settings.input.as_deref(),
             &settings.output,
         );
-        let (sub_body, path_and_query) = self.stage2_body(target, &sub, &parts.uri)?;
         // The upstream deadline covers the headers; the body gets what is
         // left of the request's budget (or the backend timeout), and a
         // size bound.
@@ -389,6 +388,10 @@ impl Call<'_> {
                 .first()
                 .map_or(Duration::from_secs(2), |p| p.timeout())
         });
+        // Stage 2 learns how long the gateway waits, so a server that
+        // honours it (Triton) drops rows nobody will read.
+        cascadia_cascade::stage2::schedule(&mut sub, Some(body_budget), settings.priority);
+        let (sub_body, path_and_query) = self.stage2_body(target, &sub, &parts.uri)?;
         let outcome = stage2::call(stage2::Call {
             upstream: &**self.cx.upstream,
             downstream: self.cx.downstream,
