@@ -2,43 +2,12 @@
 //! canary split, runs the cascade and the shadow, walks through a drill and
 //! a rolled-back canary, and stops cleanly, leaving no files behind.
 
-use std::process::Stdio;
-
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
-
-use crate::support::WAIT;
+use crate::support::{DemoProcess, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_serves_its_samples_and_stops_on_sigterm() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cascadia"))
-        .args([
-            "demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn cascadia demo");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut output = Vec::new();
-    // The walkthrough (samples, a drill, a rollout) takes several seconds.
-    tokio::time::timeout(WAIT * 3, async {
-        while let Some(line) = lines.next_line().await.expect("read stdout") {
-            let done = line.starts_with("Press Ctrl-C");
-            output.push(line);
-            if done {
-                return;
-            }
-        }
-        panic!("the demo exited early:\n{}", output.join("\n"));
-    })
-    .await
-    .expect("the demo finished its samples");
+    let demo = DemoProcess::start().await;
+    let output = &demo.output;
     let text = output.join("\n");
     // The split: about 10% canary, every sample answered.
     let count = |prefix: &str| -> u32 {
@@ -81,9 +50,8 @@ async fn the_demo_serves_its_samples_and_stops_on_sigterm() {
         .collect();
     assert_eq!(failures.len(), 2, "{text}");
     assert!(failures.iter().all(|l| l.contains(", 0 failed")), "{text}");
-    let folder = output
-        .iter()
-        .find_map(|l| l.trim_start().strip_prefix("config   "))
+    let folder = demo
+        .after("config   ")
         .and_then(|l| l.split_whitespace().next())
         .map(|path| {
             std::path::PathBuf::from(path)
@@ -94,6 +62,7 @@ async fn the_demo_serves_its_samples_and_stops_on_sigterm() {
         .unwrap_or_else(|| panic!("no config line in:\n{text}"));
     assert!(folder.exists());
 
+    let mut child = demo.child;
     let pid = child.id().expect("running").to_string();
     assert!(std::process::Command::new("kill")
         .args(["-TERM", &pid])

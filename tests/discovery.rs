@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use cascadia::server::{Gateway, GatewayOptions};
 use cascadia_backends::discovery::{Resolution, Resolver};
-use cascadia_sim::{LatencyModel, SimConfig, SimHandle};
+use cascadia_sim::{LatencyModel, SimHandle};
 use http::StatusCode;
 use serde_json::Value;
 
@@ -42,19 +42,7 @@ async fn sim_at(ip: &str, port: u16, name: &str) -> SimHandle {
     let listener = tokio::net::TcpListener::bind((ip, port))
         .await
         .expect("bind sim");
-    cascadia_sim::spawn(
-        listener,
-        SimConfig {
-            name: name.to_owned(),
-            model: "fraud".to_owned(),
-            version: "1".to_owned(),
-            region: "us-east".to_owned(),
-            latency: LatencyModel::None,
-            error_rate: 0.0,
-        },
-    )
-    .await
-    .expect("start sim")
+    crate::support::sim_on(listener, name, "1", "us-east", LatencyModel::None).await
 }
 
 /// The pool's endpoints as the admin API lists them: address → attempts.

@@ -8,14 +8,10 @@
 //! `required`, `additionalProperties: false` and `items`. Objects are
 //! closed, so a field the API adds without documenting it fails here.
 
-use std::process::Stdio;
-
 use http::{Method, StatusCode};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
-use crate::support::{TestClient, JSON, WAIT};
+use crate::support::{DemoProcess, TestClient, JSON};
 
 /// Where `value` breaks `schema`, as JSON-pointer-ish paths and reasons.
 fn violations(schema: &Value, value: &Value, root: &Value, at: &str, out: &mut Vec<String>) {
@@ -120,42 +116,17 @@ fn check(doc: &Value, path: &str, method: &str, status: StatusCode, body: &Value
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_admin_answer_matches_the_openapi_description() {
-    let mut demo = Command::new(env!("CARGO_BIN_EXE_cascadia"))
-        .args([
-            "demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--log",
-            "error",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn cascadia demo");
-    let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
-    let (mut admin, mut config) = (None, None);
-    tokio::time::timeout(WAIT * 3, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(a) = line.strip_prefix("cascadia admin listening on http://") {
-                admin = Some(a.to_owned());
-            }
-            if let Some(c) = line.trim_start().strip_prefix("config   ") {
-                config = c.split_whitespace().next().map(std::path::PathBuf::from);
-            }
-            if line.starts_with("Press Ctrl-C") {
-                return;
-            }
-        }
-        panic!("the demo exited early");
-    })
-    .await
-    .expect("the demo finished its walkthrough");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let admin = format!("http://{}", admin.expect("admin address"));
-    let config = config.expect("config path");
+    let demo = DemoProcess::start().await;
+    let admin = format!(
+        "http://{}",
+        demo.after("cascadia admin listening on http://")
+            .expect("admin address")
+    );
+    let config = demo
+        .after("config   ")
+        .and_then(|l| l.split_whitespace().next())
+        .map(std::path::PathBuf::from)
+        .expect("config path");
     let client = TestClient::new();
 
     let described = client
@@ -188,6 +159,21 @@ async fn every_admin_answer_matches_the_openapi_description() {
         reload.status,
         &reload.json(),
     );
+    // The rollout task takes the new plan up at its next tick.
+    tokio::time::timeout(crate::support::WAIT, async {
+        loop {
+            let status = client
+                .get(&format!("{admin}/admin/rollouts"), &[])
+                .await
+                .json();
+            if status["rollouts"].as_array().is_some_and(|r| !r.is_empty()) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the plan is running");
     let paused = client
         .send(
             Method::POST,
@@ -244,7 +230,7 @@ async fn every_admin_answer_matches_the_openapi_description() {
         refused.status,
         &refused.json(),
     );
-    let _ = demo.start_kill();
+    drop(demo);
 }
 
 #[test]

@@ -728,6 +728,56 @@ fn json_response(status: StatusCode, body: Value) -> Response<ResponseBody> {
     response
 }
 
+/// A client's admin API call (the CLI's and the demo's): the JSON answer
+/// on success; otherwise the status and error, with a hint when a token is
+/// missing or wrong.
+pub async fn call(
+    admin: &str,
+    method: http::Method,
+    path: String,
+    body: bytes::Bytes,
+    token: Option<&str>,
+) -> Result<serde_json::Value, String> {
+    use http_body_util::{BodyExt, Full};
+    let client: hyper_util::client::legacy::Client<_, Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let mut builder = http::Request::builder()
+        .method(method)
+        .uri(format!("{}{path}", admin.trim_end_matches('/')))
+        .header("content-type", "application/json");
+    if let Some(token) = token {
+        builder = builder.header("authorization", format!("Bearer {token}"));
+    }
+    let request = builder.body(Full::new(body)).map_err(|e| e.to_string())?;
+    let response = client
+        .request(request)
+        .await
+        .map_err(|e| format!("admin API unreachable: {e}"))?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    if status.is_success() {
+        return Ok(json);
+    }
+    let message = json["error"].as_str().unwrap_or("request failed");
+    let hint = match (status, token.is_some()) {
+        (http::StatusCode::UNAUTHORIZED, false) => {
+            "\n  the admin API needs its token: pass --token-file FILE (the file gateway.admin.token_file names)"
+        }
+        (http::StatusCode::UNAUTHORIZED, true) => {
+            "\n  the token in --token-file is not the gateway's (gateway.admin.token_file or token_env)"
+        }
+        _ => "",
+    };
+    Err(format!("{status}: {message}{hint}"))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -201,7 +201,9 @@ pub async fn run(cli: Cli) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match admin_request(&admin, method, path, bytes::Bytes::new(), token.as_deref()).await {
+            match crate::admin::call(&admin, method, path, bytes::Bytes::new(), token.as_deref())
+                .await
+            {
                 Ok(mut answer) => {
                     if let (Some(route), Some(all)) = (&route, answer["rollouts"].as_array()) {
                         let one: Vec<_> = all
@@ -329,7 +331,7 @@ async fn drill(
 ) -> Result<serde_json::Value, String> {
     use bytes::Bytes;
     let send = |method: http::Method, path: String, body: Bytes| {
-        admin_request(admin, method, path, body, token)
+        crate::admin::call(admin, method, path, body, token)
     };
     let started = send(
         http::Method::POST,
@@ -365,54 +367,6 @@ fn read_token(file: Option<PathBuf>) -> Result<Option<String>, ExitCode> {
             Err(ExitCode::FAILURE)
         }
     }
-}
-
-/// One admin API call: the JSON answer on success, the error otherwise.
-async fn admin_request(
-    admin: &str,
-    method: http::Method,
-    path: String,
-    body: bytes::Bytes,
-    token: Option<&str>,
-) -> Result<serde_json::Value, String> {
-    use http_body_util::{BodyExt, Full};
-    let client: hyper_util::client::legacy::Client<_, Full<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
-    let mut builder = http::Request::builder()
-        .method(method)
-        .uri(format!("{}{path}", admin.trim_end_matches('/')))
-        .header("content-type", "application/json");
-    if let Some(token) = token {
-        builder = builder.header("authorization", format!("Bearer {token}"));
-    }
-    let request = builder.body(Full::new(body)).map_err(|e| e.to_string())?;
-    let response = client
-        .request(request)
-        .await
-        .map_err(|e| format!("admin API unreachable: {e}"))?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    if status.is_success() {
-        return Ok(json);
-    }
-    let message = json["error"].as_str().unwrap_or("request failed");
-    let hint = match (status, token.is_some()) {
-        (http::StatusCode::UNAUTHORIZED, false) => {
-            "\n  the admin API needs its token: pass --token-file FILE (the file gateway.admin.token_file names)"
-        }
-        (http::StatusCode::UNAUTHORIZED, true) => {
-            "\n  the token in --token-file is not the gateway's (gateway.admin.token_file or token_env)"
-        }
-        _ => "",
-    };
-    Err(format!("{status}: {message}{hint}"))
 }
 
 /// `cascadia check`.

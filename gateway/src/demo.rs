@@ -262,46 +262,32 @@ impl Traffic {
     }
 }
 
-/// One admin API call with a JSON answer.
-async fn admin_call(method: Method, url: &str, body: &str) -> Result<serde_json::Value, String> {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let request = Request::builder()
-        .method(method)
-        .uri(url)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .map_err(|e| e.to_string())?;
-    let response = client.request(request).await.map_err(|e| e.to_string())?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    if status.is_success() {
-        Ok(json)
-    } else {
-        Err(format!("{status}: {json}"))
-    }
-}
-
 /// A two-second blackhole drill on us-east under traffic: how fast the
 /// gateway noticed, failed over to eu-west and came back.
 async fn failover_drill(base: &str, admin: &str) -> Result<Vec<String>, String> {
     let traffic = Traffic::start(base);
-    let started = admin_call(
+    let started = crate::admin::call(
+        admin,
         Method::POST,
-        &format!("{admin}/admin/drills"),
-        r#"{"region": "us-east", "fault": "blackhole", "duration_s": 2}"#,
+        "/admin/drills".to_owned(),
+        Bytes::from_static(
+            r#"{"region": "us-east", "fault": "blackhole", "duration_s": 2}"#.as_bytes(),
+        ),
+        None,
     )
     .await?;
     let id = started["id"].as_u64().ok_or("no drill id")?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
     let report = loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let report = admin_call(Method::GET, &format!("{admin}/admin/drills/{id}"), "").await?;
+        let report = crate::admin::call(
+            admin,
+            Method::GET,
+            format!("/admin/drills/{id}"),
+            Bytes::new(),
+            None,
+        )
+        .await?;
         // Fail-back is seen once us-east serves again; steady state after.
         let back = report["failback_ms"].is_u64() || report["state"] == "completed";
         if back || tokio::time::Instant::now() > deadline {
@@ -352,11 +338,25 @@ async fn canary_rollback(
     }
     let traffic = Traffic::start(base);
     std::fs::write(config_path, &with_plan).map_err(|e| e.to_string())?;
-    admin_call(Method::POST, &format!("{admin}/admin/config/reload"), "").await?;
+    crate::admin::call(
+        admin,
+        Method::POST,
+        "/admin/config/reload".to_owned(),
+        Bytes::new(),
+        None,
+    )
+    .await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let plan = loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let status = admin_call(Method::GET, &format!("{admin}/admin/rollouts"), "").await?;
+        let status = crate::admin::call(
+            admin,
+            Method::GET,
+            "/admin/rollouts".to_owned(),
+            Bytes::new(),
+            None,
+        )
+        .await?;
         let plan = status["rollouts"]
             .as_array()
             .and_then(|all| all.iter().find(|r| r["route"] == "fraud"))
@@ -372,7 +372,14 @@ async fn canary_rollback(
     }
     // Back to the file as it was: the plan ends, the 90/10 split returns.
     std::fs::write(config_path, config_text).map_err(|e| e.to_string())?;
-    admin_call(Method::POST, &format!("{admin}/admin/config/reload"), "").await?;
+    crate::admin::call(
+        admin,
+        Method::POST,
+        "/admin/config/reload".to_owned(),
+        Bytes::new(),
+        None,
+    )
+    .await?;
     Ok(vec![
         "Canary rollout: a [routes.rollout] plan added by a config edit, with the canary made 40 ms slow:".to_owned(),
         format!(

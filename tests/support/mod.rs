@@ -44,6 +44,17 @@ pub async fn sim_with(name: &str, version: &str, region: &str, latency: LatencyM
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind sim");
+    sim_on(listener, name, version, region, latency).await
+}
+
+/// Starts a simulated model server (model `fraud`) on `listener`.
+pub async fn sim_on(
+    listener: tokio::net::TcpListener,
+    name: &str,
+    version: &str,
+    region: &str,
+    latency: LatencyModel,
+) -> SimHandle {
     cascadia_sim::spawn(
         listener,
         SimConfig {
@@ -177,6 +188,56 @@ fn without_drain_delay(config: &str) -> String {
         return config.to_owned();
     }
     config.replacen("[gateway]\n", "[gateway]\ndrain_delay = \"0s\"\n", 1)
+}
+
+/// `cascadia demo` on free ports, once its walkthrough is done (it printed
+/// "Press Ctrl-C"): the process, killed when dropped, and what it printed.
+pub struct DemoProcess {
+    pub child: Child,
+    pub output: Vec<String>,
+}
+
+impl DemoProcess {
+    pub async fn start() -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cascadia"))
+            .args([
+                "demo",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn cascadia demo");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut output = Vec::new();
+        // The walkthrough (samples, a drill, a rollout) takes several seconds.
+        tokio::time::timeout(WAIT * 3, async {
+            while let Some(line) = lines.next_line().await.expect("read stdout") {
+                let done = line.starts_with("Press Ctrl-C");
+                output.push(line);
+                if done {
+                    return;
+                }
+            }
+            panic!("the demo exited early:\n{}", output.join("\n"));
+        })
+        .await
+        .expect("the demo finished its walkthrough");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self { child, output }
+    }
+
+    /// The first printed line starting with `prefix` (leading spaces
+    /// ignored), without the prefix.
+    pub fn after(&self, prefix: &str) -> Option<&str> {
+        self.output
+            .iter()
+            .find_map(|l| l.trim_start().strip_prefix(prefix))
+    }
 }
 
 /// A running gateway process. Killed when dropped.
