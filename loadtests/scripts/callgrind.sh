@@ -118,27 +118,6 @@ setup_pinning
 setup_workdir
 NOFILE=1024
 
-# free_port: a TCP port on 127.0.0.1 that was free a moment ago.
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# wait_for_port ADDR PID: polls until ADDR accepts a connection; fails if PID exits or after
-# 120 s (start-up under valgrind is slow).
-wait_for_port() {
-    local addr=$1 pid=$2
-    for _ in $(seq 1 1200); do
-        if (exec 3<>"/dev/tcp/${addr%:*}/${addr##*:}") 2>/dev/null; then return 0; fi
-        if ! kill -0 "$pid" 2>/dev/null; then
-            log "process $pid exited before listening on $addr"
-            return 1
-        fi
-        sleep 0.1
-    done
-    log "timed out waiting for $addr"
-    return 1
-}
-
 # running PID: whether PID exists and is not a zombie.
 running() {
     local stat
@@ -202,7 +181,7 @@ NGINX
     -c "$WORK/upstream/nginx.conf" >"$WORK/upstream.out" 2>"$WORK/upstream.out.err" &
 UPSTREAM_PID=$!
 CHILDREN+=("$UPSTREAM_PID")
-wait_for_port "$UPSTREAM_ADDR" "$UPSTREAM_PID" || { cat "$WORK/upstream.out.err" >&2; exit 1; }
+wait_for_port "$UPSTREAM_ADDR" "$UPSTREAM_PID" 1200 || { cat "$WORK/upstream.out.err" >&2; exit 1; }
 log "upstream nginx pid $UPSTREAM_PID on $UPSTREAM_ADDR (CPU $LOAD_CPU)"
 
 # --- the proxies -------------------------------------------------------------------------------
@@ -275,7 +254,7 @@ measure() {
     esac
     pid=$!
     CHILDREN+=("$pid")
-    if ! wait_for_port "$addr" "$pid"; then
+    if ! wait_for_port "$addr" "$pid" 1200; then
         tail -20 "$RUN_DIR/proxy.err" >&2 || true
         exit 1
     fi

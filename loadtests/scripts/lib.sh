@@ -248,3 +248,25 @@ for line in sys.stdin:
         print(json.dumps({"kind": "step", **json.loads(line)}))
 ' >>"$RESULTS"
 }
+
+# free_port: a TCP port on 127.0.0.1 that was free a moment ago (nginx, HAProxy, pingora and
+# valgrind-run processes cannot report a port the kernel picked, so scripts pick one).
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# wait_for_port ADDR PID [TRIES]: polls until ADDR accepts a connection (every 0.1 s, TRIES
+# [100] times, so 10 s); fails if PID exits first.
+wait_for_port() {
+    local addr=$1 pid=$2 tries=${3:-100}
+    for _ in $(seq 1 "$tries"); do
+        if (exec 3<>"/dev/tcp/${addr%:*}/${addr##*:}") 2>/dev/null; then return 0; fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            log "process $pid exited before listening on $addr"
+            return 1
+        fi
+        sleep 0.1
+    done
+    log "timed out waiting for $addr"
+    return 1
+}

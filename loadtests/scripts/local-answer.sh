@@ -38,10 +38,6 @@ build_binaries
 setup_pinning
 setup_workdir
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 # What nginx answers: an OIP answer of the same shape as Cascadia's.
 ANSWER='{"model_name":"fraud","outputs":[{"name":"probability","shape":[1,1],"datatype":"FP64","data":[2.0611536181902037e-9]}]}'
 

@@ -96,28 +96,6 @@ log "fd limit $NOFILE"
 
 declare -A LEG_PID=() LEG_ADDR=()
 
-# free_port: a TCP port on 127.0.0.1 that was free a moment ago (nginx, HAProxy and
-# pingora cannot report a port picked by the kernel, so the script picks one).
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# wait_for_port ADDR PID: polls until ADDR accepts a connection; fails if PID exits or
-# after 10 s.
-wait_for_port() {
-    local addr=$1 pid=$2
-    for _ in $(seq 1 200); do
-        if (exec 3<>"/dev/tcp/${addr%:*}/${addr##*:}") 2>/dev/null; then return 0; fi
-        if ! kill -0 "$pid" 2>/dev/null; then
-            log "process $pid exited before listening on $addr"
-            return 1
-        fi
-        sleep 0.05
-    done
-    log "timed out waiting for $addr"
-    return 1
-}
-
 # from_template TEMPLATE OUT LISTEN: OUT is TEMPLATE with @LISTEN@, @UPSTREAM@, @WORK@ filled.
 from_template() {
     sed -e "s|@LISTEN@|$3|g" -e "s|@UPSTREAM@|${SIM_ADDR[sim]}|g" -e "s|@WORK@|$WORK|g" \

@@ -42,10 +42,6 @@ build_binaries
 setup_pinning
 setup_workdir
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 # start_redis DIR PORT [ARG...]: a redis-server on LOAD_CPU, nothing saved to disk.
 start_redis() {
     local dir=$1 port=$2

@@ -121,26 +121,6 @@ CERT_INFO=$(openssl x509 -in "$CERT" -noout -text | sed -n 's/^ *Public Key Algo
 # --- processes -----------------------------------------------------------------------------------
 declare -A LEG_PID=() LEG_URL=() LEG_ADDR=()
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# wait_for_port ADDR PID [TRIES]: polls until ADDR accepts a connection (every 0.1 s, TRIES
-# [100] times); fails if PID exits first.
-wait_for_port() {
-    local addr=$1 pid=$2 tries=${3:-100}
-    for _ in $(seq 1 "$tries"); do
-        if (exec 3<>"/dev/tcp/${addr%:*}/${addr##*:}") 2>/dev/null; then return 0; fi
-        if ! kill -0 "$pid" 2>/dev/null; then
-            log "process $pid exited before listening on $addr"
-            return 1
-        fi
-        sleep 0.1
-    done
-    log "timed out waiting for $addr"
-    return 1
-}
-
 # cascadia_config FILE LISTEN TLS: a gateway config listening on LISTEN, one route to the sim,
 # with [gateway.tls] when TLS is 1.
 cascadia_config() {
