@@ -36,7 +36,7 @@ import sys
 import time
 from collections import defaultdict
 
-from summarize_common import fmt, load, machine_lines, of_kind
+from summarize_common import fmt, load, machine_lines, of_kind, total_ir
 
 REF = "nginx"
 # libc's allocator and memory copies, by their (self-cost) function names.
@@ -120,20 +120,6 @@ def client(addr, path, body_file, n):
 
 
 # --- callgrind and strace outputs ----------------------------------------------------------
-
-def total_ir(path):
-    """The Ir total of a callgrind output file: its "totals:" line, else "summary:"."""
-    summary = None
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if line.startswith("totals:"):
-                return int(line.split()[1])
-            if line.startswith("summary:"):
-                summary = int(line.split()[1])
-    if summary is None:
-        sys.exit(f"{path}: no totals: or summary: line")
-    return summary
-
 
 # "  1,234,567 (12.34%)  file:function [object]" (callgrind_annotate 3.x, one event).
 ANNOTATE_LINE = re.compile(r"^\s*([\d,]+)\s+(?:\([\d.]+%\)\s+)?(\S.*?)\s*$")

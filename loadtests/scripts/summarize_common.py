@@ -104,3 +104,17 @@ def machine_lines(meta):
 def sim_names(meta):
     """address -> sim name, from the meta line's "sims"."""
     return {addr: name for name, addr in ((meta or {}).get("sims") or {}).items()}
+
+
+def total_ir(path):
+    """The Ir total of a callgrind output file: its "totals:" line, else "summary:"."""
+    summary = None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith("totals:"):
+                return int(line.split()[1])
+            if line.startswith("summary:"):
+                summary = int(line.split()[1])
+    if summary is None:
+        sys.exit(f"{path}: no totals: or summary: line")
+    return summary

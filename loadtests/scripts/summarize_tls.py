@@ -32,7 +32,7 @@ import sys
 import time
 from collections import defaultdict
 
-from summarize_common import DISCARD_FACTOR, cpu_per_req, errors_total, fmt, load, machine_lines, med
+from summarize_common import DISCARD_FACTOR, cpu_per_req, errors_total, fmt, load, machine_lines, med, total_ir
 
 ORDER = ("cascadia-plain", "cascadia-tls", "nginx-tls", "nginx-plain")
 BASELINE = "cascadia-plain"
@@ -104,20 +104,6 @@ def client(addr, path, body_file, n, ca=None):
     sock.close()
     print(json.dumps(out))
     return 0 if out["ok"] == n else 1
-
-
-def total_ir(path):
-    """The Ir total of a callgrind output file: its "totals:" line, else "summary:"."""
-    summary = None
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if line.startswith("totals:"):
-                return int(line.split()[1])
-            if line.startswith("summary:"):
-                summary = int(line.split()[1])
-    if summary is None:
-        sys.exit(f"{path}: no totals: or summary: line")
-    return summary
 
 
 # --- summary ---------------------------------------------------------------------------------
