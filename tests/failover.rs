@@ -675,7 +675,15 @@ health_check = { path = "/v2/models/not-served/ready", interval = "50ms", timeou
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoint_state_survives_a_reload() {
     let regions = Regions::start().await;
-    let gateway = GatewayProcess::start(&regions.config("1s")).await;
+    // Ejections that outlast the test: with the default 1 s, a loaded
+    // machine could let the first one end before it is looked at, and the
+    // test would be about timing, not the reload.
+    let config = regions.config("1s").replacen(
+        "region = \"us-east\"\n",
+        "region = \"us-east\"\noutlier = { base_ejection = \"60s\", max_ejection = \"120s\" }\n",
+        1,
+    );
+    let gateway = GatewayProcess::start(&config).await;
     let client = TestClient::new();
     let Regions {
         us_east,
