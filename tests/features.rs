@@ -245,10 +245,13 @@ async fn entities_are_shared_through_a_redis_that_speaks_only_tls() {
     let redis = RedisServer::start_tls().await;
     let ensemble = sim("ensemble", "1", "us-east").await;
     let store = sim("store", "1", "us-east").await;
-    // The CA file is read beside the config, like a model.
+    // The CA file is read beside the config, like a model. The one request
+    // below makes the only write: a TLS handshake that misses the 100 ms
+    // default connect timeout on a loaded machine would drop it (writes are
+    // best-effort by design), so the test allows the handshake 2 s.
     let text = config(&ensemble, &store, Some(&redis), "").replacen(
         "response_timeout = \"20ms\"\n",
-        "response_timeout = \"200ms\"\ntls_ca_file = \"redis-ca.pem\"\n",
+        "response_timeout = \"200ms\"\nconnect_timeout = \"2s\"\ntls_ca_file = \"redis-ca.pem\"\n",
         1,
     );
     assert!(text.contains("rediss://"), "{text}");
