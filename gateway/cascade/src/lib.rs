@@ -5,6 +5,8 @@
 //! # Layout
 //! - [`model`]: the model artifact (JSON from `tools/export_logistic.py`)
 //!   and its scoring.
+//! - [`calibrate`]: the band chosen with a high-probability bound on the
+//!   recall drop (Learn-then-Test with binomial p-values).
 //! - [`decision`]: thresholds as a value type, and the per-row decision.
 //! - [`grpc`]: OIP gRPC messages to and from the JSON model, typed or raw.
 //! - [`rows`]: features out of an OIP V2 inference request, the
@@ -13,6 +15,7 @@
 //! - [`stage2`]: the request the gateway sends stage 2, and the checks its
 //!   answer must pass.
 
+pub mod calibrate;
 pub mod decision;
 pub mod grpc;
 pub mod model;
