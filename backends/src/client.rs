@@ -59,6 +59,15 @@ impl UpstreamClient {
         self
     }
 
+    /// Whether `other` connects the same way: protocol, connect timeout
+    /// and TLS settings.
+    pub fn same_as(&self, other: &UpstreamClient) -> bool {
+        self.protocol == other.protocol
+            && self.connect_timeout == other.connect_timeout
+            && self.tls.as_ref().map(UpstreamTlsConnector::settings)
+                == other.tls.as_ref().map(UpstreamTlsConnector::settings)
+    }
+
     /// The TLS this client speaks, if any.
     pub fn tls(&self) -> Option<&UpstreamTlsConnector> {
         self.tls.as_ref()

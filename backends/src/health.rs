@@ -19,6 +19,22 @@ pub struct Checker {
     task: tokio::task::JoinHandle<()>,
     /// The settings it runs with, to restart it when they change.
     pub settings: HealthCheck,
+    /// The client it probes with: a reload that changes the backend's
+    /// connect timeout or TLS must restart the probes too, or they would
+    /// go on with the old ones while requests use the new.
+    client: UpstreamClient,
+}
+
+impl Checker {
+    /// Whether this checker already probes with `settings` over `client`.
+    pub fn runs_with(&self, settings: &HealthCheck, client: &UpstreamClient) -> bool {
+        self.settings == *settings && self.client.same_as(client)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn client_connect_timeout(&self) -> std::time::Duration {
+        self.client.connect_timeout()
+    }
 }
 
 impl Drop for Checker {
@@ -29,8 +45,12 @@ impl Drop for Checker {
 
 /// Starts probing `endpoint`. Must be called within a tokio runtime.
 pub fn spawn(endpoint: Arc<Endpoint>, client: UpstreamClient, settings: HealthCheck) -> Checker {
-    let task = tokio::spawn(run(endpoint, client, settings.clone()));
-    Checker { task, settings }
+    let task = tokio::spawn(run(endpoint, client.clone(), settings.clone()));
+    Checker {
+        task,
+        settings,
+        client,
+    }
 }
 
 async fn run(endpoint: Arc<Endpoint>, client: UpstreamClient, settings: HealthCheck) {

@@ -156,12 +156,13 @@ impl Registry {
                     .unwrap_or_else(|| Arc::new(Endpoint::new(endpoint.authority.clone())));
                 endpoints.insert(key.clone(), Arc::clone(&shared));
 
-                // Keep a checker whose settings did not change; restart one
-                // whose did; stop checking when the config no longer asks.
+                // Keep a checker whose settings and client did not change;
+                // restart one whose did; stop checking when the config no
+                // longer asks.
                 match &backend.health_check {
                     Some(settings) => {
                         let checker = match state.checkers.remove(&key) {
-                            Some(existing) if existing.settings == *settings => existing,
+                            Some(existing) if existing.runs_with(settings, &client) => existing,
                             _ => {
                                 health::spawn(Arc::clone(&shared), client.clone(), settings.clone())
                             }
@@ -233,5 +234,45 @@ impl Registry {
             }
             None => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(connect_timeout: &str) -> Config {
+        cascadia_config::parse(&format!(
+            r#"
+[[backends]]
+name = "a"
+region = "r"
+endpoints = ["127.0.0.1:9"]
+connect_timeout = "{connect_timeout}"
+health_check = {{ interval = "1h" }}
+
+[[routes]]
+name = "r"
+match = {{ model = "m" }}
+backends = ["a"]
+"#
+        ))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_health_checker_restarts_when_its_backends_client_changes() {
+        let registry = Registry::new();
+        let probing_with = |registry: &Registry| {
+            let state = registry.state.lock().unwrap();
+            let checker = state.checkers.values().next().expect("a checker");
+            checker.client_connect_timeout()
+        };
+        registry.build(&config("1s"));
+        assert_eq!(probing_with(&registry), Duration::from_secs(1));
+        // The requests' client changes with the connect timeout; the
+        // probes must follow it, not keep the old one.
+        registry.build(&config("2s"));
+        assert_eq!(probing_with(&registry), Duration::from_secs(2));
     }
 }
