@@ -6,16 +6,20 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use cascadia_sim::SimHandle;
 use http::{Method, StatusCode, Version};
 
 use crate::support::tls::{Issued, TestCa, TlsClient};
+
 use crate::support::{sim, single_backend_config, GatewayProcess, TestClient, INFER_BODY, WAIT};
 
 const INFER: &str = "/v2/models/fraud/infer";
 
 /// A gateway with `[gateway.tls]` over `server.crt` / `server.key` (and
-/// `extra` lines in that table) in front of one simulated model server.
-async fn tls_gateway(ca: &TestCa, extra: &str) -> (GatewayProcess, Issued) {
+/// `extra` lines in that table) in front of one simulated model server; its
+/// log is kept (`log`), for tests that wait on what it says.
+/// The model server comes back too: it serves as long as the test holds it.
+async fn tls_gateway(ca: &TestCa, extra: &str) -> (GatewayProcess, Issued, SimHandle) {
     let model = sim("fraud-v1", "1", "us-east").await;
     let server = ca.issue(&["localhost", "127.0.0.1"]);
     let config = single_backend_config("fraud-us-east", model.addr, "").replacen(
@@ -25,7 +29,7 @@ async fn tls_gateway(ca: &TestCa, extra: &str) -> (GatewayProcess, Issued) {
         ),
         1,
     );
-    let gateway = GatewayProcess::start_with_files(
+    let gateway = GatewayProcess::start_logged_with_files(
         &config,
         &[
             ("server.crt", &server.cert_pem),
@@ -34,15 +38,13 @@ async fn tls_gateway(ca: &TestCa, extra: &str) -> (GatewayProcess, Issued) {
         ],
     )
     .await;
-    // The sim lives as long as the test: leak its handle into the task.
-    std::mem::forget(model);
-    (gateway, server)
+    (gateway, server, model)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_speaks_h2_and_http1_by_alpn_and_refuses_plaintext() {
     let ca = TestCa::new("test ca");
-    let (gateway, server) = tls_gateway(&ca, "").await;
+    let (gateway, server, _model) = tls_gateway(&ca, "").await;
     for (alpn, version) in [("h2", Version::HTTP_2), ("http/1.1", Version::HTTP_11)] {
         let client = TlsClient::new(&ca.pem, &[alpn], None);
         let (mut connection, presented) = client.connect(gateway.addr).await.unwrap();
@@ -68,7 +70,7 @@ async fn https_speaks_h2_and_http1_by_alpn_and_refuses_plaintext() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_certificates_from_the_configured_ca_only_are_let_in() {
     let ca = TestCa::new("test ca");
-    let (gateway, _) = tls_gateway(&ca, "client_ca_file = \"ca.crt\"").await;
+    let (gateway, _, _model) = tls_gateway(&ca, "client_ca_file = \"ca.crt\"").await;
     let request = |client: TlsClient| async move {
         let (mut connection, _) = client.connect(gateway.addr).await?;
         connection.send(Method::POST, INFER, INFER_BODY).await
@@ -92,7 +94,7 @@ async fn client_certificates_from_the_configured_ca_only_are_let_in() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_certificate_reaches_new_connections_and_no_request_fails() {
     let ca = TestCa::new("test ca");
-    let (gateway, old) = tls_gateway(&ca, "").await;
+    let (gateway, old, _model) = tls_gateway(&ca, "").await;
     let dir = gateway.config_path.parent().unwrap().to_path_buf();
     let client = TlsClient::new(&ca.pem, &["h2", "http/1.1"], None);
     // A connection opened before the rotation, kept open across it.
@@ -192,25 +194,29 @@ async fn a_rotated_certificate_reaches_new_connections_and_no_request_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_pair_written_in_place_leaves_the_old_certificate_serving() {
     let ca = TestCa::new("test ca");
-    let (gateway, old) = tls_gateway(&ca, "").await;
+    let (gateway, old, _model) = tls_gateway(&ca, "").await;
     let dir = gateway.config_path.parent().unwrap().to_path_buf();
     // A new certificate with the old key: they do not match.
     let new = ca.issue(&["localhost"]);
     std::fs::write(dir.join("server.crt"), &new.cert_pem).unwrap();
     let client = TlsClient::new(&ca.pem, &["h2"], None);
-    // Readiness: the gateway has looked at the files (it logs the refusal
-    // at warn; here we can only poll), so give it several of its 100 ms
-    // ticks by making requests until well past them.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(500);
-    while tokio::time::Instant::now() < deadline {
-        let (mut connection, presented) = client.connect(gateway.addr).await.unwrap();
-        assert_eq!(presented, old.der(), "the old pair goes on serving");
-        let (status, _, _) = connection
-            .send(Method::POST, INFER, INFER_BODY)
-            .await
-            .unwrap();
-        assert_eq!(status, StatusCode::OK);
-    }
+    // Readiness: the gateway has looked at the changed files and refused
+    // the pair (it says so in its log).
+    let log = gateway.log.clone().expect("captured");
+    tokio::time::timeout(WAIT, async {
+        while !log.lock().unwrap().contains("not a usable pair") {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the mismatched pair was refused");
+    let (mut connection, presented) = client.connect(gateway.addr).await.unwrap();
+    assert_eq!(presented, old.der(), "the old pair goes on serving");
+    let (status, _, _) = connection
+        .send(Method::POST, INFER, INFER_BODY)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
     // The matching key arrives: the new pair is taken.
     std::fs::write(dir.join("server.key"), &new.key_pem).unwrap();
     tokio::time::timeout(WAIT, async {
@@ -229,7 +235,7 @@ async fn a_broken_pair_written_in_place_leaves_the_old_certificate_serving() {
 /// An upstream that speaks only TLS and asks for client certificates: a
 /// second gateway with `[gateway.tls]` in front of a model server, its
 /// certificate for `model.internal` only (not for the address dialled).
-async fn mtls_upstream(ca: &TestCa) -> GatewayProcess {
+async fn mtls_upstream(ca: &TestCa) -> (GatewayProcess, SimHandle) {
     let model = sim("fraud-v1", "1", "us-east").await;
     let server = ca.issue(&["model.internal"]);
     let config = single_backend_config("model", model.addr, "").replacen(
@@ -246,14 +252,13 @@ async fn mtls_upstream(ca: &TestCa) -> GatewayProcess {
         ],
     )
     .await;
-    std::mem::forget(model);
-    upstream
+    (upstream, model)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstreams_are_reached_over_tls_with_a_ca_a_client_certificate_and_sni() {
     let ca = TestCa::new("mesh ca");
-    let upstream = mtls_upstream(&ca).await;
+    let (upstream, _model) = mtls_upstream(&ca).await;
     let identity = ca.issue(&["gateway.internal"]);
     let client = TestClient::new();
     let front = |tls: &str, protocol: &str| {

@@ -1,7 +1,8 @@
 //! TLS to upstream endpoints: a rustls client config per backend, from its
 //! `[backends.tls]` (CA bundle, client certificate for mTLS, SNI name).
 //! Certificates are verified unless the config turns that off, which is
-//! logged as a warning every time the config is applied.
+//! logged as a warning whenever a client is built with it (at start-up,
+//! and when the backend's TLS settings change).
 
 use std::sync::Arc;
 

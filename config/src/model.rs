@@ -433,7 +433,8 @@ pub struct UpstreamTls {
     /// the endpoint's host.
     pub server_name: Option<String>,
     /// Accept any certificate. Default false; true is logged as a warning
-    /// at every load, since it gives up what TLS is for.
+    /// at start-up and whenever the backend's TLS settings change, since it
+    /// gives up what TLS is for.
     pub insecure_skip_verify: bool,
 }
 

@@ -287,6 +287,12 @@ impl GatewayProcess {
         Self::launch(dir, config_path, extra_args).await
     }
 
+    /// [`GatewayProcess::start_with_files`], keeping what the gateway logs
+    /// in `log`.
+    pub async fn start_logged_with_files(config: &str, files: &[(&str, &str)]) -> Self {
+        Self::start_full(config, &["--capture-log"], files).await
+    }
+
     /// [`GatewayProcess::start`], keeping what the gateway logs in `log`.
     pub async fn start_logged(config: &str) -> Self {
         Self::start_with(config, &["--capture-log"]).await

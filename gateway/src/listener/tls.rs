@@ -13,7 +13,6 @@
 //! `..data` swap or cert-manager's renewal leaves them within a tick.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -47,7 +46,6 @@ impl TlsListener {
         let certificate = Arc::new(RotatingCertificate {
             current: ArcSwap::from_pointee(key_pair),
             seen: Mutex::new((cert, key)),
-            rotations: AtomicU64::new(0),
         });
         let provider = cascadia_config::tls::provider();
         let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
@@ -82,11 +80,6 @@ impl TlsListener {
     /// The server side of one connection's handshake.
     pub async fn accept(&self, stream: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
         self.acceptor.accept(stream).await
-    }
-
-    /// Certificates swapped in since start-up.
-    pub fn rotations(&self) -> u64 {
-        self.certificate.rotations.load(Ordering::Relaxed)
     }
 
     /// Looks at the files every `reload_interval` until `shutdown`, and
@@ -125,7 +118,6 @@ impl TlsListener {
         match cascadia_config::tls::certified_key(&cert, &key) {
             Ok(pair) => {
                 self.certificate.current.store(Arc::new(pair));
-                self.certificate.rotations.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(cert = %self.settings.cert_file.display(), "listener certificate reloaded");
             }
             Err(error) => {
@@ -147,7 +139,6 @@ struct RotatingCertificate {
     current: ArcSwap<CertifiedKey>,
     /// The files' bytes last looked at.
     seen: Mutex<(Vec<u8>, Vec<u8>)>,
-    rotations: AtomicU64,
 }
 
 impl ResolvesServerCert for RotatingCertificate {
