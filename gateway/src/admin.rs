@@ -750,17 +750,25 @@ pub async fn call(
         builder = builder.header("authorization", format!("Bearer {token}"));
     }
     let request = builder.body(Full::new(body)).map_err(|e| e.to_string())?;
-    let response = client
-        .request(request)
+    // Bounded: a gateway that accepts and never answers (or streams without
+    // end) must not hang the CLI. A reload may take the reloader's 10 s read
+    // bound and a build, so the whole exchange gets 30 s and 16 MiB.
+    let exchange = async {
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| format!("admin API unreachable: {e}"))?;
+        let status = response.status();
+        let body = http_body_util::Limited::new(response.into_body(), 16 << 20)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the admin API's answer: {e}"))?
+            .to_bytes();
+        Ok::<_, String>((status, body))
+    };
+    let (status, body) = tokio::time::timeout(std::time::Duration::from_secs(30), exchange)
         .await
-        .map_err(|e| format!("admin API unreachable: {e}"))?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
+        .map_err(|_| "the admin API did not answer within 30s".to_owned())??;
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     if status.is_success() {
         return Ok(json);
@@ -780,6 +788,27 @@ pub async fn call(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_call_to_an_admin_that_never_answers_gives_up() {
+        // The kernel accepts the connection; nobody ever reads or answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let admin = format!("http://{}", silent.local_addr().unwrap());
+        let answer = call(
+            &admin,
+            Method::GET,
+            "/admin/rollouts".to_owned(),
+            Bytes::new(),
+            None,
+        )
+        .await;
+        assert_eq!(
+            answer.unwrap_err(),
+            "the admin API did not answer within 30s"
+        );
+    }
+
     #[test]
     fn token_comparison_needs_every_byte() {
         assert!(super::constant_time_eq(
