@@ -3,8 +3,14 @@
 //!
 //! Scoring is `sigmoid(intercept + Σ coef_i × (x_i − mean_i) / scale_i)` in
 //! f64, which matches scikit-learn's `predict_proba` to about 1e-15.
+//!
+//! The model is identified by the SHA-256 of its artifact's bytes, so a
+//! calibration made for one model can be refused for another.
 
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::drift::{RawReference, Reference};
 
 /// A validated logistic-regression model.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +27,12 @@ pub struct LogisticModel {
     /// multiply-add per feature.
     weights: Vec<f64>,
     bias: f64,
+    /// Lowercase hex SHA-256 of the artifact text this model was parsed
+    /// from.
+    pub sha256: String,
+    /// Each feature's distribution in the training data, for drift
+    /// (PSI); `None` when the export had no training data.
+    pub reference: Option<Reference>,
 }
 
 /// The artifact as written by the export tool.
@@ -39,6 +51,8 @@ struct Artifact {
     scale: Option<Vec<f64>>,
     #[serde(default)]
     classes: Vec<serde_json::Value>,
+    #[serde(default)]
+    reference: Option<RawReference>,
 }
 
 fn default_version() -> String {
@@ -64,6 +78,8 @@ pub enum ModelError {
     ZeroScale(usize),
     #[error("duplicate feature name {0:?}")]
     DuplicateFeature(String),
+    #[error("reference: {0}")]
+    Reference(String),
 }
 
 impl LogisticModel {
@@ -130,7 +146,14 @@ impl LogisticModel {
                 index: 0,
             });
         }
+        let reference = artifact
+            .reference
+            .map(|raw| Reference::new(raw, n))
+            .transpose()
+            .map_err(ModelError::Reference)?;
         Ok(Self {
+            sha256: sha256_hex(text.as_bytes()),
+            reference,
             name: artifact.name,
             version: artifact.version,
             features: artifact.features,
@@ -159,6 +182,15 @@ impl LogisticModel {
                 .sum::<f64>();
         sigmoid(z)
     }
+}
+
+/// Lowercase hex SHA-256 of `bytes`: how artifacts and calibration data
+/// are named in a calibration.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The logistic function, stable for large |z|.
@@ -190,6 +222,9 @@ mod tests {
         let expected = 1.0 / (1.0 + (-1.5f64).exp());
         assert!((model.score(&[3.0, 1.0]) - expected).abs() < 1e-15);
         assert_eq!(model.version, "3");
+        assert_eq!(model.sha256, sha256_hex(MODEL.as_bytes()));
+        assert_eq!(model.sha256.len(), 64);
+        assert!(model.reference.is_none());
     }
 
     #[test]
