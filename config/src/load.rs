@@ -75,12 +75,19 @@ pub fn load_file(path: &Path) -> Result<LoadedConfig, LoadError> {
         let full = base.join(model_path);
         let model_bytes = read_input(&full, MAX_MODEL_BYTES)
             .map_err(|e| format!("cannot read {}: {e}", full.display()))?;
-        let text = std::str::from_utf8(&model_bytes).map_err(|e| format!("not UTF-8: {e}"))?;
-        let model = cascadia_cascade::LogisticModel::from_json(text).map_err(|e| e.to_string())?;
+        let text = std::str::from_utf8(&model_bytes)
+            .map_err(|e| format!("not UTF-8: {e}"))?
+            .to_owned();
         parts.push((model_path.to_owned(), model_bytes));
-        Ok(model)
+        Ok(text)
     };
     let mut config = crate::parse_with_models(text, &mut load_model).map_err(LoadError::Invalid)?;
+    // Recorded traffic goes beside the config, like everything it names.
+    for route in &mut config.routes {
+        if let Some(record) = route.cascade.as_mut().and_then(|c| c.record.as_mut()) {
+            record.file = base.join(&record.file);
+        }
+    }
     // The Redis CA file is part of the config too.
     if let Some(redis) = config.gateway.redis.as_mut() {
         if let Some(file) = &redis.tls_ca_file {

@@ -268,6 +268,47 @@ impl Config {
                     },
                     100.0 * c.audit_fraction
                 );
+                if let Some(cal) = &c.calibration {
+                    let a = &cal.artifact;
+                    let _ = writeln!(
+                        out,
+                        "    calibration: {} (recall drop ≤ {} at confidence {}, bound {:.4}, local share {:.3}, {} rows, {})",
+                        cal.path,
+                        a.target.max_recall_drop,
+                        a.target.confidence,
+                        a.result.recall_drop_bound,
+                        a.result.local_share,
+                        a.data.rows,
+                        a.created
+                    );
+                }
+                if let Some(w) = &c.watch {
+                    let _ = writeln!(
+                        out,
+                        "    watch: recall drop ≤ {} at confidence {}, windows of {} positives × {}, on breach: {}",
+                        w.settings.alpha,
+                        1.0 - w.settings.delta,
+                        w.settings.window_positives,
+                        w.settings.windows,
+                        w.policy.label()
+                    );
+                }
+                if let Some(d) = &c.drift {
+                    let _ = writeln!(
+                        out,
+                        "    drift: PSI over {} rows (in {} slices), drifted above {}",
+                        d.window_rows, d.slices, d.threshold
+                    );
+                }
+                if let Some(r) = &c.record {
+                    let _ = writeln!(
+                        out,
+                        "    record: {:.1}% of sampled rows to {} (at most {})",
+                        100.0 * r.sample,
+                        r.file.display(),
+                        r.max_rows
+                    );
+                }
                 if let Some(e) = &c.entity {
                     let key = match &e.key {
                         EntityKey::Header(h) => format!("header {h}"),
@@ -815,6 +856,76 @@ pub struct Cascade {
     /// answered: `FP64` (default, what scikit-learn's `predict_proba`
     /// gives) or `FP32`.
     pub output_datatype: cascadia_cascade::ProbabilityType,
+    /// The calibration the thresholds came from, when the route names one
+    /// instead of hand-set thresholds.
+    pub calibration: Option<Calibration>,
+    /// The recall-drop guarantee checked online from audits.
+    pub watch: Option<Watch>,
+    /// PSI of each feature against the model's training reference.
+    pub drift: Option<Drift>,
+    /// A sample of rows with both stages' scores, written for `cascadia
+    /// calibrate`.
+    pub record: Option<Record>,
+}
+
+/// A calibration artifact a route's band comes from.
+#[derive(Debug, Clone)]
+pub struct Calibration {
+    /// As written in the config.
+    pub path: String,
+    pub artifact: cascadia_cascade::calibrate::Artifact,
+}
+
+/// What the route does when the online bound says the guarantee broke.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum WatchPolicy {
+    /// Metrics, the admin API and a log line; the band stays.
+    Alert,
+    /// Multiply `accept_below` by `factor` at each breached window (so more
+    /// rows escalate), never below `floor`.
+    Tighten { factor: f64, floor: f64 },
+    /// Escalate every row until the config changes.
+    EscalateAll,
+}
+
+impl WatchPolicy {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Alert => "alert",
+            Self::Tighten { .. } => "tighten",
+            Self::EscalateAll => "escalate_all",
+        }
+    }
+}
+
+/// `[routes.cascade.watch]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Watch {
+    /// Default: the calibration's.
+    pub settings: cascadia_cascade::watch::WatchSettings,
+    pub policy: WatchPolicy,
+}
+
+/// `[routes.cascade.drift]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Drift {
+    /// Rows the PSI is computed over. Default 2000.
+    pub window_rows: u64,
+    /// The window moves on every `window_rows / slices` rows. Default 4.
+    pub slices: usize,
+    /// PSI above which a feature is reported drifted. Default 0.2.
+    pub threshold: f64,
+}
+
+/// `[routes.cascade.record]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// JSON Lines file, relative to the config file.
+    pub file: std::path::PathBuf,
+    /// Share of sampled (audited or escalated) rows written. Default 1.
+    pub sample: f64,
+    /// Rows written at most, then recording stops. Default 100000.
+    pub max_rows: u64,
 }
 
 /// Features of an entity (a sender domain, a user), looked up by key

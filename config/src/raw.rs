@@ -290,6 +290,41 @@ pub(crate) struct RawCascade {
     pub output_columns: Option<usize>,
     pub output_datatype: Option<String>,
     pub entity: Option<RawEntity>,
+    pub calibration: Option<String>,
+    pub watch: Option<RawWatch>,
+    pub drift: Option<RawDrift>,
+    pub record: Option<RawRecord>,
+}
+
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Watch")]
+pub(crate) struct RawWatch {
+    pub max_recall_drop: Option<f64>,
+    pub confidence: Option<f64>,
+    pub window_positives: Option<u64>,
+    pub windows: Option<usize>,
+    pub policy: Option<String>,
+    pub tighten_factor: Option<f64>,
+    pub min_accept_below: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Drift")]
+pub(crate) struct RawDrift {
+    pub window_rows: Option<u64>,
+    pub slices: Option<usize>,
+    pub threshold: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Record")]
+pub(crate) struct RawRecord {
+    pub file: Option<String>,
+    pub sample: Option<f64>,
+    pub max_rows: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]

@@ -15,15 +15,15 @@ use http::HeaderName;
 
 use crate::error::{Collector, ConfigError, ConfigErrors};
 use crate::model::{
-    Backend, Cascade, Config, DnsDiscovery, Endpoint, EntityFeatures, EntityKey, GatewaySettings,
-    HealthCheck, HedgePolicy, Limits, ListenerTls, OnUnavailable, OutlierDetection, RateLimit,
-    RedisSettings, RetryPolicy, Rollout, Route, RouteMatch, Shadow, Split, SplitTarget,
-    TokenSource, TracingSettings, UpstreamTls,
+    Backend, Calibration, Cascade, Config, DnsDiscovery, Drift, Endpoint, EntityFeatures,
+    EntityKey, GatewaySettings, HealthCheck, HedgePolicy, Limits, ListenerTls, OnUnavailable,
+    OutlierDetection, RateLimit, Record, RedisSettings, RetryPolicy, Rollout, Route, RouteMatch,
+    Shadow, Split, SplitTarget, TokenSource, TracingSettings, UpstreamTls, Watch, WatchPolicy,
 };
 use crate::raw::{
     RawBackend, RawCascade, RawConfig, RawEndpoint, RawEntity, RawGateway, RawHealthCheck,
     RawHedge, RawLimits, RawListenerTls, RawMatch, RawOutlier, RawRedis, RawRetries, RawRollout,
-    RawRoute, RawShadow, RawSplitTarget, RawTracing, RawUpstreamTls,
+    RawRoute, RawShadow, RawSplitTarget, RawTracing, RawUpstreamTls, RawWatch,
 };
 use crate::value::{Timeout, Weight};
 
@@ -37,24 +37,26 @@ const SHORTHAND_VERSION: &str = "default";
 /// Caps an endpoint's weight so a pool's total can never overflow a `u32`.
 const MAX_ENDPOINT_WEIGHT: u32 = 10_000;
 
-/// Reads a cascade's model artifact given its path as written in the config.
-/// The loader does the I/O, so parsing stays pure.
-pub type ModelLoader<'a> = dyn FnMut(&str) -> Result<cascadia_cascade::LogisticModel, String> + 'a;
+/// Reads a file a cascade names (its model, its calibration) given the path
+/// as written in the config, and returns its text. The loader does the
+/// I/O, so parsing stays pure.
+pub type FileLoader<'a> = dyn FnMut(&str) -> Result<String, String> + 'a;
 
 /// Parses and validates a config file's text. A config with cascade routes
 /// needs their model files: use [`parse_with_models`] (or `load_file`).
 pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
     parse_with_models(text, &mut |path: &str| {
         Err(format!(
-            "cannot load model {path:?} here: load the config from a file"
+            "cannot load {path:?} here: load the config from a file"
         ))
     })
 }
 
-/// Parses and validates a config, loading cascade models with `load_model`.
+/// Parses and validates a config, reading the files cascades name with
+/// `load_model`.
 pub fn parse_with_models(
     text: &str,
-    load_model: &mut ModelLoader<'_>,
+    load_model: &mut FileLoader<'_>,
 ) -> Result<Config, ConfigErrors> {
     let raw = deserialize(text).map_err(|e| ConfigErrors(vec![e]))?;
     validate(raw, load_model)
@@ -109,7 +111,7 @@ fn normalise_path(path: &serde_path_to_error::Path) -> String {
     out
 }
 
-fn validate(raw: RawConfig, load_model: &mut ModelLoader<'_>) -> Result<Config, ConfigErrors> {
+fn validate(raw: RawConfig, load_model: &mut FileLoader<'_>) -> Result<Config, ConfigErrors> {
     let mut errors = Collector::default();
     let gateway = gateway(raw.gateway, &mut errors);
     let backends = backends(raw.backends, &mut errors);
@@ -975,14 +977,16 @@ fn cascade(
     raw: RawCascade,
     at: &str,
     known: &HashSet<&str>,
-    load_model: &mut ModelLoader<'_>,
+    load_model: &mut FileLoader<'_>,
     errors: &mut Collector,
 ) -> Option<Cascade> {
     let model_path = required(raw.model, &format!("{at}.model"), errors);
     let model = if model_path.is_empty() {
         None
     } else {
-        match load_model(&model_path) {
+        match load_model(&model_path).and_then(|text| {
+            cascadia_cascade::LogisticModel::from_json(&text).map_err(|e| e.to_string())
+        }) {
             Ok(model) => Some(std::sync::Arc::new(model)),
             Err(message) => {
                 errors.push(format!("{at}.model"), message);
@@ -990,14 +994,66 @@ fn cascade(
             }
         }
     };
-    let (accept_below, reject_above) = match (raw.accept_below, raw.reject_above) {
-        (Some(a), Some(r)) => (a, r),
-        (a, r) => {
+    let calibration = match raw.calibration {
+        None => None,
+        Some(path) => {
+            let at_cal = format!("{at}.calibration");
+            match load_model(&path)
+                .and_then(|text| cascadia_cascade::calibrate::Artifact::from_json(&text))
+            {
+                Ok(artifact) => {
+                    // A band certified for another model certifies nothing.
+                    if let Some(model) = &model {
+                        if artifact.model.sha256 != model.sha256 {
+                            errors.push(
+                                &at_cal,
+                                format!(
+                                    "made for model {} {} (sha256 {}), but {model_path} has sha256 {}: recalibrate for this model",
+                                    artifact.model.name,
+                                    artifact.model.version,
+                                    artifact.model.sha256,
+                                    model.sha256
+                                ),
+                            );
+                        }
+                    }
+                    Some(Calibration { path, artifact })
+                }
+                Err(message) => {
+                    errors.push(&at_cal, message);
+                    return None;
+                }
+            }
+        }
+    };
+    let (accept_below, reject_above) = match (&calibration, raw.accept_below, raw.reject_above) {
+        (Some(c), None, None) => (c.artifact.band.accept_below, c.artifact.band.reject_above),
+        (Some(_), a, r) => {
+            let field = if a.is_some() {
+                "accept_below"
+            } else {
+                "reject_above"
+            };
+            let _ = r;
+            errors.push(
+                format!("{at}.{field}"),
+                "give either calibration or accept_below and reject_above, not both",
+            );
+            return None;
+        }
+        (None, Some(a), Some(r)) => (a, r),
+        (None, a, r) => {
             if a.is_none() {
-                errors.push(format!("{at}.accept_below"), "missing");
+                errors.push(
+                    format!("{at}.accept_below"),
+                    "missing (or name a calibration)",
+                );
             }
             if r.is_none() {
-                errors.push(format!("{at}.reject_above"), "missing");
+                errors.push(
+                    format!("{at}.reject_above"),
+                    "missing (or name a calibration)",
+                );
             }
             return None;
         }
@@ -1068,7 +1124,72 @@ fn cascade(
             cascadia_cascade::ProbabilityType::default()
         }),
     };
+    let watch = raw.watch.and_then(|w| {
+        watch(
+            w,
+            &format!("{at}.watch"),
+            calibration.as_ref(),
+            audit_fraction,
+            errors,
+        )
+    });
+    let drift = raw.drift.map(|d| {
+        let at = format!("{at}.drift");
+        if model.as_ref().is_some_and(|m| m.reference.is_none()) {
+            errors.push(
+                &at,
+                format!("the model {model_path} has no training reference: export it with --reference-csv or --reference-npy"),
+            );
+        }
+        let window_rows = d.window_rows.unwrap_or(2000);
+        let slices = d.slices.unwrap_or(4);
+        if !(1..=1000).contains(&slices) || window_rows < slices as u64 || window_rows > 10_000_000 {
+            errors.push(
+                format!("{at}.window_rows"),
+                format!("{window_rows} rows in {slices} slices: slices must be 1..=1000 and rows at least slices, at most 10000000"),
+            );
+        }
+        let threshold = d.threshold.unwrap_or(0.2);
+        if !(threshold.is_finite() && threshold > 0.0) {
+            errors.push(format!("{at}.threshold"), "must be a number above 0");
+        }
+        Drift {
+            window_rows,
+            slices,
+            threshold,
+        }
+    });
+    let record = raw.record.and_then(|r| {
+        let at = format!("{at}.record");
+        let file = required(r.file, &format!("{at}.file"), errors);
+        let sample = r.sample.unwrap_or(1.0);
+        if !(sample > 0.0 && sample <= 1.0) {
+            errors.push(
+                format!("{at}.sample"),
+                format!("{sample} is not within (0, 1]"),
+            );
+        }
+        if audit_fraction <= 0.0 {
+            errors.push(
+                &at,
+                "records the audited sample: needs an audit_fraction above 0",
+            );
+        }
+        let max_rows = r.max_rows.unwrap_or(100_000);
+        if max_rows == 0 {
+            errors.push(format!("{at}.max_rows"), "must be at least 1");
+        }
+        (!file.is_empty()).then(|| Record {
+            file: file.into(),
+            sample,
+            max_rows,
+        })
+    });
     Some(Cascade {
+        calibration,
+        watch,
+        drift,
+        record,
         output_columns,
         output_datatype,
         entity,
@@ -1083,6 +1204,97 @@ fn cascade(
         priority: raw.priority,
         max_batch,
         missing_feature_default: raw.missing_feature_default,
+    })
+}
+
+/// `[routes.cascade.watch]`: the target defaults to the calibration's.
+fn watch(
+    raw: RawWatch,
+    at: &str,
+    calibration: Option<&Calibration>,
+    audit_fraction: f64,
+    errors: &mut Collector,
+) -> Option<Watch> {
+    let target = calibration.map(|c| &c.artifact.target);
+    let alpha = raw.max_recall_drop.or(target.map(|t| t.max_recall_drop));
+    let confidence = raw
+        .confidence
+        .or(target.map(|t| t.confidence))
+        .unwrap_or(0.95);
+    let Some(alpha) = alpha else {
+        errors.push(
+            format!("{at}.max_recall_drop"),
+            "missing (or name a calibration, whose target is the default)",
+        );
+        return None;
+    };
+    if !(alpha > 0.0 && alpha < 1.0) {
+        errors.push(
+            format!("{at}.max_recall_drop"),
+            format!("{alpha} is not within (0, 1)"),
+        );
+    }
+    if !(confidence > 0.0 && confidence < 1.0) {
+        errors.push(
+            format!("{at}.confidence"),
+            format!("{confidence} is not within (0, 1)"),
+        );
+    }
+    if audit_fraction <= 0.0 {
+        errors.push(at, "learns from audits: needs an audit_fraction above 0");
+    }
+    let window_positives = raw.window_positives.unwrap_or(100);
+    let windows = raw.windows.unwrap_or(10);
+    if !(1..=1_000_000).contains(&window_positives) {
+        errors.push(format!("{at}.window_positives"), "must be 1..=1000000");
+    }
+    if !(1..=1000).contains(&windows) {
+        errors.push(format!("{at}.windows"), "must be 1..=1000");
+    }
+    let policy = match raw.policy.as_deref().unwrap_or("alert") {
+        "alert" => WatchPolicy::Alert,
+        "escalate_all" => WatchPolicy::EscalateAll,
+        "tighten" => {
+            let factor = raw.tighten_factor.unwrap_or(0.5);
+            let floor = raw.min_accept_below.unwrap_or(0.0);
+            if !(factor > 0.0 && factor < 1.0) {
+                errors.push(
+                    format!("{at}.tighten_factor"),
+                    format!("{factor} is not within (0, 1)"),
+                );
+            }
+            if !(0.0..=1.0).contains(&floor) {
+                errors.push(
+                    format!("{at}.min_accept_below"),
+                    format!("{floor} is not within 0..=1"),
+                );
+            }
+            WatchPolicy::Tighten { factor, floor }
+        }
+        other => {
+            errors.push(
+                format!("{at}.policy"),
+                format!("{other:?} is not \"alert\", \"tighten\" or \"escalate_all\""),
+            );
+            WatchPolicy::Alert
+        }
+    };
+    if !matches!(policy, WatchPolicy::Tighten { .. })
+        && (raw.tighten_factor.is_some() || raw.min_accept_below.is_some())
+    {
+        errors.push(
+            format!("{at}.tighten_factor"),
+            "only applies with policy = \"tighten\"",
+        );
+    }
+    Some(Watch {
+        settings: cascadia_cascade::watch::WatchSettings {
+            alpha,
+            delta: 1.0 - confidence,
+            window_positives,
+            windows,
+        },
+        policy,
     })
 }
 
@@ -1151,7 +1363,7 @@ fn routes(
     raw: Vec<RawRoute>,
     known: &HashSet<&str>,
     has_redis: bool,
-    load_model: &mut ModelLoader<'_>,
+    load_model: &mut FileLoader<'_>,
     errors: &mut Collector,
 ) -> Vec<Route> {
     let mut names = HashSet::new();
@@ -1571,8 +1783,7 @@ endpoints = ["127.0.0.1:2"]
         // The demo's cascade route loads its model from beside the file.
         let mut load = |path: &str| {
             assert_eq!(path, "phishing-lr.json");
-            cascadia_cascade::LogisticModel::from_json(include_str!("../examples/phishing-lr.json"))
-                .map_err(|e| e.to_string())
+            Ok(include_str!("../examples/phishing-lr.json").to_owned())
         };
         let config = parse_with_models(DEMO, &mut load).unwrap_or_else(|e| panic!("{e}"));
         assert!(config.routes[1].cascade.is_some());

@@ -11,10 +11,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let text = cascadia_fuzz::utf8_prefix(data);
     check(cascadia_config::parse(text));
-    let mut loader = |_path: &str| {
-        cascadia_cascade::LogisticModel::from_json(cascadia_fuzz::MODEL_JSON)
-            .map_err(|e| e.to_string())
-    };
+    let mut loader = |_path: &str| Ok(cascadia_fuzz::MODEL_JSON.to_owned());
     check(cascadia_config::parse_with_models(text, &mut loader));
 });
 

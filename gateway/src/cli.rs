@@ -1,4 +1,5 @@
-//! The command line: `cascadia demo`, `cascadia run`, `cascadia check`.
+//! The command line: `cascadia demo`, `run`, `check`, `drill`, `rollout`
+//! and `calibrate`.
 //! This is the binary's I/O edge: it reads files and flags, and hands typed
 //! config to the library.
 
@@ -105,6 +106,48 @@ pub enum Command {
         #[arg(long)]
         token_file: Option<PathBuf>,
     },
+    /// Choose a cascade route's band with a guarantee: the widest band whose
+    /// recall drop is at most `--max-recall-drop` with probability
+    /// `--confidence`, certified on a calibration set (CSV, JSON Lines as
+    /// the gateway records, or .npy). Writes the calibration artifact a
+    /// route's `calibration` names, prints the trade-off, and exits 1 when
+    /// no band can be certified.
+    Calibrate {
+        /// The stage-1 model artifact (JSON from tools/export_logistic.py).
+        #[arg(long)]
+        model: PathBuf,
+        /// The calibration rows: .csv (a header naming the model's
+        /// features, `label` and/or `stage2`), .jsonl (recorded traffic) or
+        /// .npy (features in model order, then `--npy-columns`).
+        #[arg(long)]
+        data: PathBuf,
+        /// The share of positives stage 2 would catch that the cascade may
+        /// miss (e.g. 0.005 for half a point).
+        #[arg(long)]
+        max_recall_drop: f64,
+        /// Probability, over the calibration draw, that the band keeps the
+        /// target (1 − δ).
+        #[arg(long, default_value_t = 0.95)]
+        confidence: f64,
+        /// Refuse a band that escalates more than this share of rows.
+        #[arg(long)]
+        max_escalation: Option<f64>,
+        /// What a positive is (default: the label when the data has one).
+        #[arg(long, value_enum)]
+        truth: Option<crate::calibrate::Truth>,
+        /// Stage 2 calls a row positive at this probability or above.
+        #[arg(long, default_value_t = 0.5)]
+        stage2_threshold: f64,
+        /// Names of the .npy columns after the features.
+        #[arg(long, value_delimiter = ',', default_value = "label")]
+        npy_columns: Vec<String>,
+        /// Where the calibration artifact goes.
+        #[arg(long)]
+        out: PathBuf,
+        /// Also draw local share against recall drop, with the bound.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+    },
     /// Validate a config file: print every problem with its field path and
     /// exit 1, or print a summary and exit 0. `--schema` prints the config's
     /// JSON Schema instead (for editors and CI linters).
@@ -175,6 +218,46 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Check { schema: true, .. } => {
             println!("{}", cascadia_config::json_schema());
             ExitCode::SUCCESS
+        }
+        Command::Calibrate {
+            model,
+            data,
+            max_recall_drop,
+            confidence,
+            max_escalation,
+            truth,
+            stage2_threshold,
+            npy_columns,
+            out,
+            svg,
+        } => {
+            let request = crate::calibrate::Request {
+                model,
+                data,
+                max_recall_drop,
+                confidence,
+                max_escalation,
+                truth,
+                stage2_threshold,
+                npy_columns,
+                out,
+                svg,
+            };
+            match crate::calibrate::run(&request) {
+                Ok(report) => {
+                    // Written, not printed: `calibrate … | head` closes the
+                    // pipe early, which is no reason to panic.
+                    use std::io::Write;
+                    let mut stdout = std::io::stdout().lock();
+                    let _ = write!(stdout, "{report}");
+                    let _ = writeln!(stdout, "wrote {}", request.out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(message) => {
+                    eprintln!("error: {message}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Check { config, .. } => match config {
             Some(config) => check(&config),

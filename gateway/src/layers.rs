@@ -17,7 +17,7 @@ const ORDER: &[&[&str]] = &[
     // L5: what changes the snapshot or the traffic over time.
     &["reload", "discovery", "rollout", "fleet", "drills"],
     // L6: the admin API, metrics exposition, the process and its CLI.
-    &["metrics", "admin", "server", "demo", "cli"],
+    &["metrics", "admin", "server", "demo", "calibrate", "cli"],
 ];
 
 /// The top-level modules `source` names through `crate::`, outside

@@ -39,6 +39,7 @@
 //! `cascadia-oip`.
 
 pub mod admin;
+pub mod calibrate;
 pub mod cascade;
 pub mod cli;
 pub mod core;
