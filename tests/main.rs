@@ -14,6 +14,7 @@ mod failover;
 mod features;
 mod fleet;
 mod grpc;
+mod guarantee;
 mod lifecycle;
 mod limits;
 mod metrics;

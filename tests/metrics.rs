@@ -25,8 +25,9 @@ use crate::support::{sim, sim_with, GatewayProcess, TestClient, TestResponse, JS
 const ENTITY_MODEL: &str = r#"{"name":"screen-lr","version":"1","features":["a","b"],"coefficients":[1.0,1.0],"intercept":-5.0}"#;
 
 /// Stage 1 of the `degraded` route: p = sigmoid(a), both features from the
-/// request.
-const PLAIN_MODEL: &str = r#"{"name":"plain-lr","version":"1","features":["a","b"],"coefficients":[1.0,0.0],"intercept":0.0}"#;
+/// request; with a training reference, so the route reports drift.
+const PLAIN_MODEL: &str = r#"{"name":"plain-lr","version":"1","features":["a","b"],"coefficients":[1.0,0.0],"intercept":0.0,
+"reference":{"rows":100,"edges":[[0.0],[0.0]],"shares":[[0.5,0.5],[0.5,0.5]]}}"#;
 
 /// promtool, found on `PATH`.
 fn promtool() -> PathBuf {
@@ -248,6 +249,14 @@ model = "plain.json"
 input = "x"
 accept_below = 0.2
 reject_above = 0.8
+audit_fraction = 1.0
+
+[routes.cascade.watch]
+max_recall_drop = 0.05
+
+[routes.cascade.drift]
+window_rows = 1
+slices = 1
 
 [[routes]]
 name = "limited"

@@ -282,16 +282,42 @@ impl Admin {
             .filter_map(|route| {
                 let stage = route.cascade.as_ref()?;
                 let model = &stage.settings.model;
-                Some((
-                    route.name.to_string(),
-                    json!({
-                        "route": &*route.name,
-                        "stage1_model": format!("{}/{}", model.name, model.version),
-                        "accept_below": stage.settings.thresholds.accept_below(),
-                        "reject_above": stage.settings.thresholds.reject_above(),
-                        "stats": &*stage.stats,
-                    }),
-                ))
+                let mut view = json!({
+                    "route": &*route.name,
+                    "stage1_model": format!("{}/{}", model.name, model.version),
+                    "stage1_model_sha256": &model.sha256,
+                    "accept_below": stage.settings.thresholds.accept_below(),
+                    "reject_above": stage.settings.thresholds.reject_above(),
+                    "accept_below_in_force": stage.thresholds().accept_below(),
+                    "reject_above_in_force": stage.thresholds().reject_above(),
+                    "stats": &*stage.stats,
+                });
+                if let Some(c) = &stage.settings.calibration {
+                    view["calibration"] = json!({
+                        "file": &c.path,
+                        "created": &c.artifact.created,
+                        "max_recall_drop": c.artifact.target.max_recall_drop,
+                        "confidence": c.artifact.target.confidence,
+                        "recall_drop_bound": c.artifact.result.recall_drop_bound,
+                        "local_share": c.artifact.result.local_share,
+                        "rows": c.artifact.data.rows,
+                        "data_sha256": &c.artifact.data.sha256,
+                    });
+                }
+                if let Some(g) = &stage.guarantee {
+                    view["guarantee"] = guarantee_view(g);
+                }
+                if let Some(d) = &stage.drift {
+                    view["drift"] = drift_view(d, stage);
+                }
+                if let Some(r) = &stage.recorder {
+                    view["record"] = json!({
+                        "file": r.file.display().to_string(),
+                        "rows_written": r.written.load(std::sync::atomic::Ordering::Relaxed),
+                        "rows_dropped": r.dropped.load(std::sync::atomic::Ordering::Relaxed),
+                    });
+                }
+                Some((route.name.to_string(), view))
             })
             .collect();
         routes.sort_by(|a, b| a.0.cmp(&b.0));
@@ -784,6 +810,61 @@ pub async fn call(
         _ => "",
     };
     Err(format!("{status}: {message}{hint}"))
+}
+
+/// `/admin/cascade`'s `guarantee`: the watch's target, where it stands, and
+/// the last window's bound.
+fn guarantee_view(g: &crate::routing::stages::Guarantee) -> Value {
+    let watch = g.watch.lock().unwrap_or_else(|e| e.into_inner());
+    let settings = watch.settings();
+    let (open_misses, open_positives) = watch.open_window();
+    let last = watch.last().map(|v| {
+        json!({
+            "bound": v.bound,
+            "lower": v.lower,
+            "misses": v.misses,
+            "positives": v.positives,
+        })
+    });
+    json!({
+        "max_recall_drop": settings.alpha,
+        "confidence": 1.0 - settings.delta,
+        "window_positives": settings.window_positives,
+        "windows": settings.windows,
+        "policy": g.settings.policy.label(),
+        "state": watch.state().label(),
+        "windows_closed": watch.windows_closed,
+        "last_window": last,
+        "open_window": { "misses": open_misses, "positives": open_positives },
+        "breaches": g.breaches.load(std::sync::atomic::Ordering::Relaxed),
+        "tightenings": g.tightenings.load(std::sync::atomic::Ordering::Relaxed),
+        "escalate_all": g.escalates_all(),
+    })
+}
+
+/// `/admin/cascade`'s `drift`: PSI per feature over the last window.
+fn drift_view(
+    drift: &std::sync::Mutex<cascadia_cascade::drift::DriftWindow>,
+    stage: &crate::routing::stages::CascadeStage,
+) -> Value {
+    let window = drift.lock().unwrap_or_else(|e| e.into_inner());
+    let threshold = stage.settings.drift.map_or(0.2, |d| d.threshold);
+    let features: Vec<Value> = match window.psi() {
+        Some(psi) => stage
+            .settings
+            .model
+            .features
+            .iter()
+            .zip(psi)
+            .map(|(name, &psi)| json!({ "feature": name, "psi": psi, "drifted": psi > threshold }))
+            .collect(),
+        None => Vec::new(),
+    };
+    json!({
+        "window_rows": window.window_rows(),
+        "threshold": threshold,
+        "features": features,
+    })
 }
 
 #[cfg(test)]

@@ -84,6 +84,16 @@ pub const FAMILIES: &[Family] = &[
     family("cascadia_cascade_degraded_total", Kind::Counter, "Cascade requests answered by stage 1 in place of stage 2, by reason: deadline or unavailable."),
     family("cascadia_cascade_stage2_unusable_total", Kind::Counter, "Stage-2 answers the cascade could not use (each a 502), by reason."),
     family("cascadia_cascade_audit_disagreements_total", Kind::Counter, "Audited confident rows where stage 2 disagreed with stage 1, by band."),
+    family("cascadia_cascade_accept_below", Kind::Gauge, "The cascade's lower threshold in force: the configured one, or lower once the watch's tighten policy moved it."),
+    family("cascadia_cascade_recall_drop_target", Kind::Gauge, "The recall drop the watch holds the route to (its max_recall_drop, or the calibration's)."),
+    family("cascadia_cascade_recall_drop_bound", Kind::Gauge, "Upper confidence bound of the recall drop over the watch's last windows, from audited and sampled escalated rows."),
+    family("cascadia_cascade_guarantee_breached", Kind::Gauge, "1 once the watch found the recall drop above its target (until the config changes or a tightened band starts over), else 0."),
+    family("cascadia_cascade_guarantee_breaches_total", Kind::Counter, "Times the watch moved into breached."),
+    family("cascadia_cascade_watch_windows_total", Kind::Counter, "Watch windows closed (each window_positives sampled positives)."),
+    family("cascadia_cascade_escalate_all", Kind::Gauge, "1 while the watch's escalate_all policy has turned local answers off, else 0."),
+    family("cascadia_cascade_feature_psi", Kind::Gauge, "Population stability index of a stage-1 feature over the last drift window, against the model's training reference."),
+    family("cascadia_cascade_recorded_rows_total", Kind::Counter, "Rows with both stages' scores written to the route's record file."),
+    family("cascadia_cascade_record_dropped_total", Kind::Counter, "Rows the record writer could not take in time (dropped, never waited for)."),
     family("cascadia_feature_lookups_total", Kind::Counter, "Entity feature lookups by the tier that answered: l1, redis, store, or store_failure."),
     family("cascadia_rollout_canary_weight", Kind::Gauge, "Canary weight (percent) the route's rollout set."),
     family("cascadia_rollout_step", Kind::Gauge, "Index of the rollout's current step."),
@@ -366,6 +376,7 @@ fn render_snapshot(snapshot: &Snapshot, reloads: &ReloadStatus, out: &mut String
                 load(counter)
             );
         }
+        cascade_guarantee_metrics(out, name, stage);
         if let Some(entity) = &stage.entity {
             let e = entity.stats();
             for (tier, counter) in [
@@ -381,6 +392,86 @@ fn render_snapshot(snapshot: &Snapshot, reloads: &ReloadStatus, out: &mut String
                 );
             }
         }
+    }
+}
+
+/// The watch, drift and recorder samples of one cascade route.
+fn cascade_guarantee_metrics(
+    out: &mut String,
+    name: &str,
+    stage: &crate::routing::stages::CascadeStage,
+) {
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "cascadia_cascade_accept_below{{route=\"{name}\"}} {}",
+        stage.thresholds().accept_below()
+    );
+    if let Some(g) = &stage.guarantee {
+        let watch = g.watch.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(
+            out,
+            "cascadia_cascade_recall_drop_target{{route=\"{name}\"}} {}",
+            g.settings.settings.alpha
+        );
+        if let Some(verdict) = watch.last() {
+            let _ = writeln!(
+                out,
+                "cascadia_cascade_recall_drop_bound{{route=\"{name}\"}} {}",
+                verdict.bound
+            );
+        }
+        let breached =
+            watch.state() == cascadia_cascade::watch::WatchState::Breached || g.escalates_all();
+        let _ = writeln!(
+            out,
+            "cascadia_cascade_guarantee_breached{{route=\"{name}\"}} {}",
+            u8::from(breached)
+        );
+        let _ = writeln!(
+            out,
+            "cascadia_cascade_guarantee_breaches_total{{route=\"{name}\"}} {}",
+            load(&g.breaches)
+        );
+        let _ = writeln!(
+            out,
+            "cascadia_cascade_watch_windows_total{{route=\"{name}\"}} {}",
+            watch.windows_closed
+        );
+        let _ = writeln!(
+            out,
+            "cascadia_cascade_escalate_all{{route=\"{name}\"}} {}",
+            u8::from(g.escalates_all())
+        );
+    }
+    if let Some(drift) = &stage.drift {
+        let window = drift.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(psi) = window.psi() {
+            for (feature, value) in stage.settings.model.features.iter().zip(psi) {
+                // Feature names come from the model file: escaped as the
+                // exposition format asks.
+                let feature = feature
+                    .replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n");
+                let _ = writeln!(
+                    out,
+                    "cascadia_cascade_feature_psi{{route=\"{name}\",feature=\"{feature}\"}} {value}"
+                );
+            }
+        }
+    }
+    if let Some(recorder) = &stage.recorder {
+        let _ = writeln!(
+            out,
+            "cascadia_cascade_recorded_rows_total{{route=\"{name}\"}} {}",
+            load(&recorder.written)
+        );
+        let _ = writeln!(
+            out,
+            "cascadia_cascade_record_dropped_total{{route=\"{name}\"}} {}",
+            load(&recorder.dropped)
+        );
     }
 }
 

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+mod guarantee;
 mod stage2;
 
 pub use stage2::UnusableReason;
@@ -303,9 +304,16 @@ impl Call<'_> {
         //    found (and have no default) escalate: stage 2 has its own
         //    features. So do rows whose score is not a number.
         let span = trace::child("cascadia.stage1");
+        let thresholds = self.cx.stage.thresholds();
         let mut scores: Vec<f64> = (0..features.rows)
             .map(|i| settings.model.score(features.row(i)))
             .collect();
+        if let Some(drift) = &self.cx.stage.drift {
+            let mut window = drift.lock().unwrap_or_else(|e| e.into_inner());
+            for i in 0..features.rows {
+                window.record(features.row(i));
+            }
+        }
         let decisions: Vec<Decision> = scores
             .iter()
             .enumerate()
@@ -313,7 +321,7 @@ impl Call<'_> {
                 if forced.get(i).copied().unwrap_or(false) {
                     Decision::Escalate
                 } else {
-                    settings.thresholds.decide(*p, settings.confirm_positives)
+                    thresholds.decide(*p, settings.confirm_positives)
                 }
             })
             .collect();
@@ -337,7 +345,7 @@ impl Call<'_> {
 
         if escalate.is_empty() {
             if let Some(body) = body {
-                maybe_audit(self, &parts, &infer, body, decisions, features.rows);
+                maybe_audit(self, &parts, &infer, body, decisions, &scores, &features);
             }
             return Ok(self.answer(target, &infer, &scores, &stages, Stamp::default()));
         }
@@ -411,6 +419,20 @@ impl Call<'_> {
 
         let error = match outcome {
             stage2::Outcome::Answered(answer) => {
+                if guarantee::sampled(self.cx.stage) {
+                    guarantee::observe(
+                        self.cx.stage,
+                        &self.cx.route.name,
+                        escalate.iter().zip(&answer.scores).map(|(&row, &stage2)| {
+                            guarantee::Sampled {
+                                features: features.row(row),
+                                stage1: scores[row],
+                                stage2,
+                                decision: Decision::Escalate,
+                            }
+                        }),
+                    );
+                }
                 // 4. Merge in row order.
                 for (&row, score) in escalate.iter().zip(answer.scores) {
                     scores[row] = score;
@@ -759,13 +781,18 @@ fn maybe_audit(
     infer: &InferRequest,
     body: Bytes,
     decisions: Vec<Decision>,
-    rows: usize,
+    scores: &[f64],
+    features: &rows::Features,
 ) {
     let settings = &call.cx.stage.settings;
     let fraction = settings.audit_fraction;
     if fraction <= 0.0 || fastrand::f64() >= fraction {
         return;
     }
+    let rows = features.rows;
+    // What the watch and the recorder need of the rows, only when they are on.
+    let observed = (call.cx.stage.guarantee.is_some() || call.cx.stage.recorder.is_some())
+        .then(|| (scores.to_vec(), features.data.clone()));
     let all: Vec<usize> = (0..rows).collect();
     let sub = cascadia_cascade::stage2::request(
         infer,
@@ -827,12 +854,25 @@ fn maybe_audit(
             return;
         };
         bump(&stats.audit_rows, decisions.len() as u64);
-        for (decision, score) in decisions.iter().zip(answer.scores) {
+        for (decision, &score) in decisions.iter().zip(&answer.scores) {
             match decision {
                 Decision::Accept if score >= 0.5 => bump(&stats.audit_disagree_accept, 1),
                 Decision::Reject if score < 0.5 => bump(&stats.audit_disagree_reject, 1),
                 _ => {}
             }
+        }
+        if let Some((scores, data)) = observed {
+            let width = data.len() / rows.max(1);
+            guarantee::observe(
+                stage,
+                &route.name,
+                (0..rows.min(answer.scores.len())).map(|i| guarantee::Sampled {
+                    features: &data[i * width..(i + 1) * width],
+                    stage1: scores[i],
+                    stage2: answer.scores[i],
+                    decision: decisions[i],
+                }),
+            );
         }
     });
 }

@@ -7,6 +7,7 @@
 //! 2. Path prefixes, longest first, on a `/` boundary (`/echo` matches
 //!    `/echo` and `/echo/x`, never `/echoes`).
 
+pub mod record;
 pub mod split;
 pub mod stages;
 
@@ -99,6 +100,29 @@ pub struct RouteRuntime {
     version_stats: std::sync::Mutex<HashMap<String, Arc<crate::core::stats::VersionStats>>>,
     /// Response counters by (version, backend).
     served: std::sync::Mutex<HashMap<(String, String), Arc<crate::core::stats::ClassCounters>>>,
+    /// The cascade's online watch, drift window and recorder, each kept
+    /// while what it was built for stays the same.
+    guarantee: Carried<String, stages::Guarantee>,
+    drift: Carried<String, std::sync::Mutex<cascadia_cascade::drift::DriftWindow>>,
+    recorder: Carried<cascadia_config::Record, record::Recorder>,
+}
+
+/// The carried value for `key`, or a new one from `make` (which may
+/// decline) when the key changed.
+fn carry<S: PartialEq, T>(
+    slot: &Carried<S, T>,
+    key: S,
+    make: impl FnOnce() -> Option<T>,
+) -> Option<Arc<T>> {
+    let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((k, value)) = &*slot {
+        if *k == key {
+            return Some(Arc::clone(value));
+        }
+    }
+    let value = Arc::new(make()?);
+    *slot = Some((key, Arc::clone(&value)));
+    Some(value)
 }
 
 /// (version, weight) pairs a running rollout set on a route's split.
@@ -561,11 +585,39 @@ impl RouteTable {
                     let model_header =
                         http::HeaderValue::from_str(&format!("{}/{}", model.name, model.version))
                             .unwrap_or_else(|_| http::HeaderValue::from_static("stage1"));
+                    let guarantee = settings.watch.and_then(|watch| {
+                        let key = format!("{watch:?} {:?}", settings.thresholds);
+                        carry(&carried.guarantee, key, || {
+                            Some(stages::Guarantee::new(watch, settings.thresholds))
+                        })
+                    });
+                    let drift = settings.drift.and_then(|drift| {
+                        let reference = settings.model.reference.clone()?;
+                        let key = format!("{} {drift:?}", settings.model.sha256);
+                        carry(&carried.drift, key, || {
+                            let slice = (drift.window_rows / drift.slices as u64).max(1);
+                            Some(std::sync::Mutex::new(
+                                cascadia_cascade::drift::DriftWindow::new(
+                                    reference,
+                                    slice,
+                                    drift.slices,
+                                ),
+                            ))
+                        })
+                    });
+                    let recorder = settings.record.clone().and_then(|record| {
+                        carry(&carried.recorder, record.clone(), || {
+                            record::Recorder::start(&record, &route.name)
+                        })
+                    });
                     stages::CascadeStage {
                         model_header,
                         settings,
                         entity,
                         stats: Arc::clone(&carried.cascade_stats),
+                        guarantee,
+                        drift,
+                        recorder,
                     }
                 }),
                 rollout: route.rollout.clone(),

@@ -4,9 +4,12 @@
 //! which sit above routing and forwarding.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use cascadia_cascade::drift::DriftWindow;
+use cascadia_cascade::watch::GuaranteeWatch;
+use cascadia_cascade::Thresholds;
 use cascadia_config::Cascade;
 use serde::Serialize;
 
@@ -24,6 +27,85 @@ pub struct CascadeStage {
     pub entity: Option<crate::features::EntityLookup>,
     /// Carried across reloads with the route.
     pub stats: Arc<CascadeStats>,
+    /// The online watch of the calibration's guarantee, when configured;
+    /// carried across reloads while its settings and band stay the same.
+    pub guarantee: Option<Arc<Guarantee>>,
+    /// PSI per feature, when configured (carried while the model and
+    /// window stay the same).
+    pub drift: Option<Arc<Mutex<DriftWindow>>>,
+    /// Writes sampled rows with both stages' scores, when configured.
+    pub recorder: Option<Arc<super::record::Recorder>>,
+}
+
+impl CascadeStage {
+    /// The band in force: the configured one, unless the watch's policy
+    /// has tightened it or turned local answers off.
+    pub fn thresholds(&self) -> Thresholds {
+        match &self.guarantee {
+            Some(g) => g.thresholds(self.settings.thresholds),
+            None => self.settings.thresholds,
+        }
+    }
+}
+
+/// One route's guarantee, watched: the running bound and the band the
+/// route's policy has moved to (`accept_below` only ever goes down, so a
+/// breach can only make the route escalate more).
+#[derive(Debug)]
+pub struct Guarantee {
+    pub settings: cascadia_config::Watch,
+    pub watch: Mutex<GuaranteeWatch>,
+    /// The lower threshold in force (f64 bits).
+    accept_below: AtomicU64,
+    escalate_all: AtomicBool,
+    /// Times the watch moved into `breached`.
+    pub breaches: AtomicU64,
+    /// Times the policy lowered `accept_below`.
+    pub tightenings: AtomicU64,
+}
+
+impl Guarantee {
+    pub fn new(settings: cascadia_config::Watch, configured: Thresholds) -> Self {
+        Self {
+            watch: Mutex::new(GuaranteeWatch::new(settings.settings)),
+            settings,
+            accept_below: AtomicU64::new(configured.accept_below().to_bits()),
+            escalate_all: AtomicBool::new(false),
+            breaches: AtomicU64::new(0),
+            tightenings: AtomicU64::new(0),
+        }
+    }
+
+    pub fn accept_below(&self) -> f64 {
+        f64::from_bits(self.accept_below.load(Ordering::Relaxed))
+    }
+
+    pub fn escalates_all(&self) -> bool {
+        self.escalate_all.load(Ordering::Relaxed)
+    }
+
+    fn thresholds(&self, configured: Thresholds) -> Thresholds {
+        if self.escalates_all() {
+            // Nothing is below 0 or above 1: every row escalates.
+            return Thresholds::new(0.0, 1.0).expect("0 and 1 are in order");
+        }
+        Thresholds::new(self.accept_below(), configured.reject_above()).unwrap_or(configured)
+    }
+
+    /// Lowers `accept_below` to `factor` of itself, not below `floor`;
+    /// returns the new value.
+    pub fn tighten(&self, factor: f64, floor: f64) -> f64 {
+        let next = (self.accept_below() * factor)
+            .max(floor)
+            .min(self.accept_below());
+        self.accept_below.store(next.to_bits(), Ordering::Relaxed);
+        self.tightenings.fetch_add(1, Ordering::Relaxed);
+        next
+    }
+
+    pub fn escalate_all(&self) {
+        self.escalate_all.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Counters of one cascade route (carried across reloads). The
