@@ -151,12 +151,12 @@ async fn the_watch_holds_then_escalates_everything_when_stage_2_shifts() {
             .await;
     let client = TestClient::new();
 
-    // 80 positives, none missed: the bound comes down below 5% (zero in
-    // 60 already bounds the rate at 4.9%).
-    let view = send_audited(&client, &gateway, 80).await;
+    // 100 positives, none missed, fill the watch's five windows: zero in
+    // 100 bounds the drop at 2.9%, below 5%.
+    let view = send_audited(&client, &gateway, 100).await;
     let g = &view["guarantee"];
     assert_eq!(g["state"], "holding", "{view}");
-    assert_eq!(g["windows_closed"], 4);
+    assert_eq!(g["windows_closed"], 5);
     assert!(g["last_window"]["bound"].as_f64().unwrap() < 0.05, "{g}");
     assert_eq!(g["last_window"]["misses"], 0);
     let text = metrics(&client, &gateway).await;
@@ -178,7 +178,7 @@ async fn the_watch_holds_then_escalates_everything_when_stage_2_shifts() {
     // Stage 2 drifts: it now calls the rows stage 1 accepts positive, so
     // every accepted row is a miss.
     ensemble.control.set_bias(5.0);
-    let windows_before = 4;
+    let windows_before = 5;
     let (view, delay) = loop {
         let view = send_audited(&client, &gateway, 10).await;
         let delay = view["guarantee"]["windows_closed"].as_u64().unwrap() - windows_before;
