@@ -664,3 +664,99 @@ async fn every_answer_has_the_routes_datatype_and_shape() {
     assert_eq!(response.json()["outputs"][0]["shape"], json!([1, 1]));
     assert!(close(probabilities(&response)[0], stage2(0.0, 1.0)));
 }
+
+const BATCH: &str =
+    "[routes.cascade.batch]\nmax_rows = 8\nmax_wait = \"1s\"\ndeadline_share = 0.5\n";
+
+/// Sends one uncertain row per request, all at once; the answers in order.
+async fn concurrent_rows(
+    client: &TestClient,
+    gateway: &GatewayProcess,
+    rows: &[[f64; 2]],
+) -> Vec<TestResponse> {
+    let calls = rows.iter().map(|row| {
+        let client = client.clone();
+        let url = gateway.url("/v2/models/fraud/infer");
+        let body =
+            json!({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP64", "data": [row]}]});
+        tokio::spawn(async move {
+            client
+                .send(
+                    Method::POST,
+                    &url,
+                    &[("content-type", "application/json")],
+                    &body.to_string(),
+                )
+                .await
+        })
+    });
+    let mut responses = Vec::new();
+    for call in calls.collect::<Vec<_>>() {
+        responses.push(call.await.unwrap());
+    }
+    responses
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_escalations_share_one_stage_2_call_and_each_gets_its_own_rows() {
+    let ensemble = sim("ensemble", "4", "us-east").await;
+    let gateway = start(&ensemble, BATCH).await;
+    let client = TestClient::new();
+    // Eight uncertain rows (stage 1 says 0.5) in eight requests: the batch
+    // is full at eight rows and goes at once, in one call.
+    let rows: Vec<[f64; 2]> = (0..8).map(|i| [0.0, f64::from(i)]).collect();
+    let responses = concurrent_rows(&client, &gateway, &rows).await;
+    for (row, response) in rows.iter().zip(&responses) {
+        assert_eq!(response.status, StatusCode::OK, "{:?}", response.json());
+        assert_eq!(response.header("x-cascadia-stage"), Some("escalated"));
+        let p = probabilities(response);
+        assert!(close(p[0], stage2(row[0], row[1])), "{row:?}: {p:?}");
+    }
+    assert_eq!(ensemble.control.infer_requests(), 1);
+    let cascade = client
+        .get(&gateway.admin_url("/admin/cascade"), &[])
+        .await
+        .json();
+    let stats = &cascade["routes"][0]["stats"];
+    assert_eq!(stats["batches"], 1, "{stats}");
+    assert_eq!(stats["batched_requests"], 8);
+    assert_eq!(stats["batch_retries"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_stage_2_refuses_is_retried_per_request_so_one_bad_row_fails_only_its_own() {
+    let ensemble = sim("ensemble", "4", "us-east").await;
+    let gateway = start(&ensemble, BATCH).await;
+    let client = TestClient::new();
+    // Row 5 carries a value stage 2 refuses (stage 1 ignores feature b).
+    let mut rows: Vec<[f64; 2]> = (0..8).map(|i| [0.0, f64::from(i)]).collect();
+    rows[5][1] = f64::from(cascadia_sim::REFUSED_VALUE);
+    let responses = concurrent_rows(&client, &gateway, &rows).await;
+    for (i, (row, response)) in rows.iter().zip(&responses).enumerate() {
+        if i == 5 {
+            assert_eq!(
+                response.status,
+                StatusCode::BAD_REQUEST,
+                "stage 2's refusal passed on"
+            );
+            continue;
+        }
+        assert_eq!(
+            response.status,
+            StatusCode::OK,
+            "{i}: {:?}",
+            response.json()
+        );
+        let p = probabilities(response);
+        assert!(close(p[0], stage2(row[0], row[1])), "{row:?}: {p:?}");
+    }
+    // The combined call, then each request alone.
+    assert_eq!(ensemble.control.infer_requests(), 9);
+    let cascade = client
+        .get(&gateway.admin_url("/admin/cascade"), &[])
+        .await
+        .json();
+    let stats = &cascade["routes"][0]["stats"];
+    assert_eq!(stats["batches"], 1, "{stats}");
+    assert_eq!(stats["batch_retries"], 8);
+}

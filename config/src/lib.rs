@@ -30,11 +30,11 @@ pub use error::{ConfigError, ConfigErrors};
 pub use load::{hash_bytes, load_file, read_input, LoadError, LoadedConfig, MAX_CA_BYTES};
 pub use model::redact_url;
 pub use model::{
-    AccessLog, Backend, Balancer, Calibration, Cascade, Config, DnsDiscovery, Drift, Endpoint,
-    EntityFeatures, EntityKey, FailureStatuses, GatewaySettings, HealthCheck, HedgePolicy, IpNet,
-    Limits, ListenerTls, OnUnavailable, OutlierDetection, RateLimit, Record, RedisSettings,
-    RetryPolicy, Rollout, Route, RouteMatch, Secret, Shadow, Split, SplitTarget, TokenSource,
-    TracingSettings, UpstreamProtocol, UpstreamTls, Watch, WatchPolicy,
+    AccessLog, Backend, Balancer, Batching, Calibration, Cascade, Config, DnsDiscovery, Drift,
+    Endpoint, EntityFeatures, EntityKey, FailureStatuses, GatewaySettings, HealthCheck,
+    HedgePolicy, IpNet, Limits, ListenerTls, OnUnavailable, OutlierDetection, RateLimit, Record,
+    RedisSettings, RetryPolicy, Rollout, Route, RouteMatch, Secret, Shadow, Split, SplitTarget,
+    TokenSource, TracingSettings, UpstreamProtocol, UpstreamTls, Watch, WatchPolicy,
 };
 pub use raw::json_schema;
 pub use validate::{parse, parse_with_models, FileLoader};

@@ -300,6 +300,15 @@ impl Config {
                         d.window_rows, d.slices, d.threshold
                     );
                 }
+                if let Some(b) = &c.batch {
+                    let _ = writeln!(
+                        out,
+                        "    batch: escalations combined up to {} rows, waiting at most {} or {:.0}% of the remaining deadline",
+                        b.max_rows,
+                        b.max_wait,
+                        100.0 * b.deadline_share
+                    );
+                }
                 if let Some(r) = &c.record {
                     let _ = writeln!(
                         out,
@@ -866,6 +875,20 @@ pub struct Cascade {
     /// A sample of rows with both stages' scores, written for `cascadia
     /// calibrate`.
     pub record: Option<Record>,
+    /// Escalations of concurrent requests combined into one stage-2 call.
+    pub batch: Option<Batching>,
+}
+
+/// `[routes.cascade.batch]`: escalation micro-batching.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Batching {
+    /// Rows per combined stage-2 call at most. Default 64.
+    pub max_rows: usize,
+    /// How long the first request waits for others. Default 2ms.
+    pub max_wait: Timeout,
+    /// The wait is also at most this share of the first request's
+    /// remaining deadline. Default 0.1.
+    pub deadline_share: f64,
 }
 
 /// A calibration artifact a route's band comes from.

@@ -294,6 +294,16 @@ pub(crate) struct RawCascade {
     pub watch: Option<RawWatch>,
     pub drift: Option<RawDrift>,
     pub record: Option<RawRecord>,
+    pub batch: Option<RawBatch>,
+}
+
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Batch")]
+pub(crate) struct RawBatch {
+    pub max_rows: Option<usize>,
+    pub max_wait: Option<String>,
+    pub deadline_share: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]

@@ -15,15 +15,16 @@ use http::HeaderName;
 
 use crate::error::{Collector, ConfigError, ConfigErrors};
 use crate::model::{
-    Backend, Calibration, Cascade, Config, DnsDiscovery, Drift, Endpoint, EntityFeatures,
+    Backend, Batching, Calibration, Cascade, Config, DnsDiscovery, Drift, Endpoint, EntityFeatures,
     EntityKey, GatewaySettings, HealthCheck, HedgePolicy, Limits, ListenerTls, OnUnavailable,
     OutlierDetection, RateLimit, Record, RedisSettings, RetryPolicy, Rollout, Route, RouteMatch,
     Shadow, Split, SplitTarget, TokenSource, TracingSettings, UpstreamTls, Watch, WatchPolicy,
 };
 use crate::raw::{
-    RawBackend, RawCascade, RawConfig, RawEndpoint, RawEntity, RawGateway, RawHealthCheck,
-    RawHedge, RawLimits, RawListenerTls, RawMatch, RawOutlier, RawRedis, RawRetries, RawRollout,
-    RawRoute, RawShadow, RawSplitTarget, RawTracing, RawUpstreamTls, RawWatch,
+    RawBackend, RawBatch, RawCascade, RawConfig, RawEndpoint, RawEntity, RawGateway,
+    RawHealthCheck, RawHedge, RawLimits, RawListenerTls, RawMatch, RawOutlier, RawRedis,
+    RawRetries, RawRollout, RawRoute, RawShadow, RawSplitTarget, RawTracing, RawUpstreamTls,
+    RawWatch,
 };
 use crate::value::{Timeout, Weight};
 
@@ -1185,7 +1186,11 @@ fn cascade(
             max_rows,
         })
     });
+    let batch = raw
+        .batch
+        .map(|b| batching(b, &format!("{at}.batch"), max_batch, errors));
     Some(Cascade {
+        batch,
         calibration,
         watch,
         drift,
@@ -1205,6 +1210,40 @@ fn cascade(
         max_batch,
         missing_feature_default: raw.missing_feature_default,
     })
+}
+
+/// `[routes.cascade.batch]`.
+fn batching(raw: RawBatch, at: &str, max_batch: usize, errors: &mut Collector) -> Batching {
+    let max_rows = raw.max_rows.unwrap_or(64);
+    if !(2..=max_batch.max(2)).contains(&max_rows) {
+        errors.push(
+            format!("{at}.max_rows"),
+            format!(
+                "{max_rows} must be 2..={} (the route's max_batch)",
+                max_batch.max(2)
+            ),
+        );
+    }
+    let max_wait = timeout(raw.max_wait.as_deref(), &format!("{at}.max_wait"), errors)
+        .unwrap_or(Timeout::from_millis_unchecked(2));
+    if max_wait.get() > std::time::Duration::from_secs(1) {
+        errors.push(
+            format!("{at}.max_wait"),
+            "at most 1s: every escalation waits for it",
+        );
+    }
+    let deadline_share = raw.deadline_share.unwrap_or(0.1);
+    if !(deadline_share > 0.0 && deadline_share <= 0.5) {
+        errors.push(
+            format!("{at}.deadline_share"),
+            format!("{deadline_share} is not within (0, 0.5]"),
+        );
+    }
+    Batching {
+        max_rows,
+        max_wait,
+        deadline_share,
+    }
 }
 
 /// `[routes.cascade.watch]`: the target defaults to the calibration's.

@@ -84,6 +84,9 @@ pub const FAMILIES: &[Family] = &[
     family("cascadia_cascade_degraded_total", Kind::Counter, "Cascade requests answered by stage 1 in place of stage 2, by reason: deadline or unavailable."),
     family("cascadia_cascade_stage2_unusable_total", Kind::Counter, "Stage-2 answers the cascade could not use (each a 502), by reason."),
     family("cascadia_cascade_audit_disagreements_total", Kind::Counter, "Audited confident rows where stage 2 disagreed with stage 1, by band."),
+    family("cascadia_cascade_batches_total", Kind::Counter, "Stage-2 calls that carried the escalations of several requests (micro-batching)."),
+    family("cascadia_cascade_batched_requests_total", Kind::Counter, "Requests whose escalation went in a combined stage-2 call."),
+    family("cascadia_cascade_batch_retries_total", Kind::Counter, "Requests sent alone after their batch was refused, unusable or could not be combined."),
     family("cascadia_cascade_accept_below", Kind::Gauge, "The cascade's lower threshold in force: the configured one, or lower once the watch's tighten policy moved it."),
     family("cascadia_cascade_recall_drop_target", Kind::Gauge, "The recall drop the watch holds the route to (its max_recall_drop, or the calibration's)."),
     family("cascadia_cascade_recall_drop_bound", Kind::Gauge, "Upper confidence bound of the recall drop over the watch's last windows, from audited and sampled escalated rows."),
@@ -375,6 +378,15 @@ fn render_snapshot(snapshot: &Snapshot, reloads: &ReloadStatus, out: &mut String
                 "cascadia_cascade_audit_disagreements_total{{route=\"{name}\",band=\"{band}\"}} {}",
                 load(counter)
             );
+        }
+        if stage.batcher.is_some() {
+            for (family, counter) in [
+                ("cascadia_cascade_batches_total", &s.batches),
+                ("cascadia_cascade_batched_requests_total", &s.batched_requests),
+                ("cascadia_cascade_batch_retries_total", &s.batch_retries),
+            ] {
+                let _ = writeln!(out, "{family}{{route=\"{name}\"}} {}", load(counter));
+            }
         }
         cascade_guarantee_metrics(out, name, stage);
         if let Some(entity) = &stage.entity {

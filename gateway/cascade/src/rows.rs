@@ -294,6 +294,12 @@ pub fn select_rows(request: &InferRequest, batch: usize, rows: &[usize]) -> Infe
     sub
 }
 
+/// Appends the scalars of a (possibly nested) tensor array to `out`, in
+/// row-major order.
+pub fn leaves_into(value: &Value, out: &mut Vec<Value>) {
+    leaves_of(value, out);
+}
+
 fn leaves_of(value: &Value, out: &mut Vec<Value>) {
     match value {
         Value::Array(items) => items.iter().for_each(|item| leaves_of(item, out)),

@@ -98,6 +98,46 @@ pub fn schedule(
     }
 }
 
+/// One request for stage 2 made of several requests' escalated rows
+/// (micro-batching), in order: every input concatenated along its first
+/// dimension. `None` when they cannot be combined without changing what a
+/// row means: different input names, datatypes, row shapes, parameters or
+/// requested outputs, or an input without a row dimension.
+pub fn merge(parts: &[&InferRequest], rows: &[usize]) -> Option<InferRequest> {
+    let (first, rest) = parts.split_first()?;
+    let same_layout = |other: &InferRequest| {
+        other.parameters == first.parameters
+            && other.outputs == first.outputs
+            && other.inputs.len() == first.inputs.len()
+            && other.inputs.iter().zip(&first.inputs).all(|(a, b)| {
+                a.name == b.name
+                    && a.datatype == b.datatype
+                    && a.parameters == b.parameters
+                    && a.shape.get(1..) == b.shape.get(1..)
+            })
+    };
+    if !rest.iter().all(|r| same_layout(r)) || parts.len() != rows.len() {
+        return None;
+    }
+    let mut merged = (*first).clone();
+    for (i, input) in merged.inputs.iter_mut().enumerate() {
+        let mut leaves = Vec::new();
+        for (part, &n) in parts.iter().zip(rows) {
+            let tensor = &part.inputs[i];
+            // Every input must have this request's rows as its first
+            // dimension, or concatenating would mix rows up.
+            if tensor.shape.first().copied() != Some(n as i64) {
+                return None;
+            }
+            crate::rows::leaves_into(&tensor.data, &mut leaves);
+        }
+        input.shape[0] = rows.iter().sum::<usize>() as i64;
+        input.data = serde_json::Value::Array(leaves);
+    }
+    merged.id = None;
+    Some(merged)
+}
+
 /// Why a stage-2 answer cannot be used. The text goes to the log; clients
 /// see a generic 502.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -184,6 +224,44 @@ pub fn scores(
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use super::*;
+
+    fn request(rows: &[[f64; 2]], extra: &str) -> InferRequest {
+        serde_json::from_str(&format!(
+            r#"{{"inputs":[{{"name":"x","shape":[{},2],"datatype":"FP64","data":{}}}]{extra}}}"#,
+            rows.len(),
+            serde_json::to_string(rows).unwrap()
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn requests_of_one_layout_are_concatenated_in_order() {
+        let a = request(&[[1.0, 2.0]], "");
+        let b = request(&[[3.0, 4.0], [5.0, 6.0]], "");
+        let merged = merge(&[&a, &b], &[1, 2]).unwrap();
+        assert_eq!(merged.inputs[0].shape, vec![3, 2]);
+        assert_eq!(
+            merged.inputs[0].data,
+            serde_json::json!([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+        );
+    }
+
+    #[test]
+    fn requests_that_differ_are_not_combined() {
+        let a = request(&[[1.0, 2.0]], "");
+        let other_params = request(&[[1.0, 2.0]], r#","parameters":{"k":1}"#);
+        assert!(merge(&[&a, &other_params], &[1, 1]).is_none());
+        let mut other_type = a.clone();
+        other_type.inputs[0].datatype = "FP32".into();
+        assert!(merge(&[&a, &other_type], &[1, 1]).is_none());
+        // The row count must be the first dimension of every input.
+        assert!(merge(&[&a, &a], &[1, 2]).is_none());
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+mod batch;
 mod guarantee;
 mod stage2;
 
@@ -380,7 +381,7 @@ impl Call<'_> {
             }
         }
         bump(&stats.rows_escalated, escalate.len() as u64);
-        let mut sub = cascadia_cascade::stage2::request(
+        let sub = cascadia_cascade::stage2::request(
             &infer,
             features.rows,
             &escalate,
@@ -396,26 +397,32 @@ impl Call<'_> {
                 .first()
                 .map_or(Duration::from_secs(2), |p| p.timeout())
         });
-        // Stage 2 learns how long the gateway waits, so a server that
-        // honours it (Triton) drops rows nobody will read.
-        cascadia_cascade::stage2::schedule(&mut sub, Some(body_budget), settings.priority);
-        let (sub_body, path_and_query) = self.stage2_body(target, &sub, &parts.uri)?;
-        let outcome = stage2::call(stage2::Call {
-            upstream: &**self.cx.upstream,
-            downstream: self.cx.downstream,
-            route: self.cx.route,
-            target,
-            wire: self.wire,
-            parts,
-            path_and_query,
-            body: sub_body,
-            rows: escalate.len(),
-            output: &settings.output,
-            body_budget,
-            body_limit: self.body_limit(),
-            request_id: self.cx.request_id,
-        })
-        .await;
+        let outcome = match (&self.cx.stage.batcher, settings.batch, self.wire) {
+            (Some(batcher), Some(batching), Wire::Rest) => {
+                let rebuild = || {
+                    cascadia_cascade::stage2::request(
+                        &infer,
+                        features.rows,
+                        &escalate,
+                        settings.input.as_deref(),
+                        &settings.output,
+                    )
+                };
+                let escalation = batch::Escalation {
+                    target,
+                    parts,
+                    sub,
+                    rows: escalate.len(),
+                    body_budget,
+                    rebuild: &rebuild,
+                };
+                self.escalate_batched(batcher, batching, escalation).await?
+            }
+            _ => {
+                self.send(target, parts, sub, escalate.len(), body_budget)
+                    .await?
+            }
+        };
 
         let error = match outcome {
             stage2::Outcome::Answered(answer) => {
@@ -479,6 +486,39 @@ impl Call<'_> {
                 version: target.version.to_string(),
             })),
         }
+    }
+
+    /// One stage-2 call for `rows` escalated rows (`sub`), bounded by
+    /// `body_budget`.
+    async fn send(
+        &self,
+        target: &Target,
+        parts: http::request::Parts,
+        mut sub: InferRequest,
+        rows: usize,
+        body_budget: Duration,
+    ) -> Result<stage2::Outcome, GatewayError> {
+        // Stage 2 learns how long the gateway waits, so a server that
+        // honours it (Triton) drops rows nobody will read.
+        let priority = self.cx.stage.settings.priority;
+        cascadia_cascade::stage2::schedule(&mut sub, Some(body_budget), priority);
+        let (body, path_and_query) = self.stage2_body(target, &sub, &parts.uri)?;
+        Ok(stage2::call(stage2::Call {
+            upstream: &**self.cx.upstream,
+            downstream: self.cx.downstream,
+            route: self.cx.route,
+            target,
+            wire: self.wire,
+            parts,
+            path_and_query,
+            body,
+            rows,
+            output: &self.cx.stage.settings.output,
+            body_budget,
+            body_limit: self.body_limit(),
+            request_id: self.cx.request_id,
+        })
+        .await)
     }
 
     /// The escalation's body and path: OIP JSON for REST, a framed

@@ -610,6 +610,9 @@ impl RouteTable {
                             record::Recorder::start(&record, &route.name)
                         })
                     });
+                    let batcher = settings
+                        .batch
+                        .map(|_| Arc::new(stages::EscalationBatcher::default()));
                     stages::CascadeStage {
                         model_header,
                         settings,
@@ -618,6 +621,7 @@ impl RouteTable {
                         guarantee,
                         drift,
                         recorder,
+                        batcher,
                     }
                 }),
                 rollout: route.rollout.clone(),

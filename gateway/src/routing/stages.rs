@@ -35,6 +35,38 @@ pub struct CascadeStage {
     pub drift: Option<Arc<Mutex<DriftWindow>>>,
     /// Writes sampled rows with both stages' scores, when configured.
     pub recorder: Option<Arc<super::record::Recorder>>,
+    /// Gathers concurrent escalations into one stage-2 call per split
+    /// version, when `[routes.cascade.batch]` is set.
+    pub batcher: Option<Arc<EscalationBatcher>>,
+}
+
+/// Escalations gathering by split version.
+pub type EscalationBatcher = crate::core::coalesce::Coalescer<Arc<str>, BatchItem, BatchReply>;
+
+/// One request's escalated rows, waiting in a batch.
+#[derive(Debug)]
+pub struct BatchItem {
+    /// The stage-2 request for this request's rows alone.
+    pub sub: cascadia_oip::json::InferRequest,
+    /// How long this request can wait for stage 2's answer.
+    pub budget: std::time::Duration,
+}
+
+/// What a batch member gets back from the leader.
+#[derive(Debug)]
+pub enum BatchReply {
+    /// Its rows' scores, in order, from the combined call.
+    Answered {
+        scores: Vec<f64>,
+        model_version: Option<String>,
+        backend: Option<http::HeaderValue>,
+    },
+    /// Stage 2 could not be reached: the route's `on_unavailable` decides.
+    Unavailable,
+    /// The combined call was refused or its answer unusable, or the
+    /// requests could not be combined: send these rows alone, so one bad
+    /// request cannot fail the others.
+    Alone(BatchItem),
 }
 
 impl CascadeStage {
@@ -125,6 +157,13 @@ pub struct CascadeStats {
     pub answered_degraded: AtomicU64,
     /// Stage-2 answers that could not be used (each a 502), by reason.
     pub stage2_unusable: UnusableCounts,
+    /// Stage-2 calls that carried the escalations of several requests.
+    pub batches: AtomicU64,
+    /// Requests whose escalation went in such a call.
+    pub batched_requests: AtomicU64,
+    /// Requests sent alone after their batch was refused (or could not be
+    /// combined).
+    pub batch_retries: AtomicU64,
     pub degraded_deadline: AtomicU64,
     pub degraded_unavailable: AtomicU64,
     pub audits: AtomicU64,

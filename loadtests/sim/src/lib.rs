@@ -32,7 +32,7 @@ mod service;
 pub use control::{Settings, SimControl};
 pub use latency::LatencyModel;
 pub use server::{spawn, SimHandle};
-pub use service::feature_value;
+pub use service::{feature_value, REFUSED_VALUE};
 
 /// Typed configuration of one simulated backend.
 #[derive(Clone, Debug, PartialEq)]

@@ -6,7 +6,9 @@
 //! latency model and rolls for injected errors. Health, readiness, metadata and `/sim/*`
 //! answer at once, so a test that sets `error_rate = 1.0` breaks inference without also
 //! making health checks flap. A REST inference request with the parameter
-//! `"sim_poison": true` always gets a 500, like a model server's query of death.
+//! `"sim_poison": true` always gets a 500, like a model server's query of death, and one
+//! whose input holds the value [`REFUSED_VALUE`] a 400 for the whole request (a bad row
+//! in a batch).
 
 use std::sync::Arc;
 
@@ -30,6 +32,8 @@ use crate::{grpc, model, SimConfig};
 
 /// Request parameter that makes an inference call fail with a 500.
 pub const POISON_PARAMETER: &str = "sim_poison";
+/// An input value the simulated model refuses (400), failing every row sent with it.
+pub const REFUSED_VALUE: f32 = -999.0;
 
 pub(crate) const X_SIM_NAME: HeaderName = HeaderName::from_static("x-sim-name");
 pub(crate) const X_SIM_VERSION: HeaderName = HeaderName::from_static("x-sim-version");
@@ -281,6 +285,12 @@ async fn infer_rest(shared: &Shared, req: Request<Incoming>) -> Response<SimBody
             "input data must be a (nested) array of numbers",
         );
     };
+    if values.contains(&REFUSED_VALUE) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("input value {REFUSED_VALUE} is out of range"),
+        );
+    }
     let probs = match model::score(&input.shape, &values) {
         Ok(p) => shared.control.biased(p),
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
