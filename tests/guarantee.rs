@@ -243,6 +243,15 @@ async fn the_tighten_policy_lowers_the_band_within_its_floor() {
         metric(&text, "cascadia_cascade_accept_below{route=\"fraud\"}"),
         Some(0.1)
     );
+    // The watch starts over for the tightened band, but the route stays
+    // flagged: the alert must not clear itself.
+    assert_eq!(
+        metric(
+            &text,
+            "cascadia_cascade_guarantee_breached{route=\"fraud\"}"
+        ),
+        Some(1.0)
+    );
     // The negative row (p ≈ 0.047) is still below the floor: still local.
     let (stage, _) = infer(&client, &gateway, NEGATIVE).await;
     assert_eq!(stage, "local");

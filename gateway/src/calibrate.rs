@@ -6,7 +6,7 @@
 //! Input files (the model's features by name, or in model order):
 //! - **CSV** with a header: every model feature by name, plus `label`
 //!   (0/1) and/or `stage2` (stage 2's probability). Other columns are
-//!   ignored.
+//!   ignored. Plain comma-separated numbers: quoted fields are not read.
 //! - **JSON Lines**, as the gateway records traffic: `{"features": [...],
 //!   "stage1": p, "stage2": q}` per line, features in model order.
 //! - **`.npy`**: a 2-D `<f8` or `<f4` array, C order, the features in model

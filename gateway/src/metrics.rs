@@ -90,7 +90,7 @@ pub const FAMILIES: &[Family] = &[
     family("cascadia_cascade_accept_below", Kind::Gauge, "The cascade's lower threshold in force: the configured one, or lower once the watch's tighten policy moved it."),
     family("cascadia_cascade_recall_drop_target", Kind::Gauge, "The recall drop the watch holds the route to (its max_recall_drop, or the calibration's)."),
     family("cascadia_cascade_recall_drop_bound", Kind::Gauge, "Upper confidence bound of the recall drop over the watch's last windows, from audited and sampled escalated rows."),
-    family("cascadia_cascade_guarantee_breached", Kind::Gauge, "1 once the watch found the recall drop above its target (until the config changes or a tightened band starts over), else 0."),
+    family("cascadia_cascade_guarantee_breached", Kind::Gauge, "1 once the watch found the recall drop above its target (until the config changes the band or the watch), else 0."),
     family("cascadia_cascade_guarantee_breaches_total", Kind::Counter, "Times the watch moved into breached."),
     family("cascadia_cascade_watch_windows_total", Kind::Counter, "Watch windows closed (each window_positives sampled positives)."),
     family("cascadia_cascade_escalate_all", Kind::Gauge, "1 while the watch's escalate_all policy has turned local answers off, else 0."),
@@ -382,7 +382,10 @@ fn render_snapshot(snapshot: &Snapshot, reloads: &ReloadStatus, out: &mut String
         if stage.batcher.is_some() {
             for (family, counter) in [
                 ("cascadia_cascade_batches_total", &s.batches),
-                ("cascadia_cascade_batched_requests_total", &s.batched_requests),
+                (
+                    "cascadia_cascade_batched_requests_total",
+                    &s.batched_requests,
+                ),
                 ("cascadia_cascade_batch_retries_total", &s.batch_retries),
             ] {
                 let _ = writeln!(out, "{family}{{route=\"{name}\"}} {}", load(counter));
@@ -433,8 +436,10 @@ fn cascade_guarantee_metrics(
                 verdict.bound
             );
         }
-        let breached =
-            watch.state() == cascadia_cascade::watch::WatchState::Breached || g.escalates_all();
+        // Once breached, a route stays flagged until its config changes: the
+        // tighten policy starts its watch over for the new band, which must
+        // not clear the alert.
+        let breached = load(&g.breaches) > 0;
         let _ = writeln!(
             out,
             "cascadia_cascade_guarantee_breached{{route=\"{name}\"}} {}",
