@@ -415,3 +415,67 @@ async fn recorded_traffic_calibrates_a_band_the_route_then_serves_and_another_mo
     assert_eq!(code, Some(1));
     assert!(stderr.contains("too few"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_records_to_one_redis_stream_that_calibrate_reads() {
+    let ensemble = sim("ensemble", "4", "us-east").await;
+    let redis = crate::support::redis::RedisServer::start().await;
+    let cascade = "accept_below = 0.0\nreject_above = 1.0\naudit_fraction = 1.0\n\n[routes.cascade.record]\nredis_stream = \"cascadia:calibration:fraud\"\nmax_rows = 1000\n";
+    let config = config(&ensemble, cascade).replace(
+        "admin_listen = \"127.0.0.1:0\"\n",
+        &format!(
+            "admin_listen = \"127.0.0.1:0\"\n\n[gateway.redis]\nurl = \"{}\"\n",
+            redis.url()
+        ),
+    );
+    // Two replicas, one stream.
+    let replicas = [
+        GatewayProcess::start_with_files(&config, &[("screen.json", MODEL)]).await,
+        GatewayProcess::start_with_files(&config, &[("screen.json", MODEL)]).await,
+    ];
+    let client = TestClient::new();
+    let mut rng = fastrand::Rng::with_seed(21);
+    let per_replica = 300;
+    for gateway in &replicas {
+        for _ in 0..per_replica {
+            let a = 12.0 * rng.f64() - 6.0;
+            infer(&client, gateway, [a, -5.0 * a + 20.0 * rng.f64() - 10.0]).await;
+        }
+    }
+    for gateway in &replicas {
+        let view = wait_for_cascade(&client, gateway, |v| {
+            v["record"]["rows_written"] == per_replica
+        })
+        .await;
+        assert_eq!(
+            view["record"]["target"],
+            "Redis stream cascadia:calibration:fraud"
+        );
+        assert_eq!(view["record"]["rows_dropped"], 0);
+    }
+    let dir = replicas[0].config_path.parent().unwrap().to_owned();
+    let path = |name: &str| dir.join(name).display().to_string();
+    let (code, stdout, stderr) = calibrate(vec![
+        "--model".into(),
+        path("screen.json"),
+        "--redis-url".into(),
+        redis.url(),
+        "--redis-stream".into(),
+        "cascadia:calibration:fraud".into(),
+        "--max-recall-drop".into(),
+        "0.05".into(),
+        "--confidence".into(),
+        "0.9".into(),
+        "--out".into(),
+        path("band.json"),
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let artifact: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("band.json")).unwrap()).unwrap();
+    assert_eq!(artifact["data"]["rows"], 2 * per_replica, "{artifact}");
+    assert_eq!(
+        artifact["data"]["file"],
+        "redis stream cascadia:calibration:fraud"
+    );
+}

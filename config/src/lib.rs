@@ -33,8 +33,8 @@ pub use model::{
     AccessLog, Backend, Balancer, Batching, Calibration, Cascade, Config, DnsDiscovery, Drift,
     Endpoint, EntityFeatures, EntityKey, FailureStatuses, GatewaySettings, HealthCheck,
     HedgePolicy, IpNet, Limits, ListenerTls, OnUnavailable, OutlierDetection, RateLimit, Record,
-    RedisSettings, RetryPolicy, Rollout, Route, RouteMatch, Secret, Shadow, Split, SplitTarget,
-    TokenSource, TracingSettings, UpstreamProtocol, UpstreamTls, Watch, WatchPolicy,
+    RecordSink, RedisSettings, RetryPolicy, Rollout, Route, RouteMatch, Secret, Shadow, Split,
+    SplitTarget, TokenSource, TracingSettings, UpstreamProtocol, UpstreamTls, Watch, WatchPolicy,
 };
 pub use raw::json_schema;
 pub use validate::{parse, parse_with_models, FileLoader};

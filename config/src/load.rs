@@ -85,7 +85,9 @@ pub fn load_file(path: &Path) -> Result<LoadedConfig, LoadError> {
     // Recorded traffic goes beside the config, like everything it names.
     for route in &mut config.routes {
         if let Some(record) = route.cascade.as_mut().and_then(|c| c.record.as_mut()) {
-            record.file = base.join(&record.file);
+            if let crate::model::RecordSink::File(file) = &mut record.sink {
+                *file = base.join(&*file);
+            }
         }
     }
     // The Redis CA file is part of the config too.

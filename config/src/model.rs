@@ -314,7 +314,7 @@ impl Config {
                         out,
                         "    record: {:.1}% of sampled rows to {} (at most {})",
                         100.0 * r.sample,
-                        r.file.display(),
+                        r.sink,
                         r.max_rows
                     );
                 }
@@ -943,12 +943,33 @@ pub struct Drift {
 /// `[routes.cascade.record]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
-    /// JSON Lines file, relative to the config file.
-    pub file: std::path::PathBuf,
+    /// Where the rows go.
+    pub sink: RecordSink,
     /// Share of sampled (audited or escalated) rows written. Default 1.
     pub sample: f64,
-    /// Rows written at most, then recording stops. Default 100000.
+    /// File: rows written at most, then recording stops. Redis stream:
+    /// the stream's length, trimmed (approximately) to the newest.
+    /// Default 100000.
     pub max_rows: u64,
+}
+
+/// Where recorded rows go.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecordSink {
+    /// A JSON Lines file, relative to the config file.
+    File(std::path::PathBuf),
+    /// A Redis stream (`XADD key MAXLEN ~ max_rows * row <json>`) on
+    /// `[gateway.redis]`: every replica's sample in one place.
+    RedisStream(String),
+}
+
+impl std::fmt::Display for RecordSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "{}", path.display()),
+            Self::RedisStream(key) => write!(f, "Redis stream {key}"),
+        }
+    }
 }
 
 /// Features of an entity (a sender domain, a user), looked up by key

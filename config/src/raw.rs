@@ -333,6 +333,7 @@ pub(crate) struct RawDrift {
 #[schemars(rename = "Record")]
 pub(crate) struct RawRecord {
     pub file: Option<String>,
+    pub redis_stream: Option<String>,
     pub sample: Option<f64>,
     pub max_rows: Option<u64>,
 }

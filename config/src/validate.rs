@@ -17,8 +17,9 @@ use crate::error::{Collector, ConfigError, ConfigErrors};
 use crate::model::{
     Backend, Batching, Calibration, Cascade, Config, DnsDiscovery, Drift, Endpoint, EntityFeatures,
     EntityKey, GatewaySettings, HealthCheck, HedgePolicy, Limits, ListenerTls, OnUnavailable,
-    OutlierDetection, RateLimit, Record, RedisSettings, RetryPolicy, Rollout, Route, RouteMatch,
-    Shadow, Split, SplitTarget, TokenSource, TracingSettings, UpstreamTls, Watch, WatchPolicy,
+    OutlierDetection, RateLimit, Record, RecordSink, RedisSettings, RetryPolicy, Rollout, Route,
+    RouteMatch, Shadow, Split, SplitTarget, TokenSource, TracingSettings, UpstreamTls, Watch,
+    WatchPolicy,
 };
 use crate::raw::{
     RawBackend, RawBatch, RawCascade, RawConfig, RawEndpoint, RawEntity, RawGateway,
@@ -978,6 +979,7 @@ fn cascade(
     raw: RawCascade,
     at: &str,
     known: &HashSet<&str>,
+    has_redis: bool,
     load_model: &mut FileLoader<'_>,
     errors: &mut Collector,
 ) -> Option<Cascade> {
@@ -1162,7 +1164,25 @@ fn cascade(
     });
     let record = raw.record.and_then(|r| {
         let at = format!("{at}.record");
-        let file = required(r.file, &format!("{at}.file"), errors);
+        let sink = match (r.file, r.redis_stream) {
+            (Some(file), None) if !file.is_empty() => Some(RecordSink::File(file.into())),
+            (None, Some(key)) if !key.is_empty() => {
+                if !has_redis {
+                    errors.push(
+                        format!("{at}.redis_stream"),
+                        "needs [gateway.redis] to write to",
+                    );
+                }
+                Some(RecordSink::RedisStream(key))
+            }
+            _ => {
+                errors.push(
+                    format!("{at}.file"),
+                    "give exactly one of file and redis_stream",
+                );
+                None
+            }
+        };
         let sample = r.sample.unwrap_or(1.0);
         if !(sample > 0.0 && sample <= 1.0) {
             errors.push(
@@ -1180,8 +1200,8 @@ fn cascade(
         if max_rows == 0 {
             errors.push(format!("{at}.max_rows"), "must be at least 1");
         }
-        (!file.is_empty()).then(|| Record {
-            file: file.into(),
+        sink.map(|sink| Record {
+            sink,
             sample,
             max_rows,
         })
@@ -1495,7 +1515,14 @@ fn routes(
                         "a cascade needs a model route (match = { model = ... })",
                     );
                 }
-                cascade(c, &format!("{at}.cascade"), known, load_model, errors)
+                cascade(
+                    c,
+                    &format!("{at}.cascade"),
+                    known,
+                    has_redis,
+                    load_model,
+                    errors,
+                )
             });
             let latency_slo = self::timeout(
                 r.latency_slo.as_deref(),

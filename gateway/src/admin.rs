@@ -312,7 +312,7 @@ impl Admin {
                 }
                 if let Some(r) = &stage.recorder {
                     view["record"] = json!({
-                        "file": r.file.display().to_string(),
+                        "target": &r.target,
                         "rows_written": r.written.load(std::sync::atomic::Ordering::Relaxed),
                         "rows_dropped": r.dropped.load(std::sync::atomic::Ordering::Relaxed),
                     });

@@ -8,7 +8,8 @@
 //!   (0/1) and/or `stage2` (stage 2's probability). Other columns are
 //!   ignored. Plain comma-separated numbers: quoted fields are not read.
 //! - **JSON Lines**, as the gateway records traffic: `{"features": [...],
-//!   "stage1": p, "stage2": q}` per line, features in model order.
+//!   "stage1": p, "stage2": q}` per line, features in model order; or the
+//!   same rows read from the Redis stream the gateway records to.
 //! - **`.npy`**: a 2-D `<f8` or `<f4` array, C order, the features in model
 //!   order followed by the columns `--npy-columns` names.
 //!
@@ -41,7 +42,8 @@ pub enum Truth {
 #[derive(Debug, Clone)]
 pub struct Request {
     pub model: PathBuf,
-    pub data: PathBuf,
+    /// A file, or (with `redis_url`) the key of a recorded Redis stream.
+    pub data: Data,
     pub max_recall_drop: f64,
     pub confidence: f64,
     pub max_escalation: Option<f64>,
@@ -54,6 +56,71 @@ pub struct Request {
     pub svg: Option<PathBuf>,
 }
 
+/// Where the calibration rows come from.
+#[derive(Debug, Clone)]
+pub enum Data {
+    File(PathBuf),
+    RedisStream { url: String, key: String },
+}
+
+/// Most rows read from a Redis stream, and per `XRANGE`.
+const MAX_STREAM_ROWS: usize = 10_000_000;
+const STREAM_PAGE: usize = 10_000;
+
+/// An `XRANGE` page: entry ids and their fields.
+type StreamPage = Vec<(String, Vec<(String, Vec<u8>)>)>;
+
+/// Reads a recorded stream's rows as JSON Lines (oldest first), bounded in
+/// rows and bytes.
+pub async fn read_stream(url: &str, key: &str) -> Result<Vec<u8>, String> {
+    let client = redis::Client::open(url)
+        .map_err(|e| format!("{}: {e}", cascadia_config::redact_url(url)))?;
+    let mut connection = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .map_err(|_| "Redis did not answer within 10 s".to_owned())?
+    .map_err(|e| format!("cannot connect to Redis: {e}"))?;
+    let mut out = Vec::new();
+    let mut start = "-".to_owned();
+    let mut rows = 0;
+    loop {
+        let page: StreamPage = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            redis::cmd("XRANGE")
+                .arg(key)
+                .arg(&start)
+                .arg("+")
+                .arg("COUNT")
+                .arg(STREAM_PAGE)
+                .query_async(&mut connection),
+        )
+        .await
+        .map_err(|_| "Redis did not answer XRANGE within 30 s".to_owned())?
+        .map_err(|e| format!("XRANGE {key}: {e}"))?;
+        let Some((last, _)) = page.last() else { break };
+        // The next page starts after the last id read (exclusive range).
+        start = format!("({last}");
+        for (_, fields) in &page {
+            if let Some((_, row)) = fields.iter().find(|(name, _)| name == "row") {
+                out.extend_from_slice(row);
+                out.push(b'\n');
+                rows += 1;
+            }
+        }
+        if rows >= MAX_STREAM_ROWS || out.len() as u64 >= MAX_DATA_BYTES {
+            return Err(format!(
+                "stream {key} holds more than {MAX_STREAM_ROWS} rows or 1 GiB"
+            ));
+        }
+        if page.len() < STREAM_PAGE {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 /// One row as read: features in model order, and what the file gave.
 #[derive(Debug)]
 struct DataRow {
@@ -62,19 +129,32 @@ struct DataRow {
     stage2: Option<f64>,
 }
 
-/// Runs the command; the error is the message to print.
-pub fn run(request: &Request) -> Result<String, String> {
+/// Runs the command on rows already read from a stream (`stream`, for
+/// [`Data::RedisStream`]) or from the file; the error is the message to
+/// print.
+pub fn run(request: &Request, stream: Option<Vec<u8>>) -> Result<String, String> {
     let model_bytes = cascadia_config::read_input(&request.model, 16 * 1024 * 1024)
         .map_err(|e| format!("cannot read {}: {e}", request.model.display()))?;
     let model_text = std::str::from_utf8(&model_bytes)
         .map_err(|e| format!("{}: not UTF-8: {e}", request.model.display()))?;
     let model = LogisticModel::from_json(model_text)
         .map_err(|e| format!("{}: {e}", request.model.display()))?;
-    let data_bytes = cascadia_config::read_input(&request.data, MAX_DATA_BYTES)
-        .map_err(|e| format!("cannot read {}: {e}", request.data.display()))?;
-    let data = parse_data(&request.data, &data_bytes, &model, &request.npy_columns)?;
+    let (data_name, data_bytes, data) = match &request.data {
+        Data::File(path) => {
+            let bytes = cascadia_config::read_input(path, MAX_DATA_BYTES)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let rows = parse_data(path, &bytes, &model, &request.npy_columns)?;
+            (path.display().to_string(), bytes, rows)
+        }
+        Data::RedisStream { key, .. } => {
+            let bytes = stream.ok_or("the stream was not read")?;
+            let name = format!("redis stream {key}");
+            let rows = parse_jsonl(&bytes, model.width()).map_err(|e| format!("{name}: {e}"))?;
+            (name, bytes, rows)
+        }
+    };
     if data.is_empty() {
-        return Err(format!("{}: no rows", request.data.display()));
+        return Err(format!("{data_name}: no rows"));
     }
     let has_labels = data.iter().all(|r| r.label.is_some());
     let has_stage2 = data.iter().all(|r| r.stage2.is_some());
@@ -129,7 +209,7 @@ pub fn run(request: &Request) -> Result<String, String> {
             sha256: model.sha256.clone(),
         },
         data: ArtifactData {
-            file: request.data.display().to_string(),
+            file: data_name,
             sha256: cascadia_cascade::model::sha256_hex(&data_bytes),
             rows: rows.len() as u64,
             truth: match truth {

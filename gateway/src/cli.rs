@@ -119,8 +119,19 @@ pub enum Command {
         /// The calibration rows: .csv (a header naming the model's
         /// features, `label` and/or `stage2`), .jsonl (recorded traffic) or
         /// .npy (features in model order, then `--npy-columns`).
+        #[arg(
+            long,
+            required_unless_present = "redis_stream",
+            conflicts_with = "redis_stream"
+        )]
+        data: Option<PathBuf>,
+        /// Read the rows from the Redis stream a route records to
+        /// (`[routes.cascade.record] redis_stream`) instead of a file.
+        #[arg(long, requires = "redis_url")]
+        redis_stream: Option<String>,
+        /// The Redis server of `--redis-stream` (redis:// or rediss://).
         #[arg(long)]
-        data: PathBuf,
+        redis_url: Option<String>,
         /// The share of positives stage 2 would catch that the cascade may
         /// miss (e.g. 0.005 for half a point).
         #[arg(long)]
@@ -222,6 +233,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Calibrate {
             model,
             data,
+            redis_stream,
+            redis_url,
             max_recall_drop,
             confidence,
             max_escalation,
@@ -231,6 +244,25 @@ pub async fn run(cli: Cli) -> ExitCode {
             out,
             svg,
         } => {
+            let (data, stream) = match (data, redis_stream, redis_url) {
+                (Some(path), _, _) => (crate::calibrate::Data::File(path), None),
+                (None, Some(key), Some(url)) => {
+                    match crate::calibrate::read_stream(&url, &key).await {
+                        Ok(bytes) => (
+                            crate::calibrate::Data::RedisStream { url, key },
+                            Some(bytes),
+                        ),
+                        Err(message) => {
+                            eprintln!("error: {message}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                }
+                _ => {
+                    eprintln!("error: give --data, or --redis-stream with --redis-url");
+                    return ExitCode::FAILURE;
+                }
+            };
             let request = crate::calibrate::Request {
                 model,
                 data,
@@ -243,7 +275,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                 out,
                 svg,
             };
-            match crate::calibrate::run(&request) {
+            match crate::calibrate::run(&request, stream) {
                 Ok(report) => {
                     // Written, not printed: `calibrate … | head` closes the
                     // pipe early, which is no reason to panic.

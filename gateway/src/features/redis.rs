@@ -456,6 +456,22 @@ impl RedisTier {
         done.is_some()
     }
 
+    /// `XADD key MAXLEN ~ max_len * row payload`: appends one recorded
+    /// row to a stream Redis keeps near `max_len` entries. Off the request
+    /// path; false when Redis could not take it.
+    pub async fn append_stream(&self, key: &str, max_len: u64, payload: &[u8]) -> bool {
+        let mut command = redis::cmd("XADD");
+        command
+            .arg(key)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(max_len)
+            .arg("*")
+            .arg("row")
+            .arg(payload);
+        self.off_path::<String>(&command).await.is_some()
+    }
+
     /// `HGETALL key`; `None` when Redis could not answer.
     pub async fn all_fields(&self, key: &str) -> Option<Vec<(String, Vec<u8>)>> {
         self.off_path(redis::cmd("HGETALL").arg(key)).await

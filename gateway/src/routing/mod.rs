@@ -607,7 +607,7 @@ impl RouteTable {
                     });
                     let recorder = settings.record.clone().and_then(|record| {
                         carry(&carried.recorder, record.clone(), || {
-                            record::Recorder::start(&record, &route.name)
+                            record::Recorder::start(&record, &route.name, redis)
                         })
                     });
                     let batcher = settings
