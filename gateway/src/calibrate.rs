@@ -38,29 +38,54 @@ pub enum Truth {
     Stage2,
 }
 
-/// The command's inputs.
-#[derive(Debug, Clone)]
-pub struct Request {
+/// The command's inputs (`cascadia calibrate --help`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// The stage-1 model artifact (JSON from tools/export_logistic.py).
+    #[arg(long)]
     pub model: PathBuf,
-    /// A file, or (with `redis_url`) the key of a recorded Redis stream.
-    pub data: Data,
+    /// The calibration rows: .csv (a header naming the model's
+    /// features, `label` and/or `stage2`), .jsonl (recorded traffic) or
+    /// .npy (features in model order, then `--npy-columns`).
+    #[arg(
+        long,
+        required_unless_present = "redis_stream",
+        conflicts_with = "redis_stream"
+    )]
+    pub data: Option<PathBuf>,
+    /// Read the rows from the Redis stream a route records to
+    /// (`[routes.cascade.record] redis_stream`) instead of a file.
+    #[arg(long, requires = "redis_url")]
+    pub redis_stream: Option<String>,
+    /// The Redis server of `--redis-stream` (redis:// or rediss://).
+    #[arg(long)]
+    pub redis_url: Option<String>,
+    /// The share of positives stage 2 would catch that the cascade may
+    /// miss (e.g. 0.005 for half a point).
+    #[arg(long)]
     pub max_recall_drop: f64,
+    /// Probability, over the calibration draw, that the band keeps the
+    /// target (1 − δ).
+    #[arg(long, default_value_t = 0.95)]
     pub confidence: f64,
+    /// Refuse a band that escalates more than this share of rows.
+    #[arg(long)]
     pub max_escalation: Option<f64>,
-    /// Default: `label` when the data has labels, else `stage2`.
+    /// What a positive is (default: the label when the data has one).
+    #[arg(long, value_enum)]
     pub truth: Option<Truth>,
+    /// Stage 2 calls a row positive at this probability or above.
+    #[arg(long, default_value_t = 0.5)]
     pub stage2_threshold: f64,
-    /// Names of the `.npy` columns after the features.
+    /// Names of the .npy columns after the features.
+    #[arg(long, value_delimiter = ',', default_value = "label")]
     pub npy_columns: Vec<String>,
+    /// Where the calibration artifact goes.
+    #[arg(long)]
     pub out: PathBuf,
+    /// Also draw local share against recall drop, with the bound.
+    #[arg(long)]
     pub svg: Option<PathBuf>,
-}
-
-/// Where the calibration rows come from.
-#[derive(Debug, Clone)]
-pub enum Data {
-    File(PathBuf),
-    RedisStream { url: String, key: String },
 }
 
 /// Most rows read from a Redis stream, and per `XRANGE`.
@@ -129,29 +154,40 @@ struct DataRow {
     stage2: Option<f64>,
 }
 
-/// Runs the command on rows already read from a stream (`stream`, for
-/// [`Data::RedisStream`]) or from the file; the error is the message to
-/// print.
-pub fn run(request: &Request, stream: Option<Vec<u8>>) -> Result<String, String> {
+/// Runs the command: reads the model and the rows (a file, or a recorded
+/// Redis stream), certifies, writes the artifact (and SVG); the report to
+/// print, or the message to print.
+pub async fn command(request: Args) -> Result<String, String> {
+    let stream = match (&request.data, &request.redis_stream, &request.redis_url) {
+        (Some(_), _, _) => None,
+        (None, Some(key), Some(url)) => Some(read_stream(url, key).await?),
+        _ => return Err("give --data, or --redis-stream with --redis-url".into()),
+    };
+    run(&request, stream)
+}
+
+/// [`command`] once a stream's rows are read.
+fn run(request: &Args, stream: Option<Vec<u8>>) -> Result<String, String> {
     let model_bytes = cascadia_config::read_input(&request.model, 16 * 1024 * 1024)
         .map_err(|e| format!("cannot read {}: {e}", request.model.display()))?;
     let model_text = std::str::from_utf8(&model_bytes)
         .map_err(|e| format!("{}: not UTF-8: {e}", request.model.display()))?;
     let model = LogisticModel::from_json(model_text)
         .map_err(|e| format!("{}: {e}", request.model.display()))?;
-    let (data_name, data_bytes, data) = match &request.data {
-        Data::File(path) => {
+    let (data_name, data_bytes, data) = match (&request.data, stream) {
+        (Some(path), _) => {
             let bytes = cascadia_config::read_input(path, MAX_DATA_BYTES)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             let rows = parse_data(path, &bytes, &model, &request.npy_columns)?;
             (path.display().to_string(), bytes, rows)
         }
-        Data::RedisStream { key, .. } => {
-            let bytes = stream.ok_or("the stream was not read")?;
+        (None, Some(bytes)) => {
+            let key = request.redis_stream.as_deref().unwrap_or_default();
             let name = format!("redis stream {key}");
             let rows = parse_jsonl(&bytes, model.width()).map_err(|e| format!("{name}: {e}"))?;
             (name, bytes, rows)
         }
+        (None, None) => return Err("no calibration data".into()),
     };
     if data.is_empty() {
         return Err(format!("{data_name}: no rows"));

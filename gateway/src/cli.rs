@@ -112,53 +112,7 @@ pub enum Command {
     /// the gateway records, or .npy). Writes the calibration artifact a
     /// route's `calibration` names, prints the trade-off, and exits 1 when
     /// no band can be certified.
-    Calibrate {
-        /// The stage-1 model artifact (JSON from tools/export_logistic.py).
-        #[arg(long)]
-        model: PathBuf,
-        /// The calibration rows: .csv (a header naming the model's
-        /// features, `label` and/or `stage2`), .jsonl (recorded traffic) or
-        /// .npy (features in model order, then `--npy-columns`).
-        #[arg(
-            long,
-            required_unless_present = "redis_stream",
-            conflicts_with = "redis_stream"
-        )]
-        data: Option<PathBuf>,
-        /// Read the rows from the Redis stream a route records to
-        /// (`[routes.cascade.record] redis_stream`) instead of a file.
-        #[arg(long, requires = "redis_url")]
-        redis_stream: Option<String>,
-        /// The Redis server of `--redis-stream` (redis:// or rediss://).
-        #[arg(long)]
-        redis_url: Option<String>,
-        /// The share of positives stage 2 would catch that the cascade may
-        /// miss (e.g. 0.005 for half a point).
-        #[arg(long)]
-        max_recall_drop: f64,
-        /// Probability, over the calibration draw, that the band keeps the
-        /// target (1 − δ).
-        #[arg(long, default_value_t = 0.95)]
-        confidence: f64,
-        /// Refuse a band that escalates more than this share of rows.
-        #[arg(long)]
-        max_escalation: Option<f64>,
-        /// What a positive is (default: the label when the data has one).
-        #[arg(long, value_enum)]
-        truth: Option<crate::calibrate::Truth>,
-        /// Stage 2 calls a row positive at this probability or above.
-        #[arg(long, default_value_t = 0.5)]
-        stage2_threshold: f64,
-        /// Names of the .npy columns after the features.
-        #[arg(long, value_delimiter = ',', default_value = "label")]
-        npy_columns: Vec<String>,
-        /// Where the calibration artifact goes.
-        #[arg(long)]
-        out: PathBuf,
-        /// Also draw local share against recall drop, with the bound.
-        #[arg(long)]
-        svg: Option<PathBuf>,
-    },
+    Calibrate(crate::calibrate::Args),
     /// Validate a config file: print every problem with its field path and
     /// exit 1, or print a summary and exit 0. `--schema` prints the config's
     /// JSON Schema instead (for editors and CI linters).
@@ -230,59 +184,16 @@ pub async fn run(cli: Cli) -> ExitCode {
             println!("{}", cascadia_config::json_schema());
             ExitCode::SUCCESS
         }
-        Command::Calibrate {
-            model,
-            data,
-            redis_stream,
-            redis_url,
-            max_recall_drop,
-            confidence,
-            max_escalation,
-            truth,
-            stage2_threshold,
-            npy_columns,
-            out,
-            svg,
-        } => {
-            let (data, stream) = match (data, redis_stream, redis_url) {
-                (Some(path), _, _) => (crate::calibrate::Data::File(path), None),
-                (None, Some(key), Some(url)) => {
-                    match crate::calibrate::read_stream(&url, &key).await {
-                        Ok(bytes) => (
-                            crate::calibrate::Data::RedisStream { url, key },
-                            Some(bytes),
-                        ),
-                        Err(message) => {
-                            eprintln!("error: {message}");
-                            return ExitCode::FAILURE;
-                        }
-                    }
-                }
-                _ => {
-                    eprintln!("error: give --data, or --redis-stream with --redis-url");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let request = crate::calibrate::Request {
-                model,
-                data,
-                max_recall_drop,
-                confidence,
-                max_escalation,
-                truth,
-                stage2_threshold,
-                npy_columns,
-                out,
-                svg,
-            };
-            match crate::calibrate::run(&request, stream) {
+        Command::Calibrate(args) => {
+            let out = args.out.clone();
+            match crate::calibrate::command(args).await {
                 Ok(report) => {
                     // Written, not printed: `calibrate … | head` closes the
                     // pipe early, which is no reason to panic.
                     use std::io::Write;
                     let mut stdout = std::io::stdout().lock();
                     let _ = write!(stdout, "{report}");
-                    let _ = writeln!(stdout, "wrote {}", request.out.display());
+                    let _ = writeln!(stdout, "wrote {}", out.display());
                     ExitCode::SUCCESS
                 }
                 Err(message) => {
