@@ -6,16 +6,21 @@
 //!
 //! # Phases (inside the proxy's match → respond)
 //! 1. read and parse the OIP request (400 with what is wrong);
-//! 2. score and decide per row (`accept_below` / `reject_above`);
+//! 2. score and decide per row (the band in force: the configured one, or
+//!    one the online watch's policy tightened), and count each row toward
+//!    its feature's drift window;
 //! 3. if any row is uncertain: answer from stage 1 when the deadline is
 //!    shorter than stage 2's recent p95, else escalate those rows with a
-//!    request the gateway owns (`stage2`); an answer it cannot use is a
-//!    502, never stage 1's numbers;
+//!    request the gateway owns (`stage2`), alone or combined with other
+//!    requests' rows (`batch`); an answer it cannot use is a 502, never
+//!    stage 1's numbers;
 //! 4. merge, stamp `x-cascadia-stage`, the row counts and the model
 //!    versions, record per row who answered (the `cascadia_rows`
 //!    parameter), respond in the route's one output datatype;
 //! 5. maybe audit: a sample of confident requests also goes to stage 2 in
-//!    the background, and disagreements are counted.
+//!    the background, and disagreements are counted; audited rows, and the
+//!    escalated rows of requests sampled alike, feed the online watch and
+//!    the recorder (`guarantee`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
