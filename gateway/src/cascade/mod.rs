@@ -421,12 +421,12 @@ impl Call<'_> {
                     body_budget,
                     rebuild: &rebuild,
                 };
-                self.escalate_batched(batcher, batching, escalation).await?
+                // Boxed, like the call below: inline, these futures would
+                // make every cascade request's future (copied whole when the
+                // proxy boxes it) that much larger, local answers included.
+                Box::pin(self.escalate_batched(batcher, batching, escalation)).await?
             }
-            _ => {
-                self.send(target, parts, sub, escalate.len(), body_budget)
-                    .await?
-            }
+            _ => Box::pin(self.send(target, parts, sub, escalate.len(), body_budget)).await?,
         };
 
         let error = match outcome {
