@@ -255,6 +255,19 @@ async fn the_tighten_policy_lowers_the_band_within_its_floor() {
     // The negative row (p ≈ 0.047) is still below the floor: still local.
     let (stage, _) = infer(&client, &gateway, NEGATIVE).await;
     assert_eq!(stage, "local");
+
+    // A new model is judged afresh: its band is the configured one again,
+    // and no evidence about the old model carries over.
+    gateway.write_file(
+        "screen.json",
+        &MODEL.replace("\"intercept\":0.0", "\"intercept\":0.01"),
+    );
+    let (status, body) = gateway.reload(&client).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let view = cascade_view(&client, &gateway).await;
+    assert_eq!(view["accept_below_in_force"], 0.2, "{view}");
+    assert_eq!(view["guarantee"]["windows_closed"], 0, "{view}");
+    assert_eq!(view["guarantee"]["breaches"], 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -586,7 +586,12 @@ impl RouteTable {
                         http::HeaderValue::from_str(&format!("{}/{}", model.name, model.version))
                             .unwrap_or_else(|_| http::HeaderValue::from_static("stage1"));
                     let guarantee = settings.watch.and_then(|watch| {
-                        let key = format!("{watch:?} {:?}", settings.thresholds);
+                        // The evidence (and a tightened band) is about this
+                        // model and band: a new model or band starts over.
+                        let key = format!(
+                            "{} {watch:?} {:?}",
+                            settings.model.sha256, settings.thresholds
+                        );
                         carry(&carried.guarantee, key, || {
                             Some(stages::Guarantee::new(watch, settings.thresholds))
                         })
